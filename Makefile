@@ -9,7 +9,6 @@ TORCH := torch==2.13.0
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml

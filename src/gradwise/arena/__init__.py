@@ -1,0 +1,38 @@
+"""The arena: studies that put gradwise's methods side by side on CPU-sized tasks.
+
+A study is a module in this package with
+
+* ``HELP: str`` -- one line for ``gradwise arena --help``;
+* ``add_arguments(parser: argparse.ArgumentParser) -> None`` -- its options;
+* ``run(args: argparse.Namespace, console: rich.console.Console) -> pathlib.Path``
+  -- runs the study, prints its report and returns the results folder.
+
+Study modules keep heavy imports (torch, matplotlib) inside functions so that
+``gradwise --help`` stays fast. Add a study by adding a module and a line to
+``STUDIES``.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = ["STUDIES", "DEFAULT_STUDY", "UsageError", "load_study"]
+
+
+class UsageError(ValueError):
+    """A bad request from the user (unknown name, bad option); the CLI prints it without a traceback."""
+
+
+# study name -> module path; the order here is the order in `gradwise arena --help`.
+STUDIES: dict[str, str] = {
+    "optimizers": "gradwise.arena.optimizers_study",
+}
+DEFAULT_STUDY = "optimizers"
+
+
+def load_study(name: str) -> ModuleType:
+    """The module implementing study ``name``."""
+    try:
+        return importlib.import_module(STUDIES[name])
+    except KeyError:
+        raise UsageError(f"unknown study {name!r}; choose from: {', '.join(STUDIES)}") from None

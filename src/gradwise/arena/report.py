@@ -1,0 +1,172 @@
+"""Study results: per-method summaries, the leaderboard, files on disk and plots."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from gradwise.arena.runner import RunResult
+
+__all__ = ["Summary", "summarize", "leaderboard", "results_dir", "write_results", "plot_curves"]
+
+DASH = "—"
+
+
+@dataclass
+class Summary:
+    """Aggregate over the seeds of one method.
+
+    ``acc_std`` is the sample standard deviation (0 for one seed).
+    ``steps_to_target`` is the mean over the seeds that reached the target
+    (None if none did); ``reached`` counts them.
+    """
+
+    name: str
+    lr: float
+    runs: int
+    acc_mean: float
+    acc_std: float
+    eval_loss_mean: float
+    final_train_loss_mean: float
+    steps_to_target: float | None
+    reached: int
+    wall_s_mean: float
+    diverged: int
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def summarize(results: Sequence[RunResult]) -> list[Summary]:
+    """One Summary per method, best first (accuracy, then fewer steps to target)."""
+    by_name: dict[str, list[RunResult]] = {}
+    for r in results:
+        by_name.setdefault(r.optimizer, []).append(r)
+    out = []
+    for name, rs in by_name.items():
+        accs = [r.eval_acc for r in rs]
+        hit = [r.steps_to_target for r in rs if r.steps_to_target is not None]
+        out.append(Summary(
+            name=name, lr=rs[0].lr, runs=len(rs), acc_mean=_mean(accs),
+            acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            eval_loss_mean=_mean([r.eval_loss for r in rs]),
+            final_train_loss_mean=_mean([r.final_train_loss for r in rs]),
+            steps_to_target=_mean(hit) if hit else None, reached=len(hit),
+            wall_s_mean=_mean([r.wall_s for r in rs]), diverged=sum(r.diverged for r in rs),
+        ))
+    inf = math.inf
+    out.sort(key=lambda s: (-s.acc_mean if math.isfinite(s.acc_mean) else inf,
+                            s.steps_to_target if s.steps_to_target is not None else inf))
+    return out
+
+
+def leaderboard(summary: Sequence[Summary], *, target_loss: float, title: str,
+                notes: dict[str, str] | None = None) -> Table:
+    """A rich table of ``summary``; ``notes`` adds a remark per method name."""
+    notes = notes or {}
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column("optimizer")
+    table.add_column("lr", justify="right")
+    table.add_column("test acc (mean ± std)", justify="right")
+    table.add_column(f"steps to train loss ≤ {target_loss:g}", justify="right")
+    table.add_column("final train loss", justify="right")
+    table.add_column("wall s/run", justify="right")
+    for i, s in enumerate(summary, 1):
+        steps = DASH if s.steps_to_target is None else f"{s.steps_to_target:.0f} ({s.reached}/{s.runs})"
+        name = s.name + (f" [dim]({notes[s.name]})[/dim]" if s.name in notes else "")
+        if s.diverged:
+            name += f" [red](diverged {s.diverged}/{s.runs})[/red]"
+        table.add_row(str(i), name, f"{s.lr:.3g}", f"{s.acc_mean:.4f} ± {s.acc_std:.4f}", steps,
+                      f"{s.final_train_loss_mean:.2e}", f"{s.wall_s_mean:.2f}")
+    return table
+
+
+def results_dir(out: str | Path | None, root: str | Path = "runs") -> Path:
+    """``out`` if given, else a fresh ``root/<timestamp>`` folder; created either way."""
+    if out is not None:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / stamp
+    i = 1
+    while path.exists():
+        i += 1
+        path = Path(root) / f"{stamp}-{i}"
+    path.mkdir(parents=True)
+    return path
+
+
+_RUN_FIELDS = ("optimizer", "seed", "lr", "steps", "eval_acc", "eval_loss", "final_train_loss",
+               "steps_to_target", "wall_s", "diverged")
+
+
+def write_results(out: Path, *, study: str, config: dict[str, Any], results: Sequence[RunResult],
+                  summary: Sequence[Summary]) -> None:
+    """Write ``results.csv`` (a row per run), ``curves.csv`` (training loss per
+    measured step per run) and ``results.json`` (config, summary and runs)."""
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(_RUN_FIELDS)
+        for r in results:
+            w.writerow(["" if getattr(r, k) is None else getattr(r, k) for k in _RUN_FIELDS])
+    with open(out / "curves.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("optimizer", "seed", "step", "train_loss"))
+        for r in results:
+            w.writerows((r.optimizer, r.seed, s, loss) for s, loss in zip(r.curve_steps, r.curve_loss))
+    doc = {
+        "study": study,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "config": config,
+        "summary": [asdict(s) for s in summary],
+        "runs": [{k: getattr(r, k) for k in _RUN_FIELDS} for r in results],
+    }
+    (out / "results.json").write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
+
+
+def plot_curves(path: Path, results: Sequence[RunResult], *, target_loss: float | None = None,
+                title: str = "") -> None:
+    """Mean (over seeds) training loss against step, one line per method, log y."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    by_name: dict[str, list[RunResult]] = {}
+    for r in results:
+        by_name.setdefault(r.optimizer, []).append(r)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, rs in by_name.items():
+        longest = max(rs, key=lambda r: len(r.curve_steps))
+        curves = np.full((len(rs), len(longest.curve_steps)), np.nan)
+        for i, r in enumerate(rs):  # a diverged run stops early: pad with NaN
+            curves[i, : len(r.curve_loss)] = r.curve_loss
+        curves[~np.isfinite(curves)] = np.nan
+        with warnings.catch_warnings():  # all-NaN columns after every seed diverged
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(curves, axis=0)
+        ax.plot(longest.curve_steps, mean, label=name, lw=1.3)
+    if target_loss is not None:
+        ax.axhline(target_loss, color="grey", ls="--", lw=0.8, label=f"target {target_loss:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (full batch, mean over seeds)")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

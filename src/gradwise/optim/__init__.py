@@ -1,0 +1,10 @@
+"""Optimizers of the seed papers, each a ``torch.optim.Optimizer`` with a multi-tensor step."""
+from gradwise.optim._base import GradTransform, GradwiseOptimizer
+from gradwise.optim.adabelief import AdaBelief
+from gradwise.optim.adamp import SGDP, AdamP
+from gradwise.optim.lion import Lion
+
+__all__ = ["GradwiseOptimizer", "GradTransform", "AdaBelief", "AdamP", "SGDP", "Lion"]
+from gradwise.optim.diffgrad import DiffGrad  # noqa: E402
+
+__all__ += ["DiffGrad"]

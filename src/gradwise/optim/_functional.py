@@ -1,0 +1,147 @@
+"""Multi-tensor pieces that the seed papers' optimizers share.
+
+Each function works on lists of tensors of one device and dtype (one bucket)
+with ``torch._foreach_*`` calls, and none synchronizes with the host: where a
+rule depends on the data (AdamP's projection, SPAM's clipping) it is a
+``torch.where``, not a Python ``if``. Functions ending in ``_`` write into
+their first argument; the others return new tensors and leave inputs alone
+(gradients in particular are never written).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "bias_corrections", "decoupled_decay_", "l2_grads", "ema_", "ema_sq_",
+    "perpendicular", "radial_projection", "spike_clip", "reset_moments_",
+]
+
+
+def bias_corrections(steps: list[int], beta: float) -> list[float]:
+    """``1 - beta**t`` for each parameter's step ``t``."""
+    return [1.0 - beta ** t for t in steps]
+
+
+def decoupled_decay_(params: list[Tensor], lr: float, weight_decay: float) -> None:
+    """Decoupled weight decay (Loshchilov & Hutter): ``p <- p * (1 - lr * wd)``."""
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+
+
+def l2_grads(grads: list[Tensor], params: list[Tensor], weight_decay: float) -> list[Tensor]:
+    """Coupled (L2) weight decay: new gradients ``g + wd * p``."""
+    if weight_decay == 0:
+        return grads
+    return torch._foreach_add(grads, params, alpha=weight_decay)
+
+
+def ema_(avgs: list[Tensor], xs: list[Tensor], beta: float) -> None:
+    """``a <- beta * a + (1 - beta) * x``, in the authors' operation order."""
+    torch._foreach_mul_(avgs, beta)
+    torch._foreach_add_(avgs, xs, alpha=1.0 - beta)
+
+
+def ema_sq_(avgs: list[Tensor], xs: list[Tensor], beta: float) -> None:
+    """``a <- beta * a + (1 - beta) * x * x``."""
+    torch._foreach_mul_(avgs, beta)
+    torch._foreach_addcmul_(avgs, xs, xs, value=1.0 - beta)
+
+
+def reset_moments_(tensors: list[Tensor]) -> None:
+    """Zero the given state tensors (SPAM's and Stable-SPAM's momentum reset)."""
+    torch._foreach_zero_(tensors)
+
+
+def perpendicular(params: list[Tensor], grads: list[Tensor], eps: float = 1e-30,
+                  renormalize: bool = True) -> list[Tensor]:
+    """⊥Grad of "Grokking at the Edge of Numerical Stability" (arXiv 2501.04697).
+
+    Removes from each gradient its component along its own weight, per tensor
+    (flattened)::
+
+        g_perp = g - (<w, g> / (<w, w> + eps)) * w
+        g_out  = g_perp * ||g|| / (||g_perp|| + eps)      if renormalize
+
+    The renormalization keeps the gradient's norm, as in the authors' code.
+    """
+    dots = [torch.vdot(w.reshape(-1), g.reshape(-1)) for w, g in zip(params, grads)]
+    sq = [torch.vdot(w.reshape(-1), w.reshape(-1)) for w in params]
+    torch._foreach_add_(sq, eps)
+    coef = torch._foreach_div(dots, sq)
+    proj = torch._foreach_mul(params, coef)
+    out = torch._foreach_sub(grads, proj)
+    if renormalize:
+        g_norm = torch._foreach_norm(grads)
+        p_norm = torch._foreach_norm(out)
+        torch._foreach_add_(p_norm, eps)
+        torch._foreach_mul_(out, torch._foreach_div(g_norm, p_norm))
+    return out
+
+
+def radial_projection(params: list[Tensor], grads: list[Tensor], updates: list[Tensor],
+                      delta: float, wd_ratio: float, eps: float) -> tuple[list[Tensor], list[Tensor | float]]:
+    """AdamP/SGDP's projection of updates off the radial direction of scale-invariant weights.
+
+    For each tensor with more than one dimension, the cosine similarity of
+    gradient and weight is measured per output channel (rows of
+    ``w.view(w.size(0), -1)``) and over the whole tensor. If the largest
+    channel cosine is below ``delta / sqrt(fan_in)`` the weight counts as
+    scale-invariant per channel and the update loses its component along each
+    channel's unit weight; otherwise, if the whole-tensor cosine is below
+    ``delta / sqrt(numel)``, along the unit weight of the whole tensor. A
+    projected tensor's weight decay is scaled by ``wd_ratio``.
+
+    The authors branch in Python on ``cosine.max() < threshold``; here both
+    projections are computed and selected with ``torch.where``, so there is no
+    host sync. Returns the new updates and, per tensor, the weight-decay factor
+    (a 0-dim tensor, or 1.0 for tensors with fewer than two dimensions).
+    """
+    out: list[Tensor] = []
+    factors: list[Tensor | float] = []
+    for w, g, u in zip(params, grads, updates):
+        if w.dim() <= 1:
+            out.append(u)
+            factors.append(1.0)
+            continue
+        n = w.size(0)
+        W, G, U = w.reshape(n, -1), g.reshape(n, -1), u.reshape(n, -1)
+        fan_in = W.size(1)
+        w_sq = (W * W).sum(1)
+        g_sq = (G * G).sum(1)
+        dot = (W * G).sum(1)
+        # channel view; cosine_similarity clamps each norm at eps
+        w_norm, g_norm = w_sq.sqrt(), g_sq.sqrt()
+        cos_c = dot.abs() / (w_norm.clamp_min(eps) * g_norm.clamp_min(eps))
+        use_c = cos_c.max() < delta / math.sqrt(fan_in)
+        # layer view
+        w_norm_l, g_norm_l = w_sq.sum().sqrt(), g_sq.sum().sqrt()
+        cos_l = dot.sum().abs() / (w_norm_l.clamp_min(eps) * g_norm_l.clamp_min(eps))
+        use_l = cos_l < delta / math.sqrt(n * fan_in)
+        # unit weights per channel, or for the whole tensor, chosen by the tests above
+        scale = torch.where(use_c, w_norm + eps, w_norm_l + eps)
+        Wn = W / scale.unsqueeze(1)
+        coef_c = (Wn * U).sum(1, keepdim=True)
+        coef = torch.where(use_c, coef_c, coef_c.sum())
+        projected = torch.where(use_c | use_l, U - Wn * coef, U)
+        out.append(projected.view_as(u))
+        factors.append(torch.where(use_c | use_l, wd_ratio, 1.0).to(w.dtype))
+    return out, factors
+
+
+def spike_clip(grads: list[Tensor], second_moments: list[Tensor], threshold: float) -> list[Tensor]:
+    """SPAM's spike clipping: entries with ``g**2 > threshold * v`` become ``sign(g) * sqrt(threshold * v)``.
+
+    ``v`` is the second-moment estimate *before* it absorbs ``g``. Returns new
+    gradients; entries where ``v == 0`` (nothing seen yet) are never clipped
+    because ``g**2 > 0`` there only if ``g != 0``... and are therefore guarded
+    by the caller's choice of when to clip.
+    """
+    limit = torch._foreach_mul(second_moments, threshold)
+    sq = torch._foreach_mul(grads, grads)
+    out = []
+    for g, s, lim in zip(grads, sq, limit):
+        out.append(torch.where(s > lim, g.sign() * lim.sqrt(), g))
+    return out

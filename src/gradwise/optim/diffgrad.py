@@ -1,0 +1,77 @@
+"""diffGrad: Adam whose momentum is damped where the gradient stops changing."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gradwise.optim import _functional as F
+from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
+from gradwise.registry import register
+
+
+@register(kind="optimizer",
+          paper="diffGrad: An Optimization Method for Convolutional Neural Networks",
+          year=2019, arxiv="1909.11015",
+          code="https://github.com/shivram1987/diffGrad (diffGrad_v2.py)",
+          summary="Adam scaled per entry by a friction coefficient sigmoid(|g_{t-1} - g_t|)")
+class DiffGrad(GradwiseOptimizer):
+    r"""diffGrad (Dubey et al., IEEE TNNLS 2020, arXiv 1909.11015).
+
+    Math, per parameter at step t (``g_0 = 0``)::
+
+        m_t = b1 m_{t-1} + (1 - b1) g_t
+        v_t = b2 v_{t-1} + (1 - b2) g_t^2
+        xi_t = 1 / (1 + exp(-|g_{t-1} - g_t|))        # friction coefficient
+        p_t = p_{t-1} - lr * sqrt(1 - b2^t) / (1 - b1^t) * xi_t m_t / (sqrt(v_t) + eps)
+
+    Faithful to the authors' bug-fixed ``diffGrad_v2.py``, in which the
+    stored previous gradient is a copy (in v1 it aliased the current gradient,
+    making ``xi`` a constant 0.5). Weight decay is coupled (L2), added to the
+    gradient before the moments, as in the authors' code. Departure: the
+    gradient with decay is a new tensor; ``p.grad`` is not written.
+
+    Args: lr (1e-3), betas ((0.9, 0.999)), eps (1e-8), weight_decay (0, L2),
+    grad_transforms, skip_nonfinite.
+
+    State (parameter dtype): ``exp_avg``, ``exp_avg_sq``, ``previous_grad``; ``step``.
+
+    Example::
+
+        opt = DiffGrad(model.parameters(), lr=1e-3)
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, **kwargs) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), **kwargs)
+
+    def _validate_group(self, g):
+        check_range("lr", g["lr"], 0.0)
+        check_betas(g["betas"])
+        check_range("eps", g["eps"], 0.0)
+        check_range("weight_decay", g["weight_decay"], 0.0)
+
+    def _init_state(self, p, group):
+        z = lambda: torch.zeros_like(p, memory_format=torch.preserve_format)  # noqa: E731
+        return {"exp_avg": z(), "exp_avg_sq": z(), "previous_grad": z()}
+
+    def _update(self, group, params, grads, states):
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        grads = F.l2_grads(grads, params, group["weight_decay"])
+        m = [s["exp_avg"] for s in states]
+        v = [s["exp_avg_sq"] for s in states]
+        prev = [s["previous_grad"] for s in states]
+        steps = [s["step"] for s in states]
+        F.ema_(m, grads, b1)
+        F.ema_sq_(v, grads, b2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, eps)
+        # friction coefficient sigmoid(|g_prev - g|) = 1 / (1 + exp(-|g_prev - g|))
+        fric = torch._foreach_sub(prev, grads)
+        torch._foreach_abs_(fric)
+        torch._foreach_sigmoid_(fric)
+        torch._foreach_copy_(prev, grads)
+        torch._foreach_mul_(fric, m)
+        bc1 = F.bias_corrections(steps, b1)
+        bc2 = F.bias_corrections(steps, b2)
+        torch._foreach_addcdiv_(params, fric, denom, [-lr * math.sqrt(c2) / c1 for c1, c2 in zip(bc1, bc2)])

@@ -1,0 +1,62 @@
+"""Lion, and the Lion-K family it belongs to."""
+from __future__ import annotations
+
+import torch
+
+from gradwise.optim import _functional as F
+from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
+from gradwise.registry import register
+
+
+@register(kind="optimizer", paper="Symbolic Discovery of Optimization Algorithms", year=2023,
+          arxiv="2302.06675",
+          code="https://github.com/google/automl/tree/master/lion (PyTorch: PyPI lion-pytorch 0.2.5)",
+          summary="Sign of an interpolated momentum: one state tensor, uniform-magnitude updates")
+class Lion(GradwiseOptimizer):
+    r"""Lion, EvoLved Sign Momentum (Chen et al., NeurIPS 2023, arXiv 2302.06675).
+
+    Math (the paper's Program 1)::
+
+        p <- p * (1 - lr * wd)
+        p <- p - lr * sign(b1 m + (1 - b1) g)
+        m <- b2 m + (1 - b2) g
+
+    Faithful to ``lion-pytorch==0.2.5``, which is the paper's program. Lion
+    needs a learning rate 3-10x smaller than AdamW's and a weight decay
+    3-10x larger for the same effective decay.
+
+    Args: lr (1e-4), betas ((0.9, 0.99)), weight_decay (0, decoupled),
+    grad_transforms, skip_nonfinite.
+
+    State: ``exp_avg`` (parameter dtype), ``step``.
+
+    Example::
+
+        opt = Lion(model.parameters(), lr=1e-4, weight_decay=1.0)
+    """
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, **kwargs) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay), **kwargs)
+
+    def _validate_group(self, g):
+        check_range("lr", g["lr"], 0.0)
+        check_betas(g["betas"])
+        check_range("weight_decay", g["weight_decay"], 0.0)
+
+    def _init_state(self, p, group):
+        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    def _direction(self, group, x: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The update direction from the interpolated momentum (in place allowed)."""
+        torch._foreach_sign_(x)
+        return x
+
+    def _update(self, group, params, grads, states):
+        lr, (b1, b2) = group["lr"], group["betas"]
+        m = [s["exp_avg"] for s in states]
+        F.decoupled_decay_(params, lr, group["weight_decay"])
+        x = torch._foreach_mul(m, b1)
+        torch._foreach_add_(x, grads, alpha=1.0 - b1)
+        torch._foreach_add_(params, self._direction(group, x), alpha=-lr)
+        F.ema_(m, grads, b2)
