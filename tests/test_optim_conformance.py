@@ -17,7 +17,7 @@ GOLDEN = torch.load(Path(__file__).parent / "data" / "optim_golden.pt", weights_
 # reference argument name -> gradwise argument name, per optimizer
 RENAME = {
     "SPAM": {"DeltaT": "reset_interval", "threshold": "spike_threshold", "warmup_steps": "warmup_steps",
-             "grad_accu_steps": "clip_start_step"},
+             "grad_accu_steps": "clip_delay"},
     "StableSPAM": {"update_proj_gap": "reset_interval", "total_T": "beta1_schedule_steps",
                    "eta_min": "beta1_min"},
 }

@@ -8,3 +8,10 @@ __all__ = ["GradwiseOptimizer", "GradTransform", "AdaBelief", "AdamP", "SGDP", "
 from gradwise.optim.diffgrad import DiffGrad  # noqa: E402
 
 __all__ += ["DiffGrad"]
+from gradwise.optim.orthograd import OrthoAdamW, OrthoGrad, PerpendicularGrad  # noqa: E402
+from gradwise.optim.sgd_sai import SGDSaI  # noqa: E402
+
+__all__ += ["SGDSaI", "OrthoAdamW", "OrthoGrad", "PerpendicularGrad"]
+from gradwise.optim.spam import SPAM, SpikeClip  # noqa: E402
+
+__all__ += ["SPAM", "SpikeClip"]

@@ -119,6 +119,9 @@ class GradwiseOptimizer(Optimizer):
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Check a parameter group's hyperparameters; raise ValueError."""
 
+    def _begin_group(self, group: dict[str, Any]) -> None:
+        """Called once per parameter group per (non-skipped) step, before its updates."""
+
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         """Fresh per-parameter state (without ``step``, which the base adds)."""
         return {}
@@ -162,6 +165,7 @@ class GradwiseOptimizer(Optimizer):
                 return loss
 
         for group, params in work:
+            self._begin_group(group)
             for bucket in _bucket_lists(params):
                 states = []
                 for p in bucket:

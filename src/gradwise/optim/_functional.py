@@ -16,7 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "bias_corrections", "decoupled_decay_", "l2_grads", "ema_", "ema_sq_",
-    "perpendicular", "radial_projection", "spike_clip", "reset_moments_",
+    "perpendicular", "radial_projection", "spike_clip", "reset_moments_", "cosine_anneal",
 ]
 
 
@@ -134,14 +134,16 @@ def radial_projection(params: list[Tensor], grads: list[Tensor], updates: list[T
 def spike_clip(grads: list[Tensor], second_moments: list[Tensor], threshold: float) -> list[Tensor]:
     """SPAM's spike clipping: entries with ``g**2 > threshold * v`` become ``sign(g) * sqrt(threshold * v)``.
 
-    ``v`` is the second-moment estimate *before* it absorbs ``g``. Returns new
-    gradients; entries where ``v == 0`` (nothing seen yet) are never clipped
-    because ``g**2 > 0`` there only if ``g != 0``... and are therefore guarded
-    by the caller's choice of when to clip.
+    ``v`` is the raw (not bias-corrected) second-moment EMA from the previous
+    step, as in the authors' code. Where ``v == 0`` every non-zero entry counts
+    as a spike and becomes 0, so callers hold clipping off for the first steps
+    (SPAM's ``clip_delay``). Returns new gradients.
     """
     limit = torch._foreach_mul(second_moments, threshold)
     sq = torch._foreach_mul(grads, grads)
-    out = []
-    for g, s, lim in zip(grads, sq, limit):
-        out.append(torch.where(s > lim, g.sign() * lim.sqrt(), g))
-    return out
+    return [torch.where(s > lim, g.sign() * lim.sqrt(), g) for g, s, lim in zip(grads, sq, limit)]
+
+
+def cosine_anneal(start: float, end: float, step: int, period: int) -> float:
+    """``end + (start - end) * (1 + cos(pi * step / period)) / 2`` (torch's closed-form cosine)."""
+    return end + (start - end) * (1 + math.cos(math.pi * step / period)) / 2

@@ -1,0 +1,77 @@
+"""SGD-SaI: SGD with momentum and a per-tensor learning-rate scale fixed at initialization."""
+from __future__ import annotations
+
+import torch
+
+from gradwise.optim import _functional as F
+from gradwise.optim._base import GradwiseOptimizer, check_range
+from gradwise.registry import register
+
+
+@register(kind="optimizer",
+          paper="No More Adam: Learning Rate Scaling at Initialization is All You Need",
+          year=2024, arxiv="2412.11768",
+          code="https://github.com/AnonymousAlethiometer/SGD_SaI (sgd_sai/sgd_sai.py)",
+          summary="Momentum SGD, each tensor's lr scaled once by its gradient signal-to-noise ratio at step 1")
+class SGDSaI(GradwiseOptimizer):
+    r"""SGD-SaI (Xu et al., 2024, arXiv 2412.11768).
+
+    Math: on a parameter's first step its gradient signal-to-noise ratio is
+    measured and frozen::
+
+        gsnr = ||g_1||_2 / (std(g_1) + eps)        # std unbiased; NaN (1 element) -> 0
+
+    then every step::
+
+        b_1 = g_1;  b_t = momentum * b_{t-1} + (1 - momentum) g_t
+        p_t = p_{t-1} * (1 - lr * wd) - lr * gsnr * b_t
+
+    Faithful to the authors' ``sgd_sai.py`` (v1.0.3), including the quirk that
+    a one-element tensor gets ``gsnr = |g| / eps``. Departures, all in cases
+    where the authors' code fails or misbehaves: ``momentum=0`` is plain SGD
+    (the reference raises an error); a parameter whose first gradient arrives
+    after the optimizer's first step gets its own gsnr then (the reference
+    measures all parameters on the optimizer's first step only, and fails
+    later for one that had no gradient then); a closure is evaluated once per
+    step (the reference evaluates it twice on the first step).
+
+    Args: lr (1e-2), momentum (0.9), eps (1e-8), weight_decay (1e-2,
+    decoupled), grad_transforms, skip_nonfinite.
+
+    State: ``gsnr`` (0-dim, parameter dtype), ``momentum_buffer`` (when
+    momentum > 0), ``step``.
+
+    Example::
+
+        opt = SGDSaI(model.parameters(), lr=1e-2, weight_decay=1e-2)
+    """
+
+    def __init__(self, params, lr: float = 1e-2, momentum: float = 0.9, eps: float = 1e-8,
+                 weight_decay: float = 1e-2, **kwargs) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay), **kwargs)
+
+    def _validate_group(self, g):
+        check_range("lr", g["lr"], 0.0)
+        check_range("momentum", g["momentum"], 0.0, 1.0, hi_open=True)
+        check_range("eps", g["eps"], 0.0)
+        check_range("weight_decay", g["weight_decay"], 0.0)
+
+    def _update(self, group, params, grads, states):
+        lr, mom, eps = group["lr"], group["momentum"], group["eps"]
+        for g, st in zip(grads, states):
+            if "gsnr" not in st:  # first step of this parameter only
+                sigma = g.std().nan_to_num() if g.numel() > 1 else torch.zeros((), dtype=g.dtype, device=g.device)
+                st["gsnr"] = g.norm() / (sigma + eps)
+                if mom != 0:
+                    st["momentum_buffer"] = g.clone(memory_format=torch.preserve_format)
+        F.decoupled_decay_(params, lr, group["weight_decay"])
+        if mom != 0:
+            fresh = [st["step"] == 1 for st in states]
+            old = [i for i, f in enumerate(fresh) if not f]
+            if old:
+                F.ema_([states[i]["momentum_buffer"] for i in old], [grads[i] for i in old], mom)
+            bufs = [st["momentum_buffer"] for st in states]
+        else:
+            bufs = grads
+        scale = torch._foreach_mul([st["gsnr"] for st in states], -lr)
+        torch._foreach_addcmul_(params, bufs, scale)
