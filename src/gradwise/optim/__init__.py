@@ -15,3 +15,6 @@ __all__ += ["SGDSaI", "OrthoAdamW", "OrthoGrad", "PerpendicularGrad"]
 from gradwise.optim.spam import SPAM, SpikeClip  # noqa: E402
 
 __all__ += ["SPAM", "SpikeClip"]
+from gradwise.optim.stable_spam import StableSPAM  # noqa: E402
+
+__all__ += ["StableSPAM"]

@@ -1,0 +1,159 @@
+"""Stable-SPAM: SPAM with adaptive spike clipping, adaptive gradient-norm scaling and momentum reset."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gradwise.optim import _functional as F
+from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
+from gradwise.optim.spam import _check_int
+from gradwise.registry import register
+
+
+def _gather(states, key):
+    return torch.stack([s[key] for s in states])
+
+
+@register(kind="optimizer", paper="Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
+          year=2025, arxiv="2502.17055",
+          code="https://github.com/TianjinYellow/StableSPAM (galore_torch/stablespam.py)",
+          summary="Adam after adaptive spike clipping (AdaClip) and norm scaling (AdaGN), with momentum reset")
+class StableSPAM(GradwiseOptimizer):
+    r"""Stable-SPAM (Huang et al., 2025, arXiv 2502.17055).
+
+    Math, per tensor at global step t and parameter step k, with
+    ``s = scale(t)`` (1, or a cosine from 1 to ``beta1_min`` over
+    ``beta1_schedule_steps + 1`` steps when that is set)::
+
+        p <- p (1 - lr wd)
+        # AdaClip: EMA of the tensor's max |g|
+        M <- g3 M + (1-g3) max|g|;  M^ = M / (1 - g3^k)
+        g <- g * M^ / max|g|   where |g| > M^
+        # AdaGN: EMAs of the tensor's L2 norm
+        mu <- (g1 s) mu + (1 - g1 s) ||g||;  nu <- g2 nu + (1-g2) ||g||^2
+        g <- g / ||g|| * (mu / (1-(g1 s)^k)) / (sqrt(nu / (1-g2^k)) + eps)     (if ||g|| > 0)
+        # momentum reset every reset_interval steps, then Adam with b1 s:
+        m <- b1 s m + (1 - b1 s) g;  v <- b2 v + (1-b2) g^2
+        p <- p - lr/(1-(b1 s)^k) * m / (sqrt(v)/sqrt(1-b2^k) + eps)
+
+    Faithful to the authors' ``stablespam.py``, including how its momentum
+    reset behaves (``paper_reset=False``, default): on a reset step the update
+    still uses the old moments, bias-corrected as if ``k = 1``; the state then
+    gets fresh zero moments and ``k = 1``, which also restarts the bias
+    correction of the AdaClip/AdaGN statistics (those are not zeroed).
+    ``paper_reset=True`` follows the paper instead: ``m, v <- 0`` before the
+    update of a reset step, step count running on. ``beta1_schedule_steps``
+    and ``beta1_min`` are the authors' ``total_T`` and ``eta_min``; as in their
+    code the cosine is not clamped (it rises again after
+    ``beta1_schedule_steps + 1``). ``reset_interval`` is their
+    ``update_proj_gap`` (0 disables resets); ``gamma1=-1`` means ``betas[0]``.
+    Departures: ``p.grad`` is not written (the authors clip it in place); the
+    schedule follows each group's ``group["step"]``.
+
+    Args: lr (1e-3), betas ((0.9, 0.999)), eps (1e-8), weight_decay (0,
+    decoupled), amsgrad (False), gamma1 (0.7), gamma2 (0.9), gamma3 (0.999),
+    beta1_schedule_steps (None), beta1_min (0.5), reset_interval (1000),
+    paper_reset (False), grad_transforms, skip_nonfinite.
+
+    State: ``exp_avg``, ``exp_avg_sq`` (``max_exp_avg_sq``), and 0-dim
+    ``m_max_t``, ``m_norm_t``, ``v_norm_t`` (parameter dtype); ``step``.
+
+    Example::
+
+        opt = StableSPAM(model.parameters(), lr=1e-3, gamma1=0.7, gamma2=0.9,
+                         beta1_schedule_steps=20000, reset_interval=1000)
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, amsgrad: bool = False,
+                 gamma1: float = 0.7, gamma2: float = 0.9, gamma3: float = 0.999,
+                 beta1_schedule_steps: int | None = None, beta1_min: float = 0.5,
+                 reset_interval: int = 1000, paper_reset: bool = False, **kwargs) -> None:
+        if gamma1 == -1 and isinstance(betas, (tuple, list)) and betas:
+            gamma1 = betas[0]
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        gamma1=gamma1, gamma2=gamma2, gamma3=gamma3,
+                        beta1_schedule_steps=beta1_schedule_steps, beta1_min=beta1_min,
+                        reset_interval=reset_interval, paper_reset=paper_reset)
+        super().__init__(params, defaults, **kwargs)
+
+    def _validate_group(self, g):
+        check_range("lr", g["lr"], 0.0)
+        check_betas(g["betas"])
+        check_range("eps", g["eps"], 0.0)
+        check_range("weight_decay", g["weight_decay"], 0.0)
+        for k in ("gamma1", "gamma2", "gamma3"):
+            check_range(k, g[k], 0.0, 1.0, hi_open=True)
+        if g["beta1_schedule_steps"] is not None:
+            _check_int("beta1_schedule_steps", g["beta1_schedule_steps"], 1)
+        check_range("beta1_min", g["beta1_min"], 0.0, 1.0)
+        _check_int("reset_interval", g["reset_interval"], 0)
+
+    def _begin_group(self, group):
+        group["step"] = group.get("step", 0) + 1
+
+    def _init_state(self, p, group):
+        z = lambda: torch.zeros_like(p, memory_format=torch.preserve_format)  # noqa: E731
+        zero = torch.zeros((), dtype=p.dtype, device=p.device)
+        st = {"exp_avg": z(), "exp_avg_sq": z(),
+              "m_max_t": zero.clone(), "m_norm_t": zero.clone(), "v_norm_t": zero.clone()}
+        if group["amsgrad"]:
+            st["max_exp_avg_sq"] = z()
+        return st
+
+    def _update(self, group, params, grads, states):
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        g1, g2, g3 = group["gamma1"], group["gamma2"], group["gamma3"]
+        t = group["step"]
+        T = group["beta1_schedule_steps"]
+        s = F.cosine_anneal(1.0, group["beta1_min"], t, T + 1) if T is not None else 1.0
+        F.decoupled_decay_(params, lr, group["weight_decay"])
+        dev, dt = params[0].device, params[0].dtype
+        k = torch.tensor([st["step"] for st in states], dtype=dt, device=dev)
+
+        # AdaClip, vectorized over the bucket's tensors (one value per tensor)
+        gmax = torch.stack(torch._foreach_norm(grads, float("inf")))
+        m_max = g3 * _gather(states, "m_max_t") + (1 - g3) * gmax
+        m_max_hat = m_max / (1 - g3 ** k)
+        ratio = (m_max_hat / gmax).unbind()
+        hats = m_max_hat.unbind()
+        grads = [torch.where(g.abs() > h, g * r, g) for g, h, r in zip(grads, hats, ratio)]
+
+        # AdaGN
+        norm = torch.stack(torch._foreach_norm(grads))
+        gs = g1 * s
+        m_norm = gs * _gather(states, "m_norm_t") + (1 - gs) * norm
+        v_norm = g2 * _gather(states, "v_norm_t") + (1 - g2) * norm * norm
+        c = (m_norm / (1 - gs ** k)) / ((v_norm / (1 - g2 ** k)).sqrt() + eps)
+        factor = torch.where(norm > 0, c / norm, torch.ones_like(norm))
+        grads = torch._foreach_mul(grads, list(factor.unbind()))
+        for key, val in (("m_max_t", m_max), ("m_norm_t", m_norm), ("v_norm_t", v_norm)):
+            torch._foreach_copy_([st[key] for st in states], list(val.unbind()))
+
+        m = [st["exp_avg"] for st in states]
+        v = [st["exp_avg_sq"] for st in states]
+        steps = [st["step"] for st in states]
+        R = group["reset_interval"]
+        if R and t % R == 0:
+            if group["paper_reset"]:
+                F.reset_moments_(m + v)
+            else:
+                # authors' order: this step runs on the old moments with k = 1,
+                # later steps on fresh zeros with k counting from 1
+                steps = [1] * len(states)
+                for st in states:
+                    st["exp_avg"] = torch.zeros_like(st["exp_avg"])
+                    st["exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
+                    st["step"] = 1
+        b1s = b1 * s
+        F.ema_(m, grads, b1s)
+        F.ema_sq_(v, grads, b2)
+        if group["amsgrad"]:
+            vmax = [st["max_exp_avg_sq"] for st in states]
+            torch._foreach_maximum_(vmax, v)
+            v = vmax
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, [math.sqrt(c2) for c2 in F.bias_corrections(steps, b2)])
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, m, denom, [-lr / c1 for c1 in F.bias_corrections(steps, b1s)])
