@@ -44,3 +44,27 @@ def test_matches_authors_code(case):
         # the trajectory moved, and we follow it
         assert (want - p0.detach()).abs().max() > 1e-3
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+ORTHO = torch.load(Path(__file__).parent / "data" / "orthograd_golden.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("case", ORTHO, ids=_case_id)
+def test_perpendicular_grad_matches_authors_wrapper(case):
+    base = getattr(torch.optim, case["base"])
+    if case["name"] == "OrthoAdamW":
+        factories = [lambda ps: go.OrthoAdamW(ps, **case["ref_kwargs"]),
+                     lambda ps: go.OrthoGrad(ps, base, **case["ref_kwargs"])]
+    else:
+        factories = [lambda ps: go.OrthoGrad(ps, base, **case["ref_kwargs"])]
+    for make in factories:
+        final = run(make, case["steps"])
+        for got, want in zip(final, case["final"]):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("case", [c for c in GOLDEN if c["name"] == "Lion"], ids=_case_id)
+def test_lion_k_with_l1_is_lion(case):
+    final = run(lambda ps: go.LionK(ps, k="l1", **case["ref_kwargs"]), case["steps"])
+    for got, want in zip(final, case["final"]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)

@@ -18,3 +18,6 @@ __all__ += ["SPAM", "SpikeClip"]
 from gradwise.optim.stable_spam import StableSPAM  # noqa: E402
 
 __all__ += ["StableSPAM"]
+from gradwise.optim.lion_k import LionK  # noqa: E402
+
+__all__ += ["LionK"]

@@ -13,7 +13,7 @@ from gradwise.registry import register
 @register(kind="optimizer",
           paper="AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",
           year=2020, arxiv="2010.07468",
-          code="https://github.com/juntang-zhuang/Adabelief-Optimizer (PyPI adabelief-pytorch 0.2.1)",
+          code="https://github.com/juntang-zhuang/Adabelief-Optimizer",
           summary="Adam with the second moment of (g - m): large steps when the gradient agrees with its EMA")
 class AdaBelief(GradwiseOptimizer):
     r"""AdaBelief (Zhuang et al., NeurIPS 2020, arXiv 2010.07468).

@@ -10,7 +10,7 @@ from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
 from gradwise.registry import register
 
 _PAPER = "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights"
-_CODE = "https://github.com/clovaai/AdamP (PyPI adamp 0.3.0)"
+_CODE = "https://github.com/clovaai/AdamP"
 
 
 def _check_projection(g):

@@ -13,7 +13,7 @@ from gradwise.registry import register
 @register(kind="optimizer",
           paper="diffGrad: An Optimization Method for Convolutional Neural Networks",
           year=2019, arxiv="1909.11015",
-          code="https://github.com/shivram1987/diffGrad (diffGrad_v2.py)",
+          code="https://github.com/shivram1987/diffGrad",
           summary="Adam scaled per entry by a friction coefficient sigmoid(|g_{t-1} - g_t|)")
 class DiffGrad(GradwiseOptimizer):
     r"""diffGrad (Dubey et al., IEEE TNNLS 2020, arXiv 1909.11015).

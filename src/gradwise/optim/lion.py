@@ -10,7 +10,7 @@ from gradwise.registry import register
 
 @register(kind="optimizer", paper="Symbolic Discovery of Optimization Algorithms", year=2023,
           arxiv="2302.06675",
-          code="https://github.com/google/automl/tree/master/lion (PyTorch: PyPI lion-pytorch 0.2.5)",
+          code="https://github.com/google/automl/tree/master/lion",
           summary="Sign of an interpolated momentum: one state tensor, uniform-magnitude updates")
 class Lion(GradwiseOptimizer):
     r"""Lion, EvoLved Sign Momentum (Chen et al., NeurIPS 2023, arXiv 2302.06675).

@@ -12,7 +12,7 @@ from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_betas, 
 from gradwise.registry import register
 
 _PAPER = "Grokking at the Edge of Numerical Stability"
-_CODE = "https://github.com/LucasPrietoAl/grokking-at-the-edge-of-numerical-stability (orthograd.py)"
+_CODE = "https://github.com/LucasPrietoAl/grokking-at-the-edge-of-numerical-stability"
 
 
 @register(kind="grad-transform", paper=_PAPER, year=2025, arxiv="2501.04697", code=_CODE,

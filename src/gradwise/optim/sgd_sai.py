@@ -11,7 +11,7 @@ from gradwise.registry import register
 @register(kind="optimizer",
           paper="No More Adam: Learning Rate Scaling at Initialization is All You Need",
           year=2024, arxiv="2412.11768",
-          code="https://github.com/AnonymousAlethiometer/SGD_SaI (sgd_sai/sgd_sai.py)",
+          code="https://github.com/AnonymousAlethiometer/SGD_SaI",
           summary="Momentum SGD, each tensor's lr scaled once by its gradient signal-to-noise ratio at step 1")
 class SGDSaI(GradwiseOptimizer):
     r"""SGD-SaI (Xu et al., 2024, arXiv 2412.11768).

@@ -10,7 +10,7 @@ from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_betas, 
 from gradwise.registry import register
 
 _PAPER = "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training"
-_CODE = "https://github.com/TianjinYellow/SPAM-Optimizer (galore_torch/SPAM.py, class AdamW)"
+_CODE = "https://github.com/TianjinYellow/SPAM-Optimizer"
 
 
 def _check_int(name, value, lo):

@@ -17,7 +17,7 @@ def _gather(states, key):
 
 @register(kind="optimizer", paper="Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
           year=2025, arxiv="2502.17055",
-          code="https://github.com/TianjinYellow/StableSPAM (galore_torch/stablespam.py)",
+          code="https://github.com/TianjinYellow/StableSPAM",
           summary="Adam after adaptive spike clipping (AdaClip) and norm scaling (AdaGN), with momentum reset")
 class StableSPAM(GradwiseOptimizer):
     r"""Stable-SPAM (Huang et al., 2025, arXiv 2502.17055).
