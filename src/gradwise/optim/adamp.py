@@ -112,7 +112,9 @@ class SGDP(GradwiseOptimizer):
 
     Faithful to ``adamp==0.3.0``: the momentum buffer starts at zero (so the
     first step is ``(1 - dampening) g``, unlike torch.optim.SGD which copies
-    the first gradient), and decay is divided by ``1 - momentum``. The
+    the first gradient), decay is divided by ``1 - momentum``, and without
+    Nesterov the projection is applied to the momentum buffer itself (the
+    update *is* the buffer there, projected in place). The
     authors' ``lr`` has no default; here it is 1e-3.
 
     Args:
@@ -150,5 +152,10 @@ class SGDP(GradwiseOptimizer):
         torch._foreach_add_(buf, grads, alpha=1.0 - group["dampening"])
         upd = torch._foreach_add(grads, buf, alpha=mom) if group["nesterov"] else buf
         upd, factors = F.radial_projection(params, grads, upd, group["delta"], group["wd_ratio"], group["eps"])
+        if not group["nesterov"]:
+            # the authors project the buffer itself in place when the update is the buffer
+            changed = [(b, u) for b, u in zip(buf, upd) if u is not b]
+            if changed:
+                torch._foreach_copy_([b for b, _ in changed], [u for _, u in changed])
         _decay_projected_(params, factors, lr * group["weight_decay"] / (1.0 - mom))
         torch._foreach_add_(params, upd, alpha=-lr)
