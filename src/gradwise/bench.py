@@ -14,13 +14,26 @@ Method, chosen for a small and noisy machine:
   shuffled order, runs ``steps`` steps, each one timed on its own. Machine
   noise (other tenants, frequency changes) thus falls on all optimizers
   alike instead of on whichever happened to run at a bad moment;
+* the Python garbage collector is off while timing;
 * the gradients are restored from a pristine copy before every step, outside
   the timed region: several optimizers (SPAM's spike clipping, StableSPAM's
   normalisation, OrthoGrad's projection, L2 decay) rewrite ``p.grad`` in
   place, and the benchmark must not let them drift the inputs;
-* an optimizer's time is the median over all its timed steps; the spread
-  shown is the inter-quartile range relative to that median. Ratios are
-  ratios of medians.
+* a peer with several implementations (pytorch_optimizer's foreach and
+  per-tensor paths; torch AdamW foreach or fused inside OrthoGrad) has each
+  timed, and the fastest counts: the target is the peer at its best on the
+  machine at hand;
+* an optimizer's time is the median over all its timed steps; ratios are
+  ratios of medians. The JSON output also has every sample, each
+  optimizer's inter-quartile spread, and a paired estimate of each
+  gradwise/peer ratio (median over rounds of the per-round ratio), which
+  should agree with the plain ratio when the machine was quiet.
+
+On a shared 2-core machine another busy process makes torch's two OpenMP
+threads wait for each other and steps take 10-100x longer at random; the
+median absorbs that only while it hits a minority of steps. The benchmark
+warns when the load average is high; ``--threads 1`` is then the steadier
+choice (and says so in the report's header).
 
 Targets (printed as PASS/MISS lines): (a) no gradwise optimizer slower than
 its pytorch_optimizer peer, (b) the family's median ratio to the peers at
@@ -41,6 +54,7 @@ import math
 import os
 import platform
 import random
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -65,12 +79,21 @@ _WD = 0.01  # weight decay used wherever both sides accept one
 class Method:
     """One benchmark row: a gradwise optimizer and its peer.
 
-    ``kwargs`` go to both sides (to the gradwise class only where its
-    signature accepts them; dropped names are reported). ``peer_kwargs`` are
-    extra arguments for the peer only: switches that make it compute the
-    same algorithm as the authors' code, and ``foreach=True`` so that it runs
-    its fastest (batched) path on CPU too. ``peer`` builds the peer from the
-    ``pytorch_optimizer`` module, the parameters and the merged kwargs.
+    ``kwargs`` go to both sides; a gradwise class gets each under the name
+    its signature uses (pytorch_optimizer's name, else an alias from
+    ``GRADWISE_ALIASES``); names it lacks are dropped and reported.
+    ``peer_kwargs`` are extra arguments for the peer only: switches that make
+    it compute the same algorithm as the authors' code. ``peer`` builds the
+    peer from the ``pytorch_optimizer`` module, the parameters and the
+    merged kwargs.
+
+    ``peer_paths``: the peer's implementations, each timed as its own
+    candidate; the row's peer time is the fastest. pytorch_optimizer 4.1
+    has a batched ("foreach") and a per-tensor ("loop") path for each of
+    these, and which is faster depends on the device: on CPU the loop path
+    of AdamP, SGDP and StableSPAM is about 2x faster than their foreach
+    path (which trades host syncs for extra tensor work), while SPAM's loop
+    path is about 2x slower.
     """
 
     name: str
@@ -79,6 +102,8 @@ class Method:
     peer: Callable[[Any, list[torch.Tensor], dict[str, Any]], torch.optim.Optimizer]
     peer_kwargs: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    peer_paths: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"foreach": {"foreach": True}, "loop": {"foreach": False}})
 
 
 def _po(cls_name: str):
@@ -90,17 +115,34 @@ def _po(cls_name: str):
 
 def _ortho_adamw(po, params, kw):
     # pytorch_optimizer's OrthoGrad wraps an optimizer; its batched projection
-    # is only on by default on CUDA, so foreach=True is asked for explicitly.
-    inner = torch.optim.AdamW(params, foreach=True, **kw)
-    return po.OrthoGrad(inner, foreach=True)
+    # is only on by default on CUDA, so foreach=True is asked for explicitly
+    # (on CPU it is ~20% faster than its per-tensor loop). The wrapped torch
+    # AdamW runs either its foreach or its fused implementation.
+    kw = dict(kw)
+    inner = kw.pop("inner")
+    adamw = torch.optim.AdamW(params, **{inner: True}, **kw)
+    return po.OrthoGrad(adamw, foreach=True)
 
+
+# pytorch_optimizer's argument name -> the gradwise name for the same setting.
+GRADWISE_ALIASES: dict[str, tuple[str, ...]] = {
+    "weight_decouple": ("decoupled_weight_decay",),
+    "ams_bound": ("amsgrad",),
+    "threshold": ("spike_threshold",),
+    "grad_accu_steps": ("clip_delay",),
+    "update_proj_gap": ("reset_interval",),
+    "warmup_epoch": ("warmup_steps",),
+    "theta": ("gamma3",),
+    "t_max": ("beta1_schedule_steps",),
+    "eta_min": ("beta1_min",),
+}
 
 _ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": _WD}
 
 METHODS: tuple[Method, ...] = (
     Method(
         "AdaBelief", {**_ADAM, "eps": 1e-16, "rectify": False},
-        "AdaBelief", _po("AdaBelief"), {"weight_decouple": True, "foreach": True},
+        "AdaBelief", _po("AdaBelief"), {"weight_decouple": True},
         # adabelief-pytorch 0.2.1 defaults to rectify=True; with it
         # pytorch_optimizer leaves its foreach path, so both sides are timed
         # without rectification (same algorithm; the rectified step differs
@@ -109,57 +151,58 @@ METHODS: tuple[Method, ...] = (
     ),
     Method(
         "DiffGrad", {**_ADAM, "eps": 1e-8},
-        "DiffGrad", _po("DiffGrad"), {"weight_decouple": False, "foreach": True},
+        "DiffGrad", _po("DiffGrad"), {"weight_decouple": False},
         # The authors' diffGrad adds L2 decay to the gradient; pytorch_optimizer
         # defaults to decoupled decay, so it is switched to coupled here.
         note="L2 (coupled) decay as in the authors' code",
     ),
     Method(
         "AdamP", {**_ADAM, "eps": 1e-8, "delta": 0.1, "wd_ratio": 0.1, "nesterov": False},
-        "AdamP", _po("AdamP"), {"weight_decouple": True, "foreach": True},
+        "AdamP", _po("AdamP"), {"weight_decouple": True},
     ),
     Method(
         "SGDP", {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": _WD, "eps": 1e-8,
                  "delta": 0.1, "wd_ratio": 0.1, "nesterov": False},
-        "SGDP", _po("SGDP"), {"weight_decouple": True, "foreach": True},
+        "SGDP", _po("SGDP"), {"weight_decouple": True},
     ),
     Method(
         "Lion", {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": _WD},
-        "Lion", _po("Lion"), {"weight_decouple": True, "foreach": True},
+        "Lion", _po("Lion"), {"weight_decouple": True},
     ),
     Method(
         "LionK", {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": _WD},
-        "Lion", _po("Lion"), {"weight_decouple": True, "foreach": True},
+        "Lion", _po("Lion"), {"weight_decouple": True},
         note="peer is pytorch_optimizer's Lion (no Lion-K there)",
     ),
     Method(
-        "SPAM", {**_ADAM, "eps": 1e-6, "density": 1.0, "threshold": 5000, "grad_accu_steps": 1,
+        "SPAM", {**_ADAM, "eps": 1e-6, "threshold": 5000, "grad_accu_steps": 1,
                  "update_proj_gap": 500, "warmup_epoch": 50},
-        "SPAM", _po("SPAM"), {"foreach": True},
+        "SPAM", _po("SPAM"), {"density": 1.0},
         # grad_accu_steps=1 (default 20) so spike clipping runs in every timed
-        # step instead of starting after the benchmark is over. density=1.0:
-        # pytorch_optimizer (like the authors' code) still keeps a boolean mask
-        # for every 2-D tensor and gathers/scatters through it.
-        note="grad_accu_steps=1 so spike clipping is active in timed steps",
+        # step instead of starting after the benchmark is over. density=1.0
+        # (dense update, the only kind gradwise computes): pytorch_optimizer,
+        # like the authors' code, still keeps an all-True boolean mask for
+        # every 2-D tensor and gathers/scatters through it.
+        note="clip delay 1 (default 20) so spike clipping runs in timed steps; peer density=1.0",
     ),
     Method(
         "StableSPAM", {**_ADAM, "eps": 1e-8, "gamma1": 0.7, "gamma2": 0.9, "theta": 0.999,
-                       "update_proj_gap": 1000},
-        "StableSPAM", _po("StableSPAM"), {"t_max": None, "foreach": True},
-        # pytorch_optimizer's StableSPAM defaults to foreach=False; its
-        # "foreach" path is still a per-tensor loop (norms, max, where), but
-        # without host syncs. t_max=None: no cosine decay of beta1.
-        note="peer foreach=True (default False); no momentum-decay schedule",
+                       "update_proj_gap": 1000, "t_max": None},
+        "StableSPAM", _po("StableSPAM"), {},
+        # pytorch_optimizer's "foreach" StableSPAM is still a per-tensor loop
+        # (norms, max, where) but without host syncs. t_max=None: no cosine
+        # decay of beta1 (the default on both sides).
     ),
     Method(
         "SGDSaI", {"lr": 1e-2, "momentum": 0.9, "weight_decay": _WD, "eps": 1e-8},
-        "SGDSaI", _po("SGDSaI"), {"weight_decouple": True, "foreach": True},
+        "SGDSaI", _po("SGDSaI"), {"weight_decouple": True},
         # The gradient SNR is computed once, on the first step (in warm-up).
     ),
     Method(
         "OrthoAdamW", {**_ADAM, "eps": 1e-8},
         "OrthoGrad(AdamW)", _ortho_adamw, {},
-        note="peer is pytorch_optimizer OrthoGrad(foreach) around torch AdamW(foreach)",
+        peer_paths={"foreach": {"inner": "foreach"}, "fused": {"inner": "fused"}},
+        note="peer is pytorch_optimizer OrthoGrad(foreach=True) around torch AdamW",
     ),
 )
 
@@ -263,10 +306,11 @@ def make_tensors(small: bool = False, seed: int = 0) -> tuple[list[torch.Tensor]
 
 @dataclass
 class _Candidate:
-    label: str  # unique: "gradwise:AdaBelief", "peer:AdaBelief", "torch:Adam(foreach)"
+    label: str  # unique: "gradwise:AdaBelief", "peer:AdaBelief:loop", "torch:Adam(foreach)"
     params: list[torch.Tensor]
     opt: torch.optim.Optimizer
     samples_ms: list[float] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)  # round index of each sample
     error: str | None = None
 
 
@@ -285,7 +329,7 @@ def _restore_grads(cand: _Candidate, grads0: list[torch.Tensor]) -> None:
 
 
 def _run_steps(cand: _Candidate, grads0: list[torch.Tensor], n: int, device: torch.device,
-               record: bool) -> None:
+               record_round: int | None) -> None:
     for _ in range(n):
         _restore_grads(cand, grads0)
         _sync(device)
@@ -293,20 +337,53 @@ def _run_steps(cand: _Candidate, grads0: list[torch.Tensor], n: int, device: tor
         cand.opt.step()
         _sync(device)
         t1 = time.perf_counter_ns()
-        if record:
+        if record_round is not None:
             cand.samples_ms.append((t1 - t0) / 1e6)
+            cand.rounds.append(record_round)
 
 
-def _filter_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Keep the kwargs that ``cls`` accepts; return them and the dropped names."""
+def _gradwise_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Map ``kwargs`` onto ``cls``'s named parameters.
+
+    Returns the kwargs to pass, the renamed ones (``old->new``) and the
+    dropped names. A class whose signature cannot be read, or that names
+    nothing but ``params`` and ``**kwargs``, gets everything unchanged.
+    """
     try:
         sig = inspect.signature(cls)
     except (TypeError, ValueError):
-        return dict(kwargs), []
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return dict(kwargs), []
-    kept = {k: v for k, v in kwargs.items() if k in sig.parameters}
-    return kept, sorted(set(kwargs) - set(kept))
+        return dict(kwargs), [], []
+    named = {n for n, p in sig.parameters.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    if not named - {"params"}:
+        return dict(kwargs), [], []
+    out, renamed, dropped = {}, [], []
+    for k, v in kwargs.items():
+        if k in named:
+            out[k] = v
+            continue
+        alt = next((a for a in GRADWISE_ALIASES.get(k, ()) if a in named), None)
+        if alt is None:
+            dropped.append(k)
+        else:
+            out[alt] = v
+            renamed.append(f"{k}->{alt}")
+    return out, renamed, dropped
+
+
+def _construct(cls: type, params: list[torch.Tensor], kwargs: dict[str, Any],
+               dropped: list[str]) -> torch.optim.Optimizer:
+    """``cls(params, **kwargs)``, dropping (into ``dropped``) keywords it rejects."""
+    kwargs = dict(kwargs)
+    while True:
+        try:
+            return cls(params, **kwargs)
+        except TypeError as exc:
+            bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            if not bad or bad.group(1) not in kwargs:
+                raise
+            kwargs.pop(bad.group(1))
+            dropped.append(bad.group(1))
 
 
 def _import_gradwise() -> tuple[Any, str | None]:
@@ -343,6 +420,27 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def _paired_ratio(a: _Candidate | None, b: _Candidate | None) -> float | None:
+    """Median over rounds of (a's median in the round / b's median in the round)."""
+    if a is None or b is None or a.error or b.error:
+        return None
+    per_round = []
+    for r in sorted(set(a.rounds) & set(b.rounds)):
+        sa = [t for t, k in zip(a.samples_ms, a.rounds) if k == r]
+        sb = [t for t, k in zip(b.samples_ms, b.rounds) if k == r]
+        mb = statistics.median(sb)
+        if mb > 0:
+            per_round.append(statistics.median(sa) / mb)
+    return statistics.median(per_round) if per_round else None
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -354,7 +452,8 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
+def machine_info(device: torch.device, load_average: float | None = None) -> dict[str, Any]:
+    """CPU model, cores, versions, date and the load average (at the start, if given)."""
     try:
         import pytorch_optimizer as po
 
@@ -374,6 +473,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(device),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "load_average": load_average if load_average is not None else _load_average(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -382,8 +482,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 def run(
     *,
-    steps: int = 5,
-    rounds: int = 7,
+    steps: int = 3,
+    rounds: int = 8,
     warmup: int = 3,
     only: Sequence[str] | None = None,
     small: bool = False,
@@ -422,6 +522,10 @@ def run(
     notes: list[str] = []
     gw_optim, gw_err = _import_gradwise()
     po, po_err = _import_peer()
+    load = _load_average()
+    if load is not None and load > 0.5 * (os.cpu_count() or 1):
+        notes.append(f"machine busy at start (1-min load average {load:.1f} on {os.cpu_count()} cores): "
+                     "timings are noisy; --threads 1 is steadier")
     if gw_err:
         notes.append(gw_err)
     if po_err:
@@ -453,13 +557,16 @@ def run(
             if gw_optim is not None:
                 mnotes.append("gradwise: not implemented yet")
         else:
-            kw, dropped = _filter_kwargs(cls, m.kwargs)
-            if dropped:
+            kw, renamed, dropped = _gradwise_kwargs(cls, m.kwargs)
+            if renamed:
+                mnotes.append(f"gradwise names: {', '.join(renamed)}")
+            add(f"gradwise:{m.name}", lambda ps, cls=cls, kw=kw, d=dropped: _construct(cls, ps, kw, d))
+            if dropped:  # filled in by _construct too
                 mnotes.append(f"gradwise {m.name} does not take: {', '.join(dropped)}")
-            add(f"gradwise:{m.name}", lambda ps, cls=cls, kw=kw: cls(ps, **kw))
         if po is not None:
-            peer_kw = {**m.kwargs, **m.peer_kwargs}
-            add(f"peer:{m.name}", lambda ps, m=m, kw=peer_kw: m.peer(po, ps, kw))
+            for path, path_kw in m.peer_paths.items():
+                peer_kw = {**m.kwargs, **m.peer_kwargs, **path_kw}
+                add(f"peer:{m.name}:{path}", lambda ps, m=m, kw=peer_kw: m.peer(po, ps, kw))
 
     say(f"{len(cands)} optimizers, {len(params0)} tensors, "
         f"{sum(p.numel() for p in params0) / 1e6:.2f}M parameters")
@@ -468,7 +575,7 @@ def run(
     # step fails is reported and dropped.
     for label in list(cands):
         try:
-            _run_steps(cands[label], grads0, warmup, dev, record=False)
+            _run_steps(cands[label], grads0, warmup, dev, record_round=None)
         except Exception as exc:  # noqa: BLE001
             notes.append(f"{label}: step failed ({type(exc).__name__}: {exc})")
             del cands[label]
@@ -487,7 +594,7 @@ def run(
                 if cand.error:
                     continue
                 try:
-                    _run_steps(cand, grads0, steps, dev, record=True)
+                    _run_steps(cand, grads0, steps, dev, record_round=r)
                 except Exception as exc:  # noqa: BLE001
                     cand.error = f"{type(exc).__name__}: {exc}"
                     notes.append(f"{label}: step failed ({cand.error})")
@@ -511,15 +618,24 @@ def run(
     ]
     rows = []
     for m in methods:
-        gw, peer = med(f"gradwise:{m.name}"), med(f"peer:{m.name}")
+        gw = med(f"gradwise:{m.name}")
+        paths = {path: med(f"peer:{m.name}:{path}") for path in m.peer_paths}
+        timed = {path: t for path, t in paths.items() if t is not None}
+        best = min(timed, key=timed.get) if timed else None
+        peer = timed.get(best) if best else None
+        peer_label = f"peer:{m.name}:{best}" if best else None
         rows.append({
             "name": m.name,
             "gradwise_ms": gw,
             "gradwise_spread": (stats.get(f"gradwise:{m.name}") or {}).get("spread"),
             "peer": m.peer_name if po is not None else None,
+            "peer_path": best,
             "peer_ms": peer,
-            "peer_spread": (stats.get(f"peer:{m.name}") or {}).get("spread"),
+            "peer_paths_ms": paths if po is not None else {},
+            "peer_spread": (stats.get(peer_label) or {}).get("spread") if peer_label else None,
             "ratio_peer": _ratio(gw, peer),
+            "ratio_peer_paired": _paired_ratio(cands.get(f"gradwise:{m.name}"),
+                                               cands.get(peer_label) if peer_label else None),
             "ratio_adam": _ratio(gw, adam),
             "ratio_adamw": _ratio(gw, adamw),
             "peer_ratio_adam": _ratio(peer, adam),
@@ -527,7 +643,7 @@ def run(
         })
 
     return {
-        "machine": machine_info(dev),
+        "machine": machine_info(dev, load),
         "config": {"steps": steps, "rounds": rounds, "warmup": warmup, "small": small, "seed": seed,
                    "tensors": len(params0), "parameters": sum(p.numel() for p in params0),
                    "only": list(only) if only else None},
@@ -584,8 +700,9 @@ def _pct(v: float | None) -> str:
     return "" if v is None else f"±{50 * v:.0f}%"
 
 
-_COLUMNS = ("optimizer", "gradwise ms/step", "peer", "peer ms/step", "gradwise/peer",
-            "gradwise/Adam(foreach)", "gradwise/AdamW(fused)", "peer/Adam(foreach)")
+_COLUMNS = ("optimizer", "gradwise ms", "peer", "peer ms", "gw/peer", "gw/Adam", "gw/AdamW", "peer/Adam")
+_LEGEND = ("ms = median ms per step(); gw = gradwise; peer = pytorch_optimizer, its fastest [path]; "
+           "Adam = torch.optim.Adam(foreach=True); AdamW = torch.optim.AdamW(fused=True)")
 
 
 def _table_rows(res: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -595,7 +712,8 @@ def _table_rows(res: dict[str, Any]) -> list[tuple[str, ...]]:
                     _x(ref["ratio_adamw"]), ""))
     for r in res["rows"]:
         gw = _ms(r["gradwise_ms"]) if r["gradwise_ms"] is not None else "missing"
-        out.append((r["name"], gw, r["peer"] or "—", _ms(r["peer_ms"]), _x(r["ratio_peer"]),
+        peer = f"{r['peer']} [{r['peer_path']}]" if r["peer_path"] else (r["peer"] or "—")
+        out.append((r["name"], gw, peer, _ms(r["peer_ms"]), _x(r["ratio_peer"]),
                     _x(r["ratio_adam"]), _x(r["ratio_adamw"]), _x(r["peer_ratio_adam"])))
     return out
 
@@ -615,23 +733,25 @@ def _note_lines(res: dict[str, Any]) -> list[str]:
 
 def print_rich(res: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
-    table = Table(title="Optimizer step time (median ms/step; lower is better)", caption=_header(res))
+    console = Console() if Console().is_terminal else Console(width=120)
+    table = Table(title="Optimizer step time (lower is better)")
     for i, col in enumerate(_COLUMNS):
         table.add_column(col, justify="left" if i in (0, 2) else "right")
     n_ref = len(res["references"])
     for i, row in enumerate(_table_rows(res)):
-        table.add_row(*row, style="dim" if i < n_ref else None, end_section=(i == n_ref - 1))
+        table.add_row(*(escape(c) for c in row), style="dim" if i < n_ref else None, end_section=(i == n_ref - 1))
     console.print(table)
+    console.print(f"[dim]{escape(_LEGEND)}\n{escape(_header(res))}[/]", highlight=False)
     for t in res["targets"]:
         color = {"PASS": "green", "MISS": "red"}.get(t["status"], "yellow")
         val = "—" if t["value"] is None else f"{t['value']:.2f}"
         detail = f" ({t['detail']})" if t["detail"] else ""
-        console.print(f"[{color}]{t['status']:4}[/] {t['target']}: {val}{detail}")
+        console.print(f"[{color}]{t['status']:4}[/] {escape(t['target'])}: {val}{escape(detail)}")
     for line in _note_lines(res):
-        console.print(f"[dim]note: {line}[/]")
+        console.print(f"[dim]note: {escape(line)}[/]")
 
 
 def to_markdown(res: dict[str, Any]) -> str:
@@ -643,14 +763,16 @@ def to_markdown(res: dict[str, Any]) -> str:
         + (f" ({m['gpu']})" if m.get("gpu") else ""),
         f"- Software: torch {m['torch']} ({m['torch_threads']} threads), "
         f"pytorch_optimizer {m['pytorch_optimizer']}, Python {m['python']}",
-        f"- Date: {m['date']}",
+        f"- Date: {m['date']}; load average at start: "
+        + ("unknown" if m["load_average"] is None else f"{m['load_average']:.1f}"),
         f"- Workload: {c['tensors']} tensors, {c['parameters']:,} float32 parameters "
         "(ResNet-ish conv/linear/bias/norm mix), fixed seeded gradients",
         f"- Method: {c['warmup']} warm-up steps, then {c['rounds']} rounds x {c['steps']} steps, "
         "round-robin in shuffled order, each step timed; median ms/step; ratios of medians",
+        f"- Columns: {_LEGEND}",
         "",
         "| " + " | ".join(_COLUMNS) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(_COLUMNS) - 1)) + "|",
+        "|" + "|".join("---" if i in (0, 2) else "---:" for i in range(len(_COLUMNS))) + "|",
     ]
     for row in _table_rows(res):
         lines.append("| " + " | ".join(row) + " |")
@@ -659,6 +781,10 @@ def to_markdown(res: dict[str, Any]) -> str:
         val = "—" if t["value"] is None else f"{t['value']:.2f}"
         detail = f" ({t['detail']})" if t["detail"] else ""
         lines.append(f"- **{t['status']}** {t['target']}: {val}{detail}")
+    paths = [f"- {r['name']}: " + ", ".join(f"{k} {_ms(v)} ms" for k, v in r["peer_paths_ms"].items())
+             for r in res["rows"] if len(r["peer_paths_ms"]) > 1]
+    if paths:
+        lines += ["", "Peer paths (median ms/step of each implementation; the fastest is used):", ""] + paths
     notes = _note_lines(res)
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
@@ -670,8 +796,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="gradwise bench",
         description="Time optimizer.step() for gradwise optimizers, their pytorch_optimizer peers "
                     "and torch.optim Adam(foreach) / AdamW(fused), interleaved in one process.")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per optimizer per round (default 5)")
-    p.add_argument("--rounds", type=int, default=7, help="round-robin rounds (default 7)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per optimizer per round (default 3)")
+    p.add_argument("--rounds", type=int, default=8, help="round-robin rounds (default 8)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
     p.add_argument("--only", type=str, default=None,
                    help=f"comma-separated optimizer names (from: {', '.join(GRADWISE_NAMES)})")

@@ -6,13 +6,15 @@ import json
 import math
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from gradwise.arena.runner import RunResult
 
@@ -71,25 +73,25 @@ def summarize(results: Sequence[RunResult]) -> list[Summary]:
 
 
 def leaderboard(summary: Sequence[Summary], *, target_loss: float, title: str,
-                notes: dict[str, str] | None = None) -> Table:
-    """A rich table of ``summary``; ``notes`` adds a remark per method name."""
-    notes = notes or {}
-    table = Table(title=title)
-    table.add_column("#", justify="right")
-    table.add_column("optimizer")
-    table.add_column("lr", justify="right")
-    table.add_column("test acc (mean ± std)", justify="right")
-    table.add_column(f"steps to train loss ≤ {target_loss:g}", justify="right")
-    table.add_column("final train loss", justify="right")
-    table.add_column("wall s/run", justify="right")
-    for i, s in enumerate(summary, 1):
+                untuned: Collection[str] = ()) -> Group:
+    """A rich table of ``summary`` and its notes; names in ``untuned`` get their lr starred."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("optimizer", no_wrap=True)
+    for col in ("lr", "test acc", f"steps to ≤{target_loss:g}", "final loss", "s/run"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for s in summary:
         steps = DASH if s.steps_to_target is None else f"{s.steps_to_target:.0f} ({s.reached}/{s.runs})"
-        name = s.name + (f" [dim]({notes[s.name]})[/dim]" if s.name in notes else "")
-        if s.diverged:
-            name += f" [red](diverged {s.diverged}/{s.runs})[/red]"
-        table.add_row(str(i), name, f"{s.lr:.3g}", f"{s.acc_mean:.4f} ± {s.acc_std:.4f}", steps,
+        name = s.name + (f" [red]diverged {s.diverged}/{s.runs}[/red]" if s.diverged else "")
+        lr = f"{s.lr:.3g}" + ("*" if s.name in untuned else "")
+        table.add_row(name, lr, f"{s.acc_mean:.4f} ± {s.acc_std:.4f}", steps,
                       f"{s.final_train_loss_mean:.2e}", f"{s.wall_s_mean:.2f}")
-    return table
+    caption = ["best first; test acc: mean ± std over seeds",
+               f"steps: first step with full-batch training loss ≤ {target_loss:g}, mean over the seeds",
+               "  that got there (how many got there)",
+               "final loss: full-batch training loss after the last step, mean over seeds"]
+    if any(s.name in untuned for s in summary):
+        caption.append("* lr not swept: the optimizer's default")
+    return Group(table, Text("\n".join(caption), style="dim"))
 
 
 def results_dir(out: str | Path | None, root: str | Path = "runs") -> Path:
@@ -133,7 +135,18 @@ def write_results(out: Path, *, study: str, config: dict[str, Any], results: Seq
         "summary": [asdict(s) for s in summary],
         "runs": [{k: getattr(r, k) for k in _RUN_FIELDS} for r in results],
     }
-    (out / "results.json").write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n")
+    (out / "results.json").write_text(json.dumps(_finite(doc), indent=2, allow_nan=False) + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None, so the JSON is standard."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def plot_curves(path: Path, results: Sequence[RunResult], *, target_loss: float | None = None,
@@ -148,17 +161,18 @@ def plot_curves(path: Path, results: Sequence[RunResult], *, target_loss: float 
     by_name: dict[str, list[RunResult]] = {}
     for r in results:
         by_name.setdefault(r.optimizer, []).append(r)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, rs in by_name.items():
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for i, (name, rs) in enumerate(by_name.items()):
         longest = max(rs, key=lambda r: len(r.curve_steps))
         curves = np.full((len(rs), len(longest.curve_steps)), np.nan)
-        for i, r in enumerate(rs):  # a diverged run stops early: pad with NaN
-            curves[i, : len(r.curve_loss)] = r.curve_loss
+        for row, r in zip(curves, rs):  # a diverged run stops early: pad with NaN
+            row[: len(r.curve_loss)] = r.curve_loss
         curves[~np.isfinite(curves)] = np.nan
         with warnings.catch_warnings():  # all-NaN columns after every seed diverged
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(curves, axis=0)
-        ax.plot(longest.curve_steps, mean, label=name, lw=1.3)
+        style = ("-", "--", ":")[i // 10 % 3]  # ten colours, then the next line style
+        ax.plot(longest.curve_steps, mean, label=name, lw=1.3, color=f"C{i % 10}", ls=style)
     if target_loss is not None:
         ax.axhline(target_loss, color="grey", ls="--", lw=0.8, label=f"target {target_loss:g}")
     ax.set_yscale("log")
@@ -166,7 +180,7 @@ def plot_curves(path: Path, results: Sequence[RunResult], *, target_loss: float 
     ax.set_ylabel("training loss (full batch, mean over seeds)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
