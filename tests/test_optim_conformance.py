@@ -32,12 +32,17 @@ def _case_id(c):
     return c["name"] + "-" + "-".join(f"{k}={v}" for k, v in c["ref_kwargs"].items())
 
 
+# both update paths: the fused CPU kernels and the torch._foreach_ one
+PATHS = [pytest.param(True, id="fused"), pytest.param(False, id="foreach")]
+
+
+@pytest.mark.parametrize("fused", PATHS)
 @pytest.mark.parametrize("case", GOLDEN, ids=_case_id)
-def test_matches_authors_code(case):
+def test_matches_authors_code(case, fused):
     cls = getattr(go, case["name"], None)
     if cls is None:
         pytest.fail(f"gradwise.optim has no {case['name']}")
-    kw = _gradwise_kwargs(case["name"], case["ref_kwargs"])
+    kw = _gradwise_kwargs(case["name"], case["ref_kwargs"]) | {"fused": fused}
     final = run(lambda ps: cls(ps, **kw), case["steps"])
     start = make_params()
     for got, want, p0 in zip(final, case["final"], start):
@@ -53,7 +58,8 @@ ORTHO = torch.load(Path(__file__).parent / "data" / "orthograd_golden.pt", weigh
 def test_perpendicular_grad_matches_authors_wrapper(case):
     base = getattr(torch.optim, case["base"])
     if case["name"] == "OrthoAdamW":
-        factories = [lambda ps: go.OrthoAdamW(ps, **case["ref_kwargs"]),
+        factories = [lambda ps: go.OrthoAdamW(ps, fused=True, **case["ref_kwargs"]),
+                     lambda ps: go.OrthoAdamW(ps, fused=False, **case["ref_kwargs"]),
                      lambda ps: go.OrthoGrad(ps, base, **case["ref_kwargs"])]
     else:
         factories = [lambda ps: go.OrthoGrad(ps, base, **case["ref_kwargs"])]
@@ -63,8 +69,9 @@ def test_perpendicular_grad_matches_authors_wrapper(case):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("fused", PATHS)
 @pytest.mark.parametrize("case", [c for c in GOLDEN if c["name"] == "Lion"], ids=_case_id)
-def test_lion_k_with_l1_is_lion(case):
-    final = run(lambda ps: go.LionK(ps, k="l1", **case["ref_kwargs"]), case["steps"])
+def test_lion_k_with_l1_is_lion(case, fused):
+    final = run(lambda ps: go.LionK(ps, k="l1", fused=fused, **case["ref_kwargs"]), case["steps"])
     for got, want in zip(final, case["final"]):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)

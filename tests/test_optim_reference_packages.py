@@ -64,10 +64,11 @@ RENAME = {"weight_decouple": "decoupled_weight_decay"}
 @pytest.mark.parametrize("name,ref,ours,kw", [(n, r, o, k) for n, r, o, ks in CASES for k in ks],
                          ids=lambda v: v if isinstance(v, str) else (
                              "-".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else ""))
-def test_matches_reference_package(name, ref, ours, kw):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
+def test_matches_reference_package(name, ref, ours, kw, fused):
     with contextlib.redirect_stdout(io.StringIO()):
         want = _train(lambda g: ref(g, **kw))
-    got = _train(lambda g: ours(g, **{RENAME.get(k, k): v for k, v in kw.items()}))
+    got = _train(lambda g: ours(g, fused=fused, **{RENAME.get(k, k): v for k, v in kw.items()}))
     start = [p.detach() for p in _model().parameters()]
     assert any((w - s).abs().max() > 1e-3 for w, s in zip(want, start))
     for a, b in zip(got, want):

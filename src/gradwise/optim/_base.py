@@ -97,6 +97,11 @@ class GradwiseOptimizer(Optimizer):
     Args common to every gradwise optimizer (keyword-only):
         grad_transforms: gradient transforms applied, in order, to the
             gradients before the update (e.g. ``[SpikeClip()]``).
+        fused: use the fused CPU kernels (one pass over memory instead of
+            8-15 ``_foreach_`` passes) for float32/float64 CPU tensors. None
+            (default): when they can be built; True: require them; False:
+            always the ``torch._foreach_*`` path (also used for other dtypes
+            and devices). Both paths compute the same update.
         skip_nonfinite: when True, a step whose gradients hold an inf or NaN
             leaves parameters and state untouched and increments
             ``group["skipped_steps"]`` in every parameter group. Costs one host
@@ -105,7 +110,11 @@ class GradwiseOptimizer(Optimizer):
     """
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *,
-                 grad_transforms: Sequence[GradTransform] = (), skip_nonfinite: bool = False) -> None:
+                 grad_transforms: Sequence[GradTransform] = (), skip_nonfinite: bool = False,
+                 fused: bool | None = None) -> None:
+        if fused is not None and not isinstance(fused, bool):
+            raise ValueError(f"Invalid fused: {fused!r} (accepted: None, True or False)")
+        self.fused = fused
         if not isinstance(skip_nonfinite, bool):
             raise ValueError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (accepted: True or False)")
         for t in grad_transforms:
@@ -130,6 +139,21 @@ class GradwiseOptimizer(Optimizer):
                 states: list[dict[str, Any]]) -> None:
         """Apply one step to a bucket (same device and dtype) of one group."""
         raise NotImplementedError
+
+    def _use_fused(self, params: list[Tensor]) -> bool:
+        """Whether this bucket goes through the fused kernels."""
+        if self.fused is False:
+            return False
+        p = params[0]
+        ok = p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
+        if ok:
+            from gradwise.optim import _fused
+            ok = _fused.available()
+        if self.fused and not ok:
+            from gradwise.optim import _fused
+            raise RuntimeError(f"{type(self).__name__}(fused=True) needs float32/float64 CPU tensors and the "
+                               f"compiled kernels (got {p.dtype} on {p.device}; {_fused.error() or 'kernels built'})")
+        return ok
 
     # -- torch.optim.Optimizer API -------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:

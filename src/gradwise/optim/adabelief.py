@@ -6,6 +6,7 @@ import math
 import torch
 
 from gradwise.optim import _functional as F
+from gradwise.optim import _fused
 from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
 from gradwise.registry import register
 
@@ -89,8 +90,39 @@ class AdaBelief(GradwiseOptimizer):
             st["max_exp_avg_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return st
 
+    @staticmethod
+    def _step_plan(group, steps, bc1):
+        """Per tensor: (mode, coefficient); mode 0 adaptive, 1 rectified, 2 momentum SGD, 3 none."""
+        lr, (b1, b2) = group["lr"], group["betas"]
+        if not group["rectify"]:
+            return [(0, -lr / c) for c in bc1]
+        rho_inf = 2.0 / (1.0 - b2) - 1.0
+        plan = []
+        for t, c1 in zip(steps, bc1):
+            b2t = b2 ** t
+            rho = rho_inf - 2.0 * t * b2t / (1.0 - b2t)
+            if rho >= 5:
+                r = math.sqrt((1 - b2t) * (rho - 4) / (rho_inf - 4) * (rho - 2) / rho * rho_inf / (rho_inf - 2))
+                plan.append((1, -lr * r / c1))
+            elif group["degenerated_to_sgd"]:
+                plan.append((2, -lr / c1))
+            else:
+                plan.append((3, 0.0))
+        return plan
+
     def _update(self, group, params, grads, states):
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        if self._use_fused(params):
+            steps = [s["step"] for s in states]
+            plan = self._step_plan(group, steps, F.bias_corrections(steps, b1))
+            decoupled = group["decoupled_weight_decay"]
+            decay = 1.0 - (1.0 if group["fixed_decay"] else lr) * wd if decoupled else 1.0
+            _fused.ops().adabelief_(
+                params, grads, [s["exp_avg"] for s in states], [s["exp_avg_var"] for s in states],
+                [s["max_exp_avg_var"] for s in states] if group["amsgrad"] else [],
+                [c for _, c in plan], [math.sqrt(c) for c in F.bias_corrections(steps, b2)],
+                [md for md, _ in plan], b1, b2, eps, decay, 0.0 if decoupled else wd)
+            return
         if group["decoupled_weight_decay"]:
             F.decoupled_decay_(params, 1.0 if group["fixed_decay"] else lr, wd)
         else:
@@ -119,16 +151,9 @@ class AdaBelief(GradwiseOptimizer):
             return
 
         # Rectified (RAdam) step: the branch depends only on the step count.
-        rho_inf = 2.0 / (1.0 - b2) - 1.0
-        adaptive, plain = [], []
-        for i, t in enumerate(steps):
-            b2t = b2 ** t
-            rho = rho_inf - 2.0 * t * b2t / (1.0 - b2t)
-            if rho >= 5:
-                r = math.sqrt((1 - b2t) * (rho - 4) / (rho_inf - 4) * (rho - 2) / rho * rho_inf / (rho_inf - 2))
-                adaptive.append((i, -lr * r / bc1[i]))
-            elif group["degenerated_to_sgd"]:
-                plain.append((i, -lr / bc1[i]))
+        plan = self._step_plan(group, steps, bc1)
+        adaptive = [(i, c) for i, (md, c) in enumerate(plan) if md == 1]
+        plain = [(i, c) for i, (md, c) in enumerate(plan) if md == 2]
         if adaptive:
             idx = [i for i, _ in adaptive]
             denom = torch._foreach_sqrt([v[i] for i in idx])

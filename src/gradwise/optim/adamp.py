@@ -6,6 +6,7 @@ import math
 import torch
 
 from gradwise.optim import _functional as F
+from gradwise.optim import _fused
 from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
 from gradwise.registry import register
 
@@ -83,6 +84,11 @@ class AdamP(GradwiseOptimizer):
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
         steps = [s["step"] for s in states]
+        if self._use_fused(params):
+            _fused.ops().radial_(0, params, grads, m, v, [-lr / c for c in F.bias_corrections(steps, b1)],
+                                 [math.sqrt(c) for c in F.bias_corrections(steps, b2)], b1, b2, eps, 0.0,
+                                 group["nesterov"], group["delta"], group["wd_ratio"], lr * group["weight_decay"])
+            return
         F.ema_(m, grads, b1)
         F.ema_sq_(v, grads, b2)
         denom = torch._foreach_sqrt(v)
@@ -148,6 +154,12 @@ class SGDP(GradwiseOptimizer):
     def _update(self, group, params, grads, states):
         lr, mom = group["lr"], group["momentum"]
         buf = [s["momentum"] for s in states]
+        if self._use_fused(params):
+            n = len(params)
+            _fused.ops().radial_(1, params, grads, buf, [], [-lr] * n, [1.0] * n, mom, 0.0, group["eps"],
+                                 group["dampening"], group["nesterov"], group["delta"], group["wd_ratio"],
+                                 lr * group["weight_decay"] / (1.0 - mom))
+            return
         torch._foreach_mul_(buf, mom)
         torch._foreach_add_(buf, grads, alpha=1.0 - group["dampening"])
         upd = torch._foreach_add(grads, buf, alpha=mom) if group["nesterov"] else buf

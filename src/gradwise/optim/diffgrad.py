@@ -6,6 +6,7 @@ import math
 import torch
 
 from gradwise.optim import _functional as F
+from gradwise.optim import _fused
 from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
 from gradwise.registry import register
 
@@ -57,11 +58,17 @@ class DiffGrad(GradwiseOptimizer):
 
     def _update(self, group, params, grads, states):
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        steps = [s["step"] for s in states]
+        coef = [-lr * math.sqrt(c2) / c1
+                for c1, c2 in zip(F.bias_corrections(steps, b1), F.bias_corrections(steps, b2))]
+        if self._use_fused(params):
+            _fused.ops().diffgrad_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                                   [s["previous_grad"] for s in states], coef, b1, b2, eps, group["weight_decay"])
+            return
         grads = F.l2_grads(grads, params, group["weight_decay"])
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
         prev = [s["previous_grad"] for s in states]
-        steps = [s["step"] for s in states]
         F.ema_(m, grads, b1)
         F.ema_sq_(v, grads, b2)
         denom = torch._foreach_sqrt(v)
@@ -72,6 +79,4 @@ class DiffGrad(GradwiseOptimizer):
         torch._foreach_sigmoid_(fric)
         torch._foreach_copy_(prev, grads)
         torch._foreach_mul_(fric, m)
-        bc1 = F.bias_corrections(steps, b1)
-        bc2 = F.bias_corrections(steps, b2)
-        torch._foreach_addcdiv_(params, fric, denom, [-lr * math.sqrt(c2) / c1 for c1, c2 in zip(bc1, bc2)])
+        torch._foreach_addcdiv_(params, fric, denom, coef)

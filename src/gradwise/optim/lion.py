@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from gradwise.optim import _functional as F
+from gradwise.optim import _fused
 from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
 from gradwise.registry import register
 
@@ -55,6 +56,9 @@ class Lion(GradwiseOptimizer):
     def _update(self, group, params, grads, states):
         lr, (b1, b2) = group["lr"], group["betas"]
         m = [s["exp_avg"] for s in states]
+        if group.get("k", "l1") == "l1" and self._use_fused(params):
+            _fused.ops().lion_(params, grads, m, lr, b1, b2, 1.0 - lr * group["weight_decay"])
+            return
         F.decoupled_decay_(params, lr, group["weight_decay"])
         x = torch._foreach_mul(m, b1)
         torch._foreach_add_(x, grads, alpha=1.0 - b1)

@@ -8,6 +8,7 @@ import torch
 from torch.optim import Optimizer
 
 from gradwise.optim import _functional as F
+from gradwise.optim import _fused
 from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_betas, check_range
 from gradwise.registry import register
 
@@ -24,6 +25,11 @@ class PerpendicularGrad(GradTransform):
     ``||g||`` (see :func:`gradwise.optim._functional.perpendicular`). Stops the
     naive loss minimization (growth of the weights along their own direction)
     that the paper shows drives softmax collapse and delays grokking.
+
+    As in the authors' code every tensor is projected, including
+    one-element ones, whose perpendicular part is rounding noise rescaled to
+    ``|g|`` (an update of arbitrary sign): leave scalars out of the parameter
+    list, or in a group of their own with a plain optimizer, if that matters.
 
     Example::
 
@@ -145,8 +151,12 @@ class OrthoAdamW(GradwiseOptimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, perp_eps: float = 1e-30,
                  grad_transforms=(), **kwargs) -> None:
+        self._perp = PerpendicularGrad(perp_eps)
+        # without further transforms the projection is done inside the update (fused when possible)
+        self._inline_perp = not grad_transforms
+        transforms = () if self._inline_perp else (self._perp, *grad_transforms)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
-                         grad_transforms=(PerpendicularGrad(perp_eps), *grad_transforms), **kwargs)
+                         grad_transforms=transforms, **kwargs)
 
     def _validate_group(self, g):
         check_range("lr", g["lr"], 0.0)
@@ -163,10 +173,25 @@ class OrthoAdamW(GradwiseOptimizer):
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
         steps = [s["step"] for s in states]
+        bc2_sqrt = [math.sqrt(c) for c in F.bias_corrections(steps, b2)]
+        coef = [-lr / c for c in F.bias_corrections(steps, b1)]
+        decay = 1.0 - lr * group["weight_decay"]
+        if self._use_fused(params):
+            pc, pk = [], []
+            if self._inline_perp:
+                e = self._perp.eps
+                wg, ww, gg = _fused.ops().perp_stats(params, grads, []).unbind(1)
+                pc = (wg / (ww + e)).tolist()  # CPU path: no device sync
+                orth = _fused.ops().perp_stats(params, grads, pc)[:, 0]
+                pk = (gg.sqrt() / (orth.sqrt() + e)).tolist()
+            _fused.ops().adamw_(params, grads, m, v, coef, bc2_sqrt, pc, pk, b1, b2, eps, decay)
+            return
+        if self._inline_perp:
+            grads = self._perp.apply(params, grads, states, group)
         F.decoupled_decay_(params, lr, group["weight_decay"])
         torch._foreach_lerp_(m, grads, 1.0 - b1)
         F.ema_sq_(v, grads, b2)
         denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [math.sqrt(c) for c in F.bias_corrections(steps, b2)])
+        torch._foreach_div_(denom, bc2_sqrt)
         torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, m, denom, [-lr / c for c in F.bias_corrections(steps, b1)])
+        torch._foreach_addcdiv_(params, m, denom, coef)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from gradwise.optim import _functional as F
+from gradwise.optim import _fused
 from gradwise.optim._base import GradwiseOptimizer, check_range
 from gradwise.registry import register
 
@@ -64,6 +65,12 @@ class SGDSaI(GradwiseOptimizer):
                 st["gsnr"] = g.norm() / (sigma + eps)
                 if mom != 0:
                     st["momentum_buffer"] = g.clone(memory_format=torch.preserve_format)
+        if self._use_fused(params):
+            # CPU tensors only on this path: reading the 0-dim gsnr is not a device sync
+            _fused.ops().sgdsai_(params, grads, [st["momentum_buffer"] for st in states] if mom != 0 else [],
+                                 [-lr * float(st["gsnr"]) for st in states],
+                                 [int(st["step"] == 1) for st in states], mom, 1.0 - lr * group["weight_decay"])
+            return
         F.decoupled_decay_(params, lr, group["weight_decay"])
         if mom != 0:
             fresh = [st["step"] == 1 for st in states]

@@ -6,6 +6,7 @@ import math
 import torch
 
 from gradwise.optim import _functional as F
+from gradwise.optim import _fused
 from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_betas, check_range
 from gradwise.registry import register
 
@@ -102,15 +103,6 @@ class SPAM(GradwiseOptimizer):
         t, T, D = group["step"], group["reset_interval"], group["clip_delay"]
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
-        if t % T == 0:
-            F.reset_moments_(m + v)
-        theta = group["spike_threshold"]
-        if theta != 0 and t >= D and t % T >= D:
-            grads = F.spike_clip(grads, v, theta)
-        F.ema_(m, grads, b1)
-        F.ema_sq_(v, grads, b2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_add_(denom, eps)
         scale = spam_warmup_scale(t, T, group["warmup_steps"])
         steps = [s["step"] for s in states]
         if group["correct_bias"]:
@@ -118,6 +110,21 @@ class SPAM(GradwiseOptimizer):
                      for c1, c2 in zip(F.bias_corrections(steps, b1), F.bias_corrections(steps, b2))]
         else:
             sizes = [-lr * scale] * len(params)
+        reset = t % T == 0
+        theta = group["spike_threshold"]
+        clip = theta != 0 and t >= D and t % T >= D
+        if self._use_fused(params):
+            _fused.ops().spam_(params, grads, m, v, sizes, b1, b2, eps, theta if clip else 0.0, reset,
+                               1.0 - lr * wd)
+            return
+        if reset:
+            F.reset_moments_(m + v)
+        if clip:
+            grads = F.spike_clip(grads, v, theta)
+        F.ema_(m, grads, b1)
+        F.ema_sq_(v, grads, b2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(params, m, denom, sizes)
         F.decoupled_decay_(params, lr, wd)
 

@@ -6,6 +6,7 @@ import math
 import torch
 
 from gradwise.optim import _functional as F
+from gradwise.optim import _fused
 from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
 from gradwise.optim.spam import _check_int
 from gradwise.registry import register
@@ -108,9 +109,34 @@ class StableSPAM(GradwiseOptimizer):
         t = group["step"]
         T = group["beta1_schedule_steps"]
         s = F.cosine_anneal(1.0, group["beta1_min"], t, T + 1) if T is not None else 1.0
+        k_stats = [st["step"] for st in states]  # clipping/norm statistics use the pre-reset count
+        m = [st["exp_avg"] for st in states]
+        v = [st["exp_avg_sq"] for st in states]
+        steps = list(k_stats)
+        R = group["reset_interval"]
+        if R and t % R == 0:
+            if group["paper_reset"]:
+                F.reset_moments_(m + v)
+            else:
+                # authors' order: this step runs on the old moments with k = 1,
+                # later steps on fresh zeros with k counting from 1
+                steps = [1] * len(states)
+                for st in states:
+                    st["exp_avg"] = torch.zeros_like(st["exp_avg"])
+                    st["exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
+                    st["step"] = 1
+        b1s = b1 * s
+        vmax = [st["max_exp_avg_sq"] for st in states] if group["amsgrad"] else []
+        if self._use_fused(params):
+            _fused.ops().stablespam_(params, grads, m, v, vmax, [st["m_max_t"] for st in states],
+                                     [st["m_norm_t"] for st in states], [st["v_norm_t"] for st in states],
+                                     [float(k) for k in k_stats], [float(k) for k in steps], lr, b1s, b2, eps,
+                                     g1 * s, g2, g3, 1.0 - lr * group["weight_decay"])
+            return
+
         F.decoupled_decay_(params, lr, group["weight_decay"])
         dev, dt = params[0].device, params[0].dtype
-        k = torch.tensor([st["step"] for st in states], dtype=dt, device=dev)
+        k = torch.tensor(k_stats, dtype=dt, device=dev)
 
         # AdaClip, vectorized over the bucket's tensors (one value per tensor)
         gmax = torch.stack(torch._foreach_norm(grads, float("inf")))
@@ -131,26 +157,9 @@ class StableSPAM(GradwiseOptimizer):
         for key, val in (("m_max_t", m_max), ("m_norm_t", m_norm), ("v_norm_t", v_norm)):
             torch._foreach_copy_([st[key] for st in states], list(val.unbind()))
 
-        m = [st["exp_avg"] for st in states]
-        v = [st["exp_avg_sq"] for st in states]
-        steps = [st["step"] for st in states]
-        R = group["reset_interval"]
-        if R and t % R == 0:
-            if group["paper_reset"]:
-                F.reset_moments_(m + v)
-            else:
-                # authors' order: this step runs on the old moments with k = 1,
-                # later steps on fresh zeros with k counting from 1
-                steps = [1] * len(states)
-                for st in states:
-                    st["exp_avg"] = torch.zeros_like(st["exp_avg"])
-                    st["exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
-                    st["step"] = 1
-        b1s = b1 * s
         F.ema_(m, grads, b1s)
         F.ema_sq_(v, grads, b2)
-        if group["amsgrad"]:
-            vmax = [st["max_exp_avg_sq"] for st in states]
+        if vmax:
             torch._foreach_maximum_(vmax, v)
             v = vmax
         denom = torch._foreach_sqrt(v)
