@@ -53,9 +53,11 @@ def load(verbose: bool = False) -> bool:
     try:
         from torch.utils import cpp_extension
 
-        flags = ["-O3", "-fopenmp", "-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-O3", "-fopenmp"]
+        flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+        if platform.machine() in ("x86_64", "AMD64"):
+            flags.append("-march=native")
         cpp_extension.load(name=_build_name(), sources=[str(_SRC)], extra_cflags=flags,
-                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=verbose)
+                           extra_ldflags=["-fopenmp", "-lmvec"] if sys.platform.startswith("linux") else ["-fopenmp"], is_python_module=False, verbose=verbose)
         _state["ok"] = hasattr(torch.ops.gradwise_fused, "adamw_")
     except Exception as exc:  # no compiler, no ninja, ...: the foreach path still works
         _state["error"] = f"{type(exc).__name__}: {exc}"

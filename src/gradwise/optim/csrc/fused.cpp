@@ -9,14 +9,26 @@
 // Conventions: tensors are CPU float32/float64; a non-contiguous tensor is
 // processed through a contiguous copy (written back if it is an output).
 // Arithmetic is done in the tensor's dtype, in the order of the Python path.
+// Element loops are free functions over __restrict__ pointers with scalars
+// passed by value, so that the compiler can vectorize them.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <memory>
 #include <vector>
+
+// glibc's libmvec has vector versions of exp; declaring them lets the loop in
+// diffgrad_range vectorize (as math.h does under -ffast-math, which we avoid).
+extern "C" {
+#pragma omp declare simd notinbranch
+double exp(double) noexcept;
+#pragma omp declare simd notinbranch
+float expf(float) noexcept;
+}
 
 namespace {
 
@@ -37,6 +49,9 @@ struct Work {
 template <typename T>
 inline T sgn(T x) { return static_cast<T>((x > T(0)) - (x < T(0))); }
 
+inline float fexp(float x) { return expf(x); }
+inline double fexp(double x) { return exp(x); }
+
 void check_lists(const char* name, at::TensorList a, at::TensorList b) {
   TORCH_CHECK(a.size() == b.size(), name, ": tensor lists differ in length");
   for (size_t i = 0; i < a.size(); ++i) {
@@ -46,9 +61,76 @@ void check_lists(const char* name, at::TensorList a, at::TensorList b) {
   }
 }
 
+// Sum of f over [0, n) in fixed chunks, so the result does not depend on the
+// thread count. Within a chunk the sums are vectorized (omp simd reductions),
+// so they are summed in a different order than torch's reductions: equal to
+// the last few bits, which is why tests compare to the authors' code with a
+// tolerance and this path to itself bit for bit.
+template <typename T, int K, typename F>
+std::array<T, K> chunked_sum(int64_t n, F f) {
+  const int64_t chunks = std::max<int64_t>(1, (n + kGrain - 1) / kGrain);
+  std::vector<std::array<T, K>> acc(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) acc[c] = f(c * kGrain, std::min(n, (c + 1) * kGrain));
+  });
+  std::array<T, K> out{};
+  for (auto& a : acc)
+    for (int k = 0; k < K; ++k) out[k] += a[k];
+  return out;
+}
+
+// Max of f over [0, n) in fixed chunks.
+template <typename T, typename F>
+T chunked_max(int64_t n, F f) {
+  const int64_t chunks = std::max<int64_t>(1, (n + kGrain - 1) / kGrain);
+  std::vector<T> acc(chunks, T(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) acc[c] = f(c * kGrain, std::min(n, (c + 1) * kGrain));
+  });
+  return *std::max_element(acc.begin(), acc.end());
+}
+
 // ---------------------------------------------------------------- AdaBelief
-// mode: 0 adaptive with bias-corrected denominator, 1 rectified adaptive
-// (denominator sqrt(s) + eps), 2 momentum-SGD step, 3 no step.
+// MODE 0: adaptive with bias-corrected denominator; 1: rectified adaptive
+// (denominator sqrt(s) + eps); 2: momentum-SGD step; 3: no step.
+template <typename T, bool L2, bool AMS, int MODE>
+void adabelief_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ s,
+                     T* __restrict__ smax, int64_t lo, int64_t hi, T b1, T b2, T eps, T decay, T l2, T coef, T q) {
+  const T omb1 = 1 - b1, omb2 = 1 - b2;
+  for (int64_t j = lo; j < hi; ++j) {
+    T gj = g[j];
+    if (L2) gj = gj + l2 * p[j];
+    const T mj = m[j] * b1 + omb1 * gj;
+    const T r = gj - mj;
+    const T sj = (s[j] * b2 + omb2 * (r * r)) + eps;
+    m[j] = mj;
+    s[j] = sj;
+    T use = sj;
+    if (AMS) {
+      use = std::max(smax[j], sj);
+      smax[j] = use;
+    }
+    T pj = p[j] * decay;
+    if (MODE == 0) pj = pj + coef * (mj / (std::sqrt(use) / q + eps));
+    if (MODE == 1) pj = pj + coef * (mj / (std::sqrt(sj) + eps));
+    if (MODE == 2) pj = pj + coef * mj;
+    p[j] = pj;
+  }
+}
+
+template <typename T, bool L2, bool AMS>
+void adabelief_one(int64_t md, T* p, const T* g, T* m, T* s, T* smax, int64_t n, T b1, T b2, T eps, T decay, T l2,
+                   T coef, T q) {
+  at::parallel_for(0, n, kGrain, [=](int64_t lo, int64_t hi) {
+    switch (md) {
+      case 0: adabelief_range<T, L2, AMS, 0>(p, g, m, s, smax, lo, hi, b1, b2, eps, decay, l2, coef, q); break;
+      case 1: adabelief_range<T, L2, AMS, 1>(p, g, m, s, smax, lo, hi, b1, b2, eps, decay, l2, coef, q); break;
+      case 2: adabelief_range<T, L2, AMS, 2>(p, g, m, s, smax, lo, hi, b1, b2, eps, decay, l2, coef, q); break;
+      default: adabelief_range<T, L2, AMS, 3>(p, g, m, s, smax, lo, hi, b1, b2, eps, decay, l2, coef, q);
+    }
+  });
+}
+
 void adabelief_(at::TensorList p, at::TensorList g, at::TensorList m, at::TensorList s, at::TensorList smax,
                 c10::ArrayRef<double> coef, c10::ArrayRef<double> bc2_sqrt, c10::ArrayRef<int64_t> mode,
                 double b1, double b2, double eps, double decay, double l2) {
@@ -56,42 +138,41 @@ void adabelief_(at::TensorList p, at::TensorList g, at::TensorList m, at::Tensor
   const bool ams = !smax.empty();
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "adabelief_", [&] {
-      Work P(p[i], true), G(g[i], false), M(m[i], true), S(s[i], true);
-      Work SM(ams ? smax[i] : s[i], ams);
-      scalar_t *pp = P.ptr<scalar_t>(), *mp = M.ptr<scalar_t>(), *sp = S.ptr<scalar_t>(), *smp = SM.ptr<scalar_t>();
-      const scalar_t* gp = G.ptr<scalar_t>();
-      const scalar_t B1 = b1, B2 = b2, E = eps, D = decay, L2 = l2, C = coef[i], Q = bc2_sqrt[i];
-      const scalar_t omb1 = 1 - b1, omb2 = 1 - b2;
-      const int64_t md = mode[i];
-      at::parallel_for(0, P.t.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-        for (int64_t j = lo; j < hi; ++j) {
-          scalar_t gj = gp[j];
-          if (L2 != 0) gj = gj + L2 * pp[j];
-          scalar_t pj = pp[j] * D;
-          scalar_t mj = mp[j] * B1 + omb1 * gj;
-          scalar_t r = gj - mj;
-          scalar_t sj = sp[j] * B2 + omb2 * (r * r);
-          sj = sj + E;
-          mp[j] = mj;
-          sp[j] = sj;
-          scalar_t use = sj;
-          if (ams) {
-            use = std::max(smp[j], sj);
-            smp[j] = use;
-          }
-          if (md == 0) pj = pj + C * (mj / (std::sqrt(use) / Q + E));
-          else if (md == 1) pj = pj + C * (mj / (std::sqrt(sj) + E));
-          else if (md == 2) pj = pj + C * mj;
-          pp[j] = pj;
-        }
-      });
+      using T = scalar_t;
+      Work P(p[i], true), G(g[i], false), M(m[i], true), S(s[i], true), SM(ams ? smax[i] : s[i], ams);
+      const int64_t n = P.t.numel();
+      auto args = std::make_tuple(P.ptr<T>(), G.ptr<T>(), M.ptr<T>(), S.ptr<T>(), SM.ptr<T>());
+      const T B1 = b1, B2 = b2, E = eps, D = decay, L = l2, C = coef[i], Q = bc2_sqrt[i];
+      auto [pp, gp, mp, sp, smp] = args;
+      if (l2 != 0) {
+        if (ams) adabelief_one<T, true, true>(mode[i], pp, gp, mp, sp, smp, n, B1, B2, E, D, L, C, Q);
+        else adabelief_one<T, true, false>(mode[i], pp, gp, mp, sp, smp, n, B1, B2, E, D, L, C, Q);
+      } else {
+        if (ams) adabelief_one<T, false, true>(mode[i], pp, gp, mp, sp, smp, n, B1, B2, E, D, L, C, Q);
+        else adabelief_one<T, false, false>(mode[i], pp, gp, mp, sp, smp, n, B1, B2, E, D, L, C, Q);
+      }
     });
   }
 }
 
 // ---------------------------------------------------------------- Adam / AdamW
-// p <- p * decay + coef * m / (sqrt(v) / bc2_sqrt + eps) with m, v updated from
-// g' = (g - pc * w) * pk (pc = pk = 0/1 when there is no ⊥Grad projection).
+// p <- p * decay + coef * m / (sqrt(v) / q + eps), m and v updated from
+// g' = (g - pc * w) * pk when PROJ (⊥Grad), else g.
+template <typename T, bool PROJ>
+void adamw_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v, int64_t lo,
+                 int64_t hi, T b1, T b2, T eps, T decay, T coef, T q, T pc, T pk) {
+  const T omb1 = 1 - b1, omb2 = 1 - b2;
+  for (int64_t j = lo; j < hi; ++j) {
+    T gj = g[j];
+    if (PROJ) gj = (gj - pc * p[j]) * pk;
+    const T mj = m[j] + omb1 * (gj - m[j]);  // lerp, as torch.optim.AdamW
+    const T vj = v[j] * b2 + omb2 * (gj * gj);
+    m[j] = mj;
+    v[j] = vj;
+    p[j] = p[j] * decay + coef * (mj / (std::sqrt(vj) / q + eps));
+  }
+}
+
 void adamw_(at::TensorList p, at::TensorList g, at::TensorList m, at::TensorList v, c10::ArrayRef<double> coef,
             c10::ArrayRef<double> bc2_sqrt, c10::ArrayRef<double> proj_c, c10::ArrayRef<double> proj_k,
             double b1, double b2, double eps, double decay) {
@@ -99,28 +180,44 @@ void adamw_(at::TensorList p, at::TensorList g, at::TensorList m, at::TensorList
   const bool proj = !proj_c.empty();
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "adamw_", [&] {
+      using T = scalar_t;
       Work P(p[i], true), G(g[i], false), M(m[i], true), V(v[i], true);
-      scalar_t *pp = P.ptr<scalar_t>(), *mp = M.ptr<scalar_t>(), *vp = V.ptr<scalar_t>();
-      const scalar_t* gp = G.ptr<scalar_t>();
-      const scalar_t B1 = b1, B2 = b2, E = eps, D = decay, C = coef[i], Q = bc2_sqrt[i];
-      const scalar_t PC = proj ? proj_c[i] : 0, PK = proj ? proj_k[i] : 1;
-      const scalar_t omb1 = 1 - b1, omb2 = 1 - b2;
-      at::parallel_for(0, P.t.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-        for (int64_t j = lo; j < hi; ++j) {
-          scalar_t gj = gp[j];
-          if (proj) gj = (gj - PC * pp[j]) * PK;
-          scalar_t mj = mp[j] + omb1 * (gj - mp[j]);  // lerp, as torch.optim.AdamW
-          scalar_t vj = vp[j] * B2 + omb2 * (gj * gj);
-          mp[j] = mj;
-          vp[j] = vj;
-          pp[j] = pp[j] * D + C * (mj / (std::sqrt(vj) / Q + E));
-        }
+      T *pp = P.ptr<T>(), *mp = M.ptr<T>(), *vp = V.ptr<T>();
+      const T* gp = G.ptr<T>();
+      const T B1 = b1, B2 = b2, E = eps, D = decay, C = coef[i], Q = bc2_sqrt[i];
+      const T PC = proj ? proj_c[i] : 0, PK = proj ? proj_k[i] : 1;
+      at::parallel_for(0, P.t.numel(), kGrain, [=](int64_t lo, int64_t hi) {
+        if (proj) adamw_range<T, true>(pp, gp, mp, vp, lo, hi, B1, B2, E, D, C, Q, PC, PK);
+        else adamw_range<T, false>(pp, gp, mp, vp, lo, hi, B1, B2, E, D, C, Q, PC, PK);
       });
     });
   }
 }
 
-// Per-tensor sums for ⊥Grad: <w,g>, <w,w>, <g,g>, and with c given, ||g - c w||^2.
+// Per-tensor sums for ⊥Grad: <w,g>, <w,w>, <g,g>; with c given, ||g - c w||^2 in column 0.
+template <typename T>
+std::array<T, 3> perp_range(const T* __restrict__ w, const T* __restrict__ g, int64_t lo, int64_t hi) {
+  T a = 0, b = 0, d = 0;
+#pragma omp simd reduction(+ : a, b, d)
+  for (int64_t j = lo; j < hi; ++j) {
+    a += w[j] * g[j];
+    b += w[j] * w[j];
+    d += g[j] * g[j];
+  }
+  return {a, b, d};
+}
+
+template <typename T>
+std::array<T, 1> orth_range(const T* __restrict__ w, const T* __restrict__ g, int64_t lo, int64_t hi, T c) {
+  T a = 0;
+#pragma omp simd reduction(+ : a)
+  for (int64_t j = lo; j < hi; ++j) {
+    const T r = g[j] - c * w[j];
+    a += r * r;
+  }
+  return {a};
+}
+
 at::Tensor perp_stats(at::TensorList w, at::TensorList g, c10::ArrayRef<double> c) {
   check_lists("perp_stats", w, g);
   const bool second = !c.empty();
@@ -128,114 +225,168 @@ at::Tensor perp_stats(at::TensorList w, at::TensorList g, c10::ArrayRef<double> 
   double* o = out.data_ptr<double>();
   for (size_t i = 0; i < w.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(w[i].scalar_type(), "perp_stats", [&] {
+      using T = scalar_t;
       Work W(w[i], false), G(g[i], false);
-      const scalar_t *wp = W.ptr<scalar_t>(), *gp = G.ptr<scalar_t>();
+      const T *wp = W.ptr<T>(), *gp = G.ptr<T>();
       const int64_t n = W.t.numel();
-      const scalar_t ci = second ? static_cast<scalar_t>(c[i]) : 0;
-      // fixed chunking so the result does not depend on the thread count
-      const int64_t chunks = std::max<int64_t>(1, (n + kGrain - 1) / kGrain);
-      std::vector<scalar_t> acc(3 * chunks, 0);
-      at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
-        for (int64_t k = lo; k < hi; ++k) {
-          scalar_t a = 0, b = 0, d = 0;
-          for (int64_t j = k * kGrain; j < std::min(n, (k + 1) * kGrain); ++j) {
-            if (second) {
-              scalar_t r = gp[j] - ci * wp[j];
-              a += r * r;
-            } else {
-              a += wp[j] * gp[j];
-              b += wp[j] * wp[j];
-              d += gp[j] * gp[j];
-            }
-          }
-          acc[3 * k] = a; acc[3 * k + 1] = b; acc[3 * k + 2] = d;
-        }
-      });
-      for (int64_t k = 0; k < chunks; ++k)
-        for (int q = 0; q < 3; ++q) o[3 * i + q] += static_cast<double>(acc[3 * k + q]);
+      if (second) {
+        const T ci = c[i];
+        o[3 * i] = chunked_sum<T, 1>(n, [=](int64_t lo, int64_t hi) { return orth_range<T>(wp, gp, lo, hi, ci); })[0];
+      } else {
+        auto r = chunked_sum<T, 3>(n, [=](int64_t lo, int64_t hi) { return perp_range<T>(wp, gp, lo, hi); });
+        for (int q = 0; q < 3; ++q) o[3 * i + q] = r[q];
+      }
     });
   }
   return out;
 }
 
 // ---------------------------------------------------------------- DiffGrad
+template <typename T, bool L2>
+void diffgrad_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
+                    T* __restrict__ prev, int64_t lo, int64_t hi, T b1, T b2, T eps, T l2, T coef) {
+  const T omb1 = 1 - b1, omb2 = 1 - b2;
+  for (int64_t j = lo; j < hi; ++j) {
+    T gj = g[j];
+    if (L2) gj = gj + l2 * p[j];
+    const T mj = m[j] * b1 + omb1 * gj;
+    const T vj = v[j] * b2 + omb2 * (gj * gj);
+    const T fric = T(1) / (T(1) + fexp(-std::abs(prev[j] - gj)));
+    m[j] = mj;
+    v[j] = vj;
+    prev[j] = gj;
+    p[j] = p[j] + coef * ((fric * mj) / (std::sqrt(vj) + eps));
+  }
+}
+
 void diffgrad_(at::TensorList p, at::TensorList g, at::TensorList m, at::TensorList v, at::TensorList prev,
                c10::ArrayRef<double> coef, double b1, double b2, double eps, double l2) {
   check_lists("diffgrad_", p, g);
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "diffgrad_", [&] {
+      using T = scalar_t;
       Work P(p[i], true), G(g[i], false), M(m[i], true), V(v[i], true), R(prev[i], true);
-      scalar_t *pp = P.ptr<scalar_t>(), *mp = M.ptr<scalar_t>(), *vp = V.ptr<scalar_t>(), *rp = R.ptr<scalar_t>();
-      const scalar_t* gp = G.ptr<scalar_t>();
-      const scalar_t B1 = b1, B2 = b2, E = eps, L2 = l2, C = coef[i], omb1 = 1 - b1, omb2 = 1 - b2;
-      at::parallel_for(0, P.t.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-        for (int64_t j = lo; j < hi; ++j) {
-          scalar_t gj = gp[j];
-          if (L2 != 0) gj = gj + L2 * pp[j];
-          scalar_t mj = mp[j] * B1 + omb1 * gj;
-          scalar_t vj = vp[j] * B2 + omb2 * (gj * gj);
-          scalar_t fric = 1 / (1 + std::exp(-std::abs(rp[j] - gj)));
-          mp[j] = mj; vp[j] = vj; rp[j] = gj;
-          pp[j] = pp[j] + C * ((fric * mj) / (std::sqrt(vj) + E));
-        }
+      T *pp = P.ptr<T>(), *mp = M.ptr<T>(), *vp = V.ptr<T>(), *rp = R.ptr<T>();
+      const T* gp = G.ptr<T>();
+      const T B1 = b1, B2 = b2, E = eps, L = l2, C = coef[i];
+      at::parallel_for(0, P.t.numel(), kGrain, [=](int64_t lo, int64_t hi) {
+        if (L != 0) diffgrad_range<T, true>(pp, gp, mp, vp, rp, lo, hi, B1, B2, E, L, C);
+        else diffgrad_range<T, false>(pp, gp, mp, vp, rp, lo, hi, B1, B2, E, L, C);
       });
     });
   }
 }
 
 // ---------------------------------------------------------------- Lion (K = l1)
+template <typename T>
+void lion_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, int64_t lo, int64_t hi, T lr, T b1,
+                T b2, T decay) {
+  const T omb1 = 1 - b1, omb2 = 1 - b2;
+  for (int64_t j = lo; j < hi; ++j) {
+    const T c = m[j] * b1 + omb1 * g[j];
+    p[j] = p[j] * decay - lr * sgn(c);
+    m[j] = m[j] * b2 + omb2 * g[j];
+  }
+}
+
 void lion_(at::TensorList p, at::TensorList g, at::TensorList m, double lr, double b1, double b2, double decay) {
   check_lists("lion_", p, g);
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "lion_", [&] {
+      using T = scalar_t;
       Work P(p[i], true), G(g[i], false), M(m[i], true);
-      scalar_t *pp = P.ptr<scalar_t>(), *mp = M.ptr<scalar_t>();
-      const scalar_t* gp = G.ptr<scalar_t>();
-      const scalar_t B1 = b1, B2 = b2, LR = lr, D = decay, omb1 = 1 - b1, omb2 = 1 - b2;
-      at::parallel_for(0, P.t.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-        for (int64_t j = lo; j < hi; ++j) {
-          scalar_t c = mp[j] * B1 + omb1 * gp[j];
-          pp[j] = pp[j] * D - LR * sgn(c);
-          mp[j] = mp[j] * B2 + omb2 * gp[j];
-        }
+      T *pp = P.ptr<T>(), *mp = M.ptr<T>();
+      const T* gp = G.ptr<T>();
+      const T LR = lr, B1 = b1, B2 = b2, D = decay;
+      at::parallel_for(0, P.t.numel(), kGrain, [=](int64_t lo, int64_t hi) {
+        lion_range<T>(pp, gp, mp, lo, hi, LR, B1, B2, D);
       });
     });
   }
 }
 
 // ---------------------------------------------------------------- SPAM
+template <typename T, bool CLIP, bool RESET>
+void spam_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v, int64_t lo,
+                int64_t hi, T b1, T b2, T eps, T th, T coef, T decay) {
+  const T omb1 = 1 - b1, omb2 = 1 - b2;
+  for (int64_t j = lo; j < hi; ++j) {
+    T mj = RESET ? T(0) : m[j], vj = RESET ? T(0) : v[j], gj = g[j];
+    if (CLIP) {
+      const T lim = vj * th;
+      gj = gj * gj > lim ? sgn(gj) * std::sqrt(lim) : gj;
+    }
+    mj = mj * b1 + omb1 * gj;
+    vj = vj * b2 + omb2 * (gj * gj);
+    m[j] = mj;
+    v[j] = vj;
+    p[j] = (p[j] + coef * (mj / (std::sqrt(vj) + eps))) * decay;
+  }
+}
+
 void spam_(at::TensorList p, at::TensorList g, at::TensorList m, at::TensorList v, c10::ArrayRef<double> coef,
            double b1, double b2, double eps, double threshold, bool reset, double decay_after) {
   check_lists("spam_", p, g);
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "spam_", [&] {
+      using T = scalar_t;
       Work P(p[i], true), G(g[i], false), M(m[i], true), V(v[i], true);
-      scalar_t *pp = P.ptr<scalar_t>(), *mp = M.ptr<scalar_t>(), *vp = V.ptr<scalar_t>();
-      const scalar_t* gp = G.ptr<scalar_t>();
-      const scalar_t B1 = b1, B2 = b2, E = eps, TH = threshold, C = coef[i], D = decay_after;
-      const scalar_t omb1 = 1 - b1, omb2 = 1 - b2;
-      at::parallel_for(0, P.t.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-        for (int64_t j = lo; j < hi; ++j) {
-          scalar_t mj = reset ? 0 : mp[j], vj = reset ? 0 : vp[j], gj = gp[j];
-          if (TH != 0) {
-            scalar_t lim = vj * TH;
-            if (gj * gj > lim) gj = sgn(gj) * std::sqrt(lim);
-          }
-          mj = mj * B1 + omb1 * gj;
-          vj = vj * B2 + omb2 * (gj * gj);
-          mp[j] = mj; vp[j] = vj;
-          scalar_t pj = pp[j] + C * (mj / (std::sqrt(vj) + E));
-          pp[j] = pj * D;
-        }
+      T *pp = P.ptr<T>(), *mp = M.ptr<T>(), *vp = V.ptr<T>();
+      const T* gp = G.ptr<T>();
+      const T B1 = b1, B2 = b2, E = eps, TH = threshold, C = coef[i], D = decay_after;
+      const bool clip = threshold != 0;
+      at::parallel_for(0, P.t.numel(), kGrain, [=](int64_t lo, int64_t hi) {
+        if (clip && reset) spam_range<T, true, true>(pp, gp, mp, vp, lo, hi, B1, B2, E, TH, C, D);
+        else if (clip) spam_range<T, true, false>(pp, gp, mp, vp, lo, hi, B1, B2, E, TH, C, D);
+        else if (reset) spam_range<T, false, true>(pp, gp, mp, vp, lo, hi, B1, B2, E, TH, C, D);
+        else spam_range<T, false, false>(pp, gp, mp, vp, lo, hi, B1, B2, E, TH, C, D);
       });
     });
   }
 }
 
 // ---------------------------------------------------------------- StableSPAM
-// stats (per tensor, CPU scalars of the parameter dtype) are read and written:
-// m_max_t, m_norm_t, v_norm_t. k[i] is the tensor's step for the clipping and
-// norm statistics, kb[i] the step used by Adam's bias correction.
+template <typename T>
+T absmax_range(const T* __restrict__ g, int64_t lo, int64_t hi) {
+  T a = 0;
+#pragma omp simd reduction(max : a)
+  for (int64_t j = lo; j < hi; ++j) a = std::max(a, std::abs(g[j]));
+  return a;
+}
+
+template <typename T>
+std::array<T, 1> clipped_sq_range(const T* __restrict__ g, int64_t lo, int64_t hi, T hat, T ratio) {
+  T a = 0;
+#pragma omp simd reduction(+ : a)
+  for (int64_t j = lo; j < hi; ++j) {
+    const T gj = std::abs(g[j]) > hat ? g[j] * ratio : g[j];
+    a += gj * gj;
+  }
+  return {a};
+}
+
+template <typename T, bool AMS>
+void stablespam_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
+                      T* __restrict__ vmax, int64_t lo, int64_t hi, T hat, T ratio, T factor, T b1, T b2, T eps,
+                      T decay, T coef, T q) {
+  const T omb1 = 1 - b1, omb2 = 1 - b2;
+  for (int64_t j = lo; j < hi; ++j) {
+    const T gj = (std::abs(g[j]) > hat ? g[j] * ratio : g[j]) * factor;
+    const T mj = m[j] * b1 + omb1 * gj;
+    T vj = v[j] * b2 + omb2 * (gj * gj);
+    m[j] = mj;
+    v[j] = vj;
+    if (AMS) {
+      vj = std::max(vmax[j], vj);
+      vmax[j] = vj;
+    }
+    p[j] = p[j] * decay + coef * (mj / (std::sqrt(vj) / q + eps));
+  }
+}
+
+// The AdaClip/AdaGN statistics (0-dim CPU tensors of the parameter dtype) are
+// read and written: m_max_t, m_norm_t, v_norm_t. k[i] is the tensor's step for
+// those statistics, kb[i] the step of Adam's bias correction.
 void stablespam_(at::TensorList p, at::TensorList g, at::TensorList m, at::TensorList v, at::TensorList vmax,
                  at::TensorList m_max, at::TensorList m_norm, at::TensorList v_norm, c10::ArrayRef<double> k,
                  c10::ArrayRef<double> kb, double lr, double b1s, double b2, double eps, double g1s, double g2,
@@ -244,179 +395,194 @@ void stablespam_(at::TensorList p, at::TensorList g, at::TensorList m, at::Tenso
   const bool ams = !vmax.empty();
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "stablespam_", [&] {
+      using T = scalar_t;
       Work P(p[i], true), G(g[i], false), M(m[i], true), V(v[i], true), VM(ams ? vmax[i] : v[i], ams);
-      scalar_t *pp = P.ptr<scalar_t>(), *mp = M.ptr<scalar_t>(), *vp = V.ptr<scalar_t>(), *vmp = VM.ptr<scalar_t>();
-      const scalar_t* gp = G.ptr<scalar_t>();
+      T *pp = P.ptr<T>(), *mp = M.ptr<T>(), *vp = V.ptr<T>(), *vmp = VM.ptr<T>();
+      const T* gp = G.ptr<T>();
       const int64_t n = P.t.numel();
-      // pass 1: max |g|
-      scalar_t gmax = 0;
-      for (int64_t j = 0; j < n; ++j) gmax = std::max(gmax, std::abs(gp[j]));
-      scalar_t* mm = m_max[i].data_ptr<scalar_t>();
-      scalar_t* mn = m_norm[i].data_ptr<scalar_t>();
-      scalar_t* vn = v_norm[i].data_ptr<scalar_t>();
-      const scalar_t K = k[i];
-      const scalar_t mmax = static_cast<scalar_t>(g3) * mm[0] + static_cast<scalar_t>(1 - g3) * gmax;
-      const scalar_t hat = mmax / (1 - std::pow(static_cast<scalar_t>(g3), K));
-      const scalar_t ratio = hat / gmax;
-      // pass 2: squared norm of the clipped gradient (fixed chunking: thread-count independent)
-      const int64_t chunks = std::max<int64_t>(1, (n + kGrain - 1) / kGrain);
-      std::vector<scalar_t> acc(chunks, 0);
-      at::parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
-        for (int64_t c = lo; c < hi; ++c) {
-          scalar_t a = 0;
-          for (int64_t j = c * kGrain; j < std::min(n, (c + 1) * kGrain); ++j) {
-            scalar_t gj = std::abs(gp[j]) > hat ? gp[j] * ratio : gp[j];
-            a += gj * gj;
-          }
-          acc[c] = a;
-        }
-      });
-      scalar_t sq = 0;
-      for (auto a : acc) sq += a;
-      const scalar_t norm = std::sqrt(sq);
-      const scalar_t G1 = g1s, G2 = g2;
-      const scalar_t mnorm = G1 * mn[0] + (1 - G1) * norm;
-      const scalar_t vnorm = G2 * vn[0] + (1 - G2) * norm * norm;
-      const scalar_t cnorm = (mnorm / (1 - std::pow(G1, K))) /
-                             (std::sqrt(vnorm / (1 - std::pow(G2, K))) + static_cast<scalar_t>(eps));
-      const scalar_t factor = norm > 0 ? cnorm / norm : scalar_t(1);
-      mm[0] = mmax; mn[0] = mnorm; vn[0] = vnorm;
-      // pass 3: Adam on the clipped, rescaled gradient
-      const scalar_t B1 = b1s, B2 = b2, E = eps, D = decay, omb1 = 1 - b1s, omb2 = 1 - b2;
-      const scalar_t KB = kb[i];
-      const scalar_t Q = std::sqrt(1 - std::pow(B2, KB));
-      const scalar_t C = -static_cast<scalar_t>(lr) / (1 - std::pow(B1, KB));
-      at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
-        for (int64_t j = lo; j < hi; ++j) {
-          scalar_t gj = (std::abs(gp[j]) > hat ? gp[j] * ratio : gp[j]) * factor;
-          scalar_t mj = mp[j] * B1 + omb1 * gj;
-          scalar_t vj = vp[j] * B2 + omb2 * (gj * gj);
-          mp[j] = mj; vp[j] = vj;
-          if (ams) { vj = std::max(vmp[j], vj); vmp[j] = vj; }
-          pp[j] = pp[j] * D + C * (mj / (std::sqrt(vj) / Q + E));
-        }
+      // AdaClip: EMA of max |g|
+      const T gmax = chunked_max<T>(n, [=](int64_t lo, int64_t hi) { return absmax_range<T>(gp, lo, hi); });
+      T* mm = m_max[i].data_ptr<T>();
+      T* mn = m_norm[i].data_ptr<T>();
+      T* vn = v_norm[i].data_ptr<T>();
+      const T K = k[i], G3 = g3;
+      const T mmax = G3 * mm[0] + (1 - G3) * gmax;
+      const T hat = mmax / (1 - std::pow(G3, K));
+      const T ratio = hat / gmax;
+      // AdaGN: EMAs of the clipped gradient's norm
+      const T sq = chunked_sum<T, 1>(n, [=](int64_t lo, int64_t hi) {
+        return clipped_sq_range<T>(gp, lo, hi, hat, ratio); })[0];
+      const T norm = std::sqrt(sq);
+      const T G1 = g1s, G2 = g2, E = eps;
+      const T mnorm = G1 * mn[0] + (1 - G1) * norm;
+      const T vnorm = G2 * vn[0] + (1 - G2) * norm * norm;
+      const T cnorm = (mnorm / (1 - std::pow(G1, K))) / (std::sqrt(vnorm / (1 - std::pow(G2, K))) + E);
+      const T factor = norm > 0 ? cnorm / norm : T(1);
+      mm[0] = mmax;
+      mn[0] = mnorm;
+      vn[0] = vnorm;
+      // Adam on the clipped, rescaled gradient
+      const T B1 = b1s, B2 = b2, D = decay, KB = kb[i];
+      const T Q = std::sqrt(1 - std::pow(B2, KB));
+      const T C = -static_cast<T>(lr) / (1 - std::pow(B1, KB));
+      at::parallel_for(0, n, kGrain, [=](int64_t lo, int64_t hi) {
+        if (ams) stablespam_range<T, true>(pp, gp, mp, vp, vmp, lo, hi, hat, ratio, factor, B1, B2, E, D, C, Q);
+        else stablespam_range<T, false>(pp, gp, mp, vp, vmp, lo, hi, hat, ratio, factor, B1, B2, E, D, C, Q);
       });
     });
   }
 }
 
 // ---------------------------------------------------------------- SGD-SaI
+template <typename T, bool BUF, bool FRESH>
+void sgdsai_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ buf, int64_t lo, int64_t hi, T mom,
+                  T scale, T decay) {
+  const T om = 1 - mom;
+  for (int64_t j = lo; j < hi; ++j) {
+    T b = g[j];
+    if (BUF) {
+      if (!FRESH) b = buf[j] * mom + om * g[j];
+      buf[j] = b;
+    }
+    p[j] = p[j] * decay + b * scale;
+  }
+}
+
 void sgdsai_(at::TensorList p, at::TensorList g, at::TensorList buf, c10::ArrayRef<double> scale,
              c10::ArrayRef<int64_t> fresh, double momentum, double decay) {
   check_lists("sgdsai_", p, g);
   const bool use_buf = !buf.empty();
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "sgdsai_", [&] {
+      using T = scalar_t;
       Work P(p[i], true), G(g[i], false), B(use_buf ? buf[i] : g[i], use_buf);
-      scalar_t *pp = P.ptr<scalar_t>(), *bp = B.ptr<scalar_t>();
-      const scalar_t* gp = G.ptr<scalar_t>();
-      const scalar_t MO = momentum, OM = 1 - momentum, S = scale[i], D = decay;
+      T *pp = P.ptr<T>(), *bp = B.ptr<T>();
+      const T* gp = G.ptr<T>();
+      const T MO = momentum, S = scale[i], D = decay;
       const bool f = fresh[i] != 0;
-      at::parallel_for(0, P.t.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-        for (int64_t j = lo; j < hi; ++j) {
-          scalar_t b = gp[j];
-          if (use_buf) {
-            if (!f) b = bp[j] * MO + OM * gp[j];
-            bp[j] = b;
-          }
-          pp[j] = pp[j] * D + b * S;
-        }
+      at::parallel_for(0, P.t.numel(), kGrain, [=](int64_t lo, int64_t hi) {
+        if (!use_buf) sgdsai_range<T, false, false>(pp, gp, bp, lo, hi, MO, S, D);
+        else if (f) sgdsai_range<T, true, true>(pp, gp, bp, lo, hi, MO, S, D);
+        else sgdsai_range<T, true, false>(pp, gp, bp, lo, hi, MO, S, D);
       });
     });
   }
 }
 
 // ---------------------------------------------------------------- AdamP / SGDP
-// kind 0: AdamP (state a = exp_avg, b = exp_avg_sq); kind 1: SGDP (a = momentum buffer).
-// Per tensor: pass 1 updates the state and gathers per-row <w,g>, |w|^2, |g|^2 and
-// <w,u> (u the unprojected update); the projection test is made on those; pass 2
-// applies p <- p * (1 - lr_wd * factor) + coef * (u - w * c_row).
-template <typename scalar_t>
-void radial_kernel(int kind, at::Tensor& pt, const at::Tensor& gt, at::Tensor& at_, at::Tensor* bt, double coef,
-                   double bc2_sqrt, double b1, double b2, double eps, double dampening, bool nesterov,
+// KIND 0: AdamP (a = exp_avg, b = exp_avg_sq); KIND 1: SGDP (a = momentum
+// buffer, b1 = momentum). state_update advances the state and returns the
+// unprojected update u; update_of recomputes u from the advanced state.
+template <typename T, int KIND, bool NEST>
+struct Radial {
+  T b1, b2, eps, q, damp;
+  inline T state_update(T* __restrict__ a, T* __restrict__ b, int64_t j, T gj) const {
+    if (KIND == 0) {
+      const T mj = a[j] * b1 + (1 - b1) * gj;
+      const T vj = b[j] * b2 + (1 - b2) * (gj * gj);
+      a[j] = mj;
+      b[j] = vj;
+      const T num = NEST ? (b1 * mj + (1 - b1) * gj) : mj;
+      return num / (std::sqrt(vj) / q + eps);
+    }
+    const T bj = a[j] * b1 + damp * gj;
+    a[j] = bj;
+    return NEST ? gj + b1 * bj : bj;
+  }
+  inline T update_of(const T* __restrict__ a, const T* __restrict__ b, int64_t j, T gj) const {
+    if (KIND == 0) {
+      const T num = NEST ? (b1 * a[j] + (1 - b1) * gj) : a[j];
+      return num / (std::sqrt(b[j]) / q + eps);
+    }
+    return NEST ? gj + b1 * a[j] : a[j];
+  }
+};
+
+// pass 1 over one row: advance the state, gather <w,g>, |w|^2, |g|^2, <w,u>
+template <typename T, int KIND, bool NEST>
+std::array<T, 4> radial_stats_row(Radial<T, KIND, NEST> R, const T* __restrict__ p, const T* __restrict__ g,
+                                  T* __restrict__ a, T* __restrict__ b, int64_t lo, int64_t hi) {
+  T wg = 0, ww = 0, gg = 0, wu = 0;
+#pragma omp simd reduction(+ : wg, ww, gg, wu)
+  for (int64_t j = lo; j < hi; ++j) {
+    const T u = R.state_update(a, b, j, g[j]);
+    wg += p[j] * g[j];
+    ww += p[j] * p[j];
+    gg += g[j] * g[j];
+    wu += p[j] * u;
+  }
+  return {wg, ww, gg, wu};
+}
+
+// pass 2 over one row: p <- p * decay + coef * (u - w * c); SGDP without
+// Nesterov also stores the projected update in its buffer (WRITE).
+template <typename T, int KIND, bool NEST, bool PROJ, bool WRITE>
+void radial_apply_row(Radial<T, KIND, NEST> R, T* __restrict__ p, const T* __restrict__ g, T* __restrict__ a,
+                      const T* __restrict__ b, int64_t lo, int64_t hi, T c, T decay, T coef) {
+  for (int64_t j = lo; j < hi; ++j) {
+    T u = R.update_of(a, b, j, g[j]);
+    if (PROJ) u = u - p[j] * c;
+    if (WRITE) a[j] = u;
+    p[j] = p[j] * decay + coef * u;
+  }
+}
+
+template <typename T, int KIND, bool NEST>
+void radial_plain_range(Radial<T, KIND, NEST> R, T* __restrict__ p, const T* __restrict__ g, T* __restrict__ a,
+                        T* __restrict__ b, int64_t lo, int64_t hi, T decay, T coef) {
+  for (int64_t j = lo; j < hi; ++j) {
+    const T u = R.state_update(a, b, j, g[j]);
+    p[j] = p[j] * decay + coef * u;
+  }
+}
+
+template <typename T, int KIND, bool NEST>
+void radial_tensor(Radial<T, KIND, NEST> R, at::IntArrayRef shape, T* p, const T* g, T* a, T* b, T coef,
                    double delta, double wd_ratio, double lr_wd) {
-  scalar_t* pp = pt.data_ptr<scalar_t>();
-  const scalar_t* gp = gt.data_ptr<scalar_t>();
-  scalar_t* ap = at_.data_ptr<scalar_t>();
-  scalar_t* bp = bt ? bt->data_ptr<scalar_t>() : nullptr;
-  const int64_t n = pt.numel();
-  const int64_t rows = pt.dim() > 1 ? pt.size(0) : 1;
-  const int64_t d = n / std::max<int64_t>(rows, 1);
-  const bool project = pt.dim() > 1;
-  const scalar_t B1 = b1, B2 = b2, E = eps, Q = bc2_sqrt, omb1 = 1 - b1, omb2 = 1 - b2;
-  const scalar_t damp = 1 - dampening;
-  auto update = [&](int64_t j, scalar_t gj) -> scalar_t {  // returns u, updates state
-    if (kind == 0) {
-      scalar_t mj = ap[j] * B1 + omb1 * gj;
-      scalar_t vj = bp[j] * B2 + omb2 * (gj * gj);
-      ap[j] = mj; bp[j] = vj;
-      scalar_t den = std::sqrt(vj) / Q + E;
-      scalar_t num = nesterov ? (B1 * mj + omb1 * gj) : mj;
-      return num / den;
-    }
-    scalar_t bj = ap[j] * B1 + damp * gj;  // B1 carries the momentum for SGDP
-    ap[j] = bj;
-    return nesterov ? gj + B1 * bj : bj;
-  };
-  auto recompute = [&](int64_t j, scalar_t gj) -> scalar_t {  // u from the updated state
-    if (kind == 0) {
-      scalar_t den = std::sqrt(bp[j]) / Q + E;
-      scalar_t num = nesterov ? (B1 * ap[j] + omb1 * gj) : ap[j];
-      return num / den;
-    }
-    return nesterov ? gj + B1 * ap[j] : ap[j];
-  };
-  if (!project) {
-    const scalar_t D = 1 - static_cast<scalar_t>(lr_wd), C = coef;
-    at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
-      for (int64_t j = lo; j < hi; ++j) {
-        scalar_t u = update(j, gp[j]);
-        pp[j] = pp[j] * D + C * u;
-      }
+  int64_t n = 1;
+  for (auto s : shape) n *= s;
+  if (shape.size() <= 1) {  // vectors are never projected
+    const T D = 1 - static_cast<T>(lr_wd), C = coef;
+    at::parallel_for(0, n, kGrain, [=](int64_t lo, int64_t hi) {
+      radial_plain_range<T, KIND, NEST>(R, p, g, a, b, lo, hi, D, C);
     });
     return;
   }
-  std::vector<scalar_t> wg(rows), ww(rows), gg(rows), wu(rows);
-  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(d, 1)), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      scalar_t a = 0, b = 0, c = 0, e = 0;
-      for (int64_t j = r * d; j < (r + 1) * d; ++j) {
-        scalar_t u = update(j, gp[j]);
-        a += pp[j] * gp[j]; b += pp[j] * pp[j]; c += gp[j] * gp[j]; e += pp[j] * u;
-      }
-      wg[r] = a; ww[r] = b; gg[r] = c; wu[r] = e;
-    }
+  const int64_t rows = shape[0], d = rows > 0 ? n / rows : 0;
+  const int64_t row_grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(d, 1));
+  std::vector<std::array<T, 4>> st(rows);
+  at::parallel_for(0, rows, row_grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) st[r] = radial_stats_row<T, KIND, NEST>(R, p, g, a, b, r * d, (r + 1) * d);
   });
-  // channel view: max_r |cos| < delta / sqrt(d); layer view: |cos| < delta / sqrt(n)
-  scalar_t cmax = 0, swg = 0, sww = 0, sgg = 0, swu = 0;
+  // channel view: max_r |cos| < delta / sqrt(d); else layer view: |cos| < delta / sqrt(n)
+  const T E = R.eps;
+  T cmax = 0, swg = 0, sww = 0, sgg = 0, swu = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    scalar_t wn = std::max(std::sqrt(ww[r]), E), gn = std::max(std::sqrt(gg[r]), E);
-    cmax = std::max(cmax, std::abs(wg[r]) / (wn * gn));
-    swg += wg[r]; sww += ww[r]; sgg += gg[r]; swu += wu[r];
+    const T wn = std::max(std::sqrt(st[r][1]), E), gn = std::max(std::sqrt(st[r][2]), E);
+    cmax = std::max(cmax, std::abs(st[r][0]) / (wn * gn));
+    swg += st[r][0]; sww += st[r][1]; sgg += st[r][2]; swu += st[r][3];
   }
-  const bool use_c = cmax < static_cast<scalar_t>(delta / std::sqrt(static_cast<double>(d)));
-  const scalar_t cl = std::abs(swg) / (std::max(std::sqrt(sww), E) * std::max(std::sqrt(sgg), E));
-  const bool use_l = !use_c && cl < static_cast<scalar_t>(delta / std::sqrt(static_cast<double>(n)));
-  std::vector<scalar_t> crow(rows, 0);
+  const bool use_c = cmax < static_cast<T>(delta / std::sqrt(static_cast<double>(d)));
+  const T cl = std::abs(swg) / (std::max(std::sqrt(sww), E) * std::max(std::sqrt(sgg), E));
+  const bool use_l = !use_c && cl < static_cast<T>(delta / std::sqrt(static_cast<double>(n)));
+  std::vector<T> crow(rows, T(0));
   if (use_c) {
-    for (int64_t r = 0; r < rows; ++r) { scalar_t s = std::sqrt(ww[r]) + E; crow[r] = wu[r] / (s * s); }
+    for (int64_t r = 0; r < rows; ++r) {
+      const T s = std::sqrt(st[r][1]) + E;
+      crow[r] = st[r][3] / (s * s);
+    }
   } else if (use_l) {
-    scalar_t s = std::sqrt(sww) + E;
+    const T s = std::sqrt(sww) + E;
     std::fill(crow.begin(), crow.end(), swu / (s * s));
   }
   const bool proj = use_c || use_l;
-  const scalar_t D = 1 - static_cast<scalar_t>(lr_wd) * static_cast<scalar_t>(proj ? wd_ratio : 1.0);
-  const scalar_t C = coef;
-  const bool write_buf = kind == 1 && !nesterov && proj;  // SGDP projects its buffer in place
-  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(d, 1)), [&](int64_t lo, int64_t hi) {
+  const T D = 1 - static_cast<T>(lr_wd) * static_cast<T>(proj ? wd_ratio : 1.0), C = coef;
+  const bool write = KIND == 1 && !NEST && proj;  // SGDP projects its buffer in place
+  at::parallel_for(0, rows, row_grain, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
-      const scalar_t cr = crow[r];
-      for (int64_t j = r * d; j < (r + 1) * d; ++j) {
-        scalar_t u = recompute(j, gp[j]);
-        if (proj) u = u - pp[j] * cr;
-        if (write_buf) ap[j] = u;
-        pp[j] = pp[j] * D + C * u;
-      }
+      if (!proj) radial_apply_row<T, KIND, NEST, false, false>(R, p, g, a, b, r * d, (r + 1) * d, crow[r], D, C);
+      else if (write) radial_apply_row<T, KIND, NEST, true, true>(R, p, g, a, b, r * d, (r + 1) * d, crow[r], D, C);
+      else radial_apply_row<T, KIND, NEST, true, false>(R, p, g, a, b, r * d, (r + 1) * d, crow[r], D, C);
     }
   });
 }
@@ -427,14 +593,24 @@ void radial_(int64_t kind, at::TensorList p, at::TensorList g, at::TensorList a,
   check_lists("radial_", p, g);
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "radial_", [&] {
+      using T = scalar_t;
       Work P(p[i], true), G(g[i], false), A(a[i], true);
-      at::Tensor bt;
       std::unique_ptr<Work> B;
       if (kind == 0) B = std::make_unique<Work>(b[i], true);
-      // the row structure is that of the parameter's shape, on the contiguous copy
-      at::Tensor pv = P.t.view(p[i].sizes());
-      radial_kernel<scalar_t>(static_cast<int>(kind), pv, G.t, A.t, B ? &B->t : nullptr, coef[i],
-                              kind == 0 ? bc2_sqrt[i] : 1.0, b1, b2, eps, dampening, nesterov, delta, wd_ratio, lr_wd);
+      T *pp = P.ptr<T>(), *ap = A.ptr<T>(), *bp = B ? B->ptr<T>() : nullptr;
+      const T* gp = G.ptr<T>();
+      const T q = kind == 0 ? static_cast<T>(bc2_sqrt[i]) : T(1), C = coef[i];
+      auto shape = p[i].sizes();
+      if (kind == 0 && nesterov)
+        radial_tensor<T, 0, true>({T(b1), T(b2), T(eps), q, T(1)}, shape, pp, gp, ap, bp, C, delta, wd_ratio, lr_wd);
+      else if (kind == 0)
+        radial_tensor<T, 0, false>({T(b1), T(b2), T(eps), q, T(1)}, shape, pp, gp, ap, bp, C, delta, wd_ratio, lr_wd);
+      else if (nesterov)
+        radial_tensor<T, 1, true>({T(b1), T(0), T(eps), q, T(1 - dampening)}, shape, pp, gp, ap, bp, C, delta,
+                                  wd_ratio, lr_wd);
+      else
+        radial_tensor<T, 1, false>({T(b1), T(0), T(eps), q, T(1 - dampening)}, shape, pp, gp, ap, bp, C, delta,
+                                   wd_ratio, lr_wd);
     });
   }
 }
