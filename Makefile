@@ -31,7 +31,7 @@ test: test-env
 	$(BIN)/python -m pytest
 
 bench: test-env
-	$(BIN)/python benchmarks/optim_step.py
+	$(BIN)/python benchmarks/optim_step.py --markdown docs/benchmarks.md
 
 docs: env
 	$(BIN)/python tools/gen_docs.py
