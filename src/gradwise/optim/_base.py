@@ -179,7 +179,8 @@ class GradwiseOptimizer(Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; "
                                        "use torch.optim.SparseAdam for sparse embeddings")
-            work.append((group, params))
+            # empty tensors have nothing to update (and some reductions, e.g. max, are undefined on them)
+            work.append((group, [p for p in params if p.numel() > 0]))
 
         if self.skip_nonfinite:
             grads = [p.grad for _, ps in work for p in ps]

@@ -102,7 +102,7 @@ def radial_projection(params: list[Tensor], grads: list[Tensor], updates: list[T
     out: list[Tensor] = []
     factors: list[Tensor | float] = []
     for w, g, u in zip(params, grads, updates):
-        if w.dim() <= 1:
+        if w.dim() <= 1 or w.numel() == 0:  # vectors, and empty tensors, are not projected
             out.append(u)
             factors.append(1.0)
             continue

@@ -541,7 +541,7 @@ void radial_tensor(Radial<T, KIND, NEST> R, at::IntArrayRef shape, T* p, const T
                    double delta, double wd_ratio, double lr_wd) {
   int64_t n = 1;
   for (auto s : shape) n *= s;
-  if (shape.size() <= 1) {  // vectors are never projected
+  if (shape.size() <= 1 || n == 0) {  // vectors, and empty tensors, are never projected
     const T D = 1 - static_cast<T>(lr_wd), C = coef;
     at::parallel_for(0, n, kGrain, [=](int64_t lo, int64_t hi) {
       radial_plain_range<T, KIND, NEST>(R, p, g, a, b, lo, hi, D, C);
