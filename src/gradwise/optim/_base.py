@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["GradwiseOptimizer", "GradTransform", "check_range", "check_betas"]
+__all__ = ["GradwiseOptimizer", "GradTransform", "check_range", "check_betas", "zeros_state"]
 
 
 def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None,
@@ -49,6 +49,11 @@ def check_betas(betas: Any, n: int = 2, name: str = "betas") -> None:
         raise ValueError(f"Invalid {name}: {betas!r} (accepted: a tuple of {n} floats in [0, 1))")
     for i, b in enumerate(betas):
         check_range(f"{name}[{i}]", b, 0.0, 1.0, hi_open=True)
+
+
+def zeros_state(p: Tensor, *names: str) -> dict[str, Tensor]:
+    """Zero-initialized state tensors shaped, typed and laid out like ``p``."""
+    return {n: torch.zeros_like(p, memory_format=torch.preserve_format) for n in names}
 
 
 class GradTransform:
@@ -126,7 +131,19 @@ class GradwiseOptimizer(Optimizer):
 
     # -- hooks for subclasses -------------------------------------------------
     def _validate_group(self, group: dict[str, Any]) -> None:
-        """Check a parameter group's hyperparameters; raise ValueError."""
+        """Check a parameter group's hyperparameters; raise ValueError.
+
+        The standard ones are checked here when the optimizer has them;
+        subclasses add their own after calling this.
+        """
+        check_range("lr", group["lr"], 0.0)
+        if "betas" in group:
+            check_betas(group["betas"])
+        for name in ("eps", "weight_decay"):
+            if name in group:
+                check_range(name, group[name], 0.0)
+        if "momentum" in group:
+            check_range("momentum", group["momentum"], 0.0, 1.0, hi_open=True)
 
     def _begin_group(self, group: dict[str, Any]) -> None:
         """Called once per parameter group per (non-skipped) step, before its updates."""

@@ -7,7 +7,7 @@ import torch
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
+from gradwise.optim._base import GradwiseOptimizer, zeros_state
 from gradwise.registry import register
 
 
@@ -77,23 +77,14 @@ class AdaBelief(GradwiseOptimizer):
                         amsgrad=amsgrad, rectify=rectify, degenerated_to_sgd=degenerated_to_sgd)
         super().__init__(params, defaults, **kwargs)
 
-    def _validate_group(self, g):
-        check_range("lr", g["lr"], 0.0)
-        check_betas(g["betas"])
-        check_range("eps", g["eps"], 0.0)
-        check_range("weight_decay", g["weight_decay"], 0.0)
-
     def _init_state(self, p, group):
-        st = {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-              "exp_avg_var": torch.zeros_like(p, memory_format=torch.preserve_format)}
-        if group["amsgrad"]:
-            st["max_exp_avg_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return st
+        names = ("exp_avg", "exp_avg_var") + (("max_exp_avg_var",) if group["amsgrad"] else ())
+        return zeros_state(p, *names)
 
     @staticmethod
     def _step_plan(group, steps, bc1):
         """Per tensor: (mode, coefficient); mode 0 adaptive, 1 rectified, 2 momentum SGD, 3 none."""
-        lr, (b1, b2) = group["lr"], group["betas"]
+        lr, b2 = group["lr"], group["betas"][1]
         if not group["rectify"]:
             return [(0, -lr / c) for c in bc1]
         rho_inf = 2.0 / (1.0 - b2) - 1.0

@@ -7,7 +7,7 @@ import torch
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
+from gradwise.optim._base import GradwiseOptimizer, check_range, zeros_state
 from gradwise.registry import register
 
 _PAPER = "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights"
@@ -71,13 +71,11 @@ class AdamP(GradwiseOptimizer):
         super().__init__(params, defaults, **kwargs)
 
     def _validate_group(self, g):
-        check_range("lr", g["lr"], 0.0)
-        check_betas(g["betas"])
+        super()._validate_group(g)
         _check_projection(g)
 
     def _init_state(self, p, group):
-        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return zeros_state(p, "exp_avg", "exp_avg_sq")
 
     def _update(self, group, params, grads, states):
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
@@ -143,13 +141,12 @@ class SGDP(GradwiseOptimizer):
         super().__init__(params, defaults, **kwargs)
 
     def _validate_group(self, g):
-        check_range("lr", g["lr"], 0.0)
-        check_range("momentum", g["momentum"], 0.0, 1.0, hi_open=True)
+        super()._validate_group(g)
         check_range("dampening", g["dampening"], 0.0, 1.0)
         _check_projection(g)
 
     def _init_state(self, p, group):
-        return {"momentum": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return zeros_state(p, "momentum")
 
     def _update(self, group, params, grads, states):
         lr, mom = group["lr"], group["momentum"]

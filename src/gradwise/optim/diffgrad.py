@@ -7,7 +7,7 @@ import torch
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
+from gradwise.optim._base import GradwiseOptimizer, zeros_state
 from gradwise.registry import register
 
 
@@ -46,15 +46,8 @@ class DiffGrad(GradwiseOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, **kwargs) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), **kwargs)
 
-    def _validate_group(self, g):
-        check_range("lr", g["lr"], 0.0)
-        check_betas(g["betas"])
-        check_range("eps", g["eps"], 0.0)
-        check_range("weight_decay", g["weight_decay"], 0.0)
-
     def _init_state(self, p, group):
-        z = lambda: torch.zeros_like(p, memory_format=torch.preserve_format)  # noqa: E731
-        return {"exp_avg": z(), "exp_avg_sq": z(), "previous_grad": z()}
+        return zeros_state(p, "exp_avg", "exp_avg_sq", "previous_grad")
 
     def _update(self, group, params, grads, states):
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]

@@ -5,7 +5,7 @@ import torch
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
+from gradwise.optim._base import GradwiseOptimizer, zeros_state
 from gradwise.registry import register
 
 
@@ -40,13 +40,8 @@ class Lion(GradwiseOptimizer):
                  weight_decay: float = 0.0, **kwargs) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay), **kwargs)
 
-    def _validate_group(self, g):
-        check_range("lr", g["lr"], 0.0)
-        check_betas(g["betas"])
-        check_range("weight_decay", g["weight_decay"], 0.0)
-
     def _init_state(self, p, group):
-        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return zeros_state(p, "exp_avg")
 
     def _direction(self, group, x: list[torch.Tensor]) -> list[torch.Tensor]:
         """The update direction from the interpolated momentum (in place allowed)."""

@@ -9,7 +9,7 @@ from torch.optim import Optimizer
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_betas, check_range
+from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_range, zeros_state
 from gradwise.registry import register
 
 _PAPER = "Grokking at the Edge of Numerical Stability"
@@ -158,15 +158,8 @@ class OrthoAdamW(GradwiseOptimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
                          grad_transforms=transforms, **kwargs)
 
-    def _validate_group(self, g):
-        check_range("lr", g["lr"], 0.0)
-        check_betas(g["betas"])
-        check_range("eps", g["eps"], 0.0)
-        check_range("weight_decay", g["weight_decay"], 0.0)
-
     def _init_state(self, p, group):
-        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return zeros_state(p, "exp_avg", "exp_avg_sq")
 
     def _update(self, group, params, grads, states):
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]

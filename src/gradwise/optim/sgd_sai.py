@@ -5,7 +5,7 @@ import torch
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, check_range
+from gradwise.optim._base import GradwiseOptimizer
 from gradwise.registry import register
 
 
@@ -50,12 +50,6 @@ class SGDSaI(GradwiseOptimizer):
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.9, eps: float = 1e-8,
                  weight_decay: float = 1e-2, **kwargs) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay), **kwargs)
-
-    def _validate_group(self, g):
-        check_range("lr", g["lr"], 0.0)
-        check_range("momentum", g["momentum"], 0.0, 1.0, hi_open=True)
-        check_range("eps", g["eps"], 0.0)
-        check_range("weight_decay", g["weight_decay"], 0.0)
 
     def _update(self, group, params, grads, states):
         lr, mom, eps = group["lr"], group["momentum"], group["eps"]

@@ -7,7 +7,7 @@ import torch
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_betas, check_range
+from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_range, zeros_state
 from gradwise.registry import register
 
 _PAPER = "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training"
@@ -82,10 +82,7 @@ class SPAM(GradwiseOptimizer):
         super().__init__(params, defaults, **kwargs)
 
     def _validate_group(self, g):
-        check_range("lr", g["lr"], 0.0)
-        check_betas(g["betas"])
-        check_range("eps", g["eps"], 0.0)
-        check_range("weight_decay", g["weight_decay"], 0.0)
+        super()._validate_group(g)
         check_range("spike_threshold", g["spike_threshold"], 0.0)
         _check_int("warmup_steps", g["warmup_steps"], 0)
         _check_int("reset_interval", g["reset_interval"], 1)
@@ -95,8 +92,7 @@ class SPAM(GradwiseOptimizer):
         group["step"] = group.get("step", 0) + 1
 
     def _init_state(self, p, group):
-        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return zeros_state(p, "exp_avg", "exp_avg_sq")
 
     def _update(self, group, params, grads, states):
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
@@ -152,7 +148,7 @@ class SpikeClip(GradTransform):
         self.threshold, self.beta2, self.clip_delay = threshold, beta2, clip_delay
 
     def init_state(self, p):
-        return {"exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return zeros_state(p, "exp_avg_sq")
 
     def apply(self, params, grads, states, group):
         v = [s["spike.exp_avg_sq"] for s in states]

@@ -7,7 +7,7 @@ import torch
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, check_betas, check_range
+from gradwise.optim._base import GradwiseOptimizer, check_range, zeros_state
 from gradwise.optim.spam import _check_int
 from gradwise.registry import register
 
@@ -49,6 +49,8 @@ class StableSPAM(GradwiseOptimizer):
     code the cosine is not clamped (it rises again after
     ``beta1_schedule_steps + 1``). ``reset_interval`` is their
     ``update_proj_gap`` (0 disables resets); ``gamma1=-1`` means ``betas[0]``.
+    Limitation (the authors' too): ``nu`` holds ``||g||^2`` in the parameter
+    dtype, so in float32 a tensor's gradient norm above ~1e19 overflows it.
     Departures: ``p.grad`` is not written (the authors clip it in place); the
     schedule follows each group's ``group["step"]``.
 
@@ -80,10 +82,7 @@ class StableSPAM(GradwiseOptimizer):
         super().__init__(params, defaults, **kwargs)
 
     def _validate_group(self, g):
-        check_range("lr", g["lr"], 0.0)
-        check_betas(g["betas"])
-        check_range("eps", g["eps"], 0.0)
-        check_range("weight_decay", g["weight_decay"], 0.0)
+        super()._validate_group(g)
         for k in ("gamma1", "gamma2", "gamma3"):
             check_range(k, g[k], 0.0, 1.0, hi_open=True)
         if g["beta1_schedule_steps"] is not None:
@@ -95,12 +94,9 @@ class StableSPAM(GradwiseOptimizer):
         group["step"] = group.get("step", 0) + 1
 
     def _init_state(self, p, group):
-        z = lambda: torch.zeros_like(p, memory_format=torch.preserve_format)  # noqa: E731
-        zero = torch.zeros((), dtype=p.dtype, device=p.device)
-        st = {"exp_avg": z(), "exp_avg_sq": z(),
-              "m_max_t": zero.clone(), "m_norm_t": zero.clone(), "v_norm_t": zero.clone()}
-        if group["amsgrad"]:
-            st["max_exp_avg_sq"] = z()
+        st = zeros_state(p, "exp_avg", "exp_avg_sq", *(("max_exp_avg_sq",) if group["amsgrad"] else ()))
+        for name in ("m_max_t", "m_norm_t", "v_norm_t"):  # per-tensor statistics, 0-dim
+            st[name] = torch.zeros((), dtype=p.dtype, device=p.device)
         return st
 
     def _update(self, group, params, grads, states):
