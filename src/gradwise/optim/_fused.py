@@ -27,6 +27,7 @@ def _build_name() -> str:
     # -march=native code must not be reused on another CPU: key the cache on
     # the source, the CPU's flags and the torch version.
     h = hashlib.sha1(_SRC.read_bytes())
+    h.update(str(_SRC).encode())  # two checkouts must not rebuild each other's cache
     h.update(torch.__version__.encode())
     h.update(platform.machine().encode())
     try:
