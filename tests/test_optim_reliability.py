@@ -28,10 +28,11 @@ def _grads(params, t):
                   + 0.3 * p.detach().double()).to(p.dtype)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
 @pytest.mark.parametrize("name", NAMES)
-def test_state_dict_round_trip_is_bit_identical(name):
+def test_state_dict_round_trip_is_bit_identical(name, fused):
     params = _model_params()
-    opt = make(name, params)
+    opt = make(name, params, fused=fused)
     for t in range(9):
         _grads(params, t)
         opt.step()
@@ -42,7 +43,7 @@ def test_state_dict_round_trip_is_bit_identical(name):
         opt.step()
     # fresh parameters and optimizer, loaded from the checkpoint
     fresh = [torch.nn.Parameter(s.clone()) for s in snapshot]
-    opt2 = make(name, fresh)
+    opt2 = make(name, fresh, fused=fused)
     opt2.load_state_dict(saved)
     for t in range(9, 20):
         _grads(fresh, t)
