@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 __all__ = ["Method", "register", "methods", "get", "KINDS"]
 
-KINDS = ("optimizer", "optimizer-wrapper", "grad-transform", "loss", "metric", "preference", "stability")
+KINDS = ("optimizer", "optimizer-wrapper", "grad-transform", "loss", "metric", "calibration", "module",
+         "sample-weighting", "training-helper", "preference", "stability")
 
 # Packages whose import registers methods; `methods()` imports them all so the
 # registry is complete no matter what the caller imported first.
-_PACKAGES = ("gradwise.optim",)
+_PACKAGES = ("gradwise.optim", "gradwise.losses")
 
 _REGISTRY: dict[str, "Method"] = {}
 

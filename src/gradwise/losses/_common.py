@@ -1,0 +1,114 @@
+"""Pieces every objective shares: input validation, reductions, the Module twin.
+
+Validation raises ``ValueError`` naming the argument and what is accepted,
+before torch would fail deep inside a kernel. Checking label ranges needs the
+labels' min and max on the host (one sync); pass ``validate=False`` to the
+functions that accept it to skip that in a hot loop once inputs are trusted.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["REDUCTIONS", "check_reduction", "check_logits_target", "check_same_shape", "check_probabilities",
+           "reduce_loss", "LossModule"]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"Invalid reduction: {reduction!r} (accepted: 'mean', 'sum' or 'none')")
+
+
+def check_logits_target(logits: Tensor, target: Tensor, ignore_index: int | None = None, *,
+                        name: str = "logits", target_name: str = "target", validate: bool = True) -> None:
+    """``logits`` [N, C] floating; ``target`` [N] integer class indices in [0, C) or ``ignore_index``."""
+    if not torch.is_tensor(logits) or not logits.is_floating_point():
+        raise ValueError(f"Invalid {name}: expected a floating-point tensor of shape [N, C], got "
+                         f"{type(logits).__name__ if not torch.is_tensor(logits) else logits.dtype}")
+    if logits.dim() != 2:
+        raise ValueError(f"Invalid {name}: expected shape [N, C], got {tuple(logits.shape)}")
+    if not torch.is_tensor(target) or target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8,
+                                                            torch.uint8):
+        raise ValueError(f"Invalid {target_name}: expected an integer tensor of class indices of shape [N], got "
+                         f"{type(target).__name__ if not torch.is_tensor(target) else target.dtype}")
+    if target.shape != logits.shape[:1]:
+        raise ValueError(f"Invalid {target_name}: expected shape [{logits.shape[0]}] to match {name} "
+                         f"{tuple(logits.shape)}, got {tuple(target.shape)}")
+    if validate and target.numel():
+        valid = target if ignore_index is None else target[target != ignore_index]
+        if valid.numel():
+            lo, hi = int(valid.min()), int(valid.max())
+            if lo < 0 or hi >= logits.shape[1]:
+                bad = lo if lo < 0 else hi
+                extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+                raise ValueError(f"Invalid {target_name}: label {bad} out of range "
+                                 f"(accepted: 0 <= label < {logits.shape[1]}{extra})")
+
+
+def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"Invalid {name_b}: expected the shape of {name_a} {tuple(a.shape)}, got {tuple(b.shape)}")
+
+
+def check_probabilities(p: Tensor, name: str, dim: int = -1, atol: float = 1e-3) -> None:
+    """Non-negative and summing to 1 along ``dim`` (one host sync)."""
+    if not p.is_floating_point():
+        raise ValueError(f"Invalid {name}: expected floating-point probabilities, got {p.dtype}")
+    if p.numel() and (bool((p < 0).any()) or not torch.allclose(p.sum(dim), torch.ones((), dtype=p.dtype,
+                                                                                           device=p.device),
+                                                                atol=atol)):
+        raise ValueError(f"Invalid {name}: expected non-negative rows summing to 1 along dim {dim}")
+
+
+def reduce_loss(loss: Tensor, reduction: str, mask: Tensor | None = None) -> Tensor:
+    """Reduce per-sample losses; ``mask`` (bool, True = keep) excludes ignored samples.
+
+    With ``reduction="none"`` ignored samples get loss 0 (as in
+    ``F.cross_entropy``). ``"mean"`` divides by the number of kept samples
+    (NaN when there are none, as torch does).
+    """
+    check_reduction(reduction)
+    if mask is not None:
+        loss = torch.where(mask, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if mask is None:
+        return loss.mean()
+    return loss.sum() / mask.sum()
+
+
+class LossModule(nn.Module):
+    """The ``nn.Module`` twin of a loss function.
+
+    Subclasses set ``function`` (the functional form) and get an
+    ``__init__`` taking that function's keyword-only hyperparameters (after the
+    tensors), validated once by calling the function's checker if it has one.
+    """
+
+    function: Callable[..., Tensor]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        sig = inspect.signature(type(self).function)
+        allowed = {n for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY}
+        unknown = set(kwargs) - allowed
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(unknown)}; "
+                            f"accepted: {sorted(allowed)}")
+        self.kwargs = kwargs
+        if "reduction" in kwargs:
+            check_reduction(kwargs["reduction"])
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        return type(self).function(*tensors, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
