@@ -19,7 +19,7 @@ _CODE = "https://github.com/LucasPrietoAl/grokking-at-the-edge-of-numerical-stab
 @register(kind="grad-transform", paper=_PAPER, year=2025, arxiv="2501.04697", code=_CODE,
           summary="Removes the gradient's component along its weight, keeping its norm (⊥Grad)")
 class PerpendicularGrad(GradTransform):
-    r"""⊥Grad as a gradient transform for any gradwise optimizer.
+    r"""⊥Grad as a gradient transform for any gradwise optimizer (Prieto et al., 2025, arXiv 2501.04697).
 
     Per tensor, flattened: ``g_perp = g - <w,g>/(<w,w> + eps) w``, rescaled to
     ``||g||`` (see :func:`gradwise.optim._functional.perpendicular`). Stops the

@@ -128,7 +128,7 @@ class SPAM(GradwiseOptimizer):
 @register(kind="grad-transform", paper=_PAPER, year=2025, arxiv="2501.06842", code=_CODE,
           summary="SPAM's spike clipping as a transform in front of any gradwise optimizer")
 class SpikeClip(GradTransform):
-    r"""SPAM's spike clipping, usable in front of any gradwise optimizer.
+    r"""SPAM's spike clipping (Huang et al., 2025, arXiv 2501.06842), in front of any gradwise optimizer.
 
     Keeps its own second-moment EMA ``v <- b2 v + (1-b2) g_clipped^2`` (the
     one SPAM's Adam keeps) and, from a parameter's step ``clip_delay`` on,
