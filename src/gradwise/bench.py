@@ -767,7 +767,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     m, c = res["machine"], res["config"]
     fe = sorted(r["ratio_foreach_peer"] for r in res["rows"] if r.get("ratio_foreach_peer") is not None)
     lines = [
-        "# Optimizer step time",
+        "## Optimizer step time",
         "",
         "Written by `make bench` (`python benchmarks/optim_step.py --markdown docs/benchmarks.md`); "
         "every number below is from that one run. gradwise's default on CPU float32/float64 is its fused "
@@ -845,8 +845,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().error(str(exc))
     print_rich(res)
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(to_markdown(res), encoding="utf-8")
+        from gradwise.docsections import write_section
+
+        write_section(args.markdown, "optim_step", to_markdown(res))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2), encoding="utf-8")
