@@ -26,6 +26,10 @@ class UsageError(ValueError):
 # study name -> module path; the order here is the order in `gradwise arena --help`.
 STUDIES: dict[str, str] = {
     "optimizers": "gradwise.arena.optimizers_study",
+    "noisy-labels": "gradwise.arena.noisy_labels_study",
+    "distillation": "gradwise.arena.distillation_study",
+    "calibration": "gradwise.arena.calibration_study",
+    "imbalance": "gradwise.arena.imbalance_study",
 }
 DEFAULT_STUDY = "optimizers"
 

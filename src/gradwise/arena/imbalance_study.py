@@ -1,0 +1,211 @@
+"""Study ``imbalance``: upsample or upweight on a long-tailed digits training set.
+
+The digits training split is cut to a long tail: class ``c`` keeps
+``round(n_max * ratio ** (-c / 9))`` samples (class 0 the most, class 9
+``n_max / ratio``; which samples are kept is drawn with the run seed). The
+test split is untouched; it is balanced (stratified), and the metrics are
+balanced accuracy (mean per-class recall) and the worst class's recall.
+
+Methods (all: the same MLP, Adam, ``steps`` minibatches of ``batch_size``):
+
+* plain -- natural sampling (T = 1), plain cross-entropy;
+* upsample -- temperature sampling with T = inf (every class equally often);
+* upweight -- natural sampling, cross-entropy weighted by ``class_weights(counts, inf)``
+  (the scalarization equivalent of T = inf);
+* cooldown -- temperature sampling with ``cooldown_temperature``: T = ``t_start`` for the first half,
+  then linearly down to T = 1 (Li et al. 2025).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["HELP", "Config", "CONFIG", "METHODS", "add_arguments", "run", "run_one", "long_tail"]
+
+HELP = "long-tailed digits: plain vs upsampling vs upweighting vs Cooldown temperature sampling"
+METHODS = ("plain", "upsample", "upweight", "cooldown")
+
+
+@dataclass(frozen=True)
+class Config:
+    test_fraction: float = 0.25
+    split_seed: int = 0
+    ratio: float = 50.0          # head / tail class count
+    hidden: tuple[int, ...] = (128, 128)
+    batch_size: int = 64
+    steps: int = 1000
+    lr: float = 1e-3             # Adam
+    t_start: float = 10.0        # Cooldown's initial temperature
+    t_end: float = 1.0
+    cooldown_start: float = 0.5
+    seeds: int = 3
+    threads: int = 1
+
+
+CONFIG = Config()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seeds", type=_positive_int, default=CONFIG.seeds, help=f"seeds (default {CONFIG.seeds})")
+    parser.add_argument("--steps", type=_positive_int, default=CONFIG.steps,
+                        help=f"optimizer steps per run (default {CONFIG.steps})")
+    parser.add_argument("--ratio", type=float, default=CONFIG.ratio,
+                        help=f"imbalance ratio head/tail (default {CONFIG.ratio:g})")
+    parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
+
+
+def long_tail(y, num_classes: int, ratio: float, seed: int):
+    """Indices of a long-tailed subset of labels ``y`` and the per-class counts."""
+    import torch
+
+    counts = torch.bincount(y, minlength=num_classes)
+    n_max = int(counts.min())
+    g = torch.Generator().manual_seed(10_000 + seed)
+    keep, kept = [], []
+    for c in range(num_classes):
+        n_c = max(1, round(n_max * ratio ** (-c / (num_classes - 1))))
+        idx = (y == c).nonzero().squeeze(1)
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:n_c]])
+        kept.append(n_c)
+    return torch.cat(keep), kept
+
+
+def run_one(task, cfg: Config, method: str, seed: int) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    from gradwise.arena.tasks import mlp
+    from gradwise.losses.temperature_sampling import TemperatureSampler, class_weights, cooldown_temperature
+
+    t0 = time.perf_counter()
+    idx, counts = long_tail(task.y_train, task.num_classes, cfg.ratio, seed)
+    x, y = task.x_train[idx], task.y_train[idx]
+    torch.manual_seed(seed)
+    model = mlp(task.num_features, task.num_classes, cfg.hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    sampler = TemperatureSampler(y, temperature=math.inf if method == "upsample" else 1.0, generator=gen)
+    weight = class_weights(counts, math.inf).float() if method == "upweight" else None
+    for step in range(cfg.steps):
+        if method == "cooldown":
+            sampler.temperature = cooldown_temperature(step, cfg.steps, t_start=cfg.t_start, t_end=cfg.t_end,
+                                                       cooldown_start=cfg.cooldown_start)
+        b = sampler.draw(cfg.batch_size)
+        opt.zero_grad()
+        per = F.cross_entropy(model(x[b]), y[b], reduction="none")
+        loss = (per * weight[y[b]]).mean() if weight is not None else per.mean()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = model(task.x_eval).argmax(1)
+    recall = [float((pred[task.y_eval == c] == c).double().mean()) for c in range(task.num_classes)]
+    return {"method": method, "seed": seed, "balanced_acc": statistics.fmean(recall), "worst_class_acc": min(recall),
+            "tail_acc": statistics.fmean(recall[-3:]), "head_acc": statistics.fmean(recall[:3]),
+            "accuracy": float((pred == task.y_eval).double().mean()), "per_class": recall, "train_counts": counts,
+            "wall_s": time.perf_counter() - t0}
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    counts = rows[0]["train_counts"]
+    classes = np.arange(len(counts))
+    for i, m in enumerate(METHODS):
+        per = np.array([r["per_class"] for r in rows if r["method"] == m])
+        if len(per):
+            ax.plot(classes, per.mean(0), "o-", color=f"C{i}", label=m, lw=1.3)
+    ax.set_xticks(classes, [f"{c}\n(n={n})" for c, n in zip(classes, counts)], fontsize=8)
+    ax.set_xlabel("class (training samples)")
+    ax.set_ylabel("test recall (mean over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace, console: Console) -> Path:
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    import gradwise
+    from gradwise.arena import report
+    from gradwise.arena.runner import torch_threads
+    from gradwise.arena.tasks import digits
+
+    cfg = replace(CONFIG, seeds=args.seeds, steps=args.steps, ratio=getattr(args, "ratio", CONFIG.ratio))
+    if not cfg.ratio >= 1:
+        from gradwise.arena import UsageError
+        raise UsageError(f"--ratio must be >= 1, got {cfg.ratio}")
+    task = digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
+    out = report.results_dir(args.out)
+    rows: list[dict[str, Any]] = []
+    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with torch_threads(cfg.threads), Progress(*columns, console=console, transient=True) as bar:
+        job = bar.add_task("imbalance", total=len(METHODS) * cfg.seeds)
+        for m in METHODS:
+            for seed in range(cfg.seeds):
+                bar.update(job, description=f"{m} seed {seed}")
+                rows.append(run_one(task, cfg, m, seed))
+                bar.advance(job)
+
+    keys = ("balanced_acc", "worst_class_acc", "tail_acc", "head_acc")
+    summary = []
+    for m in METHODS:
+        rs = [r for r in rows if r["method"] == m]
+        s: dict[str, Any] = {"method": m, "runs": len(rs)}
+        for k in (*keys, "wall_s"):
+            xs = [r[k] for r in rs]
+            s[k + "_mean"] = statistics.fmean(xs)
+            s[k + "_std"] = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        summary.append(s)
+    summary.sort(key=lambda s: -s["balanced_acc_mean"])
+    counts = rows[0]["train_counts"]
+    title = (f"imbalance on digits: long tail ratio {cfg.ratio:g} (train counts {counts[0]}..{counts[-1]}, "
+             f"{sum(counts)} samples), MLP, {cfg.steps} steps × batch {cfg.batch_size}, {cfg.seeds} seed(s)")
+    table = Table(title=title, title_justify="left")
+    table.add_column("method", no_wrap=True)
+    for col in ("balanced acc", "worst class", "tail 3 classes", "head 3 classes", "s/run"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for s in summary:
+        table.add_row(s["method"], *(f"{s[k + '_mean']:.4f} ± {s[k + '_std']:.4f}" for k in keys),
+                      f"{s['wall_s_mean']:.2f}")
+    console.print(table)
+    console.print("[dim]best first (balanced test accuracy = mean per-class recall); mean ± std over seeds; "
+                  f"cooldown: T={cfg.t_start:g} then linear to T={cfg.t_end:g} over the last "
+                  f"{1 - cfg.cooldown_start:.0%} of steps[/dim]")
+    with open(out / "results.csv", "w", newline="") as f:
+        fields = [k for k in rows[0] if k not in ("per_class", "train_counts")]
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    doc = {"study": "imbalance", "config": asdict(cfg), "summary": summary, "runs": rows,
+           "versions": {"gradwise": gradwise.__version__, "torch": torch.__version__}}
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    _plot(out / "per_class_recall.png", rows, title)
+    console.print(f"results: {out}/ (results.csv, results.json, per_class_recall.png)")
+    return out

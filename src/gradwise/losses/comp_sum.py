@@ -1,0 +1,113 @@
+"""Comp-sum losses (Mao, Mohri & Zhong, 2023): one family from the
+sum-exponential loss through cross-entropy and generalized cross-entropy to MAE.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gradwise.losses._common import LossModule, check_logits_target, reduce_loss
+from gradwise.registry import register
+
+__all__ = ["comp_sum_loss", "CompSumLoss"]
+
+PAPER = "Cross-Entropy Loss Functions: Theoretical Analysis and Applications"
+
+
+def _check_tau(tau: float) -> float:
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
+        raise ValueError(f"Invalid tau: {tau!r} (accepted: a finite number tau >= 0)")
+    return float(tau)
+
+
+def _upcast(logits: Tensor) -> Tensor:
+    """Half-precision inputs are computed in float32 (the result is cast back)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _phi_tau_of_logp(logp_y: Tensor, tau: float) -> Tensor:
+    """Phi^tau(1/p_y) written in terms of log p_y (<= 0), stable in log space.
+
+    tau = 1:  -log p_y
+    tau != 1: (p_y^(tau-1) - 1) / (1 - tau) = -expm1((tau-1) log p_y) / (tau-1)
+    """
+    if tau == 1.0:
+        return -logp_y
+    return torch.expm1((tau - 1.0) * logp_y) / (1.0 - tau)
+
+
+def comp_sum_per_sample(logits: Tensor, target: Tensor, tau: float, ignore_index: int | None) -> tuple[Tensor, Tensor | None]:
+    """Per-sample comp-sum loss (float32 for half inputs) and the keep-mask (None when nothing is ignored)."""
+    x = _upcast(logits)
+    mask = None
+    tgt = target.long()
+    if ignore_index is not None:
+        mask = tgt != ignore_index
+        tgt = torch.where(mask, tgt, torch.zeros((), dtype=tgt.dtype, device=tgt.device))
+    # -log p_y from torch's fused cross-entropy kernel: its backward is one fused
+    # [N, C] pass, and the comp-sum transform below only touches [N] values
+    ce = F.cross_entropy(x, tgt, reduction="none")
+    if tau == 1.0:
+        return ce, mask
+    return _phi_tau_of_logp(-ce, tau), mask
+
+
+@register(kind="loss", paper=PAPER, year=2023, arxiv="2304.07288", code=None,
+          summary="Comp-sum family Phi^tau(sum exp(h_y'-h_y)): sum-exp (0), CE (1), GCE (1<tau<2), MAE (2)")
+def comp_sum_loss(logits: Tensor, target: Tensor, *, tau: float = 1.0, reduction: str = "mean",
+                  ignore_index: int = -100) -> Tensor:
+    r"""Comp-sum loss of Mao, Mohri & Zhong (2023).
+
+    Paper: "Cross-Entropy Loss Functions: Theoretical Analysis and Applications",
+    Anqi Mao, Mehryar Mohri, Yutao Zhong, ICML 2023, arXiv:2304.07288.
+    Authors' code: none released (the losses are closed forms).
+
+    Math (scores ``h`` = ``logits``, true class ``y``, ``p_y = softmax(h)_y``)::
+
+        l_tau(h, y) = Phi^tau( sum_{y'} exp(h_{y'} - h_y) ) = Phi^tau(1 / p_y)
+
+        Phi^tau(u) = log u                          if tau == 1
+                   = (u^(1-tau) - 1) / (1 - tau)     otherwise (tau >= 0)
+
+    so that
+
+    * ``tau = 0``: sum-exponential loss ``sum_{y' != y} exp(h_{y'} - h_y)``;
+    * ``tau = 1``: logistic loss = cross-entropy ``-log p_y``;
+    * ``1 < tau < 2``: generalized cross-entropy ``(1 - p_y^(tau-1)) / (tau-1)``
+      (Zhang & Sabuncu's GCE with ``q = tau - 1``);
+    * ``tau = 2``: mean absolute error ``1 - p_y`` (the MAE of the one-hot target
+      and the softmax, ``||e_y - p||_1 = 2(1 - p_y)``, up to the factor 2).
+
+    The family is continuous in ``tau`` (``tau -> 1`` recovers the log).
+
+    Numerics: computed from ``log p_y = -cross_entropy(h, y)`` with ``expm1``, so
+    it is finite for any finite logits when ``tau >= 1``. For ``tau < 1`` the
+    loss grows like ``p_y^-(1-tau)`` and overflows float32 once
+    ``(1-tau) * (-log p_y)`` exceeds ~88 (the true value is not representable).
+    float16/bfloat16 inputs are computed in float32 and the result cast back.
+
+    Choices: ``tau`` may be any finite number ``>= 0`` (the paper's family;
+    ``tau > 2`` gives bounded losses too). ``ignore_index`` and ``reduction``
+    behave as in ``F.cross_entropy``.
+
+    Example::
+
+        >>> logits, y = torch.randn(8, 10, requires_grad=True), torch.randint(0, 10, (8,))
+        >>> comp_sum_loss(logits, y, tau=1.5).backward()   # generalized cross-entropy
+    """
+    tau = _check_tau(tau)
+    check_logits_target(logits, target, ignore_index)
+    per, mask = comp_sum_per_sample(logits, target, tau, ignore_index)
+    return reduce_loss(per, reduction, mask).to(logits.dtype)
+
+
+class CompSumLoss(LossModule):
+    """Module twin of :func:`comp_sum_loss` (see it for the paper, arXiv:2304.07288, and the math).
+
+    ``CompSumLoss(tau=1.5)(logits, target)``.
+    """
+
+    function = comp_sum_loss

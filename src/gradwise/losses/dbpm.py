@@ -1,0 +1,173 @@
+"""DBPM: down-weighting bad positive pairs found from each pair's loss history."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from gradwise.losses._common import reduce_loss
+from gradwise.registry import register
+
+__all__ = ["dbpm_weights", "DBPM"]
+
+_PAPER = "Towards Enhancing Time Series Contrastive Learning: A Dynamic Bad Pair Mining Approach"
+_CODE = "https://github.com/lanxiang1017/DynamicBadPairMining_ICLR24"
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _check_cuts(cut_np: float, cut_fp: float) -> None:
+    for v, n in ((cut_np, "cut_np"), (cut_fp, "cut_fp")):
+        if not (v >= 0.0 and math.isfinite(v)):
+            raise ValueError(f"Invalid {n}: {v} (accepted: 0 <= {n} < inf)")
+
+
+def _bad_pair_weights(loss: Tensor, sample_mean: Tensor, mu: Tensor, sd: Tensor, cut_np: float,
+                      cut_fp: float) -> Tensor:
+    noisy = sample_mean <= mu - cut_np * sd
+    faulty = sample_mean >= mu + cut_fp * sd
+    l = loss.detach()
+    safe_sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+    pdf = torch.exp(-0.5 * ((l - mu) / safe_sd) ** 2) / (safe_sd * math.sqrt(2.0 * math.pi))
+    bad = (noisy | faulty) & (sd > 0) & torch.isfinite(sample_mean)
+    return torch.where(bad, pdf, torch.ones_like(pdf))
+
+
+@register(kind="sample-weighting", paper=_PAPER, year=2024, arxiv="2302.03357", code=_CODE,
+          summary="DBPM: weights of noisy/faulty positive pairs from their historical loss (mean -/+ k std)")
+def dbpm_weights(loss: Tensor, sample_mean: Tensor, all_means: Tensor, *, cut_np: float = 2.0,
+                 cut_fp: float = 3.0) -> Tensor:
+    r"""Weights of Dynamic Bad Pair Mining (Lan et al., ICLR 2024, arXiv 2302.03357) for a batch of positive pairs.
+
+    Paper: "Towards Enhancing Time Series Contrastive Learning: A Dynamic Bad
+    Pair Mining Approach". Authors' code:
+    https://github.com/lanxiang1017/DynamicBadPairMining_ICLR24
+    (``models/dbpm_model.py``); rules and defaults (``cut_np = 2``,
+    ``cut_fp = 3``) follow it.
+
+    Each training pair ``i`` has a historical mean loss ``m_i`` (see
+    :class:`DBPM` for the memory). With ``mu`` and ``sd`` the mean and the
+    population standard deviation of ``m`` over the whole training set:
+
+    * noisy positive pair (views share little but noise, too easy):
+      ``m_i <= mu - cut_np * sd``;
+    * faulty positive pair (augmentation broke the semantics, too hard):
+      ``m_i >= mu + cut_fp * sd``;
+
+    a bad pair's current loss ``l_i`` is multiplied by the Gaussian density
+    ``w_i = N(l_i; mu, sd^2)`` (a constant: no gradient flows through it);
+    other pairs keep weight 1. When ``sd == 0`` nothing can be an outlier and
+    all weights are 1 (the authors' code would divide by zero).
+
+    Args:
+        loss: ``[B]`` current per-pair losses. sample_mean: ``[B]`` historical
+            means of these pairs (NaN: no history yet, weight 1).
+        all_means: ``[M]`` historical means of all pairs (for ``mu``, ``sd``).
+
+    Example::
+
+        >>> w = dbpm_weights(pair_loss, hist_mean[index], hist_mean)
+        >>> loss = (w * pair_loss).mean()
+    """
+    for name, t in (("loss", loss), ("sample_mean", sample_mean), ("all_means", all_means)):
+        if not torch.is_tensor(t) or not t.is_floating_point() or t.dim() != 1:
+            raise ValueError(f"Invalid {name}: expected a 1-D floating-point tensor")
+    if sample_mean.shape != loss.shape:
+        raise ValueError(f"Invalid sample_mean: expected the shape of loss {tuple(loss.shape)}, got "
+                         f"{tuple(sample_mean.shape)}")
+    _check_cuts(cut_np, cut_fp)
+    m = all_means[torch.isfinite(all_means)].to(torch.promote_types(loss.dtype, torch.float32))
+    mu = m.mean()
+    sd = m.std(correction=0)
+    return _bad_pair_weights(loss.to(mu.dtype), sample_mean.to(mu.dtype), mu, sd, cut_np, cut_fp).to(loss.dtype)
+
+
+class DBPM(nn.Module):
+    r"""Stateful DBPM: a memory of every pair's loss per epoch and the re-weighted loss (see :func:`dbpm_weights`).
+
+    Memory (arXiv 2302.03357, authors' ``memory_module``): ``memory[k, e]`` is
+    pair ``k``'s loss in epoch ``e``. At the first call of an epoch
+    ``t >= warm_epochs`` the statistics are computed from epochs ``0..t-1``
+    with the authors' epoch weighting, which trusts later epochs more:
+
+    .. math::
+
+        m_k = \frac{1}{t}\sum_{e=0}^{t-1} \ell_{k,e}\,\frac{e+1}{E_{max}},
+        \qquad \mu = \operatorname{mean}_k m_k,\quad \sigma = \operatorname{std}_k m_k ,
+
+    and they stay fixed for the epoch. Each call records the batch's
+    (unweighted, detached) losses in ``memory[index, epoch]`` and returns the
+    reduced loss with bad pairs down-weighted; before ``warm_epochs`` the
+    weights are 1. Defaults from the authors' configuration: 50 warm-up
+    epochs of 80, ``cut_np = 2``, ``cut_fp = 3``.
+
+    Choices: the memory is a dense ``[num_samples, max_epochs]`` tensor
+    (NaN = not visited); a pair visited twice in an epoch keeps its last
+    loss (the authors' list would shift); a pair with missing epochs is
+    averaged over the epochs it has (``sum / t`` over present entries uses
+    the same weights); pairs never seen are left out of ``mu``, ``sd``.
+
+    Example::
+
+        >>> dbpm = DBPM(num_samples=len(train_set), max_epochs=80, warm_epochs=50)
+        >>> pair_loss = info_nce_per_pair(z1, z2)           # [B], one loss per positive pair
+        >>> loss = dbpm(pair_loss, index, epoch)            # weighted mean
+    """
+
+    def __init__(self, num_samples: int, max_epochs: int, *, warm_epochs: int = 50, cut_np: float = 2.0,
+                 cut_fp: float = 3.0, reduction: str = "mean") -> None:
+        super().__init__()
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"Invalid num_samples: {num_samples!r} (accepted: integer >= 1)")
+        if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+            raise ValueError(f"Invalid max_epochs: {max_epochs!r} (accepted: integer >= 1)")
+        if not isinstance(warm_epochs, int) or not 1 <= warm_epochs <= max_epochs:
+            raise ValueError(f"Invalid warm_epochs: {warm_epochs!r} (accepted: 1 <= warm_epochs <= max_epochs)")
+        _check_cuts(cut_np, cut_fp)
+        reduce_loss(torch.zeros(1), reduction)  # validates reduction
+        self.num_samples, self.max_epochs, self.warm_epochs = num_samples, max_epochs, warm_epochs
+        self.cut_np, self.cut_fp, self.reduction = float(cut_np), float(cut_fp), reduction
+        self.register_buffer("memory", torch.full((num_samples, max_epochs), math.nan, dtype=torch.float64))
+        self.register_buffer("sample_mean", torch.full((num_samples,), math.nan, dtype=torch.float64))
+        self.register_buffer("mu", torch.tensor(math.nan, dtype=torch.float64))
+        self.register_buffer("sd", torch.tensor(math.nan, dtype=torch.float64))
+        self.register_buffer("stats_epoch", torch.tensor(-1))
+
+    def update_statistics(self, epoch: int) -> None:
+        """Historical means and ``mu``, ``sd`` from epochs ``< epoch`` (called automatically)."""
+        hist = self.memory[:, :epoch]
+        w = torch.arange(1, epoch + 1, dtype=hist.dtype, device=hist.device) / self.max_epochs
+        present = torch.isfinite(hist)
+        count = present.sum(1)
+        total = torch.where(present, hist * w, torch.zeros_like(hist)).sum(1)
+        self.sample_mean.copy_(torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan)))
+        m = self.sample_mean[torch.isfinite(self.sample_mean)]
+        self.mu.copy_(m.mean() if m.numel() else torch.tensor(math.nan))
+        self.sd.copy_(m.std(correction=0) if m.numel() else torch.tensor(math.nan))
+        self.stats_epoch.fill_(epoch)
+
+    def weights(self, pair_loss: Tensor, index: Tensor) -> Tensor:
+        """Current weights of the batch (1 before the statistics exist)."""
+        if not bool(torch.isfinite(self.sd)):
+            return torch.ones_like(pair_loss)
+        return _bad_pair_weights(pair_loss.detach().to(torch.float64), self.sample_mean[index], self.mu, self.sd,
+                                 self.cut_np, self.cut_fp).to(pair_loss.dtype)
+
+    def forward(self, pair_loss: Tensor, index: Tensor, epoch: int) -> Tensor:
+        if not torch.is_tensor(pair_loss) or not pair_loss.is_floating_point() or pair_loss.dim() != 1:
+            raise ValueError("Invalid pair_loss: expected a 1-D floating-point tensor of per-pair losses")
+        if not torch.is_tensor(index) or index.dtype not in _INT_DTYPES or index.shape != pair_loss.shape:
+            raise ValueError(f"Invalid index: expected an integer tensor of shape {tuple(pair_loss.shape)}")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < self.max_epochs:
+            raise ValueError(f"Invalid epoch: {epoch!r} (accepted: 0 <= epoch < max_epochs={self.max_epochs})")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_samples):
+            raise ValueError(f"Invalid index: out of range (accepted: 0 <= index < {self.num_samples})")
+        index = index.long()
+        if epoch >= self.warm_epochs:
+            if int(self.stats_epoch) != epoch:
+                self.update_statistics(epoch)
+            w = self.weights(pair_loss, index)
+        else:
+            w = torch.ones_like(pair_loss)
+        self.memory[index, epoch] = pair_loss.detach().to(self.memory.dtype)
+        return reduce_loss(w * pair_loss, self.reduction)
