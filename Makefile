@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml src/gradwise/optim/csrc/fused.cpp
+$(VENV)/.installed: $(BIN)/python pyproject.toml src/gradwise/optim/csrc/fused.cpp src/gradwise/losses/csrc/losses.cpp
 	$(BIN)/pip install -q -e .
 	@# build the fused CPU kernels now rather than on the first optimizer step (falls back if it cannot)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -c "from gradwise.optim import _fused; print('fused CPU kernels:', _fused.load() or _fused.error())"

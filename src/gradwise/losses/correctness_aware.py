@@ -22,6 +22,34 @@ _PAPER = "Optimizing Calibration by Gaining Aware of Prediction Correctness"
 _CODE = "https://github.com/liuyvchi/Correctness-aware-calibration"
 
 
+
+
+class _TopConfidence(torch.autograd.Function):
+    """Top-label softmax probability ``max_k softmax(z)_k`` and its argmax, with a one-pass backward.
+
+    ``d p_hat / d z_k = p_hat ([k = argmax] - softmax(z)_k)``: the backward
+    forms the softmax once and scatters the argmax term, instead of autograd
+    going through ``max``, a subtraction and ``logsumexp`` (2.5x fewer passes
+    over the [N, C] logits).
+    """
+
+    @staticmethod
+    def forward(ctx, z):
+        top, pred = z.max(dim=1)
+        lse = torch.logsumexp(z, dim=1)
+        conf = torch.exp(top - lse)
+        ctx.save_for_backward(z, lse, pred, conf)
+        ctx.mark_non_differentiable(pred)
+        return conf, pred
+
+    @staticmethod
+    def backward(ctx, g_conf, _g_pred):
+        z, lse, pred, conf = ctx.saved_tensors
+        coef = (g_conf * conf).unsqueeze(1)
+        grad = torch.exp(z - lse.unsqueeze(1)).mul_(-coef)
+        grad.scatter_add_(1, pred.unsqueeze(1), coef)
+        return grad
+
 @register(kind="calibration", paper=_PAPER, year=2024, arxiv="2404.13016", code=_CODE,
           summary="correctness-aware calibration loss: squared gap between top confidence and correctness, "
                   "class-balanced over correct/wrong")
@@ -68,8 +96,7 @@ def correctness_aware_loss(logits: Tensor, target: Tensor, *, balance: bool = Tr
     if not isinstance(balance, bool):
         raise ValueError(f"Invalid balance: {balance!r} (accepted: True or False)")
     z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    top, pred = z.max(dim=1)
-    conf = torch.exp(-torch.logsumexp(z - top.unsqueeze(1), dim=1))
+    conf, pred = _TopConfidence.apply(z)
     keep = target != ignore_index
     correct = (pred == target) & keep
     per = (conf - correct.to(z.dtype)).square()

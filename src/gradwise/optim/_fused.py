@@ -1,4 +1,4 @@
-"""Loader for the fused CPU kernels (``csrc/fused.cpp``).
+"""Loader for the fused CPU kernels (``optim/csrc/fused.cpp``, ``losses/csrc/losses.cpp``).
 
 The kernels are compiled on first use with ``torch.utils.cpp_extension``
 (about 15-30 s with gcc; cached under ``~/.cache/torch_extensions``) and
@@ -20,14 +20,17 @@ from pathlib import Path
 import torch
 
 _SRC = Path(__file__).with_name("csrc") / "fused.cpp"
+_SOURCES = (_SRC, Path(__file__).parents[1] / "losses" / "csrc" / "losses.cpp")
 _state: dict = {"tried": False, "ok": False, "error": None}
 
 
 def _build_name() -> str:
     # -march=native code must not be reused on another CPU: key the cache on
     # the source, the CPU's flags and the torch version.
-    h = hashlib.sha1(_SRC.read_bytes())
-    h.update(str(_SRC).encode())  # two checkouts must not rebuild each other's cache
+    h = hashlib.sha1()
+    for src in _SOURCES:
+        h.update(src.read_bytes())
+        h.update(str(src).encode())  # two checkouts must not rebuild each other's cache
     h.update(torch.__version__.encode())
     h.update(platform.machine().encode())
     try:
@@ -57,9 +60,10 @@ def load(verbose: bool = False) -> bool:
         flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
         if platform.machine() in ("x86_64", "AMD64"):
             flags.append("-march=native")
-        cpp_extension.load(name=_build_name(), sources=[str(_SRC)], extra_cflags=flags,
+        cpp_extension.load(name=_build_name(), sources=[str(p) for p in _SOURCES], extra_cflags=flags,
                            extra_ldflags=["-fopenmp", "-lmvec"] if sys.platform.startswith("linux") else ["-fopenmp"], is_python_module=False, verbose=verbose)
-        _state["ok"] = hasattr(torch.ops.gradwise_fused, "adamw_")
+        _state["ok"] = hasattr(torch.ops.gradwise_fused, "adamw_") and hasattr(torch.ops.gradwise_losses,
+                                                                                  "ldr_softplus_forward")
     except Exception as exc:  # no compiler, no ninja, ...: the foreach path still works
         _state["error"] = f"{type(exc).__name__}: {exc}"
         warnings.warn("gradwise: fused CPU kernels unavailable, using the torch._foreach_ path "

@@ -1,0 +1,38 @@
+"""Fast paths of the losses agree with their reference formulation."""
+import pytest
+import torch
+
+from gradwise.losses import correctness_aware_loss, ldr
+from gradwise.optim import _fused
+
+needs_kernels = pytest.mark.skipif(not _fused.available(), reason=f"fused kernels unavailable: {_fused.error()}")
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_ldr_fused_kernel_matches_torch_ops(dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, 13, generator=g, dtype=dtype) * 5)
+    x[0, 0], x[1] = 30.0, -40.0  # softplus threshold branch and underflow
+    x.requires_grad_(True)
+    y = torch.randint(0, 13, (64,), generator=g)
+    a = ldr._LDRSoftplusFused.apply(x, y, 3.0, 0.1)
+    b = ldr._LDRSoftplus.apply(x, y, 3.0, 0.1)
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    ga, = torch.autograd.grad(a.sum(), x)
+    gb, = torch.autograd.grad(b.sum(), x)
+    torch.testing.assert_close(ga, gb, rtol=tol, atol=tol)
+
+
+@needs_kernels
+def test_ldr_fused_gradcheck():
+    x = torch.randn(16, 7, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 7, (16,))
+    assert torch.autograd.gradcheck(lambda z: ldr._LDRSoftplusFused.apply(z, y, 3.0, 0.1), (x,))
+
+
+def test_correctness_aware_custom_backward_gradcheck():
+    x = torch.randn(32, 10, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 10, (32,))
+    assert torch.autograd.gradcheck(lambda z: correctness_aware_loss(z, y), (x,))
+    assert torch.autograd.gradcheck(lambda z: correctness_aware_loss(z, y, balance=False), (x,))
