@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["STUDIES", "DEFAULT_STUDY", "UsageError", "load_study"]
+__all__ = ["STUDIES", "DEFAULT_STUDY", "UsageError", "load_study", "positive_int"]
 
 
 class UsageError(ValueError):
@@ -32,6 +32,16 @@ STUDIES: dict[str, str] = {
     "imbalance": "gradwise.arena.imbalance_study",
 }
 DEFAULT_STUDY = "optimizers"
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts (seeds, steps, epochs)."""
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def load_study(name: str) -> ModuleType:

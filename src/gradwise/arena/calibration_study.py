@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from gradwise.arena import positive_int
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -63,19 +64,12 @@ class Config:
 CONFIG = Config()
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=_positive_int, default=CONFIG.seeds,
+    parser.add_argument("--seeds", type=positive_int, default=CONFIG.seeds,
                         help=f"seeds 0..N-1 (default {CONFIG.seeds})")
-    parser.add_argument("--epochs", type=_positive_int, default=CONFIG.epochs,
+    parser.add_argument("--epochs", type=positive_int, default=CONFIG.epochs,
                         help=f"training epochs of the MLP (default {CONFIG.epochs})")
-    parser.add_argument("--ca-epochs", type=_positive_int, default=CONFIG.ca_epochs,
+    parser.add_argument("--ca-epochs", type=positive_int, default=CONFIG.ca_epochs,
                         help=f"training epochs of the correctness-aware calibrator (default {CONFIG.ca_epochs})")
     parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
 

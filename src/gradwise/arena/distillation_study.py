@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from gradwise.arena import positive_int
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -66,36 +67,14 @@ CONFIG = Config()
 METHODS = ("CE only", "KD", "CE+BinaryKL (1 head)", "DHKD", "KD++ (ND)", "DML (online)", "BD-KD (online)")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=_positive_int, default=CONFIG.seeds,
+    parser.add_argument("--seeds", type=positive_int, default=CONFIG.seeds,
                         help=f"seeds 0..N-1 (default {CONFIG.seeds})")
-    parser.add_argument("--epochs", type=_positive_int, default=CONFIG.epochs,
+    parser.add_argument("--epochs", type=positive_int, default=CONFIG.epochs,
                         help=f"student epochs per method (default {CONFIG.epochs})")
-    parser.add_argument("--teacher-epochs", type=_positive_int, default=CONFIG.teacher_epochs,
+    parser.add_argument("--teacher-epochs", type=positive_int, default=CONFIG.teacher_epochs,
                         help=f"teacher epochs (default {CONFIG.teacher_epochs})")
     parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
-
-
-def _ece(logits, y, bins: int = 15) -> float:
-    import torch
-
-    conf, pred = torch.softmax(logits, 1).max(1)
-    correct = (pred == y).double()
-    edges = torch.linspace(0, 1, bins + 1, dtype=conf.dtype)
-    idx = torch.bucketize(conf, edges[1:-1], right=True)
-    ece = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            ece += m.double().mean().item() * abs(correct[m].mean().item() - conf[m].double().mean().item())
-    return ece
 
 
 def run(args: argparse.Namespace, console: Console) -> Path:
@@ -109,7 +88,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     from gradwise.arena import report
     from gradwise.arena.runner import torch_threads
     from gradwise.arena.tasks import digits, mlp
-    from gradwise.losses import (DualHeadKD, bdkd_loss, bdkd_teacher_loss, binary_kl_loss, class_means, kd_loss,
+    from gradwise.losses import (DualHeadKD, expected_calibration_error, bdkd_loss, bdkd_teacher_loss, binary_kl_loss, class_means, kd_loss,
                                  nd_loss)
 
     cfg = replace(CONFIG, seeds=args.seeds, epochs=args.epochs, teacher_epochs=args.teacher_epochs)
@@ -128,7 +107,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     @torch.no_grad()
     def evaluate(logits_fn) -> tuple[float, float]:
         logits = logits_fn(task.x_eval)
-        return (logits.argmax(1) == task.y_eval).float().mean().item(), _ece(logits, task.y_eval)
+        return (logits.argmax(1) == task.y_eval).float().mean().item(), float(expected_calibration_error(logits, task.y_eval))
 
     def train_teacher(seed: int) -> nn.Sequential:
         torch.manual_seed(10_000 + seed)

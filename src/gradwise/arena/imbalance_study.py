@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from gradwise.arena import positive_int
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -55,16 +56,9 @@ class Config:
 CONFIG = Config()
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=_positive_int, default=CONFIG.seeds, help=f"seeds (default {CONFIG.seeds})")
-    parser.add_argument("--steps", type=_positive_int, default=CONFIG.steps,
+    parser.add_argument("--seeds", type=positive_int, default=CONFIG.seeds, help=f"seeds (default {CONFIG.seeds})")
+    parser.add_argument("--steps", type=positive_int, default=CONFIG.steps,
                         help=f"optimizer steps per run (default {CONFIG.steps})")
     parser.add_argument("--ratio", type=float, default=CONFIG.ratio,
                         help=f"imbalance ratio head/tail (default {CONFIG.ratio:g})")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradwise.arena import UsageError
+from gradwise.arena import UsageError, positive_int
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -128,20 +128,13 @@ def learning_rate(name: str, cls: type) -> tuple[float, str]:
     return float(param.default), "class default"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The study's command-line options."""
     parser.add_argument("--optimizers", metavar="A,B,C",
                         help="comma-separated optimizer names (default: all gradwise optimizers and AdamW)")
-    parser.add_argument("--seeds", type=_positive_int, default=CONFIG.seeds,
+    parser.add_argument("--seeds", type=positive_int, default=CONFIG.seeds,
                         help=f"seeds per optimizer, 0..N-1 (default {CONFIG.seeds})")
-    parser.add_argument("--steps", type=_positive_int, default=CONFIG.steps,
+    parser.add_argument("--steps", type=positive_int, default=CONFIG.steps,
                         help=f"optimizer steps per run (default {CONFIG.steps})")
     parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
 
