@@ -36,3 +36,23 @@ def test_correctness_aware_custom_backward_gradcheck():
     y = torch.randint(0, 10, (32,))
     assert torch.autograd.gradcheck(lambda z: correctness_aware_loss(z, y), (x,))
     assert torch.autograd.gradcheck(lambda z: correctness_aware_loss(z, y, balance=False), (x,))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_top_confidence_kernel_matches_torch_ops(dtype, tol, monkeypatch):
+    from gradwise.losses import correctness_aware as ca
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(50, 9, generator=g, dtype=dtype) * 4
+    z[3] = 0.0  # ties: the first maximum wins, as torch.max
+    y = torch.randint(0, 9, (50,), generator=g)
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setattr(ca, "_use_fused", lambda t, f=fused: f)
+        x = z.clone().requires_grad_(True)
+        loss = correctness_aware_loss(x, y)
+        loss.backward()
+        runs.append((loss.detach(), x.grad))
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=tol, atol=tol)
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=tol, atol=tol)

@@ -35,9 +35,13 @@ class _TopConfidence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z):
-        top, pred = z.max(dim=1)
-        lse = torch.logsumexp(z, dim=1)
-        conf = torch.exp(top - lse)
+        ctx.fused = _use_fused(z)
+        if ctx.fused:  # one read of z (losses/csrc/losses.cpp)
+            conf, pred, lse = torch.ops.gradwise_losses.top_confidence_forward(z)
+        else:
+            top, pred = z.max(dim=1)
+            lse = torch.logsumexp(z, dim=1)
+            conf = torch.exp(top - lse)
         ctx.save_for_backward(z, lse, pred, conf)
         ctx.mark_non_differentiable(pred)
         return conf, pred
@@ -45,10 +49,20 @@ class _TopConfidence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_conf, _g_pred):
         z, lse, pred, conf = ctx.saved_tensors
+        if ctx.fused:
+            return torch.ops.gradwise_losses.top_confidence_backward(z, lse, pred, conf, g_conf)
         coef = (g_conf * conf).unsqueeze(1)
         grad = torch.exp(z - lse.unsqueeze(1)).mul_(-coef)
         grad.scatter_add_(1, pred.unsqueeze(1), coef)
         return grad
+
+
+def _use_fused(z: Tensor) -> bool:
+    if z.device.type != "cpu" or z.dtype not in (torch.float32, torch.float64) or z.shape[1] == 0:
+        return False
+    from gradwise.optim import _fused
+
+    return _fused.available()
 
 @register(kind="calibration", paper=_PAPER, year=2024, arxiv="2404.13016", code=_CODE,
           summary="correctness-aware calibration loss: squared gap between top confidence and correctness, "
