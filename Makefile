@@ -32,6 +32,7 @@ test: test-env
 
 bench: test-env
 	$(BIN)/python benchmarks/optim_step.py --markdown docs/benchmarks.md
+	$(BIN)/python benchmarks/loss_step.py --markdown docs/benchmarks.md
 
 docs: env
 	$(BIN)/python tools/gen_docs.py
