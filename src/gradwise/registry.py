@@ -20,7 +20,7 @@ KINDS = ("optimizer", "optimizer-wrapper", "grad-transform", "loss", "metric", "
 
 # Packages whose import registers methods; `methods()` imports them all so the
 # registry is complete no matter what the caller imported first.
-_PACKAGES = ("gradwise.optim", "gradwise.losses")
+_PACKAGES = ("gradwise.optim", "gradwise.losses", "gradwise.preference")
 
 _REGISTRY: dict[str, "Method"] = {}
 
