@@ -30,6 +30,7 @@ STUDIES: dict[str, str] = {
     "distillation": "gradwise.arena.distillation_study",
     "calibration": "gradwise.arena.calibration_study",
     "imbalance": "gradwise.arena.imbalance_study",
+    "preference": "gradwise.arena.preference_study",
 }
 DEFAULT_STUDY = "optimizers"
 

@@ -1,0 +1,368 @@
+"""Study ``preference``: preference optimization of a tiny causal LM trained
+from scratch on a synthetic language, judged by a program.
+
+The language: a prompt is ``BOS l_1 .. l_n SEP`` with ``n`` in 3..5 letters
+from an alphabet of 6; a response is letters followed by ``EOS``. The judge
+wants the prompt's letters **reversed**: its reward is ``(matches - |len -
+n|) / n`` (``matches``: positions agreeing with the reversal; -1 without
+EOS), and it prefers the response with the higher reward (ties: one half).
+
+Per seed ``s``:
+
+1. *SFT warm-up*: a 2-layer, d=64 causal transformer is trained from scratch
+   on mixed-quality responses (40% reversal, 30% plain copy of the prompt,
+   30% reversal with one letter substituted), so it samples all three kinds;
+   it is the reference model and the baseline of the win rate.
+2. *Offline preference set*: two samples from the SFT model for each of
+   ``pairs_prompts`` prompts, labelled by the judge (ties dropped).
+3. *Offline methods* through :class:`~gradwise.preference.PreferenceTrainer`,
+   each from the SFT weights with the same data order and ``steps`` Adam
+   steps: DPO, IPO, SimPO, f-DPO (Jensen-Shannon), RPO.
+4. *Online methods* through :class:`~gradwise.preference.OnlinePreferenceLoop`,
+   ``iterations`` iterations of ``steps / iterations`` steps each (the same
+   number of optimizer steps), sampling K = 4 responses per prompt from the
+   frozen ``pi_t``, judging them and training on best-vs-worst pairs:
+   online (iterative) DPO, INPO, DNO (DNO-Prct: hard labels) and APO.
+5. *Evaluation* on held-out prompts, with fixed sampling seeds: the judge's
+   win rate of policy samples against SFT samples (temperature 1), the
+   sequence ``KL(pi ‖ pi_SFT)`` estimated on the policy's samples (sum over
+   response tokens of the full next-token KL), the mean judge reward and the
+   fraction of exact reversals.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gradwise.arena import positive_int
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["HELP", "Config", "CONFIG", "OFFLINE", "ONLINE", "METHODS", "add_arguments", "run",
+           "PAD", "BOS", "SEP", "EOS", "random_prompt", "judge_reward", "sft_response", "tiny_lm"]
+
+HELP = "DPO, IPO, SimPO, f-DPO, RPO and online INPO/DNO/APO on a tiny LM learning to reverse strings for a judge"
+
+PAD, BOS, SEP, EOS = 0, 1, 2, 3
+LETTER0 = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    letters: int = 6
+    min_len: int = 3
+    max_len: int = 5
+    d_model: int = 64
+    layers: int = 2
+    heads: int = 4
+    sft_steps: int = 400
+    sft_batch: int = 64
+    sft_lr: float = 3e-3
+    sft_mix: tuple[float, float, float] = (0.4, 0.3, 0.3)  # reversal, copy, reversal with one substitution
+    pairs_prompts: int = 1024   # offline preference set: 2 SFT samples per prompt
+    steps: int = 200            # optimizer steps per method (online: split over the iterations)
+    batch_size: int = 32        # pairs per step
+    lr: float = 3e-4            # Adam, every preference method (1e-3 over-optimizes DPO-style losses)
+    iterations: int = 4         # online methods
+    online_prompts: int = 256   # prompts sampled per online iteration
+    samples_per_prompt: int = 4
+    eval_prompts: int = 256
+    eval_samples: int = 2       # samples per eval prompt (policy and SFT each)
+    seeds: int = 5
+    threads: int = 1
+
+
+CONFIG = Config()
+# name -> (objective, hyperparameters); defaults of the functions unless noted
+OFFLINE = {
+    "DPO": ("dpo_loss", {"beta": 0.1}),
+    "IPO": ("ipo_loss", {"beta": 0.1}),
+    "SimPO": ("simpo_loss", {"beta": 2.0, "gamma": 0.5}),
+    "f-DPO (JS)": ("fdpo_loss", {"beta": 0.1, "divergence": "js"}),
+    "RPO": ("rpo_loss", {"beta": 0.1, "sft_weight": 0.2}),
+}
+ONLINE = {
+    "online DPO": ("dpo", {"beta": 0.1}),
+    "INPO": ("inpo", {"eta": 10.0, "tau": 0.05}),
+    "DNO": ("dno", {"eta": 0.1}),
+    "APO": ("apo", {"alpha": 0.3, "beta": 0.1}),
+}
+METHODS = tuple(OFFLINE) + tuple(ONLINE)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seeds", type=positive_int, default=CONFIG.seeds,
+                        help=f"seeds 0..N-1 (default {CONFIG.seeds})")
+    parser.add_argument("--steps", type=positive_int, default=CONFIG.steps,
+                        help=f"optimizer steps per preference method (default {CONFIG.steps})")
+    parser.add_argument("--iterations", type=positive_int, default=CONFIG.iterations,
+                        help=f"iterations of the online methods (default {CONFIG.iterations})")
+    parser.add_argument("--sft-steps", type=positive_int, default=CONFIG.sft_steps,
+                        help=f"SFT warm-up steps (default {CONFIG.sft_steps})")
+    parser.add_argument("--pairs-prompts", type=positive_int, default=CONFIG.pairs_prompts,
+                        help=f"prompts of the offline preference set (default {CONFIG.pairs_prompts})")
+    parser.add_argument("--eval-prompts", type=positive_int, default=CONFIG.eval_prompts,
+                        help=f"held-out evaluation prompts (default {CONFIG.eval_prompts})")
+    parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
+
+
+# ----------------------------------------------------------------- the language and the judge
+
+def random_prompt(rng, cfg: Config = CONFIG) -> list[int]:
+    """``[BOS, letters..., SEP]`` drawn with ``rng`` (a ``random.Random``)."""
+    n = rng.randint(cfg.min_len, cfg.max_len)
+    return [BOS] + [LETTER0 + rng.randrange(cfg.letters) for _ in range(n)] + [SEP]
+
+
+def judge_reward(prompt, response) -> float:
+    """``(matches - |len - n|) / n`` against the reversed prompt letters; -1 without a final EOS."""
+    letters = list(prompt)[1:-1]
+    response = list(response)
+    if not response or response[-1] != EOS:
+        return -1.0
+    body, target = response[:-1], letters[::-1]
+    n = len(target)
+    matches = sum(a == b for a, b in zip(body, target))
+    return (matches - abs(len(body) - n)) / n
+
+
+def sft_response(prompt, rng, cfg: Config = CONFIG) -> list[int]:
+    """A response of the SFT mixture: reversal, copy, or reversal with one substitution."""
+    letters = list(prompt)[1:-1]
+    u = rng.random()
+    if u < cfg.sft_mix[0]:
+        body = letters[::-1]
+    elif u < cfg.sft_mix[0] + cfg.sft_mix[1]:
+        body = list(letters)
+    else:
+        body = letters[::-1]
+        i = rng.randrange(len(body))
+        body[i] = LETTER0 + (body[i] - LETTER0 + 1 + rng.randrange(cfg.letters - 1)) % cfg.letters
+    return body + [EOS]
+
+
+def tiny_lm(cfg: Config = CONFIG):
+    """A pre-norm causal transformer: token + learned position embeddings, ``cfg.layers`` layers."""
+    import torch
+    from torch import nn
+
+    vocab = LETTER0 + cfg.letters
+    max_t = 2 * cfg.max_len + 4
+
+    class TinyLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok = nn.Embedding(vocab, cfg.d_model)
+            self.pos = nn.Embedding(max_t, cfg.d_model)
+            self.blocks = nn.ModuleList(
+                nn.TransformerEncoderLayer(cfg.d_model, cfg.heads, 4 * cfg.d_model, dropout=0.0, batch_first=True,
+                                           norm_first=True) for _ in range(cfg.layers))
+            self.norm = nn.LayerNorm(cfg.d_model)
+            self.head = nn.Linear(cfg.d_model, vocab)
+            self.register_buffer("causal", torch.triu(torch.full((max_t, max_t), float("-inf")), 1),
+                                 persistent=False)
+
+        def forward(self, ids):
+            T = ids.shape[1]
+            x = self.tok(ids) + self.pos(torch.arange(T, device=ids.device))
+            for blk in self.blocks:
+                x = blk(x, src_mask=self.causal[:T, :T], is_causal=True)
+            return self.head(self.norm(x))
+
+    return TinyLM()
+
+
+# ----------------------------------------------------------------- the study
+
+def run(args: argparse.Namespace, console: Console) -> Path:
+    import random
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    import gradwise
+    from gradwise.arena import report
+    from gradwise.arena.runner import torch_threads
+    from gradwise.preference import (OnlinePreferenceLoop, PreferenceObjective, PreferenceOracle, PreferenceTrainer,
+                                     build_pairs, frozen_copy, generate, response_logps, sampled_kl)
+    import gradwise.preference as pref
+
+    cfg = replace(CONFIG, seeds=args.seeds, steps=args.steps,
+                  iterations=getattr(args, "iterations", CONFIG.iterations),
+                  sft_steps=getattr(args, "sft_steps", CONFIG.sft_steps),
+                  pairs_prompts=getattr(args, "pairs_prompts", CONFIG.pairs_prompts),
+                  eval_prompts=getattr(args, "eval_prompts", CONFIG.eval_prompts))
+    if cfg.steps < cfg.iterations:
+        cfg = replace(cfg, iterations=cfg.steps)
+    out = report.results_dir(args.out)
+    judge = PreferenceOracle(reward=judge_reward)
+    gen_kw = dict(max_new_tokens=cfg.max_len + 2, temperature=1.0, eos_token_id=EOS, pad_token_id=PAD)
+
+    def sft(seed: int):
+        torch.manual_seed(seed)
+        model = tiny_lm(cfg)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.sft_lr)
+        rng = random.Random(50_000 + seed)
+        for _ in range(cfg.sft_steps):
+            prompts = [random_prompt(rng, cfg) for _ in range(cfg.sft_batch)]
+            resp = [sft_response(p, rng, cfg) for p in prompts]
+            loss = -response_logps(model, prompts, resp, pad_token_id=PAD, average=True).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return frozen_copy(model)
+
+    def evaluate(model, ref, prompts, ref_samples, seed: int) -> dict[str, float]:
+        g = torch.Generator().manual_seed(70_000 + seed)
+        ys = generate(model, prompts, generator=g, **gen_kw)
+        kl = sampled_kl(model, ref, prompts, ys, pad_token_id=PAD)
+        rewards = [judge_reward(p, y) for p, y in zip(prompts, ys)]
+        return dict(win_rate=judge.win_rate(prompts, ys, ref_samples), kl=float(kl.mean()),
+                    reward=statistics.fmean(rewards), exact=statistics.fmean(r == 1.0 for r in rewards),
+                    mean_len=statistics.fmean(len(y) - 1 for y in ys))
+
+    def offline(name: str, ref, data, seed: int):
+        fn_name, hp = OFFLINE[name]
+        model = copy_model(ref)
+        obj = PreferenceObjective(getattr(pref, fn_name), **hp)
+        trainer = PreferenceTrainer(model, obj, torch.optim.Adam(model.parameters(), lr=cfg.lr),
+                                    ref_model=ref if obj.needs_reference else None, batch_size=cfg.batch_size,
+                                    pad_token_id=PAD, seed=seed, progress=False)
+        trainer.train(data, steps=cfg.steps)
+        return model.eval()
+
+    def online(name: str, ref, prompts, seed: int):
+        method, hp = ONLINE[name]
+        model = copy_model(ref)
+        torch.manual_seed(seed)
+        loop = OnlinePreferenceLoop(model, method, torch.optim.Adam(model.parameters(), lr=cfg.lr), judge, prompts,
+                                    method_kwargs=hp, ref_model=ref, prompts_per_iteration=cfg.online_prompts,
+                                    samples_per_prompt=cfg.samples_per_prompt,
+                                    steps_per_iteration=max(1, cfg.steps // cfg.iterations),
+                                    batch_size=cfg.batch_size, seed=seed, **gen_kw)
+        loop.run(cfg.iterations)
+        return model.eval(), loop.history
+
+    def copy_model(ref):
+        model = tiny_lm(cfg)
+        model.load_state_dict(ref.state_dict())
+        return model.train()
+
+    rows: list[dict[str, Any]] = []
+    sft_rows: list[dict[str, Any]] = []
+    start_all = time.perf_counter()
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with torch_threads(cfg.threads), Progress(*columns, console=console, transient=True) as bar:
+        job = bar.add_task("preference", total=cfg.seeds * (1 + len(METHODS)))
+        for seed in range(cfg.seeds):
+            bar.update(job, description=f"SFT seed {seed}")
+            t0 = time.perf_counter()
+            ref = sft(seed)
+            rng = random.Random(90_000 + seed)
+            eval_prompts = [random_prompt(rng, cfg) for _ in range(cfg.eval_prompts)] * cfg.eval_samples
+            train_prompts = [random_prompt(rng, cfg) for _ in range(cfg.pairs_prompts)]
+            g = torch.Generator().manual_seed(80_000 + seed)
+            ref_samples = generate(ref, eval_prompts, generator=g, **gen_kw)
+            g = torch.Generator().manual_seed(60_000 + seed)
+            samples = generate(ref, [p for p in train_prompts for _ in range(2)], generator=g, **gen_kw)
+            data = build_pairs(train_prompts, [samples[2 * i:2 * i + 2] for i in range(len(train_prompts))], judge)
+            for i, d in enumerate(data):
+                d["id"] = i
+            m = evaluate(ref, ref, eval_prompts, ref_samples, seed)
+            sft_rows.append(dict(method="SFT", kind="reference", seed=seed, **m, pairs=len(data),
+                                 wall_s=time.perf_counter() - t0))
+            bar.advance(job)
+            for name in METHODS:
+                bar.update(job, description=f"{name} seed {seed}")
+                t0 = time.perf_counter()
+                curve = None
+                if name in OFFLINE:
+                    model, kind = offline(name, ref, data, seed), "offline"
+                else:
+                    (model, curve), kind = online(name, ref, train_prompts, seed), "online"
+                m = evaluate(model, ref, eval_prompts, ref_samples, seed)
+                rows.append(dict(method=name, kind=kind, seed=seed, **m, wall_s=time.perf_counter() - t0,
+                                 **({"online_pairs": sum(h["pairs"] for h in curve)} if curve else {})))
+                bar.advance(job)
+    total_s = time.perf_counter() - start_all
+
+    def ms(xs):
+        xs = list(xs)
+        return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+    summary = []
+    for name in ("SFT",) + METHODS:
+        rs = [r for r in (sft_rows if name == "SFT" else rows) if r["method"] == name]
+        s = dict(name=name, kind=rs[0]["kind"], runs=len(rs))
+        for k in ("win_rate", "kl", "reward", "exact", "mean_len", "wall_s"):
+            s[f"{k}_mean"], s[f"{k}_std"] = ms(r[k] for r in rs)
+        summary.append(s)
+    summary.sort(key=lambda s: -s["win_rate_mean"])
+    dpo_wr = next(s["win_rate_mean"] for s in summary if s["name"] == "DPO")
+    # a policy that always reverses exactly wins against every non-exact SFT sample and ties the rest
+    ceiling = 1.0 - 0.5 * next(s["exact_mean"] for s in summary if s["name"] == "SFT")
+
+    title = (f"preference on string reversal: {cfg.layers}-layer d={cfg.d_model} LM, SFT {cfg.sft_steps} steps, "
+             f"{cfg.steps} steps/method, {cfg.seeds} seed(s)")
+    table = Table(title=title, title_justify="left")
+    for col, just in (("method", "left"), ("kind", "left"), ("win rate vs SFT", "right"), ("KL to SFT", "right"),
+                      ("judge reward", "right"), ("exact", "right"), ("s/run", "right")):
+        table.add_column(col, justify=just, no_wrap=True)
+    for s in summary:
+        dim = s["name"] == "SFT"
+        cells = [s["name"], s["kind"], f"{s['win_rate_mean']:.3f} ± {s['win_rate_std']:.3f}",
+                 f"{s['kl_mean']:.2f} ± {s['kl_std']:.2f}", f"{s['reward_mean']:.3f}", f"{s['exact_mean']:.3f}",
+                 f"{s['wall_s_mean']:.1f}"]
+        table.add_row(*(f"[dim]{c}[/dim]" for c in cells) if dim else cells)
+    console.print(table)
+    console.print(f"[dim]best first; mean ± std over seeds; win rate: judge's P(policy sample > SFT sample) on "
+                  f"{cfg.eval_prompts} held-out prompts x {cfg.eval_samples} samples (ties 1/2; SFT row: a second "
+                  "SFT sample); KL: sequence KL(pi ‖ SFT) in nats on the policy's samples; exact: fraction of "
+                  f"exact reversals; DPO's win rate {dpo_wr:.3f}; a perfect policy's win rate {ceiling:.3f}[/dim]")
+    console.print(f"total wall time {total_s:.1f} s")
+
+    fields = ["method", "kind", "seed", "win_rate", "kl", "reward", "exact", "mean_len", "wall_s"]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(sft_rows + rows)
+    doc = dict(study="preference", config=asdict(cfg), offline_methods=dict(OFFLINE), online_methods=dict(ONLINE),
+               summary=summary, win_rate_ceiling=ceiling, runs=sft_rows + rows,
+               total_wall_s=total_s, versions={"gradwise": gradwise.__version__, "torch": torch.__version__})
+    (out / "results.json").write_text(json.dumps(report._finite(doc), indent=2, allow_nan=False) + "\n")
+    _plot(out / "preference.png", summary, sft_rows + rows, title)
+    console.print(f"results: {out}/ (results.csv, results.json, preference.png)")
+    return out
+
+
+def _plot(path: Path, summary: list[dict[str, Any]], runs: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, s in enumerate(sorted(summary, key=lambda s: s["name"])):
+        color = "grey" if s["name"] == "SFT" else f"C{(0, 1, 2, 3, 4, 5, 6, 8, 9)[i % 9]}"  # C7 is grey
+        marker = "s" if s["kind"] == "online" else "o"
+        pts = [r for r in runs if r["method"] == s["name"]]
+        ax.scatter([r["kl"] for r in pts], [r["win_rate"] for r in pts], color=color, marker=marker, alpha=0.3, s=18)
+        ax.errorbar(s["kl_mean"], s["win_rate_mean"], xerr=s["kl_std"], yerr=s["win_rate_std"], color=color,
+                    marker=marker, ms=8, capsize=3, label=f"{s['name']} ({s['kind']})")
+    ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("KL(pi ‖ SFT), nats per response (on policy samples)")
+    ax.set_ylabel("judge win rate vs SFT")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
