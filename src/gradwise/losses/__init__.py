@@ -10,17 +10,6 @@ for every method.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from gradwise._autoexport import export_submodules
 
-__all__: list[str] = []
-
-for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-    if _info.name.startswith("_"):
-        continue
-    _mod = importlib.import_module(f"{__name__}.{_info.name}")
-    for _name in getattr(_mod, "__all__", ()):
-        if _name in globals() and globals()[_name] is not getattr(_mod, _name):
-            raise ImportError(f"gradwise.losses: {_name!r} exported by two modules")
-        globals()[_name] = getattr(_mod, _name)
-        __all__.append(_name)
+__all__: list[str] = export_submodules(__name__, __path__, globals())

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["REDUCTIONS", "check_reduction", "check_logits_target", "check_same_shape", "check_probabilities",
-           "reduce_loss", "LossModule"]
+           "reduce_loss", "prepare_logits_target", "LossModule"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -83,6 +83,19 @@ def reduce_loss(loss: Tensor, reduction: str, mask: Tensor | None = None) -> Ten
     if mask is None:
         return loss.mean()
     return loss.sum() / mask.sum()
+
+
+def prepare_logits_target(logits: Tensor, target: Tensor,
+                          ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Half-precision logits upcast to float32; ignored targets replaced by class 0 (safe to gather)
+    and returned as a keep-mask for :func:`reduce_loss` (None when nothing can be ignored)."""
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    tgt = target.long()
+    mask = None
+    if ignore_index is not None:
+        mask = tgt != ignore_index
+        tgt = torch.where(mask, tgt, torch.zeros((), dtype=tgt.dtype, device=tgt.device))
+    return x, tgt, mask
 
 
 class LossModule(nn.Module):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, check_logits_target, check_reduction, reduce_loss
+from gradwise.losses._common import LossModule, check_logits_target, check_reduction, reduce_loss, prepare_logits_target
 from gradwise.registry import register
 
 __all__ = ["coverage_loss", "CoverageLoss", "coverage_classification_loss", "CoverageClassificationLoss"]
@@ -150,12 +150,7 @@ def coverage_classification_loss(logits: Tensor, target: Tensor, *, n: float = 1
     n = _check_n(n)
     check_reduction(reduction)
     check_logits_target(logits, target, ignore_index)
-    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    tgt = target.long()
-    mask = None
-    if ignore_index is not None:
-        mask = tgt != ignore_index
-        tgt = torch.where(mask, tgt, torch.zeros((), dtype=tgt.dtype, device=tgt.device))
+    x, tgt, mask = prepare_logits_target(logits, target, ignore_index)
     logp = -F.cross_entropy(x, tgt, reduction="none")
     return reduce_loss(_coverage_per_sample(logp, n), reduction, mask).to(logits.dtype)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, check_logits_target, check_reduction, reduce_loss
+from gradwise.losses._common import LossModule, check_logits_target, check_reduction, reduce_loss, prepare_logits_target
 from gradwise.registry import register
 
 __all__ = ["ldr_loss", "LDRLoss", "aldr_loss", "ALDRLoss"]
@@ -30,16 +30,6 @@ def _num(name: str, v: float, *, positive: bool = False, nonneg: bool = False) -
             "a finite number"
         raise ValueError(f"Invalid {name}: {v!r} (accepted: {rng})")
     return float(v)
-
-
-def _prepare(logits: Tensor, target: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    tgt = target.long()
-    mask = None
-    if ignore_index is not None:
-        mask = tgt != ignore_index
-        tgt = torch.where(mask, tgt, torch.zeros((), dtype=tgt.dtype, device=tgt.device))
-    return x, tgt, mask
 
 
 def _normalize(x: Tensor, normalize: str) -> Tensor:
@@ -180,7 +170,7 @@ def ldr_loss(logits: Tensor, target: Tensor, *, lam: float = 10.0, margin: float
         raise ValueError(f"Invalid normalize: {normalize!r} (accepted: 'softplus', 'l1' or 'none')")
     check_reduction(reduction)
     check_logits_target(logits, target, ignore_index)
-    x, tgt, mask = _prepare(logits, target, ignore_index)
+    x, tgt, mask = prepare_logits_target(logits, target, ignore_index)
     if normalize == "softplus":
         per = (_LDRSoftplusFused if _use_fused(x) else _LDRSoftplus).apply(x, tgt, lam, margin)
     else:
@@ -244,7 +234,7 @@ def aldr_loss(logits: Tensor, target: Tensor, lambdas: Tensor | None = None, *, 
     margin = _num("margin", margin)
     check_reduction(reduction)
     check_logits_target(logits, target, ignore_index)
-    x, tgt, mask = _prepare(logits, target, ignore_index)
+    x, tgt, mask = prepare_logits_target(logits, target, ignore_index)
     n, k = x.shape
     if lambdas is None:
         lambdas = torch.full((n,), lam0, dtype=x.dtype, device=x.device)
