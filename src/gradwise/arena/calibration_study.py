@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -250,19 +249,9 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         w.writerows(rows)
     doc = {"study": "calibration", "config": asdict(cfg), "summary": summary, "runs": rows,
            "versions": {"gradwise": gradwise.__version__, "torch": torch.__version__}}
-    (out / "results.json").write_text(json.dumps(_finite(doc), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(report.json_safe(doc), indent=2, allow_nan=False) + "\n")
     probs = {m: torch.cat(v) for m, v in pooled.items()}
     _plot(out / "reliability.png", probs, task.y_eval.repeat(cfg.seeds), cfg.n_bins,
           f"reliability on the digits test split, pooled over {cfg.seeds} seed(s)")
     console.print(f"results: {out}/ (results.csv, results.json, reliability.png)")
     return out
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj

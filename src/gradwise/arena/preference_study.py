@@ -337,7 +337,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     doc = dict(study="preference", config=asdict(cfg), offline_methods=dict(OFFLINE), online_methods=dict(ONLINE),
                summary=summary, win_rate_ceiling=ceiling, runs=sft_rows + rows,
                total_wall_s=total_s, versions={"gradwise": gradwise.__version__, "torch": torch.__version__})
-    (out / "results.json").write_text(json.dumps(report._finite(doc), indent=2, allow_nan=False) + "\n")
+    (out / "results.json").write_text(json.dumps(report.json_safe(doc), indent=2, allow_nan=False) + "\n")
     _plot(out / "preference.png", summary, sft_rows + rows, title)
     console.print(f"results: {out}/ (results.csv, results.json, preference.png)")
     return out

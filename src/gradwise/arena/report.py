@@ -18,7 +18,7 @@ from rich.text import Text
 
 from gradwise.arena.runner import RunResult
 
-__all__ = ["Summary", "summarize", "leaderboard", "results_dir", "write_results", "plot_curves"]
+__all__ = ["json_safe", "Summary", "summarize", "leaderboard", "results_dir", "write_results", "plot_curves"]
 
 DASH = "—"
 
@@ -135,17 +135,17 @@ def write_results(out: Path, *, study: str, config: dict[str, Any], results: Seq
         "summary": [asdict(s) for s in summary],
         "runs": [{k: getattr(r, k) for k in _RUN_FIELDS} for r in results],
     }
-    (out / "results.json").write_text(json.dumps(_finite(doc), indent=2, allow_nan=False) + "\n")
+    (out / "results.json").write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """``obj`` with NaN and infinities replaced by None, so the JSON is standard."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
