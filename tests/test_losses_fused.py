@@ -25,6 +25,44 @@ def test_ldr_fused_kernel_matches_torch_ops(dtype, tol):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("margin", [0.1, -2.0])
+def test_ldr_fused_extremes_and_no_grad_path(dtype, tol, margin):
+    # around the clamps of the kernel (softplus threshold 20, exp clamp 40), huge and tiny
+    # logits, an all-negative row, a class count that leaves a vector remainder; and the
+    # forward-only path (no gradient written) gives the same loss
+    vals = torch.tensor([-1e4, -100.0, -40.0, -20.5, -1.0, 0.0, 19.9, 20.0, 20.1, 39.9, 40.0, 40.1, 88.0, 1e4],
+                        dtype=dtype)
+    x = vals[torch.randperm(len(vals), generator=torch.Generator().manual_seed(1))].repeat(5, 3)[:, :37]
+    x[0] = -50.0 - torch.arange(37, dtype=dtype)
+    y = torch.arange(5) * 7
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    a = ldr._LDRSoftplusFused.apply(xa, y, 0.5, margin)
+    b = ldr._LDRSoftplus.apply(xb, y, 0.5, margin)
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    ga, = torch.autograd.grad(a.sum(), xa)
+    gb, = torch.autograd.grad(b.sum(), xb)
+    assert torch.isfinite(ga).all()
+    torch.testing.assert_close(ga, gb, rtol=tol, atol=tol)
+    with torch.no_grad():
+        torch.testing.assert_close(ldr._LDRSoftplusFused.apply(x, y, 0.5, margin), a.detach(), rtol=0, atol=0)
+
+
+@needs_kernels
+def test_ldr_fused_backward_scales_upstream_gradient_and_retains_graph():
+    x = torch.randn(6, 9, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 9, (6,))
+    loss = ldr._LDRSoftplusFused.apply(x, y, 3.0, 0.1)
+    w = torch.linspace(-2.0, 3.0, 6, dtype=torch.float64)
+    g1, = torch.autograd.grad(loss, x, w, retain_graph=True)
+    g2, = torch.autograd.grad(loss, x, 2 * w)
+    torch.testing.assert_close(g2, 2 * g1)
+    ref = ldr._LDRSoftplus.apply(x, y, 3.0, 0.1)
+    torch.testing.assert_close(g1, torch.autograd.grad(ref, x, w)[0])
+
+
+@needs_kernels
 def test_ldr_fused_gradcheck():
     x = torch.randn(16, 7, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, 7, (16,))

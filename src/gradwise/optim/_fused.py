@@ -63,7 +63,7 @@ def load(verbose: bool = False) -> bool:
         cpp_extension.load(name=_build_name(), sources=[str(p) for p in _SOURCES], extra_cflags=flags,
                            extra_ldflags=["-fopenmp", "-lmvec"] if sys.platform.startswith("linux") else ["-fopenmp"], is_python_module=False, verbose=verbose)
         _state["ok"] = hasattr(torch.ops.gradwise_fused, "adamw_") and hasattr(torch.ops.gradwise_losses,
-                                                                                  "ldr_softplus_forward")
+                                                                                  "ldr_softplus")
     except Exception as exc:  # no compiler, no ninja, ...: the foreach path still works
         _state["error"] = f"{type(exc).__name__}: {exc}"
         warnings.warn("gradwise: fused CPU kernels unavailable, using the torch._foreach_ path "

@@ -35,31 +35,6 @@ inline double vlog1p(double x) { return log1p(x); }
 template <typename T>
 inline T softplus(T x) { return x > T(20) ? x : vlog1p(vexp(x)); }
 
-// s_k = softplus(x_k) into sp; returns their sum
-template <typename T>
-T softplus_row(const T* __restrict__ x, T* __restrict__ sp, int64_t c) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t k = 0; k < c; ++k) {
-    sp[k] = softplus(x[k]);
-    sum += sp[k];
-  }
-  return sum;
-}
-
-// u_k = (sp_k / m + margin [k != y]) / lam, in place; returns max u
-template <typename T>
-T ldr_u_row(T* __restrict__ u, int64_t c, int64_t y, T m, T lam, T margin) {
-  T mx = -std::numeric_limits<T>::infinity();
-  const T a = T(1) / m;
-#pragma omp simd reduction(max : mx)
-  for (int64_t k = 0; k < c; ++k) {
-    u[k] = (u[k] * a + (k == y ? T(0) : margin)) / lam;
-    mx = std::max(mx, u[k]);
-  }
-  return mx;
-}
-
 template <typename T>
 T expsum_row(const T* __restrict__ u, int64_t c, T shift) {
   T z = 0;
@@ -68,88 +43,98 @@ T expsum_row(const T* __restrict__ u, int64_t c, T shift) {
   return z;
 }
 
-// one row of the LDR backward; sp is scratch of length c
+// One row of LDR-KL on softplus-normalized scores, and optionally its
+// gradient. With e = exp(x): softplus(x) = log1p(e) and sigmoid(x) =
+// e / (1 + e), so the softplus derivative costs a division instead of a
+// third exp. The gradient needs only row
+// scalars known at the end of the forward (m, lse, sum_k q_k s_k), so it is
+// written here, while the row is in cache, and backward is one multiply by
+// the upstream gradient: 3 transcendentals per logit instead of 7.
+//   s = softplus(x) / m, m = mean_k softplus(x_k); u_k = (s_k + margin [k != y]) / lam
+//   loss = lam (logsumexp(u) - log C) - s_y; q = softmax(u)
+//   dloss/dx_j = sigmoid(x_j) / m (q_j - [j = y] - sum_k (q_k - [k = y]) s_k / C)
+// sp and sg are row scratch of length c; gr == nullptr skips the gradient.
 template <typename T>
-void ldr_backward_row(const T* __restrict__ xr, T* __restrict__ sp, T* __restrict__ gr, int64_t c, int64_t yi,
-                      T mi, T li, T gi, T lam, T margin) {
-  const T a = T(1) / mi;
-  softplus_row<T>(xr, sp, c);
-  T qs = 0;  // sum_k q_k s_k, with q_k stored in gr
-#pragma omp simd reduction(+ : qs)
-  for (int64_t k = 0; k < c; ++k) {
-    const T s = sp[k] * a;
-    const T q = vexp((s + (k == yi ? T(0) : margin)) / lam - li);
-    gr[k] = q;
-    qs += q * s;
+T ldr_row(const T* __restrict__ xr, T* __restrict__ sp, T* __restrict__ sg, T* __restrict__ gr, int64_t c,
+          int64_t yi, T lam, T margin, T logc) {
+  T sum = 0;
+  if (gr) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t k = 0; k < c; ++k) {
+      // exp(40) is finite in float and 1 + exp(40) rounds to exp(40) in
+      // double, so the clamp leaves sigmoid exact and never makes inf / inf
+      const T e = vexp(xr[k] < T(40) ? xr[k] : T(40));
+      sp[k] = xr[k] > T(20) ? xr[k] : vlog1p(e);  // F.softplus's threshold
+      sg[k] = e / (T(1) + e);
+      sum += sp[k];
+    }
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t k = 0; k < c; ++k) {
+      sp[k] = softplus(xr[k]);
+      sum += sp[k];
+    }
   }
-  const T d = (qs - sp[yi] * a) / static_cast<T>(c);
-  const T scale = gi * a;
+  const T m = std::max(sum / static_cast<T>(c), std::numeric_limits<T>::min());
+  const T a = T(1) / m;
+  const T s_y = sp[yi] * a;
+  // u_k; the target's margin is taken back after the loop, and the loop's
+  // max is written as a select: both keep it vectorized
+  const T b = a / lam, cm = margin / lam;
+  T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t k = 0; k < c; ++k) {
+    const T u = sp[k] * b + cm;
+    sp[k] = u;
+    mx = u > mx ? u : mx;
+  }
+  sp[yi] -= cm;
+  mx = std::max(mx, sp[yi]);  // a negative margin makes u_y the largest
+  T z = 0, wu = 0;
+#pragma omp simd reduction(+ : z, wu)
+  for (int64_t k = 0; k < c; ++k) {
+    const T w = vexp(sp[k] - mx);
+    z += w;
+    wu += w * sp[k];
+    sp[k] = w;  // unnormalized q
+  }
+  const T loss = lam * (mx + std::log(z) - logc) - s_y;
+  if (gr) {
+    const T iz = T(1) / z;
+    // sum_k q_k s_k with s_k = lam u_k - margin [k != y]
+    const T qs = lam * wu * iz - margin * (T(1) - sp[yi] * iz);
+    const T d = (qs - s_y) / static_cast<T>(c);
 #pragma omp simd
-  for (int64_t k = 0; k < c; ++k) {
-    const T sig = T(1) / (T(1) + vexp(-xr[k]));
-    gr[k] = scale * sig * (gr[k] - (k == yi ? T(1) : T(0)) - d);
+    for (int64_t k = 0; k < c; ++k) gr[k] = a * sg[k] * (sp[k] * iz - d);
+    gr[yi] -= a * sg[yi];
   }
+  return loss;
 }
 
-// LDR-KL on softplus-normalized scores. Returns per-row loss; m and lse are saved for backward.
-std::vector<at::Tensor> ldr_softplus_forward(const at::Tensor& x_, const at::Tensor& y_, double lam, double margin) {
-  TORCH_CHECK(x_.dim() == 2 && x_.device().is_cpu(), "ldr_softplus_forward: CPU [N, C] logits");
+// Per-row LDR-KL loss [N] and, when need_grad, d loss_i / d x_i [N, C].
+std::vector<at::Tensor> ldr_softplus(const at::Tensor& x_, const at::Tensor& y_, double lam, double margin,
+                                     bool need_grad) {
+  TORCH_CHECK(x_.dim() == 2 && x_.size(1) > 0 && x_.device().is_cpu(), "ldr_softplus: CPU [N, C>0] logits");
   auto x = x_.contiguous();
   auto y = y_.to(at::kLong).contiguous();
   const int64_t n = x.size(0), c = x.size(1);
-  auto loss = at::empty({n}, x.options()), m = at::empty({n}, x.options()), lse = at::empty({n}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ldr_softplus_forward", [&] {
+  auto loss = at::empty({n}, x.options());
+  at::Tensor grad = need_grad ? at::empty_like(x) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ldr_softplus", [&] {
     using T = scalar_t;
     const T* xp = x.data_ptr<T>();
     const int64_t* yp = y.data_ptr<int64_t>();
-    T *lp = loss.data_ptr<T>(), *mp = m.data_ptr<T>(), *ep = lse.data_ptr<T>();
+    T* lp = loss.data_ptr<T>();
+    T* gp = need_grad ? grad.data_ptr<T>() : nullptr;
     const T L = lam, MG = margin, logc = std::log(static_cast<T>(c));
-    at::parallel_for(0, n, std::max<int64_t>(1, 4096 / std::max<int64_t>(c, 1)), [&](int64_t lo, int64_t hi) {
-      std::vector<T> buf(c);
-      for (int64_t i = lo; i < hi; ++i) {
-        const T* xr = xp + i * c;
-        const int64_t yi = yp[i];
-        const T mi = std::max(softplus_row<T>(xr, buf.data(), c) / static_cast<T>(c),
-                              std::numeric_limits<T>::min());
-        const T s_y = buf[yi] / mi;
-        const T mx = ldr_u_row<T>(buf.data(), c, yi, mi, L, MG);
-        const T li = mx + std::log(expsum_row<T>(buf.data(), c, mx));
-        mp[i] = mi;
-        ep[i] = li;
-        lp[i] = L * (li - logc) - s_y;
-      }
+    at::parallel_for(0, n, std::max<int64_t>(1, 4096 / c), [&](int64_t lo, int64_t hi) {
+      std::vector<T> sp(c), sg(c);
+      for (int64_t i = lo; i < hi; ++i)
+        lp[i] = ldr_row<T>(xp + i * c, sp.data(), sg.data(), gp ? gp + i * c : nullptr, c, yp[i], L, MG, logc);
     });
   });
-  return {loss, m, lse};
-}
-
-// d loss_i / d x_ij = g_i / m_i * sigmoid(x_ij) * (q_ij - [j = y_i] - D_i / C),
-// q = softmax(u), D_i = sum_k (q_ik - [k = y_i]) s_ik.
-at::Tensor ldr_softplus_backward(const at::Tensor& x_, const at::Tensor& y_, const at::Tensor& m_,
-                                 const at::Tensor& lse_, const at::Tensor& g_, double lam, double margin) {
-  auto x = x_.contiguous();
-  auto y = y_.to(at::kLong).contiguous();
-  auto m = m_.contiguous(), lse = lse_.contiguous(), g = g_.to(x.scalar_type()).contiguous();
-  const int64_t n = x.size(0), c = x.size(1);
-  auto grad = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ldr_softplus_backward", [&] {
-    using T = scalar_t;
-    const T *xp = x.data_ptr<T>(), *mp = m.data_ptr<T>(), *ep = lse.data_ptr<T>(), *gp = g.data_ptr<T>();
-    const int64_t* yp = y.data_ptr<int64_t>();
-    T* op = grad.data_ptr<T>();
-    const T L = lam, MG = margin;
-    at::parallel_for(0, n, std::max<int64_t>(1, 4096 / std::max<int64_t>(c, 1)), [&](int64_t lo, int64_t hi) {
-      std::vector<T> sp(c);
-      for (int64_t i = lo; i < hi; ++i) {
-        const T* xr = xp + i * c;
-        T* gr = op + i * c;
-        const int64_t yi = yp[i];
-        const T mi = mp[i], li = ep[i];
-        ldr_backward_row<T>(xr, sp.data(), gr, c, yi, mi, li, gp[i], L, MG);
-      }
-    });
-  });
-  return grad;
+  if (need_grad) return {loss, grad};
+  return {loss};
 }
 
 // ---- top-label confidence max_k softmax(z)_k (correctness-aware calibration loss)
@@ -224,7 +209,5 @@ TORCH_LIBRARY(gradwise_losses, m) {
   m.def("top_confidence_forward(Tensor z) -> Tensor[]", &top_confidence_forward);
   m.def("top_confidence_backward(Tensor z, Tensor lse, Tensor pred, Tensor conf, Tensor g) -> Tensor",
         &top_confidence_backward);
-  m.def("ldr_softplus_forward(Tensor x, Tensor y, float lam, float margin) -> Tensor[]", &ldr_softplus_forward);
-  m.def("ldr_softplus_backward(Tensor x, Tensor y, Tensor m, Tensor lse, Tensor g, float lam, float margin) -> Tensor",
-        &ldr_softplus_backward);
+  m.def("ldr_softplus(Tensor x, Tensor y, float lam, float margin, bool need_grad) -> Tensor[]", &ldr_softplus);
 }
