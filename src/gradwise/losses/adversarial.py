@@ -66,9 +66,25 @@ def smooth_adversarial_comp_sum_loss(logits: Tensor, adv_logits: Tensor, target:
     :func:`score_difference_regularizer`, as the paper does with PGD.
 
     Choices: ``nu`` defaults to 1 (the paper treats it as a hyperparameter);
-    the norm is the 2-norm over classes as in the paper; gradients flow through
-    both ``logits`` and ``adv_logits``. Half-precision inputs are computed in
-    float32.
+    the norm of the smooth term is the 2-norm over classes; gradients flow
+    through both ``logits`` and ``adv_logits``. Half-precision inputs are
+    computed in float32.
+
+    Checked against (session 3): only the abstract ("smooth adversarial
+    comp-sum losses ... derived from their comp-sum counterparts by adding in
+    a related smooth term"; "minimizing a regularized smooth adversarial
+    comp-sum loss") and third-party summaries; the paper's Section on
+    adversarial robustness could not be read here (the search store returns
+    only page openings; no authors' code is released and no reimplementation
+    was found in the code index). So the following remain unverified and are
+    our reading: the smooth term's exact form and its 2-norm over classes;
+    the margin parameter ``rho`` of the paper's adversarial comp-sum
+    ``rho``-margin losses, which this function does not expose (if the paper
+    takes the comp-sum term at scaled scores ``h / rho``, pass
+    ``logits / rho`` and ``adv_logits / rho``); how ``nu`` is tied to ``rho``
+    and ``tau`` in the bounds; the perturbation norm of the sup (the
+    :func:`pgd_attack` default is ``l_inf``, ``l2`` is available); the
+    "regularized" part is taken as a weight penalty (weight decay).
 
     Example::
 

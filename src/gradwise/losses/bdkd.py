@@ -67,6 +67,19 @@ def bdkd_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: fl
     flow into ``student_logits`` only (``teacher_logits`` is detached: the
     peer is trained by its own loss).
 
+    Checked against (session 3): still only the abstract (arXiv v1 and v2)
+    and a third-party summary (sciencestack.ai, 2212.12965), which confirm
+    the naming (forward ``KL(p^t || p^s)``, reverse ``KL(p^s || p^t)``), the
+    sample-wise weighting of the two in the student's loss "guided by the
+    entropy gap between teacher and student predictions" and reverse KL as
+    the teacher's regularizer. The body of the paper could not be read (the
+    search store returns only page openings) and no code was found (code
+    index searched for BD-KD/bdkd and for entropy-gated forward/reverse KL
+    distillation). Unverified, hence options: the weighting function (here a
+    hard switch with two weights), which side of the gap gets which
+    divergence (here reverse KL where the student is less confident, the
+    mode-seeking direction that sharpens it), and the ``T^2`` factor.
+
     Example::
 
         >>> loss_s = F.cross_entropy(s, y) + bdkd_loss(s, t)

@@ -83,6 +83,32 @@ def comp_sum_loss(logits: Tensor, target: Tensor, *, tau: float = 1.0, reduction
 
     The family is continuous in ``tau`` (``tau -> 1`` recovers the log).
 
+    Checked against (session 3): the paper's full text (arXiv HTML, PMLR PDF,
+    OpenReview) could not be read here: the search store returns only the
+    opening (abstract) of each page, and no code by the authors or faithful
+    reimplementation of ``Phi^tau`` was found (searched: the pages corpus for
+    the arXiv/ar5iv/OpenReview/PMLR pages and third-party summaries with the
+    formula's words; the code index for "comp-sum", "comp_sum", "sum
+    exponential loss", ``Phi^tau`` in LaTeX, learning-to-defer code using
+    comp-sum surrogates). What could be checked: the abstract names the
+    members (cross-entropy = logistic loss, generalized cross-entropy, mean
+    absolute error); a third-party summary of the paper gives the same
+    ``tau`` assignment (0 sum-exponential, 1 logistic, (1, 2) GCE, 2 MAE);
+    a third-party tutorial on the same authors' NeurIPS 2023 paper ("H-
+    Consistency Bounds: Characterization and Extensions", found in the code
+    index) writes the family as ``Psi(p_y)`` with ``-log p``, ``1/p - 1``
+    (sum-exponential), ``(1 - p^q)/q`` (GCE) and ``1 - p`` (MAE): the same
+    members and constants as here (``q = tau - 1``);
+    ``1 < tau < 2`` is exactly Zhang & Sabuncu's GCE ``(1 - p_y^q)/q`` with
+    ``q = tau - 1`` (arXiv:1805.07836) and ``tau = 0`` exactly the
+    sum-exponential loss of Weston & Watkins; the tests check these closed
+    forms and the continuity at ``tau = 1``. Not confirmed from this paper's
+    own text: its parametrization by ``tau`` (we read it as
+    ``Phi^tau(u) = ((1 + u)^(1-tau) - 1)/(1 - tau)`` on
+    ``u = sum_{y' != y} exp(h_y' - h_y)``, equal to the form above with
+    ``1 + u = 1/p_y``); the constants of the members (``1 - p_y`` for MAE,
+    not ``2(1 - p_y)``; ``1/q`` for GCE) agree with the tutorial above.
+
     Numerics: computed from ``log p_y = -cross_entropy(h, y)`` with ``expm1``, so
     it is finite for any finite logits when ``tau >= 1``. For ``tau < 1`` the
     loss grows like ``p_y^-(1-tau)`` and overflows float32 once

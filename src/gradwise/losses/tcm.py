@@ -71,6 +71,16 @@ def tcm_loss(embeddings: Tensor, labels: Tensor, *, margin_pos: float = 0.9, mar
     The result is a scalar (the per-pair averaging is part of the method, so
     there is no ``reduction``); embeddings need not be normalized.
 
+    Checked against (session 3): the authors' repository is not in the
+    search store (``find_repos`` for "threshold-consistent",
+    "consistent-margin", "tcm-loss"; ``fetch`` of
+    amazon-science/threshold-consistent-margin-loss: no snapshot), so the
+    golden values still come from pytorch-metric-learning's port. A second,
+    independent port found in the code index (a ``BaseMetricLossFunction``
+    subclass taking a ``base_loss``, "Implements the TCM loss from
+    arXiv 2307.04047") computes the same masked averages with the same
+    defaults (0.9, 0.5, 1, 1).
+
     Example::
 
         >>> emb, labels = torch.randn(32, 128, requires_grad=True), torch.randint(0, 8, (32,))
@@ -109,7 +119,7 @@ def opis(embeddings: Tensor, labels: Tensor, *, far_range: tuple[float, float] =
 
     Paper: "Threshold-Consistent Margin Loss for Open-World Deep Metric
     Learning"; authors' code https://github.com/amazon-science/threshold-consistent-margin-loss
-    (not available to us: this follows the paper's definition).
+    (not available to us: this follows our reading of the paper's definition, see below).
 
     Pairs are scored by the distance ``d_ij = ||e_i - e_j||`` of the
     L2-normalized embeddings (``sqrt(2 - 2 cos)``). For class ``c``, the
@@ -134,9 +144,24 @@ def opis(embeddings: Tensor, labels: Tensor, *, far_range: tuple[float, float] =
     spaced thresholds (both ends included); classes weigh equally
     (``w_c = 1/T``) and classes without a within-class pair are left out.
     ``reference="overall"`` (default) takes ``\bar U(d)`` as the utility of
-    all pairs pooled, as the paper states; ``"class_mean"`` uses the mean of
-    the ``U_c(d)`` (then OPIS is the across-class variance). ``U = 0`` where
-    ``TAR + TRR = 0``.
+    all pairs pooled (our reading of the paper's definition);
+    ``"class_mean"`` uses the mean of the ``U_c(d)`` (then OPIS is the
+    across-class variance). ``U = 0`` where ``TAR + TRR = 0``.
+
+    Checked against (session 3): not verified in detail. The paper's text
+    could not be read (the search store returns only page openings: arXiv
+    HTML v2, sciencestack.ai, liner.com and tomesphere summaries give the
+    abstract, "a variance-based metric ... that quantifies the variance in
+    the operating characteristics across classes" within "a calibration
+    range", and mention an ``epsilon``-OPIS variant, not implemented here);
+    the ICLR 2024 reviews (a copy in the code index) describe OPIS as "based
+    on the variance of utility score derived from the F-score", which agrees
+    with the harmonic-mean utility used here. The authors' repository is not
+    in the store, and the ``compute_opis`` functions found in the code index
+    are unrelated stubs (nearest-neighbour error or a pooled F1 mean). So
+    the calibration range (FAR quantiles ``far_range``), the number of
+    thresholds, the class weights ``1/T`` and the reference ``\bar U``
+    remain this library's choices.
 
     Example::
 
