@@ -3,6 +3,7 @@ reward ensembles, token-level implicit rewards (docs/preference_iterative.md).""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,29 +31,55 @@ def rnd(n=5, seed=0, scale=3.0):
 
 
 # ---------------------------------------------------------------- INPO
-def test_inpo_hand_value():
-    # h = (-1 - (-3)) - 0.2 (0 - (-1)) - 0.8 (-2 - 0) = 2 - 0.2 + 1.6 = 3.4; eta/2 = 1
-    out = inpo_loss(t(-1.0), t(-3.0), t(-2.0), t(0.0), t(0.0), t(-1.0), eta=2.0, tau=0.1)
-    assert torch.allclose(out, t((3.4 - 1.0) ** 2))
+def test_inpo_hand_value_in_the_papers_convention():
+    # Zhang et al. (2407.00617) Sec. 3.2 / Algorithm 1: h = log ratio - (tau/eta) ref ratio - ((eta-tau)/eta)
+    # prev ratio, loss (h - 1/(2 eta))^2. eta = 2, tau = 0.5: weights 1/4 and 3/4, target 1/4.
+    # h = (-1 - (-3)) - 0.25 (0 - (-1)) - 0.75 (-2 - 0) = 2 - 0.25 + 1.5 = 3.25
+    out = inpo_loss(t(-1.0), t(-3.0), t(-2.0), t(0.0), t(0.0), t(-1.0), eta=2.0, tau=0.5)
+    assert torch.allclose(out, t((3.25 - 0.25) ** 2))
+    # the paper's run: eta = 0.005, tau = eta / 3 -> target 1/(2 eta) = 100, weights 1/3 and 2/3
+    out = inpo_loss(t(-1.0), t(-3.0), t(-2.0), t(0.0), t(0.0), t(-1.0), eta=0.005, tau=0.005 / 3)
+    assert torch.allclose(out, t((2.0 - 1 / 3 + 4 / 3 - 100.0) ** 2))
 
 
 def test_inpo_limits_are_ipo():
     a, b, c, d, e, f = (rnd(seed=s) for s in range(6))
-    eta = 4.0
-    # eta*tau = 1: IPO against pi_ref with beta = 1/eta (target 1/(2 beta) = eta/2)
-    assert torch.allclose(inpo_loss(a, b, c, d, e, f, eta=eta, tau=1 / eta), ipo_loss(a, b, e, f, beta=1 / eta))
-    # tau = 0: IPO against the previous iterate
-    assert torch.allclose(inpo_loss(a, b, c, d, e, f, eta=eta, tau=0.0), ipo_loss(a, b, c, d, beta=1 / eta))
+    eta = 0.25
+    # tau = eta: IPO against pi_ref with IPO's beta = eta (target 1/(2 beta))
+    assert torch.allclose(inpo_loss(a, b, c, d, e, f, eta=eta, tau=eta), ipo_loss(a, b, e, f, beta=eta))
+    # tau = 0 ("INPO w/o KL"): IPO against the previous iterate
+    assert torch.allclose(inpo_loss(a, b, c, d, e, f, eta=eta, tau=0.0), ipo_loss(a, b, c, d, beta=eta))
 
 
 def test_inpo_minimizer_is_the_mirror_descent_target():
-    # the loss is 0 exactly when log pi ratio = eta*tau ref ratio + (1-eta*tau) prev ratio + eta/2
+    # Eq. 5-6: the loss is 0 exactly when log pi ratio = (tau/eta) ref ratio + (1 - tau/eta) prev ratio + 1/(2 eta)
     c, d, e, f = (rnd(seed=s) for s in range(4))
-    eta, tau = 0.5, 0.6
-    mix = eta * tau
-    target = mix * (e - f) + (1 - mix) * (c - d) + eta / 2
+    eta, tau = 0.5, 0.3
+    w = tau / eta
+    target = w * (e - f) + (1 - w) * (c - d) + 1 / (2 * eta)
     b = rnd(seed=9)
     assert torch.allclose(inpo_loss(b + target, b, c, d, e, f, eta=eta, tau=tau), torch.zeros(5, dtype=D))
+
+
+def test_inpo_tabular_minimizer_is_the_omd_update():
+    # Eq. 4-5 on a tabular policy: the minimizer of the population loss Eq. 7 (pairs y, y' ~ pi_t, target
+    # (P(y > pi_t) - P(y' > pi_t)) / eta) is pi_t^(1 - tau/eta) pi_ref^(tau/eta) exp(P(y > pi_t) / eta).
+    n, eta, tau = 4, 0.7, 0.2
+    g = torch.Generator().manual_seed(5)
+    P = torch.rand(n, n, generator=g, dtype=D)
+    P = (P - P.T) / 2 + 0.5
+    lt = torch.log_softmax(torch.randn(n, generator=g, dtype=D), 0)
+    lr = torch.log_softmax(torch.randn(n, generator=g, dtype=D), 0)
+    win = P @ lt.exp()
+    omd = torch.log_softmax((1 - tau / eta) * lt + (tau / eta) * lr + win / eta, 0)
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    i, j = i.flatten(), j.flatten()
+    # Eq. 8 in expectation: pair (y, y') kept as (y_w, y_l) with prob P(y > y'), weight pi_t(y) pi_t(y')
+    wgt = (lt[i] + lt[j]).exp() * P[i, j]
+    theta = omd.clone().requires_grad_(True)
+    loss = (wgt * inpo_loss(theta[i], theta[j], lt[i], lt[j], lr[i], lr[j], eta=eta, tau=tau)).sum()
+    (grad,) = torch.autograd.grad(loss, theta)
+    assert torch.allclose(grad, torch.zeros(n, dtype=D), atol=1e-10)
 
 
 # ---------------------------------------------------------------- DNO
@@ -152,16 +179,72 @@ def test_hypo_kl_gradient_is_unbiased_for_a_tabular_policy():
     assert torch.allclose(g, g_true, atol=1e-12)
 
 
+def test_hypo_rloo_value_and_leave_one_out_gradient():
+    a, b, c, d = (rnd(seed=s) for s in range(4))
+    g = torch.Generator().manual_seed(11)
+    on = (-3.0 * torch.rand(5, 4, generator=g, dtype=D)).requires_grad_(True)
+    ref_on = -3.0 * torch.rand(5, 4, generator=g, dtype=D)
+    out = hypo_loss(a, b, c, d, on, ref_on, beta=0.1, lam=0.3)
+    k1 = (on - ref_on).detach()
+    assert out.shape == (5,)
+    assert torch.allclose(out, dpo_loss(a, b, c, d, beta=0.1) + 0.3 * k1.mean(-1))
+    out.sum().backward()
+    loo = torch.stack([torch.cat([k1[:, :i], k1[:, i + 1:]], 1).mean(1) for i in range(4)], 1)
+    assert torch.allclose(on.grad, 0.3 * (k1 - loo) / 4)
+    # one sample per prompt given as [B, 1]: no baseline, same as the [B] form
+    x = on.detach()[:, :1]
+    assert torch.allclose(hypo_loss(a, b, c, d, x, ref_on[:, :1], lam=0.3), hypo_loss(a, b, c, d, x[:, 0],
+                                                                                       ref_on[:, 0], lam=0.3))
+
+
+def test_hypo_rloo_kl_gradient_is_unbiased_for_a_tabular_policy():
+    # E_{y1, y2 ~ pi}[grad of the K = 2 leave-one-out term] = grad KL(pi || pi_ref)
+    n = 4
+    theta = torch.randn(n, dtype=D, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    ref = torch.log_softmax(torch.randn(n, dtype=D, generator=torch.Generator().manual_seed(3)), 0)
+    lp = torch.log_softmax(theta, 0)
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    i, j = i.flatten(), j.flatten()
+    z = torch.zeros(n * n, dtype=D)
+    per = hypo_loss(z, z, z, z, torch.stack([lp[i], lp[j]], 1), torch.stack([ref[i], ref[j]], 1), lam=1.0)
+    w = (lp[i] + lp[j]).exp().detach()
+    (g,) = torch.autograd.grad((w * per).sum(), theta, retain_graph=True)
+    (g_true,) = torch.autograd.grad((lp.exp() * (lp - ref)).sum(), theta)
+    assert torch.allclose(g, g_true, atol=1e-12)
+
+
 # ---------------------------------------------------------------- SRPO
 def test_srpo_hand_value_and_zero_at_solution():
     z = torch.zeros(3, dtype=D)
     assert torch.allclose(srpo_loss(*[z] * 10, beta=0.1, alpha=0.5), torch.full((3,), 0.625, dtype=D))
+    # with the draft-y_w term: 0.5 * (0.25 + 0.25) + 0.5 * 1
+    assert torch.allclose(srpo_loss(*[z] * 10, beta=0.1, alpha=0.5, improve_w_given_w_logps=z,
+                                    ref_w_given_w_logps=z), torch.full((3,), 0.75, dtype=D))
     beta = 0.5
-    # choose g(y_w|y_l) - g(y_l|y_l) = 1/(2 beta) and g(y_w|y_l) - h(y_l) - g(y_l|y_w) + h(y_w) = 1/beta
+    # choose g(y_w|y_l) - g(y_l|y_l) = 1/(2 beta), g(y_w|y_w) - g(y_l|y_w) = 1/(2 beta) and
+    # g(y_w|y_l) - h(y_l) - g(y_l|y_w) + h(y_w) = 1/beta
     g_wl, g_ll = t(1.0), t(0.0)
     h_w, h_l, g_lw = t(0.5), t(0.0), t(1.0 + 0.5 - 2.0)
-    out = srpo_loss(h_w, h_l, t(0.0), t(0.0), g_wl, g_ll, g_lw, t(0.0), t(0.0), t(0.0), beta=beta, alpha=0.3)
+    g_ww = g_lw + 1.0
+    out = srpo_loss(h_w, h_l, t(0.0), t(0.0), g_wl, g_ll, g_lw, t(0.0), t(0.0), t(0.0), beta=beta, alpha=0.3,
+                    improve_w_given_w_logps=g_ww, ref_w_given_w_logps=t(0.0))
     assert torch.allclose(out, t(0.0))
+
+
+def test_srpo_matches_trl_pr_reimplementation_golden():
+    # tests/data/srpo_golden.pt: SRPOTrainer.srpo_loss of TRL PR #1772 (tools/make_srpo_golden.py)
+    data = torch.load(Path(__file__).parent / "data" / "srpo_golden.pt", weights_only=True)
+    assert len(data["cases"]) == 4
+    for c in data["cases"]:
+        p, r = c["policy"], c["reference"]
+        out = srpo_loss(p["chosen"], p["rejected"], r["chosen"], r["rejected"],
+                        p["chosen_improved_to_given_rejected"], p["rejected_improved_to_given_rejected"],
+                        p["rejected_improved_to_given_chosen"], r["chosen_improved_to_given_rejected"],
+                        r["rejected_improved_to_given_rejected"], r["rejected_improved_to_given_chosen"],
+                        beta=c["beta"], alpha=c["alpha"],
+                        improve_w_given_w_logps=p["chosen_improved_to_given_chosen"],
+                        ref_w_given_w_logps=r["chosen_improved_to_given_chosen"])
+        torch.testing.assert_close(out, c["loss"], rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- SSPO
@@ -243,6 +326,8 @@ PAIR_LOSSES = {
     "apo": lambda w, l, z: apo_dpo_loss(w, l, z, z, beta=0.1),
     "hypo": lambda w, l, z: hypo_loss(w, l, z, z, z, z, lam=0.1),
     "srpo": lambda w, l, z: srpo_loss(w, l, z, z, z, z, z, z, z, z, beta=0.1, alpha=0.5),
+    "srpo_both_drafts": lambda w, l, z: srpo_loss(w, l, z, z, z, z, z, z, z, z, beta=0.1, alpha=0.5,
+                                                  improve_w_given_w_logps=z, ref_w_given_w_logps=z),
 }
 
 
@@ -282,6 +367,8 @@ def test_finite_values_and_gradients_for_extreme_logps(vals, dtype):
         apo_dpo_loss(*args[:4]),
         hypo_loss(*args[:6], lam=0.1),
         srpo_loss(*args),
+        srpo_loss(*args, improve_w_given_w_logps=args[1], ref_w_given_w_logps=args[0]),
+        hypo_loss(*args[:4], torch.stack(args[4:7], 1), torch.stack(args[7:10], 1), lam=0.1),
         apo_extrapolated_logps(args[0], args[1], alpha=0.5),
     ]
     for o in outs:
@@ -310,7 +397,7 @@ Z = torch.zeros(2)
 @pytest.mark.parametrize("call,match", [
     (lambda: inpo_loss(Z, Z, Z, Z, Z, Z, eta=0.0, tau=0.1), "eta"),
     (lambda: inpo_loss(Z, Z, Z, Z, Z, Z, eta=1.0, tau=-1.0), "tau"),
-    (lambda: inpo_loss(Z, Z, Z, Z, Z, Z, eta=2.0, tau=1.0), "eta\\*tau"),
+    (lambda: inpo_loss(Z, Z, Z, Z, Z, Z, eta=1.0, tau=2.0), "tau"),
     (lambda: inpo_loss(Z, Z, Z, Z, Z, torch.zeros(3), eta=1.0, tau=0.1), "ref_rejected_logps"),
     (lambda: dno_loss(Z, Z, Z, Z, eta=-1.0), "eta"),
     (lambda: dno_loss(Z, Z, Z, Z, eta=1.0, reward_1=Z), "reward"),
@@ -321,6 +408,10 @@ Z = torch.zeros(2)
     (lambda: hypo_loss(Z, Z, Z, Z, Z, Z, lam=-1.0), "lam"),
     (lambda: hypo_loss(Z, Z, Z, Z, torch.zeros(2, dtype=torch.long), Z, lam=1.0), "policy_online_logps"),
     (lambda: srpo_loss(*[Z] * 10, alpha=1.5), "alpha"),
+    (lambda: srpo_loss(*[Z] * 10, improve_w_given_w_logps=Z), "ref_w_given_w_logps"),
+    (lambda: srpo_loss(*[Z] * 10, improve_w_given_w_logps=torch.zeros(3), ref_w_given_w_logps=torch.zeros(3)),
+     "improve_w_given_w_logps"),
+    (lambda: hypo_loss(Z, Z, Z, Z, torch.zeros(3, 2), torch.zeros(3, 2), lam=1.0), "policy_online_logps"),
     (lambda: sspo_loss(Z, torch.zeros(3, 4), torch.zeros(2, dtype=torch.long)), "degree_logits"),
     (lambda: sspo_loss(Z, torch.zeros(2, 4), torch.zeros(2)), "degree_labels"),
     (lambda: superhf_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long),

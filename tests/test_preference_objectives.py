@@ -105,6 +105,17 @@ def test_rpo_formula():
     torch.testing.assert_close(rpo_loss(pc, pr, rc, rr, beta=0.1, sft_weight=0.0), dpo)
 
 
+
+def test_rpo_authors_cumulative_form_is_sft_weight_eta_times_beta():
+    # YSLIU627/Regularized-Preference-Optimization@d0389c4d alignment-handbook/scripts/rpo_trainer.py:
+    # losses = DPO sigmoid loss; losses -= policy_chosen_logps * beta * eta (summed log-probs), recipe
+    # zephyr-7b-beta: beta = 0.01, eta = 0.005
+    pc, pr, rc, rr = _t(-50.0, -80.0), _t(-70.0, -60.0), _t(-60.0, -80.0), _t(-60.0, -61.0)
+    beta, eta = 0.01, 0.005
+    logits = (pc - pr) - (rc - rr)
+    authors = -F.logsigmoid(beta * logits) - pc * beta * eta
+    torch.testing.assert_close(rpo_loss(pc, pr, rc, rr, beta=beta, sft_weight=beta * eta), authors)
+
 def test_cpl_formula_discount_mask_label():
     c = _t(-1.0, -2.0, -0.5).unsqueeze(0)
     r = _t(-3.0, -1.0, -2.0).unsqueeze(0)

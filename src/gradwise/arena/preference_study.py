@@ -90,7 +90,7 @@ OFFLINE = {
 }
 ONLINE = {
     "online DPO": ("dpo", {"beta": 0.1}),
-    "INPO": ("inpo", {"eta": 10.0, "tau": 0.05}),
+    "INPO": ("inpo", {"eta": 0.1, "tau": 0.05}),
     "DNO": ("dno", {"eta": 0.1}),
     "APO": ("apo", {"alpha": 0.3, "beta": 0.1}),
 }

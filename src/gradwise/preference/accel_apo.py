@@ -59,6 +59,15 @@ def apo_dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     Choices: the DPO instance of the framework (the paper's experiments); SPPO's instance is the same helper
     plus a squared loss. ``beta`` default 0.1 (DPO's common value; the paper tunes it). Returns ``[B]``.
 
+    Not checked against the paper's printed equations: only its abstract and third-party summaries
+    could be read (the arXiv/OpenReview pages, sciencestack/liner summaries and paper lists in the
+    search corpora stop at the abstract), and no authors' or third-party implementation was found
+    (code search for APO / Nesterov-extrapolated reference; uclaml's repositories hold SPPO and SPIN
+    only). The extrapolation ``hat pi_{t+1} ∝ pi_{t+1} (pi_{t+1}/pi_t)^alpha`` (Nesterov momentum on the
+    log-policy, ``alpha = 0`` = iterative DPO) is our reading of the abstract's "proximal point method
+    plus Nesterov momentum"; whether the responses of iteration t are sampled from ``pi_t`` or from
+    ``hat pi_t`` is the trainer's choice.
+
     Example::
 
         >>> z = torch.zeros(1)

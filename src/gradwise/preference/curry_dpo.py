@@ -102,6 +102,14 @@ def curry_dpo_schedule(scores_per_prompt: Sequence, *, criterion: str = "score_g
     Choices where the paper is open: pairs with equal ratings are skipped; ties in difficulty are
     broken deterministically (see :func:`curry_dpo_pairs`); within a stage the caller may shuffle.
 
+    Sources: checked against the paper's Figure 1 and method description as restated by the liner.com
+    review, themoonlight.io review and papers.lunadong.com summary of arXiv 2403.07230 (responses ranked by
+    rating, R1 best; pairs (R1, R4), (R1, R3), (R1, R2), the chosen always the top-rated; ordered by rating
+    difference, largest = easiest first; the model of iteration i is the reference of iteration i + 1).
+    The paper's own sections beyond the abstract (its other ordering criteria, the non-iterative variant)
+    could not be read; ``rank_gap``, ``pairing="all"`` and the exact global sorting of ``iterative=False``
+    are ours.
+
     Example::
 
         >>> curry_dpo_schedule([[5, 3, 4, 2]])   # R1=0 best, then 2, 1, 3

@@ -36,9 +36,16 @@ def sspo_loss(align_losses: Tensor, degree_logits: Tensor, degree_labels: Tensor
     ``degree_labels [B]`` (long, in ``[0, C)``). State: none beyond the alignment loss's (``pi_ref`` for DPO).
 
     Choices: where the degree logits come from is the caller's (a classification head on the LLM's last
-    hidden state, or the policy's implicit rewards of the variants); we could read only the abstract and
-    a summary, not the paper's equations, so the exact class layout and head are not checked. ``lam``
-    default 1.0 is ours. Returns ``[B]``.
+    hidden state, or the policy's implicit rewards of the variants). ``lam`` default 1.0 is ours. Returns
+    ``[B]``.
+
+    Sources: only the abstract (arXiv, ACL Anthology 2024.findings-emnlp.845) and third-party digests could
+    be read; they confirm the structure above (variants made by selectively removing key content, a
+    self-supervised module that classifies their preference degree, its loss added to the alignment loss
+    and optimized jointly). The paper's equations (number of classes, the classifier head, whether the
+    degree loss is cross-entropy and how it is weighted) are not checked: the arXiv HTML in the search
+    corpus stops at the abstract, sciencestack/tomesphere/bohrium pages give summaries only, and the
+    authors' repository (github.com/lijian16/SPO, commit 1fb96f8) holds only a licence.
 
     Example::
 

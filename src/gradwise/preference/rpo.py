@@ -33,23 +33,29 @@ def rpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
 
         \ell = -\log\sigma(\beta h) + w \cdot \mathrm{NLL}(y_w),
 
-    with ``h`` DPO's log-ratio margin and ``w = sft_weight``. The paper writes this weight as a
-    product of its regularization coefficient and beta (eta * beta); here it is the single number
-    that multiplies the NLL, as the authors' ``--nll_loss_coef`` is. Two forms of the NLL, as in the
-    authors' README:
+    with ``h`` DPO's log-ratio margin and ``w = sft_weight``. Two forms, both in the authors' code
+    (YSLIU627/Regularized-Preference-Optimization@d0389c4d):
 
-    * average (``chosen_lengths`` given; the authors' OpenRLHF default, Appendix F of the paper):
-      :math:`\mathrm{NLL}(y_w) = -\log\pi_\theta(y_w|x) / |y_w|`; the batch mean of this loss equals
-      the authors' ``preference_loss + nll_loss_coef * nll_loss``;
-    * cumulative (``chosen_lengths=None``; the paper's main experiments):
-      :math:`\mathrm{NLL}(y_w) = -\log\pi_\theta(y_w|x)`, the summed log-prob.
+    * cumulative (``chosen_lengths=None``; the paper's main experiments, authors' alignment-handbook
+      ``scripts/rpo_trainer.py``): :math:`\mathrm{NLL}(y_w) = -\log\pi_\theta(y_w|x)`, the summed
+      log-prob (``get_batch_logps`` sums, l.1349), weighted by ``eta * beta`` (their RPOConfig ``eta``)
+      (``losses -= policy_chosen_logps * self.beta * self.eta``, l.1312-1313), so
+      ``sft_weight = eta * beta``; their recipes use ``eta = 0.005`` with ``beta = 0.01`` (zephyr-7b-beta)
+      or ``0.05`` (zephyr-7b-gemma), i.e. ``sft_weight`` 5e-5 or 2.5e-4;
+    * average (``chosen_lengths`` given; the authors' OpenRLHF fork, Appendix F of the paper, "the
+      default" in their README): :math:`\mathrm{NLL}(y_w) = -\log\pi_\theta(y_w|x) / |y_w|`, the per-sequence
+      token mean (``openrlhf/trainer/dpo_trainer.py``, ``_get_batch_logps`` and l.293), added as
+      ``preference_loss + nll_loss * nll_loss_coef`` (l.159) with no beta factor, so
+      ``sft_weight = nll_loss_coef`` (``train_rpo.sh``: 0.2, with ``beta = 0.5``); the batch mean of this
+      loss equals the authors' loss.
 
-    ``sft_weight`` defaults to the authors' script value 0.2 (with ``beta=0.5`` there; beta defaults
-    to DPO's 0.1 here). Choose a smaller weight for the cumulative form, whose NLL grows with
-    length. TRL 1.16 mapping: ``loss_type=["sigmoid", "sft"], loss_weights=[1, sft_weight]``;
-    TRL's SFT term is one token-weighted mean over the batch, equal to the average form when all
-    chosen completions have the same length (checked against TRL golden values one pair at a time).
-    The DPO part is :func:`dpo_loss` (no label smoothing).
+    ``sft_weight`` defaults to the authors' OpenRLHF value 0.2 (beta defaults to DPO's 0.1 here); with
+    the cumulative form use the authors' ``eta * beta`` (about 1e-4), since that NLL grows with length.
+    TRL 1.16 mapping: ``loss_type=["sigmoid", "sft"], loss_weights=[1, sft_weight]``; TRL's SFT term is
+    one token-weighted mean over the batch, equal to the average form when all chosen completions have
+    the same length (checked against TRL golden values one pair at a time). The DPO part is
+    :func:`dpo_loss` (no label smoothing). (TRL's older ``rpo_alpha`` belongs to a different paper,
+    Iterative Reasoning Preference Optimization, arXiv 2404.19733.)
 
     Args:
         chosen_lengths: completion token counts of the chosen responses, shape [B] (clamped to >= 1).

@@ -24,12 +24,22 @@ def spo_win_rate_reward(prefs: Tensor, *, include_self: bool = False) -> Tensor:
 
         r(y_i) = 1/(N-1) * sum_{j != i} P(y_i > y_j)
 
-    then run any RL algorithm on ``r`` (a scaled version, e.g. ``2 r - 1``, changes only the scale). Input:
+    then run any RL algorithm on ``r``. This is the sample estimate of SPO's reward
+    ``r_t(x, y) = E_{y'~pi_t}[P(y > y' | x)]`` (the policy's win rate against itself). With a skew-symmetric
+    preference in ``[-1, 1]`` (``P(a, b) = -P(b, a)``, ties 0) the reward is ``2 r - 1``, an affine change
+    that only rescales the RL problem. Input:
     ``prefs [..., N, N]`` with ``prefs[..., i, j] = P(y_i > y_j)`` in [0, 1] (hard 0/1 comparisons or
     probabilities; the diagonal is ignored unless ``include_self``, which adds ``P(y_i > y_i)`` and divides by
     N). Returns ``[..., N]``. State: none (the current policy supplies the samples; no reward model, no
     previous iterate). Choice: self-comparisons excluded by default, so a sample's reward is its win rate
-    against its N-1 opponents.
+    against its N-1 opponents (the unbiased leave-one-out estimate of the expectation above).
+
+    Sources: the definition ``r_t(x, y) = E_{y'~pi_t}[P(y > y' | x)]`` is checked against the restatement of
+    SPO in the DNO paper (Rosset et al., arXiv 2404.03715, Sec. 2.2, Eq. 4 (i)), whose DNO-Prct estimates it
+    from K samples as the average over the other samples (Sec. 4), as here. The SPO paper's own text
+    (its practical algorithm, e.g. whether opponents come from a queue of recent trajectories, and how
+    ties are scored) could not be read: the search corpora hold its abstract and third-party summaries
+    only, and no code was released.
 
     Example::
 
