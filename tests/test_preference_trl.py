@@ -132,6 +132,31 @@ def test_simpo_runs_a_step_without_the_reference(env, tmp_path):
     assert abs(logged["rewards/chosen"] - 2.0 * c.mean().item()) < 1e-4  # SimPO's reward: beta * avg log-prob
 
 
+def test_precomputed_reference_log_probs_give_the_same_loss(env, tmp_path):
+    plain = first_batch_loss_and_grads(make(env, tmp_path, dpo_loss))
+    trainer = make(env, tmp_path / "pre", dpo_loss, precompute_ref_log_probs=True)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(batch)  # TRL stored the reference's log-probs
+    ref_calls = []
+    trainer.ref_model.register_forward_hook(lambda *a: ref_calls.append(1))
+    pre = first_batch_loss_and_grads(trainer)
+    assert ref_calls == []  # the adapter read the stored columns instead of running the reference
+    assert abs(plain[0].item() - 0.6931) > 1e-3
+    assert_same(plain, pre, tol=1e-5)
+    # TRL's own loss on the precomputed columns agrees too
+    native = first_batch_loss_and_grads(make(env, tmp_path / "native", precompute_ref_log_probs=True))
+    assert_same(native, pre, tol=1e-5)
+
+
+def test_objectives_needing_more_than_trl_provides_are_rejected(env, tmp_path):
+    from gradwise.preference import inpo_loss, srpo_loss
+
+    for obj, match in ((partial(inpo_loss, eta=1.0, tau=0.1), "extra model 'prev'"), (srpo_loss, "revision"),
+                       (PreferenceObjective(lambda a, b, *, w: a, example_inputs=("w",)), "example field")):
+        with pytest.raises(ValueError, match=f"Invalid objective.*{match}"):
+            make(env, tmp_path, obj)
+
+
 @pytest.mark.parametrize("option", [dict(loss_type=["hinge"]), dict(ld_alpha=0.5), dict(use_weighting=True),
                                     dict(f_divergence_type="forward_kl")])
 def test_trl_loss_options_rejected(env, tmp_path, option):

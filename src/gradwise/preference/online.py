@@ -38,13 +38,21 @@ method     kept by the loop
            *current* policy at every step
 =========  ==============================================================
 
-SRPO (offline, needs a revision policy ``pi'(y'|x, y)``) is not run by this
-loop.
+The iterative methods (DPO, INPO, DNO, APO and custom :class:`OnlineMethod`
+specs) update through :meth:`PreferenceTrainer.train_step
+<gradwise.preference.trainer.PreferenceTrainer.train_step>`: the kept
+iterates are the trainer's ``ref_model`` and ``extra_models={"prev": pi_t,
+"prev2": pi_{t-1}}``, whose log-probs it computes once per sequence without
+gradient and caches (the reference's cache is kept across iterations, the
+iterates' for one iteration); the oracle's numbers on each pair (``pref``,
+``chosen_win_rate``, ``rejected_win_rate``) reach the objective through
+``example_inputs``. EGPO and HyPO need fresh samples at every step and keep
+their own steps.
 
-The loop trains with its own small step (policy log-probs from one forward
-pass over ``[chosen; rejected]`` rows) because :class:`PreferenceTrainer`
-hands objectives only policy and one reference's log-probs; frozen iterates'
-log-probs are computed once per iteration, without gradient.
+SRPO is offline: train it with :class:`PreferenceTrainer` and
+``srpo_loss`` (``revision_prompt=`` builds the revision prompts ``x + y +
+separator``), and revise at inference time with :func:`generate_revisions`
+(draft ``y_0 ~ pi(.|x)``, then ``y_{k+1} ~ pi(.|revision_prompt(x, y_k))``).
 """
 from __future__ import annotations
 
@@ -54,7 +62,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradwise.preference.accel_apo import apo_dpo_loss, apo_extrapolated_logps
@@ -65,9 +72,10 @@ from gradwise.preference.nash_dno import dno_loss
 from gradwise.preference.nash_egpo import egpo_full_step_loss, egpo_half_step_loss
 from gradwise.preference.nash_inpo import inpo_loss
 from gradwise.preference.selfplay_spo import spo_win_rate_reward
+from gradwise.preference.trainer import PreferenceObjective, PreferenceTrainer, _revision_fn
 
-__all__ = ["generate", "frozen_copy", "response_logps", "sampled_kl", "PreferenceOracle", "build_pairs", "OnlineMethod",
-           "online_method", "OnlinePreferenceLoop", "ONLINE_METHODS"]
+__all__ = ["generate", "generate_revisions", "frozen_copy", "response_logps", "sampled_kl", "PreferenceOracle",
+           "build_pairs", "OnlineMethod", "online_method", "OnlinePreferenceLoop", "ONLINE_METHODS"]
 
 ONLINE_METHODS = ("dpo", "inpo", "dno", "apo", "egpo", "hypo")
 
@@ -179,6 +187,54 @@ def generate(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_toke
     finally:
         model.train(was_training)
     return out
+
+
+def generate_revisions(model: nn.Module, prompts: Sequence[Sequence[int]], *, revision_prompt,
+                       revisions: int = 1, drafts: Sequence[Sequence[int]] | None = None, max_new_tokens: int,
+                       **generate_kwargs) -> list[list[list[int]]]:
+    """Inference-time self-improvement (SRPO's revisions): a draft, then revisions of it.
+
+    SRPO (Choi et al., "Self-Improving Robust Preference Optimization", 2024, arXiv 2406.01660; no
+    authors' code) evaluates a policy after N self-revisions: the same model, prompted with the prompt and
+    its previous answer, writes the next answer.
+
+    For each prompt ``x``: ``y_0 ~ model(.|x)`` (or ``drafts[i]`` when given),
+    then ``y_{k+1} ~ model(.|revision_prompt(x, y_k))`` for ``k < revisions``,
+    where ``revision_prompt`` is a separator token id / list of ids
+    (``x + y_k + separator``, :func:`~gradwise.preference.trainer.build_revision_prompt`)
+    or a function ``(prompt, draft) -> ids``, the same one the model was trained
+    with (``PreferenceTrainer(..., revision_prompt=...)``). Every revision round
+    is one batched :func:`generate` call with the remaining keyword arguments
+    (``temperature``, ``top_k``, ``eos_token_id``, ``pad_token_id``,
+    ``generator``, ``batch_size``); a seeded ``generator`` makes the result
+    reproducible. Returns ``[len(prompts)][revisions + 1]`` responses: the
+    draft first, the last revision last.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> chains = generate_revisions(lm, [[1, 5, 6, 2]], revision_prompt=9, revisions=2,
+        ...                             max_new_tokens=6, eos_token_id=3, generator=g)   # doctest: +SKIP
+        >>> final = [c[-1] for c in chains]                                              # doctest: +SKIP
+    """
+    fn = _revision_fn(revision_prompt)
+    if fn is None:
+        raise ValueError("Invalid revision_prompt: None (accepted: a separator token id, a list of token ids, or a "
+                         "function (prompt, draft) -> token ids)")
+    _int("revisions", revisions, 0)
+    prompts = [_ids(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+    if drafts is None:
+        current = generate(model, prompts, max_new_tokens=max_new_tokens, **generate_kwargs)
+    else:
+        if len(drafts) != len(prompts):
+            raise ValueError(f"Invalid drafts: {len(drafts)} drafts for {len(prompts)} prompts")
+        current = [_ids(d, f"drafts[{i}]") for i, d in enumerate(drafts)]
+    chains = [[list(y)] for y in current]
+    for _ in range(revisions):
+        current = generate(model, [fn(x, y) for x, y in zip(prompts, current)], max_new_tokens=max_new_tokens,
+                           **generate_kwargs)
+        for chain, y in zip(chains, current):
+            chain.append(list(y))
+    return chains
 
 
 def _batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_token_id: int,
@@ -365,12 +421,22 @@ class OnlineMethod:
 
     ``keeps``: frozen models whose log-probs of each pair the loss takes: ``"ref"`` (``pi_ref``),
     ``"prev"`` (``pi_t``, frozen at the start of the iteration), ``"prev2"`` (``pi_{t-1}``).
-    ``loss(q, iteration)`` gets a dict with ``policy_chosen``, ``policy_rejected`` (gradient),
-    ``<kept>_chosen``/``<kept>_rejected`` (no gradient), ``pref``, ``chosen_win_rate``,
-    ``rejected_win_rate`` (tensors ``[B]``) and returns per-pair losses ``[B]``.
     ``kind``: ``"iterative"`` (sample once per iteration from ``pi_t``, then train on those pairs),
     ``"egpo"`` (extragradient steps, fresh samples every step), ``"hypo"`` (offline pairs plus a fresh
     on-policy sample per prompt every step).
+
+    An ``"iterative"`` method gives its loss in one of two ways; either way it is trained through
+    :meth:`PreferenceTrainer.train_step <gradwise.preference.trainer.PreferenceTrainer.train_step>`
+    with ``ref_model = pi_ref`` and ``extra_models = {"prev": pi_t, "prev2": pi_{t-1}}``:
+
+    * ``objective(iteration)`` returns the iteration's objective (a function of named log-probs or a
+      :class:`~gradwise.preference.trainer.PreferenceObjective`): it may take ``policy_*``, ``ref_*``,
+      ``prev_*``, ``prev2_*`` log-probs (``prev2`` from the second iteration on) and, through
+      ``example_inputs``, the pair's ``pref``, ``chosen_win_rate``, ``rejected_win_rate``;
+    * ``loss(q, iteration)`` gets a dict with ``policy_chosen``, ``policy_rejected`` (gradient),
+      ``<kept>_chosen``/``<kept>_rejected`` (no gradient; a kept iterate that does not exist yet is
+      absent), ``pref``, ``chosen_win_rate``, ``rejected_win_rate`` (tensors ``[B]``) and returns per-pair
+      losses ``[B]``.
     """
 
     name: str
@@ -378,6 +444,32 @@ class OnlineMethod:
     loss: Callable[[Mapping[str, Tensor], int], Tensor] | None = None
     kind: str = "iterative"
     hyperparameters: dict = field(default_factory=dict)
+    objective: Callable[[int], Callable | PreferenceObjective] | None = None
+
+
+_PAIR_FIELDS = ("pref", "chosen_win_rate", "rejected_win_rate")
+
+
+def _apo_extrapolated_dpo(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, prev_chosen_logps: Tensor,
+                          prev_rejected_logps: Tensor, prev2_chosen_logps: Tensor, prev2_rejected_logps: Tensor,
+                          *, alpha: float, beta: float) -> Tensor:
+    """APO's loss from its second iteration on: DPO against ``hat pi_t`` extrapolated from ``pi_t``, ``pi_{t-1}``."""
+    rc = apo_extrapolated_logps(prev_chosen_logps, prev2_chosen_logps, alpha=alpha)
+    rr = apo_extrapolated_logps(prev_rejected_logps, prev2_rejected_logps, alpha=alpha)
+    return apo_dpo_loss(policy_chosen_logps, policy_rejected_logps, rc, rr, beta=beta)
+
+
+def _loss_objective(method: OnlineMethod, iteration: int, kept: Sequence[str]) -> PreferenceObjective:
+    """A custom ``loss(q, iteration)`` as a trainer objective over the kept models' log-probs."""
+    names = ["policy_chosen", "policy_rejected"] + [f"{k}_{side}" for k in kept for side in ("chosen", "rejected")]
+
+    def objective(*logps, pref, chosen_win_rate, rejected_win_rate):
+        q = dict(zip(names, logps))
+        q.update(pref=pref, chosen_win_rate=chosen_win_rate, rejected_win_rate=rejected_win_rate)
+        return method.loss(q, iteration)
+
+    objective.__name__ = f"{method.name}_loss"
+    return PreferenceObjective(objective, inputs=tuple(f"{n}_logps" for n in names), example_inputs=_PAIR_FIELDS)
 
 
 def online_method(name: str, **hp) -> OnlineMethod:
@@ -392,39 +484,36 @@ def online_method(name: str, **hp) -> OnlineMethod:
     * ``"egpo"`` (``beta``): extragradient online IPO (:func:`egpo_half_step_loss`,
       :func:`egpo_full_step_loss`);
     * ``"hypo"`` (``lam``, ``beta=0.1``): :func:`hypo_loss` on offline pairs plus on-policy samples.
+
+    The iterative ones (dpo, inpo, dno, apo) are trainer objectives (``spec.objective(t)``), so the same
+    objective trains offline too, e.g. ``PreferenceTrainer(model, spec.objective(0), opt,
+    extra_models={"prev": pi_t})`` for INPO.
     """
     if name == "dpo":
         beta = hp.pop("beta", 0.1)
-        fn = lambda q, t: dpo_loss(q["policy_chosen"], q["policy_rejected"], q["ref_chosen"],  # noqa: E731
-                                   q["ref_rejected"], beta=beta)
-        spec = OnlineMethod("dpo", ("ref",), fn, hyperparameters={"beta": beta})
+        obj = PreferenceObjective(dpo_loss, beta=beta)
+        spec = OnlineMethod("dpo", ("ref",), objective=lambda t: obj, hyperparameters={"beta": beta})
     elif name == "inpo":
         eta, tau = _req(hp, "inpo", "eta"), _req(hp, "inpo", "tau")
         inpo_loss(*(torch.zeros(1),) * 6, eta=eta, tau=tau)  # validate now
-        fn = lambda q, t: inpo_loss(q["policy_chosen"], q["policy_rejected"], q["prev_chosen"],  # noqa: E731
-                                    q["prev_rejected"], q["ref_chosen"], q["ref_rejected"], eta=eta, tau=tau)
-        spec = OnlineMethod("inpo", ("ref", "prev"), fn, hyperparameters={"eta": eta, "tau": tau})
+        obj = PreferenceObjective(inpo_loss, eta=eta, tau=tau)  # inputs by name: policy_*, prev_*, ref_*
+        spec = OnlineMethod("inpo", ("ref", "prev"), objective=lambda t: obj, hyperparameters={"eta": eta, "tau": tau})
     elif name == "dno":
         eta, soft = _req(hp, "dno", "eta"), bool(hp.pop("soft", False))
         dno_loss(*(torch.zeros(1),) * 4, eta=eta)
-
-        def fn(q, t):
-            kw = {"reward_1": q["chosen_win_rate"], "reward_2": q["rejected_win_rate"]} if soft else {}
-            return dno_loss(q["policy_chosen"], q["policy_rejected"], q["prev_chosen"], q["prev_rejected"],
-                            eta=eta, **kw)
-        spec = OnlineMethod("dno", ("prev",), fn, hyperparameters={"eta": eta, "soft": soft})
+        obj = PreferenceObjective(dno_loss, inputs=("policy_chosen_logps", "policy_rejected_logps",
+                                                    "prev_chosen_logps", "prev_rejected_logps"), eta=eta,
+                                  example_inputs={"reward_1": "chosen_win_rate", "reward_2": "rejected_win_rate"}
+                                  if soft else None)
+        spec = OnlineMethod("dno", ("prev",), objective=lambda t: obj, hyperparameters={"eta": eta, "soft": soft})
     elif name == "apo":
         alpha, beta = _req(hp, "apo", "alpha"), hp.pop("beta", 0.1)
         apo_extrapolated_logps(torch.zeros(1), torch.zeros(1), alpha=alpha)
-
-        def fn(q, t):
-            if t == 0:
-                rc, rr = q["ref_chosen"], q["ref_rejected"]
-            else:
-                rc = apo_extrapolated_logps(q["prev_chosen"], q["prev2_chosen"], alpha=alpha)
-                rr = apo_extrapolated_logps(q["prev_rejected"], q["prev2_rejected"], alpha=alpha)
-            return apo_dpo_loss(q["policy_chosen"], q["policy_rejected"], rc, rr, beta=beta)
-        spec = OnlineMethod("apo", ("ref", "prev", "prev2"), fn, hyperparameters={"alpha": alpha, "beta": beta})
+        first = PreferenceObjective(apo_dpo_loss, inputs=("policy_chosen_logps", "policy_rejected_logps",
+                                                          "ref_chosen_logps", "ref_rejected_logps"), beta=beta)
+        later = PreferenceObjective(_apo_extrapolated_dpo, alpha=alpha, beta=beta)
+        spec = OnlineMethod("apo", ("ref", "prev", "prev2"), objective=lambda t: first if t == 0 else later,
+                            hyperparameters={"alpha": alpha, "beta": beta})
     elif name == "egpo":
         beta = _req(hp, "egpo", "beta")
         spec = OnlineMethod("egpo", ("ref",), None, kind="egpo", hyperparameters={"beta": beta})
@@ -471,7 +560,7 @@ class OnlinePreferenceLoop:
 
     Example:
         >>> loop = OnlinePreferenceLoop(lm, "inpo", torch.optim.Adam(lm.parameters(), 1e-3), judge, prompts,
-        ...                             method_kwargs={"eta": 10.0, "tau": 0.05}, max_new_tokens=8,
+        ...                             method_kwargs={"eta": 0.1, "tau": 0.05}, max_new_tokens=8,
         ...                             eos_token_id=3)                     # doctest: +SKIP
         >>> loop.run(3)                                                      # doctest: +SKIP
     """
@@ -508,6 +597,8 @@ class OnlinePreferenceLoop:
                                                len(self.prompts)))
         if pair_strategy not in ("best_vs_worst", "random") or label not in ("argmax", "sample"):
             build_pairs([], [], oracle, strategy=pair_strategy, label=label)  # raises the ValueError
+        if method.kind == "iterative" and method.objective is None and method.loss is None:
+            raise ValueError(f"Invalid method: iterative method {method.name!r} has neither objective nor loss")
         if method.kind == "hypo" and not offline_pairs:
             raise ValueError("Invalid offline_pairs: HyPO needs offline preference pairs")
         self.policy, self.method, self.optimizer, self.oracle = policy, method, optimizer, oracle
@@ -528,6 +619,8 @@ class OnlinePreferenceLoop:
         self.iteration = 0
         self.step = 0
         self.history: list[dict] = []
+        self.ref_cache: dict = {}  # pi_ref's log-probs by sequence, shared by the iterations' trainers
+        self.trainer: PreferenceTrainer | None = None  # the current iteration's
 
     # -------------------------------------------------------------- pieces
 
@@ -574,12 +667,6 @@ class OnlinePreferenceLoop:
             out[key] = torch.tensor([float(p.get(key, 0.5)) for p in pairs])
         return out
 
-    def _policy_pair_logps(self, pairs: Sequence[Mapping]) -> tuple[Tensor, Tensor]:
-        prompts = [p["prompt"] for p in pairs] * 2
-        resp = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-        lp = response_logps(self.policy, prompts, resp, pad_token_id=self.pad_token_id)
-        return lp[:len(pairs)], lp[len(pairs):]
-
     def _apply(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -613,25 +700,51 @@ class OnlinePreferenceLoop:
     def run(self, iterations: int) -> list[dict]:
         return [self.run_iteration() for _ in range(_int("iterations", iterations, 0))]
 
+    def iteration_trainer(self) -> PreferenceTrainer:
+        """The :class:`PreferenceTrainer` that takes this iteration's steps of an iterative method: the
+        method's objective for ``self.iteration``, ``pi_ref`` as ``ref_model``, the kept iterates as
+        ``extra_models`` (``"prev"``, ``"prev2"``; only those the objective takes), one micro-batch of
+        ``batch_size`` pairs per step, dropout left as it is."""
+        t = self.iteration
+        kept = {"ref": self.ref_model, "prev": self.prev, "prev2": self.prev2}
+        if self.method.objective is not None:
+            obj = self.method.objective(t)
+            obj = obj if isinstance(obj, PreferenceObjective) else PreferenceObjective(obj)
+        else:
+            obj = _loss_objective(self.method, t, [k for k in self.method.keeps if kept.get(k) is not None])
+        if obj.needs_reference and self.ref_model is None:
+            raise ValueError(f"Invalid method: {self.method.name!r} takes reference log-probs but does not keep "
+                             "'ref'")
+        missing = [k for k in obj.extra_models if kept.get(k) is None]
+        if missing:
+            raise ValueError(f"Invalid method: {self.method.name!r} at iteration {t} takes log-probs of "
+                             f"{missing[0]!r}, which the loop does not keep at that point (keeps: "
+                             f"{', '.join(self.method.keeps)}; 'prev2' exists from iteration 1 on)")
+        device = next(iter(self.policy.parameters()), torch.empty(0)).device
+        trainer = PreferenceTrainer(self.policy, obj, self.optimizer,
+                                    ref_model=self.ref_model if obj.needs_reference else None,
+                                    extra_models={k: kept[k] for k in obj.extra_models},
+                                    batch_size=self.batch_size, pad_token_id=self.pad_token_id,
+                                    max_grad_norm=self.max_grad_norm, shuffle=False, disable_dropout=False,
+                                    progress=False, device=device)
+        trainer.ref_cache = self.ref_cache  # pi_ref does not move: its cache outlives the iteration
+        return trainer
+
     def _iterative(self) -> tuple[list[float], int]:
         self.begin_iteration()
         pairs = self.collect_pairs()
         if not pairs:
             return [], 0
-        frozen = self._frozen_logps(pairs)
+        self.trainer = trainer = self.iteration_trainer()
         order: list[int] = []
         losses = []
         for _ in range(self.steps_per_iteration):
             if len(order) < min(self.batch_size, len(pairs)):
                 order += torch.randperm(len(pairs), generator=self.generator).tolist()
             idx, order = order[:self.batch_size], order[self.batch_size:]
-            pc, pr = self._policy_pair_logps([pairs[i] for i in idx])
-            it = torch.tensor(idx)
-            q = {k: v[it] for k, v in frozen.items()}
-            q.update(policy_chosen=pc, policy_rejected=pr)
-            loss = self.method.loss(q, self.iteration).mean()
-            self._apply(loss)
-            losses.append(float(loss.detach()))
+            m = trainer.train_step([pairs[i] for i in idx])
+            self.step += 1
+            losses.append(m["loss"])
         return losses, len(pairs)
 
     def _egpo_batch(self, prompts, ys, opponents) -> dict:

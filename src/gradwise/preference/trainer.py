@@ -13,6 +13,16 @@ The objective is a pure function of sequence log-probabilities (see
   ``(example["id"], completion index)`` or, without an ``"id"``, by a digest
   of the sequence's tokens; objectives that take no reference quantity never
   trigger a reference forward, and no reference model is built for them;
+* log-probs of further frozen models (``extra_models={"prev": pi_t}``, for
+  INPO, DNO, APO, ...) are computed and cached the same way, and handed to
+  objectives as ``prev_chosen_logps``, ``prev_rejected_logps``, ...; numbers
+  stored on each example (win rates, preference probabilities) reach an
+  objective through ``PreferenceObjective(example_inputs=...)``;
+* revision log-probs ``log pi(y'|x, y)`` for self-improvement objectives
+  (SRPO) are scored in the same forward pass as the pair, on revision prompts
+  built by ``revision_prompt`` (default: prompt + draft + separator tokens,
+  :func:`build_revision_prompt`); none of this runs unless the objective
+  asks for it;
 * losses of a step are ``sum(per-pair losses) / pairs in the step``, so
   gradient accumulation over micro-batches gives the gradient of the full
   batch;
@@ -29,6 +39,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,9 +47,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gradwise.preference.logprobs import collate_preferences, token_logps
+from gradwise.preference.logprobs import _example_parts, _truncate, collate_preferences, sequence_key, token_logps
 
-__all__ = ["PreferenceTrainer", "PreferenceObjective", "QUANTITIES"]
+__all__ = ["PreferenceTrainer", "PreferenceObjective", "QUANTITIES", "REVISION_QUANTITIES", "build_revision_prompt"]
 
 #: Names of the per-pair tensors (one row per preference pair) the trainer can
 #: hand to an objective. ``*_logps`` [P] are summed over completion tokens,
@@ -57,6 +68,98 @@ QUANTITIES = (
 )
 _TOKEN_LEVEL = QUANTITIES[-4:]
 _DPO_ORDER = QUANTITIES[:4]
+
+#: Revision (self-improvement) log-probs [P], summed over the revised
+#: response's tokens: ``improve_{a}_given_{b}_logps`` is the policy's
+#: ``log pi(y_a | revision_prompt(x, y_b))`` and ``ref_{a}_given_{b}_logps`` the
+#: reference's, with ``w`` the pair's chosen and ``l`` its rejected response
+#: (SRPO's ``pi(y'|y, x)``; the names are :func:`~gradwise.preference.srpo_loss`'s).
+REVISION_QUANTITIES = tuple(f"{who}_{a}_given_{b}_logps" for who in ("improve", "ref") for a in "wl" for b in "wl")
+
+# log-probs of an extra frozen model ``<name>``: <name>_chosen_logps, <name>_rejected_avg_logps, ...
+_EXTRA_RE = re.compile(r"^([A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*?)_(chosen|rejected)_(avg_)?logps$")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_RESERVED = ("policy", "ref", "improve")
+
+
+def _extra_model_of(name: str) -> str | None:
+    """The extra model whose log-prob ``name`` is (``"prev"`` for ``prev_chosen_logps``), else None."""
+    if name in QUANTITIES or name in REVISION_QUANTITIES:
+        return None
+    m = _EXTRA_RE.match(name)
+    if m is None or m.group(1) in _RESERVED:
+        return None
+    return m.group(1)
+
+
+def _is_quantity(name: str) -> bool:
+    return name in QUANTITIES or name in REVISION_QUANTITIES or _extra_model_of(name) is not None
+
+
+_ACCEPTED = (f"{', '.join(QUANTITIES)}, {', '.join(REVISION_QUANTITIES)}, or <model>_chosen_logps, "
+             "<model>_rejected_logps, <model>_chosen_avg_logps, <model>_rejected_avg_logps of an extra model")
+
+
+def build_revision_prompt(prompt: Sequence[int], draft: Sequence[int], *, separator: Sequence[int] | int = ()
+                          ) -> list[int]:
+    """The revision prompt of a token model: ``prompt + draft + separator``.
+
+    SRPO (Choi et al., "Self-Improving Robust Preference Optimization", 2024,
+    arXiv 2406.01660; no authors' code) trains a self-improvement policy
+    ``pi(y'|y, x)`` that is the same LLM prompted with ``x`` and a previous
+    response ``y`` (a text template that shows the prompt and the draft; the
+    TRL pull request #1772 reimplementation puts the draft into the prompt
+    template as an "EXAMPLE SUMMARY"). For
+    token-id models this is the plain concatenation, with ``separator`` (one
+    token id or a list, e.g. a dedicated "revise:" token) marking where the
+    revised response starts; pass a function ``(prompt, draft) -> ids`` as the
+    trainer's ``revision_prompt`` for any other layout (a chat template, a
+    prefix).
+
+    Example:
+        >>> build_revision_prompt([1, 5, 6, 2], [6, 5, 3], separator=9)
+        [1, 5, 6, 2, 6, 5, 3, 9]
+    """
+    sep = [separator] if isinstance(separator, int) and not isinstance(separator, bool) else separator
+    if isinstance(sep, (str, bytes)) or not isinstance(sep, Sequence) or any(
+            isinstance(t, bool) or not isinstance(t, int) for t in sep):
+        raise ValueError(f"Invalid separator: {separator!r} (accepted: a token id or a list of token ids)")
+    return [int(t) for t in prompt] + [int(t) for t in draft] + list(sep)
+
+
+def _revision_fn(revision_prompt) -> Callable[[list[int], list[int]], list[int]] | None:
+    """``revision_prompt`` (None, a separator id / list of ids, or a callable) as a function."""
+    if revision_prompt is None:
+        return None
+    if callable(revision_prompt):
+        fn = revision_prompt
+    else:
+        if isinstance(revision_prompt, bool) or not (
+                isinstance(revision_prompt, int)
+                or (isinstance(revision_prompt, Sequence) and not isinstance(revision_prompt, (str, bytes))
+                    and all(isinstance(t, int) and not isinstance(t, bool) for t in revision_prompt))):
+            raise ValueError(f"Invalid revision_prompt: {revision_prompt!r} (accepted: None, a separator token id, a "
+                             "list of token ids, or a function (prompt, draft) -> token ids)")
+        sep = revision_prompt
+
+        def fn(prompt, draft):
+            return build_revision_prompt(prompt, draft, separator=sep)
+
+    def checked(prompt: list[int], draft: list[int]) -> list[int]:
+        out = fn(list(prompt), list(draft))
+        if torch.is_tensor(out):
+            out = out.tolist()
+        try:
+            out = [int(t) for t in out]
+        except (TypeError, ValueError):
+            raise ValueError("Invalid revision_prompt: the function must return a list of token ids") from None
+        if not out:
+            raise ValueError("Invalid revision_prompt: the function returned no tokens")
+        return out
+
+    return checked
+
+
 _REWARDS = ("auto", "ratio", "avg_ratio", "logps", "avg_logps")
 
 
@@ -79,6 +182,23 @@ class PreferenceObjective:
     token-averaged IPO, ``rpo_loss``'s to the averaged NLL); opt in with
     ``keyword_inputs=("chosen_lengths", "rejected_lengths")``.
 
+    Beyond :data:`QUANTITIES`, an objective may take
+
+    * log-probs of **extra frozen models**: ``<name>_chosen_logps``,
+      ``<name>_rejected_logps``, ``<name>_chosen_avg_logps``,
+      ``<name>_rejected_avg_logps`` for the trainer's ``extra_models={name:
+      model}``; ``inpo_loss(policy_chosen_logps, policy_rejected_logps,
+      prev_chosen_logps, prev_rejected_logps, ref_chosen_logps,
+      ref_rejected_logps, *, eta, tau)`` so needs ``extra_models={"prev":
+      pi_t}`` (:attr:`extra_models` lists the names an objective needs);
+    * **revision log-probs** (:data:`REVISION_QUANTITIES`, SRPO's
+      ``pi(y'|y, x)``), scored on the trainer's ``revision_prompt``;
+    * **per-example numbers** with ``example_inputs``: a list of example keys
+      passed as keywords of the same name, or a mapping ``{parameter: key}``
+      (``example_inputs={"reward_1": "chosen_win_rate", "reward_2":
+      "rejected_win_rate"}`` for DNO's soft labels); each becomes a tensor [P]
+      with the value of the example each pair comes from.
+
     ``hyperparameters`` are passed as keywords on every call
     (``functools.partial`` works too).
 
@@ -86,7 +206,9 @@ class PreferenceObjective:
     tuple ``(losses, chosen_rewards, rejected_rewards)``. Otherwise the
     rewards reported in the metrics follow ``reward``:
 
-    * ``"ratio"``: ``beta * (policy_logps - ref_logps)`` (DPO's implicit reward),
+    * ``"ratio"``: ``beta * (policy_logps - ref_logps)`` (DPO's implicit reward;
+      against the extra model when the objective takes one extra model's summed
+      log-probs and no reference, e.g. DNO's ``pi_t``),
     * ``"avg_ratio"``: the same with averaged log-probs,
     * ``"logps"`` / ``"avg_logps"``: ``beta * policy (avg) logps`` (SimPO's reward
       is ``"avg_logps"``),
@@ -107,7 +229,8 @@ class PreferenceObjective:
     """
 
     def __init__(self, fn: Callable, *, inputs: Sequence[str] | None = None,
-                 keyword_inputs: Sequence[str] | None = None, reward: str | Callable = "auto",
+                 keyword_inputs: Sequence[str] | None = None,
+                 example_inputs: Sequence[str] | Mapping[str, str] | None = None, reward: str | Callable = "auto",
                  **hyperparameters) -> None:
         if isinstance(fn, PreferenceObjective):
             raise ValueError("Invalid fn: already a PreferenceObjective")
@@ -126,23 +249,36 @@ class PreferenceObjective:
         self._accepts_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
         self._beta_default = next((p.default for p in params if p.name == "beta" and p.default is not p.empty),
                                   None)
+        #: keyword parameter -> example key, read from each example
+        self.example_inputs: dict[str, str] = {}
+        if example_inputs is not None:
+            pairs = (list(example_inputs.items()) if isinstance(example_inputs, Mapping)
+                     else [(k, k) for k in example_inputs] if not isinstance(example_inputs, (str, bytes)) else None)
+            if pairs is None or any(not (isinstance(a, str) and isinstance(b, str) and _NAME_RE.match(a))
+                                    for a, b in pairs):
+                raise ValueError(f"Invalid example_inputs: {example_inputs!r} (accepted: a list of example keys or a "
+                                 "mapping {parameter name: example key})")
+            for a, b in pairs:
+                if _is_quantity(b) or _is_quantity(a):
+                    raise ValueError(f"Invalid example_inputs: {a!r} -> {b!r} names a log-prob quantity; pass it "
+                                     "through inputs= or keyword_inputs=")
+            self.example_inputs = dict(pairs)
         self.keyword_inputs: tuple[str, ...] = ()
         if keyword_inputs is not None:
             keyword_inputs = tuple(keyword_inputs)
-            bad = [n for n in keyword_inputs if n not in QUANTITIES]
+            bad = [n for n in keyword_inputs if not _is_quantity(n)]
             if bad:
-                raise ValueError(f"Invalid keyword_inputs: unknown quantity {bad[0]!r} "
-                                 f"(accepted: {', '.join(QUANTITIES)})")
+                raise ValueError(f"Invalid keyword_inputs: unknown quantity {bad[0]!r} (accepted: {_ACCEPTED})")
         if inputs is not None:
             inputs = tuple(inputs)
-            bad = [n for n in inputs if n not in QUANTITIES]
+            bad = [n for n in inputs if not _is_quantity(n)]
             if bad:
-                raise ValueError(f"Invalid inputs: unknown quantity {bad[0]!r} (accepted: {', '.join(QUANTITIES)})")
+                raise ValueError(f"Invalid inputs: unknown quantity {bad[0]!r} (accepted: {_ACCEPTED})")
             self.inputs = inputs
         else:
             positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
             required = [p for p in positional if p.default is p.empty]
-            named = [p.name for p in required if p.name in QUANTITIES]
+            named = [p.name for p in required if _is_quantity(p.name)]
             if len(named) == len(required) and required:
                 self.inputs = tuple(named)
             elif len(required) == 4:
@@ -151,19 +287,29 @@ class PreferenceObjective:
                 self.inputs = _DPO_ORDER[:2]
             else:
                 raise ValueError(f"Invalid fn: cannot tell which log-probs {getattr(fn, '__name__', fn)!r} takes "
-                                 f"from its signature; pass inputs=(names from {', '.join(QUANTITIES)})")
+                                 f"from its signature; pass inputs=(names from {_ACCEPTED})")
         if keyword_inputs is not None:
             self.keyword_inputs = keyword_inputs
         else:  # required keyword-only quantities; optional ones change an objective's form, so opt in
             self.keyword_inputs = tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty
-                                        and p.name in QUANTITIES and p.name not in hyperparameters)
+                                        and _is_quantity(p.name) and p.name not in hyperparameters
+                                        and p.name not in self.example_inputs)
         used = self.inputs + self.keyword_inputs
-        self.needs_reference = any(n.startswith("ref_") for n in used)
+        self.needs_reference = any(n.startswith("ref_") and _extra_model_of(n) is None for n in used)
+        #: extra frozen models whose log-probs the objective takes (trainer's ``extra_models`` keys)
+        self.extra_models: tuple[str, ...] = tuple(dict.fromkeys(m for m in map(_extra_model_of, used) if m))
+        #: revision quantities the objective takes (:data:`REVISION_QUANTITIES`)
+        self.revision_inputs: tuple[str, ...] = tuple(n for n in used if n in REVISION_QUANTITIES)
+        self._ratio_base = "ref"
         if reward == "auto":
+            summed_extra = [m for m in self.extra_models
+                            if f"{m}_chosen_logps" in used and f"{m}_rejected_logps" in used]
             if any(n in ("ref_chosen_logps", "ref_rejected_logps") for n in used):
                 reward = "ratio"
-            elif self.needs_reference:
+            elif any(n in ("ref_chosen_avg_logps", "ref_rejected_avg_logps") for n in used):
                 reward = "avg_ratio"
+            elif len(summed_extra) == 1:
+                reward, self._ratio_base = "ratio", summed_extra[0]
             elif any(n.startswith("policy_") and "avg" in n for n in used):
                 reward = "avg_logps"
             else:
@@ -187,6 +333,8 @@ class PreferenceObjective:
         kw = dict(self.hyperparameters)
         for n in self.keyword_inputs:
             kw[n] = q[n]
+        for n, key in self.example_inputs.items():
+            kw[n] = q[key]
         out = self.fn(*(q[n] for n in self.inputs), **kw)
         rewards = None
         if isinstance(out, tuple):
@@ -199,8 +347,9 @@ class PreferenceObjective:
         if rewards is None:
             r = self.reward_kind
             if r == "ratio":
-                rewards = (q["policy_chosen_logps"] - q["ref_chosen_logps"],
-                           q["policy_rejected_logps"] - q["ref_rejected_logps"])
+                b = self._ratio_base
+                rewards = (q["policy_chosen_logps"] - q[f"{b}_chosen_logps"],
+                           q["policy_rejected_logps"] - q[f"{b}_rejected_logps"])
             elif r == "avg_ratio":
                 rewards = (q["policy_chosen_avg_logps"] - q["ref_chosen_avg_logps"],
                            q["policy_rejected_avg_logps"] - q["ref_rejected_avg_logps"])
@@ -261,6 +410,26 @@ class PreferenceTrainer:
             default: a deep copy of ``model`` taken now, made only when the
             objective needs reference log-probs (its weights then go into
             checkpoints).
+        extra_models: further frozen models whose log-probs the objective
+            takes, by name: ``{"prev": pi_t}`` gives ``prev_chosen_logps``,
+            ``prev_rejected_logps``, ``prev_chosen_avg_logps``,
+            ``prev_rejected_avg_logps`` (INPO, DNO, ...). Each is put in eval
+            mode with ``requires_grad`` off, run without gradient only on
+            cache misses, and cached per sequence like the reference
+            (``extra_cache[name]``). Models the objective does not take are
+            ignored with a warning; a name it takes but is not given is a
+            ``ValueError``. They are not saved in checkpoints (their caches
+            are): pass the same models when resuming.
+        revision_prompt: how revision prompts are built when the objective
+            takes :data:`REVISION_QUANTITIES` (SRPO): a separator token id or a
+            list of ids (``prompt + draft + separator``, see
+            :func:`build_revision_prompt`), or a function ``(prompt, draft) ->
+            ids``. The revision rows (``y_a`` after ``revision_prompt(x,
+            y_b)``) go through the policy in the same forward pass as the pair;
+            the reference's are cached by content. Truncation applies to them
+            as to the pairs (the revision prompt keeps its last
+            ``max_prompt_length`` tokens). Required by such objectives, ignored
+            (with a warning) by the others.
         reference_free: use 0 for every reference log-prob (TRL's
             ``reference_free``): no reference model, no reference forward.
             Objectives that take no reference quantity never use one anyway.
@@ -302,7 +471,9 @@ class PreferenceTrainer:
     """
 
     def __init__(self, model: nn.Module, objective, optimizer: torch.optim.Optimizer, *,
-                 ref_model: nn.Module | None = None, reference_free: bool = False, beta: float | None = None,
+                 ref_model: nn.Module | None = None, extra_models: Mapping[str, nn.Module] | None = None,
+                 revision_prompt: Callable | Sequence[int] | int | None = None,
+                 reference_free: bool = False, beta: float | None = None,
                  batch_size: int = 8, grad_accum_steps: int = 1, pad_token_id: int = 0,
                  max_length: int | None = None, max_prompt_length: int | None = None,
                  ranked_strategy: str = "all", scheduler=None, max_grad_norm: float | None = None,
@@ -371,6 +542,45 @@ class PreferenceTrainer:
                           + (" (reference_free=True)" if reference_free else ""), stacklevel=2)
             ref_model = None
         self.ref_model = ref_model
+        if extra_models is None:
+            extra_models = {}
+        if not isinstance(extra_models, Mapping):
+            raise ValueError(f"Invalid extra_models: expected a mapping {{name: model}}, got {type(extra_models).__name__}")
+        for name, m in extra_models.items():
+            if not isinstance(name, str) or not _NAME_RE.match(name) or name in _RESERVED:
+                raise ValueError(f"Invalid extra_models: name {name!r} (accepted: an identifier other than "
+                                 f"{', '.join(map(repr, _RESERVED))})")
+            if not isinstance(m, nn.Module):
+                raise ValueError(f"Invalid extra_models[{name!r}]: expected an nn.Module, got {type(m).__name__}")
+            if m is model:
+                raise ValueError(f"Invalid extra_models[{name!r}]: the policy itself (pass a frozen copy)")
+        missing = [n for n in self.objective.extra_models if n not in extra_models]
+        if missing:
+            raise ValueError(f"Invalid extra_models: objective {self.objective.name} takes log-probs of "
+                             f"{missing[0]!r} ({missing[0]}_chosen_logps, ...); pass extra_models="
+                             f"{{{missing[0]!r}: model}}")
+        unused = [n for n in extra_models if n not in self.objective.extra_models]
+        if unused:
+            warnings.warn(f"extra_models {unused} ignored: objective {self.objective.name} takes no log-probs of "
+                          "them", stacklevel=2)
+        self.extra_models: dict[str, nn.Module] = {}
+        for name in self.objective.extra_models:
+            m = extra_models[name].to(self.device).eval()
+            for prm in m.parameters():
+                prm.requires_grad_(False)
+            self.extra_models[name] = m
+        self._revision = _revision_fn(revision_prompt)
+        if self.objective.revision_inputs and self._revision is None:
+            raise ValueError(f"Invalid revision_prompt: None, but objective {self.objective.name} takes revision "
+                             f"log-probs ({self.objective.revision_inputs[0]}, ...); pass a separator token id or a "
+                             "function (prompt, draft) -> token ids")
+        if revision_prompt is not None and not self.objective.revision_inputs:
+            warnings.warn(f"revision_prompt ignored: objective {self.objective.name} takes no revision log-probs",
+                          stacklevel=2)
+            self._revision = None
+        # (a, b) of log pi(y_a | revision_prompt(x, y_b)), a, b in "wl", in a fixed order
+        self._revision_combos = tuple(dict.fromkeys(
+            (n.split("_")[1], n.split("_")[3]) for n in self.objective.revision_inputs))
         self.pad_token_id = pad_token_id
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
@@ -381,6 +591,8 @@ class PreferenceTrainer:
         self.progress = bool(progress)
         self.forward = forward or _default_forward(model)
         self._ref_forward = forward or (_default_forward(ref_model) if ref_model is not None else None)
+        self._extra_forward = {n: forward or _default_forward(m) for n, m in self.extra_models.items()}
+        self._needs_keys = self.uses_reference or bool(self.extra_models)
         self.callback = callback
         self._token_level = any(n in _TOKEN_LEVEL for n in self.objective.inputs + self.objective.keyword_inputs)
         self.step = 0
@@ -388,13 +600,60 @@ class PreferenceTrainer:
         #: reference cache: key -> (summed log-prob, averaged log-prob) of one sequence
         self.ref_cache: dict = {}
         self.ref_forward_rows = 0  # sequences the reference model has scored (cache misses)
+        #: per extra model: key -> (summed, averaged) log-prob, and sequences scored
+        self.extra_cache: dict[str, dict] = {n: {} for n in self.extra_models}
+        self.extra_forward_rows: dict[str, int] = {n: 0 for n in self.extra_models}
 
     # ------------------------------------------------------------------ log-probs
 
     def _collate(self, examples: Sequence[Mapping]) -> dict:
-        return collate_preferences(examples, pad_token_id=self.pad_token_id, max_length=self.max_length,
-                                   max_prompt_length=self.max_prompt_length, ranked_strategy=self.ranked_strategy,
-                                   with_keys=self.uses_reference)
+        batch = collate_preferences(examples, pad_token_id=self.pad_token_id, max_length=self.max_length,
+                                    max_prompt_length=self.max_prompt_length, ranked_strategy=self.ranked_strategy,
+                                    with_keys=self._needs_keys)
+        if self.objective.example_inputs:
+            pe = batch["pair_example"]
+            fields = {}
+            for key in dict.fromkeys(self.objective.example_inputs.values()):
+                vals = []
+                for e, ex in enumerate(examples):
+                    if key not in ex:
+                        raise ValueError(f"Invalid example {e}: objective {self.objective.name} reads {key!r} from "
+                                         f"every example (example_inputs), but it has keys {sorted(map(str, ex))}")
+                    try:
+                        vals.append(float(ex[key]))
+                    except (TypeError, ValueError):
+                        raise ValueError(f"Invalid example {e}: {key!r} must be a number, got "
+                                         f"{type(ex[key]).__name__}") from None
+                fields[key] = torch.tensor(vals, dtype=torch.float64)[pe]
+            batch["fields"] = fields
+        if self._revision is not None:
+            batch["revision"] = self._revision_batch(examples)
+        return batch
+
+    def _revision_batch(self, examples: Sequence[Mapping]) -> dict:
+        """Rows ``revision_prompt(x, y_b) + y_a`` for every pair and every (a, b) the objective takes: pair p,
+        combination c is row ``p * len(combos) + c``."""
+        rows = []
+        for ex in examples:
+            prompt, comps, pairs = _example_parts(ex, self.ranked_strategy)
+            for i, j in pairs:
+                y = {"w": comps[i], "l": comps[j]}
+                for a, b in self._revision_combos:
+                    p, c = _truncate(self._revision(prompt, y[b]), y[a], self.max_length, self.max_prompt_length)
+                    if not c:
+                        raise ValueError(f"Invalid max_length: {self.max_length} leaves a revised response no tokens "
+                                         f"after its revision prompt of {len(p)} tokens (set max_prompt_length)")
+                    rows.append((p, c))
+        T = max(len(p) + len(c) for p, c in rows)
+        ids = torch.full((len(rows), T), self.pad_token_id, dtype=torch.long)
+        am = torch.zeros((len(rows), T), dtype=torch.long)
+        lm = torch.zeros((len(rows), T), dtype=torch.bool)
+        for r, (p, c) in enumerate(rows):
+            ids[r, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+            am[r, :len(p) + len(c)] = 1
+            lm[r, len(p):len(p) + len(c)] = True
+        keys = [sequence_key(p + c, len(p)) for p, c in rows] if self.uses_reference else None
+        return {"input_ids": ids, "attention_mask": am, "loss_mask": lm, "keys": keys}
 
     def _sequence_logps(self, model: nn.Module, fwd: Callable, input_ids: Tensor, attention_mask: Tensor,
                         loss_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -420,30 +679,82 @@ class PreferenceTrainer:
         mask = steps[None] < count[:, None]
         return torch.where(mask, lp.gather(1, idx), torch.zeros((), dtype=lp.dtype, device=lp.device)), mask
 
-    def _reference(self, batch: dict, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Reference (summed, averaged) log-probs of every row; only cache misses are run."""
-        keys = batch["keys"]
-        missing = [i for i, k in enumerate(keys) if k not in self.ref_cache]
+    def _frozen(self, model: nn.Module, fwd: Callable, cache: dict, rows: dict, dtype: torch.dtype
+                ) -> tuple[Tensor, Tensor, int]:
+        """(summed, averaged) log-probs of every row of ``rows`` under a frozen model, and the number of
+        sequences it scored: only cache misses are run (one forward), the rest come from ``cache``."""
+        keys = rows["keys"]
+        missing = [i for i, k in enumerate(keys) if k not in cache]
         if missing:
             idx = torch.tensor(missing, dtype=torch.long)
-            am = batch["attention_mask"][idx]
+            am = rows["attention_mask"][idx]
             T = int(am.sum(-1).max())
-            ids, am, lm = (batch["input_ids"][idx, :T].to(self.device), am[:, :T].to(self.device),
-                           batch["loss_mask"][idx, :T].to(self.device))
+            ids, am, lm = (rows["input_ids"][idx, :T].to(self.device), am[:, :T].to(self.device),
+                           rows["loss_mask"][idx, :T].to(self.device))
             with torch.no_grad():
-                s, a, _, _ = self._sequence_logps(self.ref_model, self._ref_forward, ids, am, lm)
+                s, a, _, _ = self._sequence_logps(model, fwd, ids, am, lm)
             for i, sv, av in zip(missing, s.tolist(), a.tolist()):
-                self.ref_cache[keys[i]] = (sv, av)
-            self.ref_forward_rows += len(missing)
-        vals = torch.tensor([self.ref_cache[k] for k in keys], dtype=dtype, device=self.device)
-        return vals[:, 0], vals[:, 1]
+                cache[keys[i]] = (sv, av)
+        vals = torch.tensor([cache[k] for k in keys], dtype=dtype, device=self.device)
+        return vals[:, 0], vals[:, 1], len(missing)
+
+    def _reference(self, batch: dict, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Reference (summed, averaged) log-probs of every row; only cache misses are run."""
+        s, a, n = self._frozen(self.ref_model, self._ref_forward, self.ref_cache, batch, dtype)
+        self.ref_forward_rows += n
+        return s, a
+
+    def _extra(self, name: str, batch: dict, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        s, a, n = self._frozen(self.extra_models[name], self._extra_forward[name], self.extra_cache[name], batch,
+                               dtype)
+        self.extra_forward_rows[name] += n
+        return s, a
+
+    def _frozen_quantities(self, batch: dict, dtype: torch.dtype, ci: Tensor | None = None,
+                           ri: Tensor | None = None) -> dict:
+        """Reference, extra-model and reference-revision quantities of a collated batch."""
+        q = {}
+        if ci is None:
+            ci, ri = batch["chosen_index"].to(self.device), batch["rejected_index"].to(self.device)
+        if self.uses_reference:
+            rs, ra = self._reference(batch, dtype)
+            q.update(ref_chosen_logps=rs[ci], ref_rejected_logps=rs[ri],
+                     ref_chosen_avg_logps=ra[ci], ref_rejected_avg_logps=ra[ri])
+        for name in self.extra_models:
+            es, ea = self._extra(name, batch, dtype)
+            q.update({f"{name}_chosen_logps": es[ci], f"{name}_rejected_logps": es[ri],
+                      f"{name}_chosen_avg_logps": ea[ci], f"{name}_rejected_avg_logps": ea[ri]})
+        rev = batch.get("revision")
+        if rev is not None and self.uses_reference:
+            rs, _ = self._reference(rev, dtype)
+            k = len(self._revision_combos)
+            for c, (a, b) in enumerate(self._revision_combos):
+                q[f"ref_{a}_given_{b}_logps"] = rs[c::k]
+        return q
 
     def _quantities(self, batch: dict, grad: bool, tokens: bool | None = None) -> dict:
-        ids = batch["input_ids"].to(self.device)
-        am = batch["attention_mask"].to(self.device)
-        lm = batch["loss_mask"].to(self.device)
+        ids = batch["input_ids"]
+        am = batch["attention_mask"]
+        lm = batch["loss_mask"]
+        rev = batch.get("revision")
+        N = ids.shape[0]
+        if rev is not None:  # the revision rows join the pair's forward pass
+            T = max(ids.shape[1], rev["input_ids"].shape[1])
+
+            def pad(x, r, v):
+                out = torch.full((x.shape[0] + r.shape[0], T), v, dtype=x.dtype)
+                out[:x.shape[0], :x.shape[1]] = x
+                out[x.shape[0]:, :r.shape[1]] = r
+                return out
+            ids = pad(ids, rev["input_ids"], self.pad_token_id)
+            am = pad(am, rev["attention_mask"], 0)
+            lm = pad(lm, rev["loss_mask"], False)
+        ids, am, lm = ids.to(self.device), am.to(self.device), lm.to(self.device)
         with torch.set_grad_enabled(grad):
             s, a, n, lp = self._sequence_logps(self.model, self.forward, ids, am, lm)
+        if rev is not None:
+            rev_s = s[N:]
+            s, a, n, lp, lm = s[:N], a[:N], n[:N], lp[:N], lm[:N]
         ci = batch["chosen_index"].to(self.device)
         ri = batch["rejected_index"].to(self.device)
         q = {"policy_chosen_logps": s[ci], "policy_rejected_logps": s[ri],
@@ -453,18 +764,24 @@ class PreferenceTrainer:
             packed, pm = self._packed(lp, lm, n)
             q.update(policy_chosen_token_logps=packed[ci], policy_rejected_token_logps=packed[ri],
                      chosen_mask=pm[ci], rejected_mask=pm[ri])
-        if self.uses_reference:
-            rs, ra = self._reference(batch, s.dtype)
-            q.update(ref_chosen_logps=rs[ci], ref_rejected_logps=rs[ri],
-                     ref_chosen_avg_logps=ra[ci], ref_rejected_avg_logps=ra[ri])
-        elif self.objective.needs_reference:  # reference_free=True
+        if rev is not None:
+            k = len(self._revision_combos)
+            for c, (x, y) in enumerate(self._revision_combos):
+                q[f"improve_{x}_given_{y}_logps"] = rev_s[c::k]
+        q.update(self._frozen_quantities(batch, s.dtype, ci, ri))
+        if self.objective.needs_reference and not self.uses_reference:  # reference_free=True
             z = torch.zeros_like(q["policy_chosen_logps"]).detach()
             q.update(ref_chosen_logps=z, ref_rejected_logps=z, ref_chosen_avg_logps=z, ref_rejected_avg_logps=z)
+            for x, y in self._revision_combos:
+                q[f"ref_{x}_given_{y}_logps"] = z
+        for key, v in batch.get("fields", {}).items():
+            q[key] = v.to(device=self.device, dtype=s.dtype)
         return q
 
     def compute_logps(self, examples: Sequence[Mapping], *, grad: bool = False) -> dict:
         """Per-pair quantities (see :data:`QUANTITIES`) of a list of examples, from
-        one policy forward pass (and cached reference log-probs), token-level ones included."""
+        one policy forward pass (and cached reference log-probs), token-level ones included,
+        plus the extra-model, revision and example quantities the objective takes."""
         return self._quantities(self._collate(examples), grad, tokens=True)
 
     # ------------------------------------------------------------------ steps
@@ -525,6 +842,21 @@ class PreferenceTrainer:
         out = self._summarize(parts)
         out["lr"] = lr
         return out
+
+    def train_step(self, examples: Sequence[Mapping]) -> dict:
+        """One optimizer step on exactly ``examples`` (split into micro-batches of
+        ``batch_size``), for callers that choose the data themselves (the online
+        loop). Counts as a step (``step``, ``history``, ``callback``) like those of
+        :meth:`train`; its metrics have no ``epoch``."""
+        examples = list(examples)
+        if not examples:
+            raise ValueError("Invalid examples: empty")
+        m = self._train_step(examples)
+        m["step"] = self.step
+        self.history.append(m)
+        if self.callback is not None:
+            self.callback(m)
+        return m
 
     def train(self, dataset: Sequence[Mapping], *, epochs: int | None = None, steps: int | None = None) -> list[dict]:
         """Train until ``steps`` optimizer steps or ``epochs`` epochs have been
@@ -599,17 +931,18 @@ class PreferenceTrainer:
         return self._summarize(parts)
 
     def precompute_reference(self, dataset: Sequence[Mapping], *, batch_size: int | None = None) -> int:
-        """Fill the reference cache for ``dataset`` now; returns the number of
-        sequences the reference model scored. After this, the reference model
-        is only needed for examples not seen here."""
-        if not self.uses_reference:
+        """Fill the reference cache (and the extra models' caches, and the
+        reference's revision log-probs) for ``dataset`` now; returns the number of
+        sequences the frozen models scored. After this, they are only needed
+        for examples not seen here."""
+        if not self._needs_keys:
             return 0
         bs = self.batch_size if batch_size is None else _check_int("batch_size", batch_size)
-        before = self.ref_forward_rows
+        before = self.ref_forward_rows + sum(self.extra_forward_rows.values())
         for i in range(0, len(dataset), bs):
-            b = self._collate([dataset[j] for j in range(i, min(i + bs, len(dataset)))])
-            self._reference(b, torch.float32)
-        return self.ref_forward_rows - before
+            self._frozen_quantities(self._collate([dataset[j] for j in range(i, min(i + bs, len(dataset)))]),
+                                    torch.float32)
+        return self.ref_forward_rows + sum(self.extra_forward_rows.values()) - before
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -625,6 +958,7 @@ class PreferenceTrainer:
             "step": self.step,
             "rng": rng,
             "ref_cache": dict(self.ref_cache),
+            "extra_cache": {n: dict(c) for n, c in self.extra_cache.items()},
             "history": list(self.history),
             "data": {"seed": self.seed, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps,
                      "shuffle": self.shuffle},
@@ -642,6 +976,8 @@ class PreferenceTrainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.ref_cache = dict(state.get("ref_cache", {}))
+        saved = state.get("extra_cache", {})
+        self.extra_cache = {n: dict(saved.get(n, {})) for n in self.extra_models}
         self.history = list(state.get("history", []))
         mine = {"seed": self.seed, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps,
                 "shuffle": self.shuffle}
@@ -650,7 +986,7 @@ class PreferenceTrainer:
                           "the data order will not continue the saved run", stacklevel=2)
 
     def save_checkpoint(self, path: str | Path) -> None:
-        """Write model, optimizer, scheduler, step, RNG state and reference cache to ``path``."""
+        """Write model, optimizer, scheduler, step, RNG state and reference (and extra-model) caches to ``path``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

@@ -14,8 +14,8 @@ replaces it with one that
   ``ref_chosen_logps``/``ref_rejected_logps`` columns when
   ``precompute_ref_log_probs=True``, else ``DPOTrainer.compute_ref_log_probs``
   (which also covers PEFT, where the reference is the model with its adapter
-  off); objectives that take no reference quantity (SimPO, ...) never run the
-  reference model;
+  off; untested, see below); objectives that take no reference quantity
+  (SimPO, ...) never run the reference model;
 * maps TRL's tensors to gradwise's named quantities (see
   :data:`gradwise.preference.trainer.QUANTITIES`): TRL's sequence log-probs
   are **sums** over completion tokens (``*_logps``); ``*_avg_logps`` divide
@@ -26,6 +26,18 @@ replaces it with one that
   (the same input matching as :class:`~gradwise.preference.trainer.PreferenceTrainer`)
   and returns the mean per-pair loss of the micro-batch (TRL's convention),
   logging TRL's ``rewards/*`` and ``logps/*`` metrics.
+
+Objectives that take more than TRL provides (log-probs of extra frozen models
+such as INPO's ``pi_t``, SRPO's revision log-probs, per-example fields) are
+rejected with ``ValueError``: use :class:`~gradwise.preference.trainer.PreferenceTrainer`.
+
+``precompute_ref_log_probs=True`` is supported: TRL scores the reference once
+when the trainer is built and stores ``ref_chosen_logps``/``ref_rejected_logps``
+columns, which the adapter reads instead of running the reference; the loss
+equals the non-precomputed run's (tested). PEFT models are **untested** (PEFT is
+not installed in our test environment): the reference then comes from TRL's
+``compute_ref_log_probs`` on the model with its adapter disabled, exactly as
+TRL's own loss gets it, but no test covers that path.
 
 ``beta``: an objective that takes ``beta`` and has none set (set it with
 ``functools.partial`` or ``PreferenceObjective(fn, beta=...)``) receives
@@ -83,6 +95,13 @@ def _as_objective(objective, beta: float) -> PreferenceObjective:
         obj.hyperparameters = dict(objective.hyperparameters)
     else:
         obj = PreferenceObjective(objective)
+    needs = ([f"log-probs of extra model {m!r}" for m in obj.extra_models]
+             + [f"revision log-probs ({n})" for n in obj.revision_inputs[:1]]
+             + [f"example field {k!r}" for k in obj.example_inputs.values()])
+    if needs:
+        raise ValueError(f"Invalid objective: {obj.name} takes {needs[0]}, which TRL's DPOTrainer does not "
+                         "provide (it scores policy and reference only); train it with "
+                         "gradwise.preference.PreferenceTrainer (extra_models=, revision_prompt=, example_inputs=)")
     if "beta" not in obj.hyperparameters and obj.accepts("beta"):
         obj.hyperparameters["beta"] = float(beta)
     return obj
@@ -206,6 +225,7 @@ def trl_dpo_trainer_class() -> type:
             :mod:`gradwise.preference.trl_adapter`)."""
 
             def __init__(self, *args, objective, **kwargs):
+                _as_objective(objective, 1.0)  # a bad objective fails before TRL tokenizes and precomputes
                 super().__init__(*args, **kwargs)
                 _check_trl_args(self.args)
                 self.gradwise_objective = _as_objective(objective, self.beta)
