@@ -14,7 +14,6 @@ its ratio to the median of ``F.cross_entropy``. Target: ratio <= 1.5
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -156,12 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['name']:28s} {r['ms']:8.2f} ms  x{r['ratio']:.2f}  {r['verdict']}")
     for note in res["notes"]:
         print("note:", note)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
-    if args.markdown:
-        from gradwise.docsections import write_section
+    from gradwise.docsections import save_results
 
-        write_section(args.markdown, "loss_step", to_markdown(res))
+    save_results(res, json_path=args.json, markdown_path=args.markdown, section="loss_step", markdown=to_markdown(res))
     return 0
 
 

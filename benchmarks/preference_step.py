@@ -33,7 +33,6 @@ import argparse
 import copy
 import ctypes
 import gc
-import json
 import os
 import platform
 import random
@@ -345,12 +344,9 @@ def main(argv: list[str] | None = None) -> int:
           f"|diff| {res['first_loss_diff']:.1e}")
     print(f"throughput ratio gradwise/TRL: {res['ratio']:.2f}x (mean {res['mean_ratio']:.2f}x)  target >= {TARGET}x: "
           f"{res['verdict']}   load average {res['loadavg_start']:.1f} -> {res['loadavg_end']:.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
-    if args.markdown:
-        from gradwise.docsections import write_section
+    from gradwise.docsections import save_results
 
-        write_section(args.markdown, "preference_step", to_markdown(res))
+    save_results(res, json_path=args.json, markdown_path=args.markdown, section="preference_step", markdown=to_markdown(res))
     return 0
 
 

@@ -12,6 +12,8 @@ from torch import nn
 from gradwise.preference import logprobs as lpmod
 from gradwise.preference.logprobs import collate_preferences, concat_pairs, ranked_pairs, sequence_logps, token_logps
 from gradwise.preference.trainer import PreferenceObjective, PreferenceTrainer
+from lm_fixtures import CountingLM as _Counting
+from lm_fixtures import TinyGRULM
 
 torch.set_num_threads(1)
 
@@ -139,19 +141,6 @@ def test_ranked_lists_expand_to_pairs():
 V = 10
 
 
-class TinyGRULM(nn.Module):
-    def __init__(self, vocab=V, dim=16, dropout=0.0, dtype=torch.float32):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, dim, dtype=dtype)
-        self.rnn = nn.GRU(dim, dim, batch_first=True, dtype=dtype)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(dim, vocab, dtype=dtype)
-
-    def forward(self, input_ids):
-        h, _ = self.rnn(self.emb(input_ids))
-        return self.head(self.drop(h))
-
-
 class TinyTransformerLM(nn.Module):
     """Embedding + one causal transformer layer + head; takes an attention mask."""
 
@@ -233,17 +222,6 @@ def test_concatenated_forward_equals_separate_forwards(model_cls):
                 assert (q[f"policy_{which}_token_logps"][i, n:] == 0).all()
     # reference == policy at start
     torch.testing.assert_close(q["ref_chosen_logps"], q["policy_chosen_logps"], rtol=1e-5, atol=1e-5)
-
-
-class _Counting(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls, self.rows = inner, 0, 0
-
-    def forward(self, input_ids):
-        self.calls += 1
-        self.rows += input_ids.shape[0]
-        return self.inner(input_ids)
 
 
 def test_reference_log_probs_computed_once_per_example_and_cached():

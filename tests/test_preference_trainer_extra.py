@@ -14,35 +14,11 @@ from gradwise.preference import (OnlineMethod, OnlinePreferenceLoop, PreferenceO
                                  apo_extrapolated_logps, dno_loss, inpo_loss, online_method)
 from gradwise.preference.logprobs import sequence_logps
 from gradwise.preference.trainer import PreferenceObjective, PreferenceTrainer
+from lm_fixtures import CountingLM as Counting
+from lm_fixtures import TinyGRULM
 
 torch.set_num_threads(1)
 V = 10
-
-
-class TinyGRULM(nn.Module):
-    def __init__(self, seed: int = 0, dim: int = 16):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.emb = nn.Embedding(V, dim)
-        self.rnn = nn.GRU(dim, dim, batch_first=True)
-        self.head = nn.Linear(dim, V)
-
-    def forward(self, input_ids):
-        h, _ = self.rnn(self.emb(input_ids))
-        return self.head(h)
-
-
-class Counting(nn.Module):
-    """Counts forward calls and rows."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls, self.rows = inner, 0, 0
-
-    def forward(self, input_ids):
-        self.calls += 1
-        self.rows += input_ids.shape[0]
-        return self.inner(input_ids)
 
 
 def frozen(seed):

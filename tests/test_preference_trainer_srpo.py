@@ -12,33 +12,15 @@ from gradwise.preference import generate, generate_revisions, srpo_loss
 from gradwise.preference.logprobs import sequence_logps
 from gradwise.preference.trainer import (REVISION_QUANTITIES, PreferenceObjective, PreferenceTrainer,
                                          build_revision_prompt)
+from lm_fixtures import CountingLM as Counting
+from lm_fixtures import TinyGRULM as _TinyGRULM
 
 torch.set_num_threads(1)
 V, SEP, BOS = 12, 11, 10
 
 
-class TinyGRULM(nn.Module):
-    def __init__(self, seed: int = 0, dim: int = 16):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.emb = nn.Embedding(V, dim)
-        self.rnn = nn.GRU(dim, dim, batch_first=True)
-        self.head = nn.Linear(dim, V)
-
-    def forward(self, input_ids):
-        h, _ = self.rnn(self.emb(input_ids))
-        return self.head(h)
-
-
-class Counting(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls, self.rows = inner, 0, 0
-
-    def forward(self, input_ids):
-        self.calls += 1
-        self.rows += input_ids.shape[0]
-        return self.inner(input_ids)
+def TinyGRULM(seed: int = 0) -> nn.Module:
+    return _TinyGRULM(seed, vocab=V)
 
 
 def data(n=12, seed=0):

@@ -49,7 +49,6 @@ import argparse
 import datetime as _dt
 import gc
 import inspect
-import json
 import math
 import os
 import platform
@@ -844,13 +843,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         _parser().error(str(exc))
     print_rich(res)
-    if args.markdown:
-        from gradwise.docsections import write_section
+    from gradwise.docsections import save_results
 
-        write_section(args.markdown, "optim_step", to_markdown(res))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2), encoding="utf-8")
+    save_results(res, json_path=args.json, markdown_path=args.markdown, section="optim_step", markdown=to_markdown(res))
     if args.check and any(t["status"] == "MISS" for t in res["targets"]):
         return 1
     return 0

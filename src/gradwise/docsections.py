@@ -6,10 +6,11 @@ steps, ...); each owns the text between ``<!-- BEGIN name -->`` and
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
-__all__ = ["write_section"]
+__all__ = ["write_section", "save_results"]
 
 
 def write_section(path: str | Path, name: str, markdown: str, title: str = "# Benchmarks") -> None:
@@ -27,3 +28,15 @@ def write_section(path: str | Path, name: str, markdown: str, title: str = "# Be
         text = text.rstrip() + "\n\n" + block
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def save_results(res: dict, *, json_path: str | Path | None, markdown_path: str | Path | None, section: str,
+                 markdown: str) -> None:
+    """What every benchmark script does with its results: ``res`` as JSON to ``json_path`` and ``markdown`` as
+    section ``section`` of ``markdown_path`` (each skipped when its path is None)."""
+    if json_path:
+        json_path = Path(json_path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(res, indent=2), encoding="utf-8")
+    if markdown_path:
+        write_section(markdown_path, section, markdown)
