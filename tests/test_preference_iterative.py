@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradwise.preference import (
-    aggregate_rewards, apo_dpo_loss, apo_extrapolated_logps, cumulative_implicit_rewards, dno_loss, dpo_loss,
+    aggregate_rewards, apo_dpo_loss, apo_extrapolated_logps, apo_extrapolated_parameters,
+    cumulative_implicit_rewards, dno_loss, dpo_loss,
     egpo_full_step_loss, egpo_half_step_loss, hypo_loss, inpo_loss, ipo_loss, spo_win_rate_reward, srpo_loss,
     sspo_loss, superhf_loss, superhf_select, token_implicit_rewards,
 )
@@ -153,6 +154,36 @@ def test_apo_extrapolation_and_loss():
     assert torch.allclose(apo_dpo_loss(a, b, c, d, beta=0.2), dpo_loss(a, b, c, d, beta=0.2))
     # the left-out normalizer log Z(x) cancels
     assert torch.allclose(apo_dpo_loss(a, b, c + 7.0, d + 7.0, beta=0.2), apo_dpo_loss(a, b, c, d, beta=0.2))
+
+
+def test_apo_parameter_extrapolation_matches_logprob_extrapolation_for_softmax_linear_policy():
+    # arXiv 2410.06293 Sec. 5.2: for a softmax-linear policy, theta + alpha (theta - theta_prev) is exactly the
+    # extrapolation log pi_hat = log pi + alpha (log pi - log pi_prev) - log Z of Eq. (3.7)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, generator=g, dtype=D)
+    w0, w1 = torch.randn(4, 5, generator=g, dtype=D), torch.randn(4, 5, generator=g, dtype=D)
+    alpha = 0.3
+    w_hat = apo_extrapolated_parameters({"w": w1}, {"w": w0}, alpha=alpha)["w"]
+    lp0, lp1 = F.log_softmax(x @ w0, -1), F.log_softmax(x @ w1, -1)
+    expected = F.log_softmax(apo_extrapolated_logps(lp1, lp0, alpha=alpha), -1)   # renormalize: - log Z(x)
+    assert torch.allclose(F.log_softmax(x @ w_hat, -1), expected, atol=1e-12)
+    # the momentum direction: (1 + alpha) * new - alpha * old, not a pull back towards the old iterate
+    assert torch.allclose(w_hat, 1.3 * w1 - 0.3 * w0)
+    assert torch.equal(apo_extrapolated_parameters({"w": w1}, {"w": w0}, alpha=0.0)["w"], w1)
+
+
+def test_apo_parameter_extrapolation_copies_integer_buffers_and_validates():
+    cur = {"w": t(1.0, 2.0), "n": torch.tensor(5)}
+    prev = {"w": t(0.0, 2.0), "n": torch.tensor(3)}
+    out = apo_extrapolated_parameters(cur, prev, alpha=0.5)
+    assert torch.equal(out["n"], torch.tensor(5)) and torch.allclose(out["w"], t(1.5, 2.0))
+    assert out["w"].grad_fn is None
+    with pytest.raises(ValueError, match="prev"):
+        apo_extrapolated_parameters(cur, {"w": t(0.0, 2.0)}, alpha=0.5)
+    with pytest.raises(ValueError, match="prev"):
+        apo_extrapolated_parameters(cur, {"w": t(0.0), "n": torch.tensor(3)}, alpha=0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        apo_extrapolated_parameters(cur, prev, alpha=-0.1)
 
 
 # ---------------------------------------------------------------- HyPO

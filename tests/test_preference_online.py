@@ -159,8 +159,31 @@ def test_inpo_keeps_frozen_pi_t_and_replaces_it_after_the_iteration():
     assert [h["iteration"] for h in loop.history] == [0, 1] and loop.step == 10
 
 
-def test_apo_keeps_two_iterates_and_dno_no_reference():
-    _, loop = _loop("apo", method_kwargs={"alpha": 0.5})
+def test_apo_extrapolates_the_trained_weights_and_samples_from_the_extrapolated_policy():
+    m, loop = _loop("apo", method_kwargs={"alpha": 0.5})
+    theta0 = [p.detach().clone() for p in m.parameters()]
+    loop.run_iteration()
+    assert [k for k in ("ref", "prev", "prev2") if getattr(loop, k if k != "ref" else "ref_model") is not None] == \
+        ["ref", "prev"]
+    theta1 = [p.detach().clone() for p in m.parameters()]   # trained in iteration 0
+    sampled = []
+    loop.sample = lambda model, prompts, k=1, _s=loop.sample: (sampled.append(model), _s(model, prompts, k))[1]
+    loop.run_iteration()
+    # iteration 1 starts from theta1 + alpha (theta1 - theta0): that policy is frozen as pi_t, samples and is
+    # the DPO reference, and training continues from it
+    for p, a, b in zip(loop.prev.parameters(), theta1, theta0):
+        torch.testing.assert_close(p, a + 0.5 * (a - b), rtol=0, atol=1e-6)
+    assert sampled == [loop.prev]
+    for p, a, b in zip(loop.method_state["apo_trained"].values(), theta1, theta0):
+        assert torch.equal(p, a)
+    theta2 = [p.detach().clone() for p in m.parameters()]
+    assert any(not torch.equal(p, q) for p, q in zip(theta2, [x.detach() for x in loop.prev.parameters()]))
+    with pytest.raises(ValueError, match="extrapolate"):
+        online_method("apo", alpha=0.3, extrapolate="weights")
+
+
+def test_apo_logprob_mode_keeps_two_iterates_and_dno_no_reference():
+    _, loop = _loop("apo", method_kwargs={"alpha": 0.5, "extrapolate": "logprobs"})
     loop.run_iteration()
     first = loop.prev
     assert loop.prev2 is None

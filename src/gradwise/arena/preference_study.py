@@ -22,7 +22,8 @@ Per seed ``s``:
    ``iterations`` iterations of ``steps / iterations`` steps each (the same
    number of optimizer steps), sampling K = 4 responses per prompt from the
    frozen ``pi_t``, judging them and training on best-vs-worst pairs:
-   online (iterative) DPO, INPO, DNO (DNO-Prct: hard labels) and APO.
+   online (iterative) DPO, INPO, DNO (DNO-Prct: hard labels), APO; and EGPO, which
+   samples fresh responses and opponents at every step instead.
 5. *Evaluation* on held-out prompts, with fixed sampling seeds: the judge's
    win rate of policy samples against SFT samples (temperature 1), the
    sequence ``KL(pi ‖ pi_SFT)`` estimated on the policy's samples (sum over
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["HELP", "Config", "CONFIG", "OFFLINE", "ONLINE", "METHODS", "add_arguments", "run",
            "PAD", "BOS", "SEP", "EOS", "random_prompt", "judge_reward", "sft_response", "tiny_lm"]
 
-HELP = "DPO, IPO, SimPO, f-DPO, RPO and online INPO/DNO/APO on a tiny LM learning to reverse strings for a judge"
+HELP = "DPO, IPO, SimPO, f-DPO, RPO and online INPO/DNO/APO/EGPO on a tiny LM learning to reverse strings for a judge"
 
 PAD, BOS, SEP, EOS = 0, 1, 2, 3
 LETTER0 = 4
@@ -93,6 +94,7 @@ ONLINE = {
     "INPO": ("inpo", {"eta": 0.1, "tau": 0.05}),
     "DNO": ("dno", {"eta": 0.1}),
     "APO": ("apo", {"alpha": 0.3, "beta": 0.1}),
+    "EGPO": ("egpo", {"beta": 0.1}),
 }
 METHODS = tuple(OFFLINE) + tuple(ONLINE)
 
@@ -350,8 +352,12 @@ def _plot(path: Path, summary: list[dict[str, Any]], runs: list[dict[str, Any]],
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, s in enumerate(sorted(summary, key=lambda s: s["name"])):
-        color = "grey" if s["name"] == "SFT" else f"C{(0, 1, 2, 3, 4, 5, 6, 8, 9)[i % 9]}"  # C7 is grey
+    # one distinct colour per method (tab20 without its greys, which mark SFT)
+    palette = [plt.get_cmap("tab20")(k) for k in range(20) if k not in (14, 15)]
+    methods = [s for s in sorted(summary, key=lambda s: s["name"]) if s["name"] != "SFT"]
+    colors = {s["name"]: palette[(2 * i) % 18 + (2 * i) // 18 % 2] for i, s in enumerate(methods)}
+    for s in sorted(summary, key=lambda s: s["name"]):
+        color = colors.get(s["name"], "grey")
         marker = "s" if s["kind"] == "online" else "o"
         pts = [r for r in runs if r["method"] == s["name"]]
         ax.scatter([r["kl"] for r in pts], [r["win_rate"] for r in pts], color=color, marker=marker, alpha=0.3, s=18)

@@ -85,6 +85,11 @@ def smooth_adversarial_comp_sum_loss(logits: Tensor, adv_logits: Tensor, target:
     and ``tau`` in the bounds; the perturbation norm of the sup (the
     :func:`pgd_attack` default is ``l_inf``, ``l2`` is available); the
     "regularized" part is taken as a weight penalty (weight decay).
+    Searched again (session 3, second pass): exact-string searches of the
+    code index for "smooth adversarial comp-sum" and "ADV-COMP-SUM" find
+    only third-party summaries (one, a Japanese tutorial on cross-entropy,
+    says the experiments' ADV-COMP-SUM is the ``tau = 1``, cross-entropy
+    member, as our default); no text of the adversarial section.
 
     Example::
 

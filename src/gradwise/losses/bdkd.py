@@ -79,6 +79,11 @@ def bdkd_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: fl
     hard switch with two weights), which side of the gap gets which
     divergence (here reverse KL where the student is less confident, the
     mode-seeking direction that sharpens it), and the ``T^2`` factor.
+    Searched again (session 3, second pass): exact-string searches of the
+    code index for the title, "BD-KD" and "Amara et al" find only reference
+    lists of citing papers (ABKD, distillation scaling laws, LLM distillation
+    papers) and no description of the weighting; a meaning search for
+    entropy-gap-gated forward/reverse KL distillation code finds none.
 
     Example::
 

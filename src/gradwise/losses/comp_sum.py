@@ -108,6 +108,12 @@ def comp_sum_loss(logits: Tensor, target: Tensor, *, tau: float = 1.0, reduction
     ``u = sum_{y' != y} exp(h_y' - h_y)``, equal to the form above with
     ``1 + u = 1/p_y``); the constants of the members (``1 - p_y`` for MAE,
     not ``2(1 - p_y)``; ``1/q`` for GCE) agree with the tutorial above.
+    Searched again (session 3, second pass), without finding the body:
+    exact-string searches of the code index for "smooth adversarial
+    comp-sum", "ADV-COMP-SUM", "comp-sum losses", ``\Phi^{\tau}``,
+    ``\frac{1}{1 - \tau}`` and "sum exponential loss", and meaning searches
+    for the ``Phi^tau`` formula: only abstracts, paper lists and third-party
+    summaries of this and later papers by the same authors.
 
     Numerics: computed from ``log p_y = -cross_entropy(h, y)`` with ``expm1``, so
     it is finite for any finite logits when ``tau >= 1``. For ``tau < 1`` the

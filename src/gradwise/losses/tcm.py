@@ -161,7 +161,17 @@ def opis(embeddings: Tensor, labels: Tensor, *, far_range: tuple[float, float] =
     are unrelated stubs (nearest-neighbour error or a pooled F1 mean). So
     the calibration range (FAR quantiles ``far_range``), the number of
     thresholds, the class weights ``1/T`` and the reference ``\bar U``
-    remain this library's choices.
+    remain this library's choices. Searched again (session 3, second pass):
+    exact-string searches of the code index for "Operating-Point-
+    Inconsistency", "OPIS" and "threshold inconsistency", and a pages search
+    with the definition's words, find no copy of the paper's Section 3. One
+    third-party note (a preregistered diagnostic "following the OPIS
+    definition" of arXiv 2307.04047) computes OPIS as here: per-class
+    positives = within-class pairs, negatives = pairs with exactly one end in
+    the class, harmonic-mean utility of TAR and TRR, a calibration range from
+    the FAR quantiles of all negative pairs and 101 thresholds; it uses FAR
+    0.01 to 0.10 and the class mean as reference (our
+    ``reference="class_mean"``). It is not the paper, so the defaults stay.
 
     Example::
 

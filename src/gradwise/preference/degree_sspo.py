@@ -45,7 +45,9 @@ def sspo_loss(align_losses: Tensor, degree_logits: Tensor, degree_labels: Tensor
     and optimized jointly). The paper's equations (number of classes, the classifier head, whether the
     degree loss is cross-entropy and how it is weighted) are not checked: the arXiv HTML in the search
     corpus stops at the abstract, sciencestack/tomesphere/bohrium pages give summaries only, and the
-    authors' repository (github.com/lijian16/SPO, commit 1fb96f8) holds only a licence.
+    authors' repository (github.com/lijian16/SPO, commit 1fb96f8) holds only a licence. Searched again
+    (session 3, second pass): exact-string search of the code index for "Preference Degree Awareness" finds
+    only daily-paper digests (Korean, Chinese) restating the abstract; no reimplementation found.
 
     Example::
 

@@ -53,7 +53,13 @@ def hypo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     the NeurIPS 2024 poster summary (deep-diver/neurips2024 content/posters/HBj86RMdZ8/index.md); the
     score-function form ``log pi * stopgrad(log-ratio)`` and the exact RLOO baseline are our reading, not
     checked against the paper's Algorithm 1. Summing the KL over tokens (sequence log-probs) follows the
-    definition of ``KL(pi || pi_ref)`` over responses.
+    definition of ``KL(pi || pi_ref)`` over responses. Searched again (session 3, second pass): exact-string
+    searches of the code index for "2406.01462" and "global coverage condition" and a meaning search for
+    HyPO's Algorithm 1 find only citations, summaries and the poster page above (whose hyperparameter
+    table lists ``beta``, ``lambda`` and the RLOO ``k`` but not the estimator); the
+    "Hybrid Preference Optimization" PDF among ICLR 2025 submissions (ChangshuoShen/ICLR_2025_4_DPO) is a
+    different method (DPO with auxiliary objectives). Still unverified: whether the KL term is scaled by
+    ``beta`` as well as ``lam``, and per-token vs sequence-level estimation.
 
     Example::
 

@@ -30,8 +30,13 @@ method     kept by the loop
 ``dno``    frozen ``pi_t`` (sampler and reference); win rates ``r_t`` among
            the K samples for Algorithm 1 (``soft=True``), hard labels
            (DNO-Prct) otherwise
-``apo``    frozen ``pi_t`` and ``pi_{t-1}``; reference ``hat pi_t =
-           (1+alpha) log pi_t - alpha log pi_{t-1}`` (``pi_ref`` at t = 0)
+``apo``    ``extrapolate="parameters"`` (default, the paper's experiments):
+           the trained weights of the last two iterations; at the start
+           of an iteration the policy jumps to ``theta + alpha (theta -
+           theta_prev)``, which is frozen as ``pi_t`` (sampler and DPO
+           reference; ``pi_ref`` at t = 0). ``extrapolate="logprobs"``:
+           frozen ``pi_t`` and ``pi_{t-1}``; reference ``(1+alpha) log pi_t
+           - alpha log pi_{t-1}``, samples from ``pi_t``
 ``egpo``   ``pi_ref``; at every step a copy of ``theta_t`` and the optimizer
            state while the half step is taken, then restored
 ``hypo``   ``pi_ref``; offline pairs plus one fresh sample per prompt from the
@@ -57,6 +62,7 @@ separator``), and revise at inference time with :func:`generate_revisions`
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,7 +70,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from gradwise.preference.accel_apo import apo_dpo_loss, apo_extrapolated_logps
+from gradwise.preference.accel_apo import apo_dpo_loss, apo_extrapolated_logps, apo_extrapolated_parameters
 from gradwise.preference.dpo import dpo_loss
 from gradwise.preference.hybrid_hypo import hypo_loss
 from gradwise.preference.logprobs import token_logps
@@ -421,6 +427,8 @@ class OnlineMethod:
 
     ``keeps``: frozen models whose log-probs of each pair the loss takes: ``"ref"`` (``pi_ref``),
     ``"prev"`` (``pi_t``, frozen at the start of the iteration), ``"prev2"`` (``pi_{t-1}``).
+    ``begin(loop)``: optional, called at the start of every iteration before ``pi_t`` is frozen (APO's
+    parameter extrapolation); ``loop.method_state`` is a dict it may keep things in.
     ``kind``: ``"iterative"`` (sample once per iteration from ``pi_t``, then train on those pairs),
     ``"egpo"`` (extragradient steps, fresh samples every step), ``"hypo"`` (offline pairs plus a fresh
     on-policy sample per prompt every step).
@@ -445,6 +453,7 @@ class OnlineMethod:
     kind: str = "iterative"
     hyperparameters: dict = field(default_factory=dict)
     objective: Callable[[int], Callable | PreferenceObjective] | None = None
+    begin: Callable[["OnlinePreferenceLoop"], None] | None = None  # called first thing in each iteration
 
 
 _PAIR_FIELDS = ("pref", "chosen_win_rate", "rejected_win_rate")
@@ -472,6 +481,18 @@ def _loss_objective(method: OnlineMethod, iteration: int, kept: Sequence[str]) -
     return PreferenceObjective(objective, inputs=tuple(f"{n}_logps" for n in names), example_inputs=_PAIR_FIELDS)
 
 
+def _apo_extrapolate_weights(loop: "OnlinePreferenceLoop", *, alpha: float) -> None:
+    """APO's step (3.6) in parameter space (arXiv 2410.06293, Sec. 5.2): from the second iteration on, move the
+    policy from its trained weights ``theta_t`` to ``theta_t + alpha (theta_t - theta_{t-1})``, the extrapolated
+    policy that samples the next pairs and is their DPO reference; training continues from there. The trained
+    weights are remembered for the next extrapolation (``theta_0`` = the weights before the first iteration)."""
+    trained = {k: v.detach().clone() for k, v in loop.policy.state_dict().items()}
+    before = loop.method_state.get("apo_trained")
+    if before is not None:
+        loop.policy.load_state_dict(apo_extrapolated_parameters(trained, before, alpha=alpha))
+    loop.method_state["apo_trained"] = trained
+
+
 def online_method(name: str, **hp) -> OnlineMethod:
     """A built-in :class:`OnlineMethod` by name (see :data:`ONLINE_METHODS`).
 
@@ -479,8 +500,12 @@ def online_method(name: str, **hp) -> OnlineMethod:
     * ``"inpo"`` (``eta``, ``tau``): :func:`inpo_loss` with the frozen ``pi_t`` and ``pi_ref``;
     * ``"dno"`` (``eta``, ``soft=False``): :func:`dno_loss` with ``pi_t``; ``soft=True`` passes the win
       rates among the K samples (Algorithm 1), else hard labels (DNO-Prct);
-    * ``"apo"`` (``alpha``, ``beta=0.1``): :func:`apo_dpo_loss` with reference ``pi_ref`` at iteration 0
-      and :func:`apo_extrapolated_logps` of ``pi_t``, ``pi_{t-1}`` after;
+    * ``"apo"`` (``alpha``, ``beta=0.1``, ``extrapolate="parameters"``): :func:`apo_dpo_loss` with reference
+      ``pi_ref`` at iteration 0; after, the extrapolated policy is sampler and reference: with
+      ``"parameters"`` (the paper's experiments) the policy's weights are extrapolated
+      (:func:`apo_extrapolated_parameters`) at the start of each iteration, with ``"logprobs"`` the reference
+      is :func:`apo_extrapolated_logps` of ``pi_t``, ``pi_{t-1}`` (exact at the sequence level, but the pairs
+      are sampled from the trained ``pi_t``);
     * ``"egpo"`` (``beta``): extragradient online IPO (:func:`egpo_half_step_loss`,
       :func:`egpo_full_step_loss`);
     * ``"hypo"`` (``lam``, ``beta=0.1``): :func:`hypo_loss` on offline pairs plus on-policy samples.
@@ -508,12 +533,22 @@ def online_method(name: str, **hp) -> OnlineMethod:
         spec = OnlineMethod("dno", ("prev",), objective=lambda t: obj, hyperparameters={"eta": eta, "soft": soft})
     elif name == "apo":
         alpha, beta = _req(hp, "apo", "alpha"), hp.pop("beta", 0.1)
+        mode = hp.pop("extrapolate", "parameters")
+        if mode not in ("parameters", "logprobs"):
+            raise ValueError(f"Invalid extrapolate: {mode!r} (accepted: 'parameters', 'logprobs')")
         apo_extrapolated_logps(torch.zeros(1), torch.zeros(1), alpha=alpha)
         first = PreferenceObjective(apo_dpo_loss, inputs=("policy_chosen_logps", "policy_rejected_logps",
                                                           "ref_chosen_logps", "ref_rejected_logps"), beta=beta)
-        later = PreferenceObjective(_apo_extrapolated_dpo, alpha=alpha, beta=beta)
-        spec = OnlineMethod("apo", ("ref", "prev", "prev2"), objective=lambda t: first if t == 0 else later,
-                            hyperparameters={"alpha": alpha, "beta": beta})
+        hyper = {"alpha": alpha, "beta": beta, "extrapolate": mode}
+        if mode == "logprobs":
+            later = PreferenceObjective(_apo_extrapolated_dpo, alpha=alpha, beta=beta)
+            spec = OnlineMethod("apo", ("ref", "prev", "prev2"), objective=lambda t: first if t == 0 else later,
+                                hyperparameters=hyper)
+        else:
+            later = PreferenceObjective(apo_dpo_loss, inputs=("policy_chosen_logps", "policy_rejected_logps",
+                                                              "prev_chosen_logps", "prev_rejected_logps"), beta=beta)
+            spec = OnlineMethod("apo", ("ref", "prev"), objective=lambda t: first if t == 0 else later,
+                                hyperparameters=hyper, begin=functools.partial(_apo_extrapolate_weights, alpha=alpha))
     elif name == "egpo":
         beta = _req(hp, "egpo", "beta")
         spec = OnlineMethod("egpo", ("ref",), None, kind="egpo", hyperparameters={"beta": beta})
@@ -616,6 +651,7 @@ class OnlinePreferenceLoop:
             self.ref_model = frozen_copy(policy) if ref_model is None else ref_model.eval()
         self.prev: nn.Module | None = None   # pi_t, frozen at the start of the current iteration
         self.prev2: nn.Module | None = None  # pi_{t-1}
+        self.method_state: dict = {}  # what an OnlineMethod's begin hook keeps between iterations
         self.iteration = 0
         self.step = 0
         self.history: list[dict] = []
@@ -630,7 +666,10 @@ class OnlinePreferenceLoop:
         return [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
 
     def begin_iteration(self) -> None:
-        """Freeze ``pi_t`` (the policy now); the previous ``pi_t`` becomes ``pi_{t-1}`` when kept."""
+        """Run the method's ``begin`` hook, then freeze ``pi_t`` (the policy now); the previous ``pi_t`` becomes
+        ``pi_{t-1}`` when kept."""
+        if self.method.begin is not None:
+            self.method.begin(self)
         keeps = self.method.keeps
         if "prev2" in keeps:
             self.prev2 = self.prev

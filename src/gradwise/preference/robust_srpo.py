@@ -56,7 +56,12 @@ def srpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     ``SRPOTrainer.srpo_loss`` (l.1069-1150), which uses the same two conditions, both self-improvement terms
     summed, and ``(1 - alpha) * robust + alpha * self_improvement`` (with ``alpha = 0.8`` hard-coded);
     golden values from it are in ``tests/data/srpo_golden.pt``. Defaults ``beta = 0.1``, ``alpha = 0.5`` are
-    ours. Returns per-pair losses ``[B]``.
+    ours. Returns per-pair losses ``[B]``. Searched again for the printed ``L_alpha`` (session 3, second
+    pass): exact-string searches of the code index for the title and "Robust Preference Optimization (SRPO)"
+    find the ICLR 2025 abstract and reviews ("derive a convex combination of these losses", consistent with
+    ``alpha * improve + (1 - alpha) * robust``) and an image-only index of the converted paper; the ICLR 2025
+    submission PDFs in ChangshuoShen/ICLR_2025_4_DPO do not include SRPO. Whether the paper sums or
+    averages the two self-improvement terms therefore rests on the TRL reimplementation above (summed).
 
     Example::
 

@@ -39,7 +39,9 @@ def spo_win_rate_reward(prefs: Tensor, *, include_self: bool = False) -> Tensor:
     from K samples as the average over the other samples (Sec. 4), as here. The SPO paper's own text
     (its practical algorithm, e.g. whether opponents come from a queue of recent trajectories, and how
     ties are scored) could not be read: the search corpora hold its abstract and third-party summaries
-    only, and no code was released.
+    only, and no code was released. Searched again (session 3, second pass): exact-string search of the
+    code index for "Minimaximalist" and meaning searches for SPO's practical algorithm (queue of
+    trajectories, win-rate reward) find only paper lists and citations.
 
     Example::
 
