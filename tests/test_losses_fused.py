@@ -50,6 +50,23 @@ def test_ldr_fused_extremes_and_no_grad_path(dtype, tol, margin):
 
 
 @needs_kernels
+def test_ldr_fused_float32_softplus_and_sigmoid_are_accurate_on_a_dense_grid():
+    # the float kernel computes softplus/sigmoid with its own polynomial log1p: compare the loss and the
+    # gradient with the float64 torch-ops path over logits from -30 to 30 (every branch of the kernel)
+    x = torch.linspace(-30.0, 30.0, 64 * 97, dtype=torch.float64)
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))].reshape(64, 97)
+    y = torch.randint(0, 97, (64,), generator=torch.Generator().manual_seed(1))
+    x32 = x.float().requires_grad_(True)
+    x64 = x32.detach().double().requires_grad_(True)
+    a = ldr._LDRSoftplusFused.apply(x32, y, 1.0, 0.1)
+    b = ldr._LDRSoftplus.apply(x64, y, 1.0, 0.1)
+    torch.testing.assert_close(a.double(), b, rtol=2e-6, atol=2e-6)
+    ga, = torch.autograd.grad(a.sum(), x32)
+    gb, = torch.autograd.grad(b.sum(), x64)
+    torch.testing.assert_close(ga.double(), gb, rtol=1e-5, atol=1e-7)
+
+
+@needs_kernels
 def test_ldr_fused_backward_scales_upstream_gradient_and_retains_graph():
     x = torch.randn(6, 9, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, 9, (6,))

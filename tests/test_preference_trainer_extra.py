@@ -177,7 +177,7 @@ def test_example_inputs_reach_the_objective_dno_soft_labels():
 def test_apo_objective_against_two_iterates():
     ds = data(6)
     prev, prev2 = frozen(2), frozen(3)
-    spec = online_method("apo", alpha=0.5, beta=0.2)
+    spec = online_method("apo", alpha=0.5, beta=0.2, extrapolate="logprobs")
     first, later = spec.objective(0), spec.objective(1)
     assert first.extra_models == () and first.needs_reference
     assert later.extra_models == ("prev", "prev2") and not later.needs_reference
@@ -189,6 +189,18 @@ def test_apo_objective_against_two_iterates():
     assert tr.evaluate(ds)["loss"] == pytest.approx(expected.mean().item(), rel=1e-5)
     torch.testing.assert_close(q["prev2_rejected_logps"][1], seq_logps(prev2, ds[1], "rejected"), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_apo_parameter_mode_objective_is_dpo_against_the_frozen_extrapolated_policy():
+    ds = data(6)
+    prev = frozen(2)
+    later = online_method("apo", alpha=0.5, beta=0.2).objective(1)
+    assert later.extra_models == ("prev",) and not later.needs_reference
+    tr = trainer(TinyGRULM(0), later, extra_models={"prev": prev})
+    q = tr.compute_logps(ds)
+    expected = apo_dpo_loss(q["policy_chosen_logps"], q["policy_rejected_logps"], q["prev_chosen_logps"],
+                            q["prev_rejected_logps"], beta=0.2)
+    assert tr.evaluate(ds)["loss"] == pytest.approx(expected.mean().item(), rel=1e-5)
 
 
 def test_checkpoint_keeps_extra_cache_and_resumes_identically(tmp_path):
