@@ -268,3 +268,6 @@ def test_preference_study_smoke(tmp_path):
     assert {s["name"] for s in doc["summary"]} == {"SFT", *METHODS}
     assert (out / "results.csv").exists() and (out / "preference.png").exists()
     assert all(0.0 <= r["win_rate"] <= 1.0 and r["kl"] >= 0 for r in doc["runs"])
+    kinds = {r["method"]: r["kind"] for r in doc["runs"]}
+    assert kinds["HyPO"] == "hybrid" and kinds["INPO"] == "online" and kinds["DPO"] == "offline"
+    assert all(("online_pairs" in r) == (r["kind"] == "online") for r in doc["runs"])

@@ -23,7 +23,9 @@ Per seed ``s``:
    number of optimizer steps), sampling K = 4 responses per prompt from the
    frozen ``pi_t``, judging them and training on best-vs-worst pairs:
    online (iterative) DPO, INPO, DNO (DNO-Prct: hard labels), APO; and EGPO, which
-   samples fresh responses and opponents at every step instead.
+   samples fresh responses and opponents at every step instead. HyPO, the
+   hybrid, trains on the offline set like DPO plus a reverse-KL term on one
+   fresh policy sample per prompt at every step.
 5. *Evaluation* on held-out prompts, with fixed sampling seeds: the judge's
    win rate of policy samples against SFT samples (temperature 1), the
    sequence ``KL(pi ‖ pi_SFT)`` estimated on the policy's samples (sum over
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["HELP", "Config", "CONFIG", "OFFLINE", "ONLINE", "METHODS", "add_arguments", "run",
            "PAD", "BOS", "SEP", "EOS", "random_prompt", "judge_reward", "sft_response", "tiny_lm"]
 
-HELP = "DPO, IPO, SimPO, f-DPO, RPO and online INPO/DNO/APO/EGPO on a tiny LM learning to reverse strings for a judge"
+HELP = "DPO, IPO, SimPO, f-DPO, RPO and online INPO/DNO/APO/EGPO and hybrid HyPO on a tiny LM learning to reverse strings for a judge"
 
 PAD, BOS, SEP, EOS = 0, 1, 2, 3
 LETTER0 = 4
@@ -95,6 +97,7 @@ ONLINE = {
     "DNO": ("dno", {"eta": 0.1}),
     "APO": ("apo", {"alpha": 0.3, "beta": 0.1}),
     "EGPO": ("egpo", {"beta": 0.1}),
+    "HyPO": ("hypo", {"lam": 0.1, "beta": 0.1}),  # offline DPO + online KL: runs on the offline set
 }
 METHODS = tuple(OFFLINE) + tuple(ONLINE)
 
@@ -241,7 +244,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         trainer.train(data, steps=cfg.steps)
         return model.eval()
 
-    def online(name: str, ref, prompts, seed: int):
+    def online(name: str, ref, prompts, data, seed: int):
         method, hp = ONLINE[name]
         model = copy_model(ref)
         torch.manual_seed(seed)
@@ -249,7 +252,8 @@ def run(args: argparse.Namespace, console: Console) -> Path:
                                     method_kwargs=hp, ref_model=ref, prompts_per_iteration=cfg.online_prompts,
                                     samples_per_prompt=cfg.samples_per_prompt,
                                     steps_per_iteration=max(1, cfg.steps // cfg.iterations),
-                                    batch_size=cfg.batch_size, seed=seed, **gen_kw)
+                                    batch_size=cfg.batch_size, seed=seed,
+                                    offline_pairs=data if method == "hypo" else None, **gen_kw)
         loop.run(cfg.iterations)
         return model.eval(), loop.history
 
@@ -289,10 +293,11 @@ def run(args: argparse.Namespace, console: Console) -> Path:
                 if name in OFFLINE:
                     model, kind = offline(name, ref, data, seed), "offline"
                 else:
-                    (model, curve), kind = online(name, ref, train_prompts, seed), "online"
+                    (model, curve), kind = online(name, ref, train_prompts, data, seed), "online"
+                    kind = "hybrid" if ONLINE[name][0] == "hypo" else kind
                 m = evaluate(model, ref, eval_prompts, ref_samples, seed)
                 rows.append(dict(method=name, kind=kind, seed=seed, **m, wall_s=time.perf_counter() - t0,
-                                 **({"online_pairs": sum(h["pairs"] for h in curve)} if curve else {})))
+                                 **({"online_pairs": sum(h["pairs"] for h in curve)} if kind == "online" else {})))
                 bar.advance(job)
     total_s = time.perf_counter() - start_all
 
@@ -358,7 +363,7 @@ def _plot(path: Path, summary: list[dict[str, Any]], runs: list[dict[str, Any]],
     colors = {s["name"]: palette[(2 * i) % 18 + (2 * i) // 18 % 2] for i, s in enumerate(methods)}
     for s in sorted(summary, key=lambda s: s["name"]):
         color = colors.get(s["name"], "grey")
-        marker = "s" if s["kind"] == "online" else "o"
+        marker = {"online": "s", "hybrid": "D"}.get(s["kind"], "o")
         pts = [r for r in runs if r["method"] == s["name"]]
         ax.scatter([r["kl"] for r in pts], [r["win_rate"] for r in pts], color=color, marker=marker, alpha=0.3, s=18)
         ax.errorbar(s["kl_mean"], s["win_rate_mean"], xerr=s["kl_std"], yerr=s["win_rate_std"], color=color,
