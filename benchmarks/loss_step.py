@@ -51,15 +51,9 @@ def cases() -> tuple[list[tuple[str, object]], list[str]]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    from gradwise.docsections import machine_description
+
+    return machine_description()
 
 
 def run(n: int, c: int, rounds: int, reps: int, warmup: int = 3, seed: int = 0) -> dict:

@@ -54,15 +54,9 @@ LOSS_TOL = 1e-5
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    from gradwise.docsections import machine_description
+
+    return machine_description()
 
 
 # --------------------------------------------------------------------------- memory

@@ -441,14 +441,9 @@ def _paired_ratio(a: _Candidate | None, b: _Candidate | None) -> float | None:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    from gradwise.docsections import cpu_model
+
+    return cpu_model()
 
 
 def machine_info(device: torch.device, load_average: float | None = None) -> dict[str, Any]:

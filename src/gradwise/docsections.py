@@ -7,10 +7,12 @@ steps, ...); each owns the text between ``<!-- BEGIN name -->`` and
 from __future__ import annotations
 
 import json
+import os
+import platform
 import re
 from pathlib import Path
 
-__all__ = ["write_section", "save_results"]
+__all__ = ["write_section", "save_results", "cpu_model", "machine_description"]
 
 
 def write_section(path: str | Path, name: str, markdown: str, title: str = "# Benchmarks") -> None:
@@ -40,3 +42,20 @@ def save_results(res: dict, *, json_path: str | Path | None, markdown_path: str 
         json_path.write_text(json.dumps(res, indent=2), encoding="utf-8")
     if markdown_path:
         write_section(markdown_path, section, markdown)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for the machine line of a benchmark."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_description() -> str:
+    """``"<cpu model>, <n> cores"``."""
+    return f"{cpu_model()}, {os.cpu_count()} cores"
