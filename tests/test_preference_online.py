@@ -271,3 +271,32 @@ def test_preference_study_smoke(tmp_path):
     kinds = {r["method"]: r["kind"] for r in doc["runs"]}
     assert kinds["HyPO"] == "hybrid" and kinds["INPO"] == "online" and kinds["DPO"] == "offline"
     assert all(("online_pairs" in r) == (r["kind"] == "online") for r in doc["runs"])
+
+
+def test_hypo_with_several_samples_uses_the_rloo_kl_term(monkeypatch):
+    # samples=3: every step draws 3 fresh responses per prompt and passes their log-probs as [B, 3], so the
+    # step's loss is hypo_loss with the leave-one-out baseline on exactly those samples
+    import gradwise.preference.online as online_mod
+    from gradwise.preference import hypo_loss
+
+    offline = [{"prompt": [A], "chosen": [A, EOS], "rejected": [B, EOS]}] * 4
+    m, loop = _loop("hypo", method_kwargs={"lam": 0.5, "samples": 3}, offline_pairs=offline, steps_per_iteration=1,
+                    batch_size=4)
+    drawn = []
+    real = loop.sample
+    loop.sample = lambda model, prompts, k=1: (drawn.append((model, list(prompts), k)), real(model, prompts, k))[1]
+    seen = {}
+    real_hypo = online_mod.hypo_loss
+
+    def spy(*args, **kw):
+        seen["shapes"] = (args[4].shape, args[5].shape)
+        seen["value"] = hypo_loss(*[a.detach() for a in args], **kw)
+        return real_hypo(*args, **kw)
+
+    monkeypatch.setattr(online_mod, "hypo_loss", spy)
+    h = loop.run_iteration()
+    assert drawn[0][0] is m and drawn[0][2] == 3
+    assert seen["shapes"] == (torch.Size([4, 3]), torch.Size([4, 3]))
+    assert h["loss_last"] == pytest.approx(float(seen["value"].mean()), rel=1e-6)
+    with pytest.raises(ValueError, match="samples"):
+        online_method("hypo", lam=0.1, samples=0)

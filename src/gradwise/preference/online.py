@@ -508,7 +508,9 @@ def online_method(name: str, **hp) -> OnlineMethod:
       are sampled from the trained ``pi_t``);
     * ``"egpo"`` (``beta``): extragradient online IPO (:func:`egpo_half_step_loss`,
       :func:`egpo_full_step_loss`);
-    * ``"hypo"`` (``lam``, ``beta=0.1``): :func:`hypo_loss` on offline pairs plus on-policy samples.
+    * ``"hypo"`` (``lam``, ``beta=0.1``, ``samples=1``): :func:`hypo_loss` on offline pairs plus ``samples``
+      fresh on-policy samples per prompt for the KL term (``samples >= 2``: leave-one-out baseline, the RLOO
+      estimator the paper names).
 
     The iterative ones (dpo, inpo, dno, apo) are trainer objectives (``spec.objective(t)``), so the same
     objective trains offline too, e.g. ``PreferenceTrainer(model, spec.objective(0), opt,
@@ -554,7 +556,9 @@ def online_method(name: str, **hp) -> OnlineMethod:
         spec = OnlineMethod("egpo", ("ref",), None, kind="egpo", hyperparameters={"beta": beta})
     elif name == "hypo":
         lam, beta = _req(hp, "hypo", "lam"), hp.pop("beta", 0.1)
-        spec = OnlineMethod("hypo", ("ref",), None, kind="hypo", hyperparameters={"lam": lam, "beta": beta})
+        k = _int("samples", hp.pop("samples", 1), 1)
+        spec = OnlineMethod("hypo", ("ref",), None, kind="hypo", hyperparameters={"lam": lam, "beta": beta,
+                                                                                     "samples": k})
     else:
         raise ValueError(f"Invalid name: {name!r} (accepted: {', '.join(ONLINE_METHODS)})")
     if hp:
@@ -838,15 +842,19 @@ class OnlinePreferenceLoop:
             idx, order = order[:self.batch_size], order[self.batch_size:]
             batch = [pairs[i] for i in idx]
             prompts = [p["prompt"] for p in batch]
-            online = [s[0] for s in self.sample(self.policy, prompts, 1)]  # y ~ current policy
+            k = hp.get("samples", 1)
+            online = [y for ys in self.sample(self.policy, prompts, k) for y in ys]  # y ~ current policy, k per prompt
+            on_prompts = [p for p in prompts for _ in range(k)]
             with torch.no_grad():
-                ref_on = response_logps(self.ref_model, prompts, online, pad_token_id=self.pad_token_id)
-            lp = response_logps(self.policy, prompts * 3, [p["chosen"] for p in batch] + [p["rejected"] for p in batch]
-                                + online, pad_token_id=self.pad_token_id)
+                ref_on = response_logps(self.ref_model, on_prompts, online, pad_token_id=self.pad_token_id)
+            lp = response_logps(self.policy, prompts * 2 + on_prompts,
+                                [p["chosen"] for p in batch] + [p["rejected"] for p in batch] + online,
+                                pad_token_id=self.pad_token_id)
             b = len(batch)
             it = torch.tensor(idx)
+            pol_on, ref_on = (lp[2 * b:], ref_on) if k == 1 else (lp[2 * b:].view(b, k), ref_on.view(b, k))
             loss = hypo_loss(lp[:b], lp[b:2 * b], frozen["ref_chosen"][it], frozen["ref_rejected"][it],
-                             lp[2 * b:], ref_on, beta=hp["beta"], lam=hp["lam"]).mean()
+                             pol_on, ref_on, beta=hp["beta"], lam=hp["lam"]).mean()
             self._apply(loss)
             losses.append(float(loss.detach()))
         return losses, len(pairs)
