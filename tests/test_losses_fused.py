@@ -67,6 +67,24 @@ def test_ldr_fused_float32_softplus_and_sigmoid_are_accurate_on_a_dense_grid():
 
 
 @needs_kernels
+def test_ldr_fused_float32_small_lam_when_the_target_term_dominates():
+    # lam = 0.02 with margin 0.5: exp(margin/lam) = e^25, and the target class dominates the softmax; the
+    # kernel must not get the other classes' share by subtracting the target's term from the total
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(32, 50, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 50, (32,), generator=g)
+    x[torch.arange(32), y] += 6.0
+    x32 = x.float().requires_grad_(True)
+    x64 = x32.detach().double().requires_grad_(True)
+    a = ldr._LDRSoftplusFused.apply(x32, y, 0.02, 0.5)
+    b = ldr._LDRSoftplus.apply(x64, y, 0.02, 0.5)
+    torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
+    ga, = torch.autograd.grad(a.sum(), x32)
+    gb, = torch.autograd.grad(b.sum(), x64)
+    torch.testing.assert_close(ga.double(), gb, rtol=1e-4, atol=1e-6)
+
+
+@needs_kernels
 def test_ldr_fused_backward_scales_upstream_gradient_and_retains_graph():
     x = torch.randn(6, 9, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, 9, (6,))
@@ -111,3 +129,38 @@ def test_top_confidence_kernel_matches_torch_ops(dtype, tol, monkeypatch):
         runs.append((loss.detach(), x.grad))
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=tol, atol=tol)
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=tol, atol=tol)
+
+
+@needs_kernels
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_ldr_loss_reduced_in_the_kernel_matches_the_torch_path(reduction, monkeypatch):
+    # ldr_loss reduces inside the fused kernel for mean/sum: values and gradients (ignore_index included),
+    # an upstream gradient other than 1, and a second backward through a retained graph
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(12, 7, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 7, (12,), generator=g)
+    y[[2, 5]] = -100
+    assert torch.autograd.gradcheck(lambda z: ldr.ldr_loss(z, y, lam=2.0, reduction=reduction),
+                                    (x.clone().requires_grad_(True),))
+    fused = x.clone().requires_grad_(True)
+    a = ldr.ldr_loss(fused, y, lam=2.0, reduction=reduction)
+    monkeypatch.setattr(ldr, "_use_fused", lambda t: False)
+    plain = x.clone().requires_grad_(True)
+    b = ldr.ldr_loss(plain, y, lam=2.0, reduction=reduction)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    (3 * a).backward(retain_graph=True)
+    (3 * b).backward()
+    torch.testing.assert_close(fused.grad, plain.grad, rtol=1e-12, atol=1e-12)
+    assert (fused.grad[[2, 5]] == 0).all()
+    first = fused.grad.clone()
+    a.backward()  # retained graph: the kernel's gradient is recomputed, not reused
+    torch.testing.assert_close(fused.grad, first * (4 / 3), rtol=1e-12, atol=1e-12)
+
+
+@needs_kernels
+def test_ldr_loss_with_every_target_ignored_is_nan_like_the_torch_path():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    out = ldr.ldr_loss(x, torch.full((3,), -100), reduction="mean")
+    assert torch.isnan(out)
+    out.backward()
+    assert (x.grad == 0).all()

@@ -95,7 +95,7 @@ class _LDRSoftplus(torch.autograd.Function):
 
 
 class _LDRSoftplusFused(torch.autograd.Function):
-    """:class:`_LDRSoftplus` computed by the fused CPU kernel (``losses/csrc/losses.cpp``).
+    """:class:`_LDRSoftplus` computed by the fused CPU kernel (``losses/csrc/losses.cpp``), per-row losses.
 
     Same math and gradient. When the logits need a gradient, the kernel writes
     ``dloss_i/dx_i`` during the forward, while each row is in cache (it depends
@@ -103,14 +103,14 @@ class _LDRSoftplusFused(torch.autograd.Function):
     upstream gradient: one read of the logits in all, and per logit two
     ``exp`` and a division instead of 7 transcendental evaluations (in
     float32 the kernel's own ``log1p`` polynomial and softmax ``exp``, within
-    ~2 ulp; see the kernel's comments). The price is one saved [N, C] tensor,
+    ~3 ulp; see the kernel's comments). The price is one saved [N, C] tensor,
     as ``F.cross_entropy`` saves its log-softmax.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, tgt: Tensor, lam: float, margin: float) -> Tensor:
         need_grad = ctx.needs_input_grad[0]
-        out = torch.ops.gradwise_losses.ldr_softplus(x, tgt, lam, margin, need_grad)
+        out = torch.ops.gradwise_losses.ldr_softplus(x, tgt, lam, margin, need_grad, None)
         if need_grad:
             ctx.save_for_backward(out[1])
         return out[0]
@@ -120,6 +120,38 @@ class _LDRSoftplusFused(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         (dx,) = ctx.saved_tensors
         return dx * g[:, None], None, None, None
+
+
+class _LDRSoftplusFusedReduced(torch.autograd.Function):
+    """The fused kernel with the reduction inside: ``sum_i w_i loss_i`` (``w``: the mean's or sum's weights,
+    0 for ignored rows).
+
+    The kernel scales gradient row ``i`` by ``w_i``, so the gradient of the reduced loss is ready after the
+    forward. It is kept on ``ctx`` (not as a saved tensor) and handed over at the first backward, multiplied
+    in place by the upstream gradient when that is not 1: autograd can take it as ``x.grad`` without a copy,
+    and the backward costs no pass over [N, C]. A second backward through a retained graph recomputes it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, tgt: Tensor, lam: float, margin: float, w: Tensor) -> Tensor:
+        need_grad = ctx.needs_input_grad[0]
+        out = torch.ops.gradwise_losses.ldr_softplus(x, tgt, lam, margin, need_grad, w)
+        if need_grad:
+            ctx.dx = out[1]
+            ctx.lam, ctx.margin = lam, margin
+            ctx.save_for_backward(x, tgt, w)
+        return (out[0] * w).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        dx, ctx.dx = ctx.dx, None
+        if dx is None:  # backward again through a retained graph
+            x, tgt, w = ctx.saved_tensors
+            dx = torch.ops.gradwise_losses.ldr_softplus(x, tgt, ctx.lam, ctx.margin, True, w)[1]
+        if float(g) != 1.0:  # a CPU scalar: no device sync
+            dx.mul_(g)
+        return dx, None, None, None, None
 
 
 def _use_fused(x: Tensor) -> bool:
@@ -162,8 +194,8 @@ def ldr_loss(logits: Tensor, target: Tensor, *, lam: float = 10.0, margin: float
     ``Lambda`` grid reduced to ``[10]``); the class ``LDRLoss_V1`` itself
     defaults to ``threshold=2.0, Lambda=1.0``. On CPU float32/float64 the
     softplus form runs as a fused kernel that reads the logits once and
-    computes the gradient during the forward (saving one [N, C] tensor, as
-    ``F.cross_entropy`` does); elsewhere as torch ops with the same analytic backward. Departure: the normalizing mean is
+    computes the gradient during the forward, reduction included (keeping one
+    [N, C] tensor, as ``F.cross_entropy`` does); elsewhere as torch ops with the same analytic backward. Departure: the normalizing mean is
     clamped to the smallest positive float, so an all-zero row gives a finite
     loss instead of NaN. Half-precision inputs are computed in float32.
 
@@ -179,8 +211,19 @@ def ldr_loss(logits: Tensor, target: Tensor, *, lam: float = 10.0, margin: float
     check_reduction(reduction)
     check_logits_target(logits, target, ignore_index)
     x, tgt, mask = prepare_logits_target(logits, target, ignore_index)
+    fused = normalize == "softplus" and _use_fused(x)
+    # reduced inside the kernel (rows weighted by the reduction); with every target ignored the mean is
+    # reduce_loss's NaN, so that case takes the per-row path (CPU tensors: the check is no device sync)
+    if fused and reduction != "none" and x.shape[0] and (mask is None or bool(mask.any())):
+        if mask is None:
+            w = torch.full((x.shape[0],), 1.0 / x.shape[0] if reduction == "mean" else 1.0, dtype=x.dtype)
+        else:
+            w = mask.to(x.dtype)
+            if reduction == "mean":
+                w = w / w.sum()
+        return _LDRSoftplusFusedReduced.apply(x, tgt, lam, margin, w).to(logits.dtype)
     if normalize == "softplus":
-        per = (_LDRSoftplusFused if _use_fused(x) else _LDRSoftplus).apply(x, tgt, lam, margin)
+        per = (_LDRSoftplusFused if fused else _LDRSoftplus).apply(x, tgt, lam, margin)
     else:
         per = _ldr_kl(_margin_diff(_normalize(x, normalize), tgt, margin), lam)
     return reduce_loss(per, reduction, mask).to(logits.dtype)

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <vector>
 
 // vector versions of exp/log1p from glibc's libmvec (see fused.cpp)
@@ -39,6 +40,32 @@ T expsum_row(const T* __restrict__ u, int64_t c, T shift) {
 #pragma omp simd reduction(+ : z)
   for (int64_t k = 0; k < c; ++k) z += vexp(u[k] - shift);
   return z;
+}
+
+// exp(v) for v <= 0 (both exps of the LDR kernel have such arguments).
+// double: libm. float: 2^k e^r with |r| <= ln2/2 (Cody-Waite split of ln2)
+// and a degree-6 polynomial (Chebyshev least-squares fit, under 1 ulp on
+// that range), about 3x cheaper than libmvec's expf. 2^k is applied as two
+// normal-range factors, so results down to the smallest subnormal are right;
+// below -104 the result rounds to 0, as expf's does.
+__attribute__((always_inline)) inline double exp_le0(double v) { return vexp(v); }
+
+__attribute__((always_inline)) inline float exp_le0(float v) {
+  v = v > -104.0f ? v : -104.0f;
+  const float kf = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = std::fma(kf, -1.428606765330187045e-06f, std::fma(kf, -0.693145751953125f, v));
+  float q = 0.0013933643931522965f;
+  q = std::fma(q, r, 0.008363175205886364f);
+  q = std::fma(q, r, 0.04166646674275398f);
+  q = std::fma(q, r, 0.16666576266288757f);
+  q = std::fma(q, r, 0.5f);
+  const float p = std::fma(r * r, q, r) + 1.0f;
+  const int32_t k = static_cast<int32_t>(kf), k1 = k / 2;
+  const int32_t b1 = (k1 + 127) << 23, b2 = (k - k1 + 127) << 23;
+  float s1, s2;
+  std::memcpy(&s1, &b1, sizeof s1);
+  std::memcpy(&s2, &b2, sizeof s2);
+  return p * s1 * s2;
 }
 
 // softplus(x) (F.softplus: x itself above 20) and sigmoid(x) together.
@@ -80,30 +107,6 @@ __attribute__((always_inline)) inline void softplus_sigmoid(float x, float& sp, 
   sg = x >= 0.0f ? r : t * r;
 }
 
-// exp(v) for v <= 0, the softmax weights of the LDR kernel. double: libm.
-// float: 2^k e^r with |r| <= ln2/2 (Cody-Waite split of ln2) and a degree-6
-// polynomial (Chebyshev least-squares fit, under 1 ulp on that range),
-// about 3x cheaper than libmvec's expf. v is clamped at -87 so 2^k stays a
-// normal float: a weight that should be below 1.6e-38 gets 1.6e-38, against
-// a largest weight of about 1.
-__attribute__((always_inline)) inline double exp_le0(double v) { return vexp(v); }
-
-__attribute__((always_inline)) inline float exp_le0(float v) {
-  v = v > -87.0f ? v : -87.0f;
-  const float kf = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = std::fma(kf, -1.428606765330187045e-06f, std::fma(kf, -0.693145751953125f, v));
-  float q = 0.0013933643931522965f;
-  q = std::fma(q, r, 0.008363175205886364f);
-  q = std::fma(q, r, 0.04166646674275398f);
-  q = std::fma(q, r, 0.16666576266288757f);
-  q = std::fma(q, r, 0.5f);
-  const float p = std::fma(r * r, q, r) + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(kf) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
 // One row of LDR-KL on softplus-normalized scores, and optionally its
 // gradient. The gradient needs only row scalars known at the end of the
 // forward (m, lse, sum_k q_k s_k), so it is written here, while the row is in
@@ -112,10 +115,11 @@ __attribute__((always_inline)) inline float exp_le0(float v) {
 //   s = softplus(x) / m, m = mean_k softplus(x_k); u_k = (s_k + margin [k != y]) / lam
 //   loss = lam (logsumexp(u) - log C) - s_y; q = softmax(u)
 //   dloss/dx_j = sigmoid(x_j) / m (q_j - [j = y] - sum_k (q_k - [k = y]) s_k / C)
-// sp and sg are row scratch of length c; gr == nullptr skips the gradient.
+// sp and sg are row scratch of length c; gr == nullptr skips the gradient,
+// which is written multiplied by gscale.
 template <typename T>
 T ldr_row(const T* __restrict__ xr, T* __restrict__ sp, T* __restrict__ sg, T* __restrict__ gr, int64_t c,
-          int64_t yi, T lam, T margin, T logc) {
+          int64_t yi, T lam, T margin, T logc, T gscale) {
   T sum = 0, spmax = 0;
   if (gr) {
 #pragma omp simd reduction(+ : sum) reduction(max : spmax)
@@ -142,60 +146,68 @@ T ldr_row(const T* __restrict__ xr, T* __restrict__ sp, T* __restrict__ sg, T* _
   const T s_y = sp[yi] * a;
   // u_k = s_k / lam + margin / lam [k != y]. The shift mx bounds every u_k from
   // the largest softplus (known from the first pass), so no pass is spent on
-  // the max; the loop gives the target class the margin too, and its term is
-  // corrected after the loop (a per-element class test would not vectorize).
+  // the max. The loop leaves the target class out of the sums (a masked add,
+  // not a subtraction afterwards, which would cancel when the target's term
+  // dominates) and its term is added after the loop.
   const T b = a / lam, cm = margin / lam;
   const T mx = spmax * b + (cm > T(0) ? cm : T(0));
-  const T sy = sp[yi];
+  const T u_y = sp[yi] * b;
   T z = 0, wu = 0;
 #pragma omp simd reduction(+ : z, wu)
   for (int64_t k = 0; k < c; ++k) {
     const T u = sp[k] * b + cm;
     const T w = exp_le0(u - mx);
-    z += w;
-    wu += w * u;
+    const T wk = k == yi ? T(0) : w;
+    z += wk;
+    wu += wk * u;
     sp[k] = w;  // unnormalized q
   }
-  {
-    const T u_bad = sy * b + cm, u_y = sy * b;
-    const T w_y = exp_le0(u_y - mx);
-    z += w_y - sp[yi];
-    wu += w_y * u_y - sp[yi] * u_bad;
-    sp[yi] = w_y;
-  }
+  sp[yi] = exp_le0(u_y - mx);
+  z += sp[yi];
+  wu += sp[yi] * u_y;
   const T loss = lam * (mx + std::log(z) - logc) - s_y;
   if (gr) {
     const T iz = T(1) / z;
     // sum_k q_k s_k with s_k = lam u_k - margin [k != y]
     const T qs = lam * wu * iz - margin * (T(1) - sp[yi] * iz);
     const T d = (qs - s_y) / static_cast<T>(c);
+    const T ga = a * gscale;
 #pragma omp simd
-    for (int64_t k = 0; k < c; ++k) gr[k] = a * sg[k] * (sp[k] * iz - d);
-    gr[yi] -= a * sg[yi];
+    for (int64_t k = 0; k < c; ++k) gr[k] = ga * sg[k] * (sp[k] * iz - d);
+    gr[yi] -= ga * sg[yi];
   }
   return loss;
 }
 
-// Per-row LDR-KL loss [N] and, when need_grad, d loss_i / d x_i [N, C].
+// Per-row LDR-KL loss [N] and, when need_grad, d loss_i / d x_i [N, C], each
+// row multiplied by row_scale[i] when given (the weights of a reduction over
+// rows, so that the gradient of the reduced loss comes out ready).
 std::vector<at::Tensor> ldr_softplus(const at::Tensor& x_, const at::Tensor& y_, double lam, double margin,
-                                     bool need_grad) {
+                                     bool need_grad, const std::optional<at::Tensor>& row_scale) {
   TORCH_CHECK(x_.dim() == 2 && x_.size(1) > 0 && x_.device().is_cpu(), "ldr_softplus: CPU [N, C>0] logits");
   auto x = x_.contiguous();
   auto y = y_.to(at::kLong).contiguous();
   const int64_t n = x.size(0), c = x.size(1);
+  at::Tensor rs;
+  if (row_scale.has_value()) {
+    rs = row_scale->to(x.scalar_type()).contiguous();
+    TORCH_CHECK(rs.dim() == 1 && rs.size(0) == n, "ldr_softplus: row_scale must have shape [N]");
+  }
   auto loss = at::empty({n}, x.options());
   at::Tensor grad = need_grad ? at::empty_like(x) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ldr_softplus", [&] {
     using T = scalar_t;
     const T* xp = x.data_ptr<T>();
     const int64_t* yp = y.data_ptr<int64_t>();
+    const T* sp_scale = rs.defined() ? rs.data_ptr<T>() : nullptr;
     T* lp = loss.data_ptr<T>();
     T* gp = need_grad ? grad.data_ptr<T>() : nullptr;
     const T L = lam, MG = margin, logc = std::log(static_cast<T>(c));
     at::parallel_for(0, n, std::max<int64_t>(1, 4096 / c), [&](int64_t lo, int64_t hi) {
       std::vector<T> sp(c), sg(c);
       for (int64_t i = lo; i < hi; ++i)
-        lp[i] = ldr_row<T>(xp + i * c, sp.data(), sg.data(), gp ? gp + i * c : nullptr, c, yp[i], L, MG, logc);
+        lp[i] = ldr_row<T>(xp + i * c, sp.data(), sg.data(), gp ? gp + i * c : nullptr, c, yp[i], L, MG, logc,
+                           sp_scale ? sp_scale[i] : T(1));
     });
   });
   if (need_grad) return {loss, grad};
@@ -274,5 +286,6 @@ TORCH_LIBRARY(gradwise_losses, m) {
   m.def("top_confidence_forward(Tensor z) -> Tensor[]", &top_confidence_forward);
   m.def("top_confidence_backward(Tensor z, Tensor lse, Tensor pred, Tensor conf, Tensor g) -> Tensor",
         &top_confidence_backward);
-  m.def("ldr_softplus(Tensor x, Tensor y, float lam, float margin, bool need_grad) -> Tensor[]", &ldr_softplus);
+  m.def("ldr_softplus(Tensor x, Tensor y, float lam, float margin, bool need_grad, Tensor? row_scale) -> Tensor[]",
+        &ldr_softplus);
 }
