@@ -164,3 +164,48 @@ def test_ldr_loss_with_every_target_ignored_is_nan_like_the_torch_path():
     assert torch.isnan(out)
     out.backward()
     assert (x.grad == 0).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["hinge_limit", "negative_margin", "one_class", "underflowed_row", "minus_inf_row"])
+def test_ldr_fused_extreme_hyperparameters_and_rows_match_the_torch_path(dtype, case, monkeypatch):
+    # small lam (the hinge limit), a large |margin|/lam, C = 1, and rows whose softplus all underflow: the
+    # kernel's shift must be the exact max and its scores formed before dividing by lam
+    x, y, lam, margin = {
+        "hinge_limit": (torch.tensor([[5.0, 0.0], [0.0, 3.0], [1.0, 1.0]]), torch.tensor([0, 0, 1]), 1e-3, 0.2),
+        "negative_margin": (torch.tensor([[0.0, 5.0, 1.0], [4.0, 0.0, 2.0]]), torch.tensor([0, 0]), 1e-3, -0.2),
+        "one_class": (torch.tensor([[1.5], [-3.0]]), torch.tensor([0, 0]), 1.0, 200.0),
+        "underflowed_row": (torch.full((2, 5), -200.0), torch.tensor([0, 3]), 0.1, 0.1),
+        "minus_inf_row": (torch.tensor([[-float("inf")] * 4, [0.5, -1.0, 2.0, 0.0]]), torch.tensor([1, 2]), 0.1, 0.1),
+    }[case]
+    x = x.to(dtype)
+    a = ldr.ldr_loss(x.clone().requires_grad_(True), y, lam=lam, margin=margin, reduction="none")
+    fa = x.clone().requires_grad_(True)
+    ldr.ldr_loss(fa, y, lam=lam, margin=margin).backward()
+    monkeypatch.setattr(ldr, "_use_fused", lambda t: False)
+    b = ldr.ldr_loss(x.clone().requires_grad_(True), y, lam=lam, margin=margin, reduction="none")
+    fb = x.clone().requires_grad_(True)
+    ldr.ldr_loss(fb, y, lam=lam, margin=margin).backward()
+    assert torch.isfinite(a).all()
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(a, b.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(fa.grad, fb.grad, rtol=tol, atol=tol, equal_nan=True)
+
+
+@needs_kernels
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ldr_fused_ignored_rows_with_nan_logits_do_not_leak(reduction):
+    # like F.cross_entropy: an ignored row's logits (here NaN, e.g. padding) change neither the loss nor the
+    # other rows' gradients, and get a zero gradient
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 5, generator=g)
+    x[2] = float("nan")
+    y = torch.tensor([1, 2, -100, -100])
+    xa = x.clone().requires_grad_(True)
+    out = ldr.ldr_loss(xa, y, reduction=reduction)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(xa.grad).all() and (xa.grad[2:] == 0).all()
+    ref = ldr.ldr_loss(x[:2], y[:2], reduction=reduction)
+    torch.testing.assert_close(out[:2] if reduction == "none" else out, ref[:2] if reduction == "none" else ref)

@@ -300,3 +300,20 @@ def test_hypo_with_several_samples_uses_the_rloo_kl_term(monkeypatch):
     assert h["loss_last"] == pytest.approx(float(seen["value"].mean()), rel=1e-6)
     with pytest.raises(ValueError, match="samples"):
         online_method("hypo", lam=0.1, samples=0)
+
+
+def test_apo_extrapolates_parameters_not_buffers():
+    class WithBuffer(Bigram):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("count", torch.zeros(2))
+
+    m = WithBuffer()
+    loop = OnlinePreferenceLoop(m, "apo", torch.optim.Adam(m.parameters(), lr=0.05), PreferenceOracle(reward=frac_a),
+                                [[A], [B]] * 4, method_kwargs={"alpha": 0.5}, samples_per_prompt=4,
+                                steps_per_iteration=2, batch_size=4, max_new_tokens=3, eos_token_id=EOS)
+    loop.run_iteration()
+    m.count += torch.tensor([1.0, -1.0])  # as a BatchNorm's running statistics would move during training
+    loop.begin_iteration()
+    assert torch.equal(m.count, torch.tensor([1.0, -1.0]))
+    assert "count" not in loop.method_state["apo_trained"]

@@ -124,9 +124,11 @@ def test_extra_models_validation():
     with pytest.raises(ValueError, match="extra_models.*'prev'"):
         trainer(policy, obj)
     for bad, match in (({"prev": "x"}, "prev"), ({"ref": frozen(1)}, "name"), ({"1a": frozen(1)}, "name"),
-                       ({"prev": policy}, "policy itself"), ([("prev", frozen(1))], "mapping")):
+                       ({"prev": policy}, "policy itself"), ([("prev", frozen(1))], "mapping"),
+                       ({"prev": Counting(policy)}, "shares parameters")):
         with pytest.raises(ValueError, match=match):
             trainer(policy, obj, extra_models=bad)
+    assert all(p.requires_grad for p in policy.parameters())  # a rejected wrapper froze nothing
     with pytest.warns(UserWarning, match="ignored"):
         tr = trainer(policy, lambda a, b: -F.logsigmoid(a - b), extra_models={"prev": frozen(1)})
     assert tr.extra_models == {} and not tr._needs_keys

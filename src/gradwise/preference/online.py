@@ -39,8 +39,8 @@ method     kept by the loop
            - alpha log pi_{t-1}``, samples from ``pi_t``
 ``egpo``   ``pi_ref``; at every step a copy of ``theta_t`` and the optimizer
            state while the half step is taken, then restored
-``hypo``   ``pi_ref``; offline pairs plus one fresh sample per prompt from the
-           *current* policy at every step
+``hypo``   ``pi_ref``; offline pairs plus ``samples`` (default 1) fresh samples
+           per prompt from the *current* policy at every step
 =========  ==============================================================
 
 The iterative methods (DPO, INPO, DNO, APO and custom :class:`OnlineMethod`
@@ -485,11 +485,16 @@ def _apo_extrapolate_weights(loop: "OnlinePreferenceLoop", *, alpha: float) -> N
     """APO's step (3.6) in parameter space (arXiv 2410.06293, Sec. 5.2): from the second iteration on, move the
     policy from its trained weights ``theta_t`` to ``theta_t + alpha (theta_t - theta_{t-1})``, the extrapolated
     policy that samples the next pairs and is their DPO reference; training continues from there. The trained
-    weights are remembered for the next extrapolation (``theta_0`` = the weights before the first iteration)."""
-    trained = {k: v.detach().clone() for k, v in loop.policy.state_dict().items()}
+    weights are remembered for the next extrapolation (``theta_0`` = the weights before the first iteration).
+    Only parameters move: buffers (e.g. BatchNorm's running statistics, which extrapolation could make
+    negative) stay as trained, and the optimizer keeps its state across the jump (the paper does not say)."""
+    params = dict(loop.policy.named_parameters())
+    trained = {k: v.detach().clone() for k, v in params.items()}
     before = loop.method_state.get("apo_trained")
     if before is not None:
-        loop.policy.load_state_dict(apo_extrapolated_parameters(trained, before, alpha=alpha))
+        with torch.no_grad():
+            for k, v in apo_extrapolated_parameters(trained, before, alpha=alpha).items():
+                params[k].copy_(v)
     loop.method_state["apo_trained"] = trained
 
 

@@ -554,6 +554,11 @@ class PreferenceTrainer:
                 raise ValueError(f"Invalid extra_models[{name!r}]: expected an nn.Module, got {type(m).__name__}")
             if m is model:
                 raise ValueError(f"Invalid extra_models[{name!r}]: the policy itself (pass a frozen copy)")
+            policy_ids = {id(p) for p in model.parameters()}
+            if any(id(p) in policy_ids for p in m.parameters()):
+                # it would be frozen below, and the policy's own parameters with it
+                raise ValueError(f"Invalid extra_models[{name!r}]: shares parameters with the policy (pass a "
+                                 "frozen copy, e.g. gradwise.preference.frozen_copy(model))")
         missing = [n for n in self.objective.extra_models if n not in extra_models]
         if missing:
             raise ValueError(f"Invalid extra_models: objective {self.objective.name} takes log-probs of "
