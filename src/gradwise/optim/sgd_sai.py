@@ -34,7 +34,11 @@ class SGDSaI(GradwiseOptimizer):
     after the optimizer's first step gets its own gsnr then (the reference
     measures all parameters on the optimizer's first step only, and fails
     later for one that had no gradient then); a closure is evaluated once per
-    step (the reference evaluates it twice on the first step).
+    step (the reference evaluates it twice on the first step). The paper's
+    Algorithm 1 also divides each tensor's gsnr by the largest gsnr over the
+    tensors; the released code does not, and neither do we (with default
+    arguments gradwise computes what the authors' code computes; that
+    normalization only rescales the learning rate by one constant).
 
     Args: lr (1e-2), momentum (0.9), eps (1e-8), weight_decay (1e-2,
     decoupled), grad_transforms, skip_nonfinite.
