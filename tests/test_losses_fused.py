@@ -1,5 +1,7 @@
 """Fast paths of the losses agree with their reference formulation."""
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from gradwise.losses import correctness_aware_loss, ldr
@@ -209,3 +211,40 @@ def test_ldr_fused_ignored_rows_with_nan_logits_do_not_leak(reduction):
     assert torch.isfinite(xa.grad).all() and (xa.grad[2:] == 0).all()
     ref = ldr.ldr_loss(x[:2], y[:2], reduction=reduction)
     torch.testing.assert_close(out[:2] if reduction == "none" else out, ref[:2] if reduction == "none" else ref)
+
+
+@needs_kernels
+@settings(max_examples=100)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 12), c=st.integers(1, 40),
+       log_lam=st.floats(-3.0, 3.0), margin=st.floats(-1.0, 1.0), log_scale=st.floats(-3.0, 3.0),
+       reduction=st.sampled_from(["mean", "sum", "none"]))
+def test_ldr_fused_float64_matches_the_torch_path_on_random_inputs(seed, n, c, log_lam, margin, log_scale,
+                                                                   reduction):
+    # the kernel against the torch-ops formulation over lam 1e-3..1e3, margins of both signs, logit scales
+    # 1e-3..1e3, C = 1..40 and every reduction, with some targets ignored
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=g, dtype=torch.float64) * 10.0 ** log_scale
+    y = torch.randint(0, c, (n,), generator=g)
+    y[torch.rand(n, generator=g) < 0.2] = -100
+    lam = 10.0 ** log_lam
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    a = ldr.ldr_loss(xa, y, lam=lam, margin=margin, reduction=reduction)
+    with _torch_path():
+        b = ldr.ldr_loss(xb, y, lam=lam, margin=margin, reduction=reduction)
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * max(1.0, lam), equal_nan=True)
+    if bool(torch.isfinite(a).all()):
+        a.sum().backward()
+        b.sum().backward()
+        # small lam multiplies rounding by 1/lam on both paths
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-6, atol=1e-10 / lam)
+
+
+class _torch_path:
+    """Within the block, ldr_loss takes the torch-ops path."""
+
+    def __enter__(self):
+        self._orig = ldr._use_fused
+        ldr._use_fused = lambda t: False
+
+    def __exit__(self, *exc):
+        ldr._use_fused = self._orig
