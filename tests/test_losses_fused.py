@@ -58,14 +58,19 @@ def test_ldr_fused_float32_softplus_and_sigmoid_are_accurate_on_a_dense_grid():
     x = torch.linspace(-30.0, 30.0, 64 * 97, dtype=torch.float64)
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))].reshape(64, 97)
     y = torch.randint(0, 97, (64,), generator=torch.Generator().manual_seed(1))
+    _fused_float32_vs_torch_float64(x, y, 1.0, 0.1, loss_tol=(2e-6, 2e-6), grad_tol=(1e-5, 1e-7))
+
+
+def _fused_float32_vs_torch_float64(x, y, lam, margin, *, loss_tol, grad_tol):
+    """The kernel in float32 against the torch-ops path in float64 on the same (float32-rounded) logits."""
     x32 = x.float().requires_grad_(True)
     x64 = x32.detach().double().requires_grad_(True)
-    a = ldr._LDRSoftplusFused.apply(x32, y, 1.0, 0.1)
-    b = ldr._LDRSoftplus.apply(x64, y, 1.0, 0.1)
-    torch.testing.assert_close(a.double(), b, rtol=2e-6, atol=2e-6)
+    a = ldr._LDRSoftplusFused.apply(x32, y, lam, margin)
+    b = ldr._LDRSoftplus.apply(x64, y, lam, margin)
+    torch.testing.assert_close(a.double(), b, rtol=loss_tol[0], atol=loss_tol[1])
     ga, = torch.autograd.grad(a.sum(), x32)
     gb, = torch.autograd.grad(b.sum(), x64)
-    torch.testing.assert_close(ga.double(), gb, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ga.double(), gb, rtol=grad_tol[0], atol=grad_tol[1])
 
 
 @needs_kernels
@@ -76,14 +81,7 @@ def test_ldr_fused_float32_small_lam_when_the_target_term_dominates():
     x = torch.randn(32, 50, generator=g, dtype=torch.float64)
     y = torch.randint(0, 50, (32,), generator=g)
     x[torch.arange(32), y] += 6.0
-    x32 = x.float().requires_grad_(True)
-    x64 = x32.detach().double().requires_grad_(True)
-    a = ldr._LDRSoftplusFused.apply(x32, y, 0.02, 0.5)
-    b = ldr._LDRSoftplus.apply(x64, y, 0.02, 0.5)
-    torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
-    ga, = torch.autograd.grad(a.sum(), x32)
-    gb, = torch.autograd.grad(b.sum(), x64)
-    torch.testing.assert_close(ga.double(), gb, rtol=1e-4, atol=1e-6)
+    _fused_float32_vs_torch_float64(x, y, 0.02, 0.5, loss_tol=(1e-5, 1e-6), grad_tol=(1e-4, 1e-6))
 
 
 @needs_kernels
