@@ -4,6 +4,7 @@ import torch
 
 import gradwise.optim as go
 from gradwise.optim import _functional as F
+from gradwise.optim.lion_k import KS
 from optim_problem import make_params, set_grads
 
 
@@ -124,3 +125,25 @@ def test_lion_k_solves_the_constrained_problem(wd, norm):
     bound = x.detach().abs().max() if norm == "inf" else x.detach().norm()
     assert bound <= 1 / wd + 2e-2
     assert bound >= 1 / wd - 5e-2  # the constraint is active: the optimum lies outside it
+
+
+@pytest.mark.parametrize("k", sorted(KS))
+def test_lion_k_direction_is_the_gradient_of_k(k):
+    # the LionK docstring's claim: every grad K is the autograd gradient of its K (per tensor, away from kinks)
+    grad_k, K, _ = KS[k]
+    group = dict(p=1.5, delta=0.7, c=0.8, dead_zone=0.3)
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(4, 6), (7,), (2, 3, 2)]]
+    want = []
+    for x in xs:
+        x = x.clone().requires_grad_(True)
+        want.append(torch.autograd.grad(K(x, group), x)[0])
+    got = grad_k([x.clone() for x in xs], group)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if k == "dead_zone":  # the boundary itself is inside the dead zone
+        e = group["dead_zone"]
+        edge = grad_k([torch.tensor([e, -e, 0.0, e * (1 + 1e-15), -2 * e], dtype=torch.float64)], group)[0]
+        assert edge.tolist() == [0.0, 0.0, 0.0, 1.0, -1.0]
+    if k in ("lp", "l2"):  # a zero tensor has direction 0, not NaN
+        assert torch.equal(grad_k([torch.zeros(5, dtype=torch.float64)], group)[0], torch.zeros(5, dtype=torch.float64))

@@ -106,6 +106,18 @@ def test_skip_nonfinite_leaves_params_and_state_untouched(name):
     assert opt.param_groups[0]["skipped_steps"] == 1
 
 
+def test_skip_nonfinite_does_not_skip_large_finite_gradients():
+    # finite float32 gradients whose max-norms would overflow if summed are still finite
+    params = [torch.nn.Parameter(torch.zeros(3)) for _ in range(2)]
+    opt = go.Lion(params, lr=1e-3, skip_nonfinite=True)
+    for p in params:
+        p.grad = torch.full((3,), 3e38)
+    opt.step()
+    assert "skipped_steps" not in opt.param_groups[0]
+    for p in params:
+        assert torch.equal(p.detach(), torch.full((3,), -1e-3))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_without_skip_nonfinite_nan_propagates_like_torch(name):
     params = _model_params()

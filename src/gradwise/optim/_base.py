@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["GradwiseOptimizer", "GradTransform", "check_range", "check_betas", "zeros_state"]
+__all__ = ["GradwiseOptimizer", "GradTransform", "check_range", "check_int", "check_betas", "zeros_state"]
 
 
 def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None,
@@ -41,6 +41,12 @@ def check_range(name: str, value: Any, lo: float | None = None, hi: float | None
           (hi is not None and (value >= hi if hi_open else value > hi))
     if bad:
         raise ValueError(f"Invalid {name}: {value} (accepted: {accepted})")
+
+
+def check_int(name: str, value: Any, lo: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer (not a bool) ``>= lo``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"Invalid {name}: {value!r} (accepted: an integer >= {lo})")
 
 
 def check_betas(betas: Any, n: int = 2, name: str = "betas") -> None:
@@ -81,12 +87,13 @@ class GradTransform:
 
 def _all_finite(tensors: list[Tensor]) -> bool:
     # One reduction per bucket, then a single host sync: the price of the
-    # opt-in check, as in torch.amp.GradScaler.
-    flags = []
-    for ts in _bucket_lists(tensors):
-        norms = torch._foreach_norm(ts, float("inf"))
-        flags.append(torch.stack(norms).float().sum().isfinite().to("cpu"))
-    return bool(torch.stack(flags).all())
+    # opt-in check, as in torch.amp.GradScaler. (Testing the max-norms with
+    # isfinite, not their sum, so that large finite gradients cannot overflow
+    # into a false alarm.)
+    flags = [torch.stack(torch._foreach_norm(ts, float("inf"))).isfinite().all()
+             for ts in _bucket_lists(tensors)]
+    dev = flags[0].device
+    return bool(torch.stack([f.to(dev) for f in flags]).all())
 
 
 def _bucket_lists(tensors: list[Tensor]) -> list[list[Tensor]]:

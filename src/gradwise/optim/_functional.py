@@ -2,8 +2,8 @@
 
 Each function works on lists of tensors of one device and dtype (one bucket)
 with ``torch._foreach_*`` calls, and none synchronizes with the host: where a
-rule depends on the data (AdamP's projection, SPAM's clipping) it is a
-``torch.where``, not a Python ``if``. Functions ending in ``_`` write into
+rule depends on the data it is a ``torch.where`` (AdamP's projection) or a
+clamp (SPAM's clipping), not a Python ``if``. Functions ending in ``_`` write into
 their first argument; the others return new tensors and leave inputs alone
 (gradients in particular are never written).
 """
@@ -138,10 +138,19 @@ def spike_clip(grads: list[Tensor], second_moments: list[Tensor], threshold: flo
     step, as in the authors' code. Where ``v == 0`` every non-zero entry counts
     as a spike and becomes 0, so callers hold clipping off for the first steps
     (SPAM's ``clip_delay``). Returns new gradients.
+
+    The rule is an elementwise clamp of ``g`` to ``[-sqrt(threshold v),
+    sqrt(threshold v)]``, done with ``_foreach`` ops (no per-tensor loop). It
+    equals the authors' masked assignment except where ``g**2`` and
+    ``threshold * v`` agree to the last bit, where the two results differ by
+    an ulp.
     """
     limit = torch._foreach_mul(second_moments, threshold)
-    sq = torch._foreach_mul(grads, grads)
-    return [torch.where(s > lim, g.sign() * lim.sqrt(), g) for g, s, lim in zip(grads, sq, limit)]
+    torch._foreach_sqrt_(limit)
+    out = torch._foreach_minimum(grads, limit)
+    torch._foreach_neg_(limit)
+    torch._foreach_maximum_(out, limit)
+    return out
 
 
 def cosine_anneal(start: float, end: float, step: int, period: int) -> float:

@@ -30,7 +30,9 @@ def _decay_projected_(params, factors, lr_wd):
         torch._foreach_mul_(plain, 1.0 - lr_wd)
     multi = [(p, f) for p, f in zip(params, factors) if not isinstance(f, float)]
     if multi:
-        torch._foreach_mul_([p for p, _ in multi], [1.0 - lr_wd * f for _, f in multi])
+        # the factors of one bucket share device and dtype: one op for all of them
+        decay = torch.stack([f for _, f in multi]).mul_(-lr_wd).add_(1.0)
+        torch._foreach_mul_([p for p, _ in multi], list(decay.unbind()))
 
 
 @register(kind="optimizer", paper=_PAPER, year=2021, arxiv="2006.08217", code=_CODE,

@@ -11,6 +11,12 @@ from gradwise.optim.lion import Lion
 from gradwise.registry import register
 
 
+def _where_positive(norms: list[Tensor], fn: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """Per tensor ``fn(norm)`` where the norm is positive, else 0 (one op over the bucket's norms)."""
+    n = torch.stack(norms)
+    return list(torch.where(n > 0, fn(n), torch.zeros_like(n)).unbind())
+
+
 def _grad_sign(x: list[Tensor], group: dict) -> list[Tensor]:
     torch._foreach_sign_(x)
     return x
@@ -23,14 +29,12 @@ def _grad_lp(x: list[Tensor], group: dict) -> list[Tensor]:
     out = torch._foreach_abs(x)
     torch._foreach_pow_(out, p - 1.0)
     torch._foreach_mul_(out, torch._foreach_sign(x))
-    scale = [torch.where(n > 0, n.pow(1.0 - p), torch.zeros_like(n)) for n in norms]
-    torch._foreach_mul_(out, scale)
+    torch._foreach_mul_(out, _where_positive(norms, lambda n: n.pow(1.0 - p)))
     return out
 
 
 def _grad_l2(x: list[Tensor], group: dict) -> list[Tensor]:
-    norms = torch._foreach_norm(x)
-    torch._foreach_mul_(x, [torch.where(n > 0, n.reciprocal(), torch.zeros_like(n)) for n in norms])
+    torch._foreach_mul_(x, _where_positive(torch._foreach_norm(x), torch.reciprocal))
     return x
 
 
@@ -47,14 +51,19 @@ def _grad_huber(x: list[Tensor], group: dict) -> list[Tensor]:
 
 def _grad_relativistic(x: list[Tensor], group: dict) -> list[Tensor]:
     c = group["c"]
-    norms = torch._foreach_norm(x)
-    torch._foreach_mul_(x, [(n * n + c * c).rsqrt() for n in norms])
+    n = torch.stack(torch._foreach_norm(x))
+    torch._foreach_mul_(x, list((n * n + c * c).rsqrt().unbind()))
     return x
 
 
 def _grad_dead_zone(x: list[Tensor], group: dict) -> list[Tensor]:
+    # sign(x) where |x| > e, else 0, is the sign of what clamping x to [-e, e] removes (exact)
     e = group["dead_zone"]
-    return [torch.where(t.abs() > e, t.sign(), torch.zeros_like(t)) for t in x]
+    inside = torch._foreach_clamp_min(x, -e)
+    torch._foreach_clamp_max_(inside, e)
+    torch._foreach_sub_(x, inside)
+    torch._foreach_sign_(x)
+    return x
 
 
 # name -> (gradient of K, K itself for documentation/tests, extra hyperparameters)

@@ -9,7 +9,7 @@ from torch.optim import Optimizer
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_range, zeros_state
+from gradwise.optim._base import GradTransform, GradwiseOptimizer, _bucket_lists, check_range, zeros_state
 from gradwise.registry import register
 
 _PAPER = "Grokking at the Edge of Numerical Stability"
@@ -90,7 +90,7 @@ class OrthoGrad(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            for ps in _buckets(params):
+            for ps in _bucket_lists(params):
                 new = self.transform.apply(ps, [p.grad for p in ps], [], group)
                 torch._foreach_copy_([p.grad for p in ps], new)
         self.base_optimizer.step()
@@ -109,13 +109,6 @@ class OrthoGrad(Optimizer):
 
     def __repr__(self):
         return f"OrthoGrad({self.base_optimizer!r})"
-
-
-def _buckets(params):
-    out: dict[tuple, list] = {}
-    for p in params:
-        out.setdefault((p.device, p.dtype), []).append(p)
-    return list(out.values())
 
 
 @register(kind="optimizer", paper=_PAPER, year=2025, arxiv="2501.04697", code=_CODE,

@@ -7,16 +7,11 @@ import torch
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_range, zeros_state
+from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_int, check_range, zeros_state
 from gradwise.registry import register
 
 _PAPER = "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training"
 _CODE = "https://github.com/TianjinYellow/SPAM-Optimizer"
-
-
-def _check_int(name, value, lo):
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"Invalid {name}: {value!r} (accepted: an integer >= {lo})")
 
 
 def spam_warmup_scale(t: int, reset_interval: int, warmup_steps: int) -> float:
@@ -84,9 +79,9 @@ class SPAM(GradwiseOptimizer):
     def _validate_group(self, g):
         super()._validate_group(g)
         check_range("spike_threshold", g["spike_threshold"], 0.0)
-        _check_int("warmup_steps", g["warmup_steps"], 0)
-        _check_int("reset_interval", g["reset_interval"], 1)
-        _check_int("clip_delay", g["clip_delay"], 0)
+        check_int("warmup_steps", g["warmup_steps"], 0)
+        check_int("reset_interval", g["reset_interval"], 1)
+        check_int("clip_delay", g["clip_delay"], 0)
 
     def _begin_group(self, group):
         group["step"] = group.get("step", 0) + 1
@@ -144,7 +139,7 @@ class SpikeClip(GradTransform):
     def __init__(self, threshold: float = 5000.0, beta2: float = 0.999, clip_delay: int = 20) -> None:
         check_range("threshold", threshold, 0.0, lo_open=True)
         check_range("beta2", beta2, 0.0, 1.0, hi_open=True)
-        _check_int("clip_delay", clip_delay, 1)
+        check_int("clip_delay", clip_delay, 1)
         self.threshold, self.beta2, self.clip_delay = threshold, beta2, clip_delay
 
     def init_state(self, p):

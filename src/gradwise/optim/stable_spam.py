@@ -7,13 +7,8 @@ import torch
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, check_range, zeros_state
-from gradwise.optim.spam import _check_int
+from gradwise.optim._base import GradwiseOptimizer, check_int, check_range, zeros_state
 from gradwise.registry import register
-
-
-def _gather(states, key):
-    return torch.stack([s[key] for s in states])
 
 
 @register(kind="optimizer", paper="Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
@@ -86,9 +81,9 @@ class StableSPAM(GradwiseOptimizer):
         for k in ("gamma1", "gamma2", "gamma3"):
             check_range(k, g[k], 0.0, 1.0, hi_open=True)
         if g["beta1_schedule_steps"] is not None:
-            _check_int("beta1_schedule_steps", g["beta1_schedule_steps"], 1)
+            check_int("beta1_schedule_steps", g["beta1_schedule_steps"], 1)
         check_range("beta1_min", g["beta1_min"], 0.0, 1.0)
-        _check_int("reset_interval", g["reset_interval"], 0)
+        check_int("reset_interval", g["reset_interval"], 0)
 
     def _begin_group(self, group):
         group["step"] = group.get("step", 0) + 1
@@ -123,35 +118,42 @@ class StableSPAM(GradwiseOptimizer):
                     st["step"] = 1
         b1s = b1 * s
         vmax = [st["max_exp_avg_sq"] for st in states] if group["amsgrad"] else []
+        # per-tensor AdaClip/AdaGN statistics: 0-dim tensors, updated in place
+        m_max = [st["m_max_t"] for st in states]
+        m_norm = [st["m_norm_t"] for st in states]
+        v_norm = [st["v_norm_t"] for st in states]
         if self._use_fused(params):
-            _fused.ops().stablespam_(params, grads, m, v, vmax, [st["m_max_t"] for st in states],
-                                     [st["m_norm_t"] for st in states], [st["v_norm_t"] for st in states],
-                                     [float(k) for k in k_stats], [float(k) for k in steps], lr, b1s, b2, eps,
-                                     g1 * s, g2, g3, 1.0 - lr * group["weight_decay"])
+            _fused.ops().stablespam_(params, grads, m, v, vmax, m_max, m_norm, v_norm, [float(k) for k in k_stats],
+                                     [float(k) for k in steps], lr, b1s, b2, eps, g1 * s, g2, g3,
+                                     1.0 - lr * group["weight_decay"])
             return
 
         F.decoupled_decay_(params, lr, group["weight_decay"])
-        dev, dt = params[0].device, params[0].dtype
-        k = torch.tensor(k_stats, dtype=dt, device=dev)
+        # statistics updated with _foreach ops; bias corrections are Python
+        # floats, as in the authors' code (no host-device copy, no sync)
 
-        # AdaClip, vectorized over the bucket's tensors (one value per tensor)
-        gmax = torch.stack(torch._foreach_norm(grads, float("inf")))
-        m_max = g3 * _gather(states, "m_max_t") + (1 - g3) * gmax
-        m_max_hat = m_max / (1 - g3 ** k)
-        ratio = (m_max_hat / gmax).unbind()
-        hats = m_max_hat.unbind()
+        # AdaClip: entries above the bias-corrected EMA of max|g| are scaled by hat / max|g|
+        gmax = torch._foreach_norm(grads, float("inf"))
+        F.ema_(m_max, gmax, g3)
+        hats = torch._foreach_div(m_max, F.bias_corrections(k_stats, g3))
+        ratio = torch._foreach_div(hats, gmax)
+        # one where per tensor: there is no _foreach compare/where, and building the mask from
+        # _foreach ops would take more passes over the gradient than this does
         grads = [torch.where(g.abs() > h, g * r, g) for g, h, r in zip(grads, hats, ratio)]
 
-        # AdaGN
-        norm = torch.stack(torch._foreach_norm(grads))
+        # AdaGN: g <- g / ||g|| * m_norm_hat / (sqrt(v_norm_hat) + eps), where ||g|| > 0
+        norm = torch._foreach_norm(grads)
         gs = g1 * s
-        m_norm = gs * _gather(states, "m_norm_t") + (1 - gs) * norm
-        v_norm = g2 * _gather(states, "v_norm_t") + (1 - g2) * norm * norm
-        c = (m_norm / (1 - gs ** k)) / ((v_norm / (1 - g2 ** k)).sqrt() + eps)
-        factor = torch.where(norm > 0, c / norm, torch.ones_like(norm))
+        F.ema_(m_norm, norm, gs)
+        F.ema_sq_(v_norm, norm, g2)
+        den = torch._foreach_div(v_norm, F.bias_corrections(k_stats, g2))
+        torch._foreach_sqrt_(den)
+        torch._foreach_add_(den, eps)
+        c = torch._foreach_div(m_norm, F.bias_corrections(k_stats, gs))
+        torch._foreach_div_(c, den)
+        n = torch.stack(norm)
+        factor = torch.where(n > 0, torch.stack(c) / n, torch.ones_like(n))
         grads = torch._foreach_mul(grads, list(factor.unbind()))
-        for key, val in (("m_max_t", m_max), ("m_norm_t", m_norm), ("v_norm_t", v_norm)):
-            torch._foreach_copy_([st[key] for st in states], list(val.unbind()))
 
         F.ema_(m, grads, b1s)
         F.ema_sq_(v, grads, b2)
