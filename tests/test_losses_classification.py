@@ -355,3 +355,86 @@ def test_noisy_labels_study_smoke(tmp_path):
     args = parser.parse_args(["--steps", "20", "--seeds", "1", "--losses", "CE,ALDR-KL", "--out", str(tmp_path)])
     out = study.run(args, Console(quiet=True))
     assert (out / "results.csv").exists() and (out / "results.json").exists() and (out / "test_accuracy.png").exists()
+
+
+# ----- host syncs: none in the forward paths once validation is off ---------------------------------------------
+
+_HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.fixture
+def count_host_reads(monkeypatch):
+    """Counts Python-level reads of tensor values (``.item()``, ``.tolist()``, ``bool``/``int``/``float``)."""
+    reads = []
+    for name in _HOST_READS:
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, _orig=orig, _name=name, **k):
+            reads.append(_name)
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    return reads
+
+
+def _no_sync_calls():
+    x, y = _data(n=10, c=6)
+    y = y.clone()
+    y[3] = -100
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(10, 4, generator=g, dtype=f64)
+    centers = torch.randn(6, 4, generator=g, dtype=f64)
+    return {
+        "comp_sum": lambda: L.comp_sum_loss(x, y, tau=1.5, validate=False),
+        "z_loss": lambda: L.z_loss(x, y, validate=False),
+        "coverage": lambda: L.coverage_classification_loss(x, y, validate=False),
+        "smooth_adv": lambda: L.smooth_adversarial_comp_sum_loss(x, x.flip(0), y, validate=False),
+        "ensloss_ovr": lambda: L.ensloss_ovr(x, y, generator=torch.Generator().manual_seed(1), validate=False),
+        "ensloss": lambda: L.ensloss(x[:, 0], (y > 2).long(), generator=torch.Generator().manual_seed(1),
+                                     validate=False),
+        "correctness_aware": lambda: L.correctness_aware_loss(x, y, validate=False),
+        "dhkd": lambda: L.dhkd_loss(x, x * 0.5, x.flip(0), y, validate=False),
+        "nd": lambda: L.nd_loss(feats, feats.flip(0), y, centers, validate=False),
+        "unpg": lambda: L.unpg_loss(feats, y, centers, validate=False),
+    }
+
+
+@pytest.mark.parametrize("name", list(_no_sync_calls()))
+def test_forward_reads_no_tensor_values_with_validate_false(name, count_host_reads):
+    call = _no_sync_calls()[name]
+    out = call()
+    assert torch.isfinite(out).all()
+    assert count_host_reads[-1:] == ["__bool__"]        # the counter works: the assert above read one value
+    count_host_reads.clear()
+    call()
+    assert count_host_reads == [], count_host_reads
+
+
+def test_label_range_validation_is_one_host_read_and_can_be_skipped(count_host_reads):
+    x, y = _data(n=10, c=6)
+    y = y.clone()
+    y[[1, 4]] = -100
+    L.comp_sum_loss(x, y)
+    assert count_host_reads == ["tolist"]               # min and max read together
+    count_host_reads.clear()
+    bad = y.clone()
+    bad[0] = 6
+    with pytest.raises(ValueError, match="Invalid target: label 6 out of range"):
+        L.z_loss(x, bad)
+    bad[0] = -3                                         # negative labels other than ignore_index are rejected too
+    with pytest.raises(ValueError, match="Invalid target: label -3 out of range"):
+        L.coverage_classification_loss(x, bad)
+    with pytest.raises(ValueError, match="Invalid labels: label -3"):
+        L.unpg_loss(x[:, :4], bad, torch.randn(6, 4, dtype=f64))
+    with pytest.raises(ValueError, match="Invalid target: label -3"):
+        L.nd_loss(x[:, :4], x[:, :4], bad, torch.randn(6, 4, dtype=f64))
+    # only ignored labels: nothing to check, nothing raised; ignore_index=None checks every label
+    everything_ignored = torch.full_like(y, -100)
+    assert L.comp_sum_loss(x, everything_ignored, reduction="sum") == 0
+    with pytest.raises(ValueError, match="label -100 out of range"):
+        L.comp_sum_loss(x, everything_ignored, ignore_index=None)
+    # validate=False skips the check (torch's own kernel then fails on the bad label)
+    bad[0] = 6
+    with pytest.raises((IndexError, RuntimeError)):
+        L.comp_sum_loss(x, bad, validate=False)
+    torch.testing.assert_close(L.comp_sum_loss(x, y, tau=0.5, validate=False), L.comp_sum_loss(x, y, tau=0.5))

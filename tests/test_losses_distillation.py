@@ -226,6 +226,31 @@ def test_mtard_adversarial_examples_stay_in_the_ball_and_raise_the_loss():
     assert model.training
 
 
+def test_mtard_adversarial_examples_follow_the_authors_loop():
+    # mtard_inner_loss_ce: x_adv = x + 0.001 N(0,1) (unclamped); 10 x { x_adv += step * sign(grad CE);
+    # project onto the l_inf ball around x; clamp to [0, 1] }, the model in eval mode; transcribed here with the
+    # same start noise drawn from the same generator
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.rand(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,))
+    x[:4] = 0.0  # pixels at the data bound: the unclamped start matters there
+    model = model.double()
+    got = mtard_adversarial_examples(model, x, y, generator=torch.Generator().manual_seed(7))
+    ref = x + 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    model.eval()
+    for _ in range(10):
+        ref.requires_grad_(True)
+        g, = torch.autograd.grad(F.cross_entropy(model(ref), y), ref)
+        ref = ref.detach() + 2 / 255 * g.sign()
+        ref = torch.min(torch.max(ref, x - 8 / 255), x + 8 / 255).clamp(0.0, 1.0)
+    model.train()
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="random_start"):
+        mtard_adversarial_examples(model, x, y, random_start=True)
+    with pytest.raises(ValueError, match="start_noise"):
+        mtard_adversarial_examples(model, x, y, start_noise=-1.0)
+
+
 # ----------------------------------------------------------------------------- the dual head
 
 def test_dual_head_routes_each_loss_to_its_own_head_and_both_to_the_backbone():

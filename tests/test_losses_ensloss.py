@@ -170,7 +170,13 @@ def test_ovr_ignore_index_removes_rows_before_the_draw():
     xx = x.clone().requires_grad_(True)
     none = L.ensloss_ovr(xx, y_ign, generator=_gen(5), reduction="none")
     assert (none[~keep] == 0).all()
-    torch.testing.assert_close(none[keep], L.ensloss_ovr(x[keep], y[keep], generator=_gen(5), reduction="none"))
+    # the generator fills all [N, K] draws; the ignored rows' draws are discarded
+    draws = torch.randn(10, 3, generator=_gen(5))
+    torch.testing.assert_close(none[keep], L.ensloss_ovr(x[keep], y[keep], noise=draws[keep], reduction="none"))
+    torch.testing.assert_close(none, L.ensloss_ovr(x, y_ign, noise=draws, reduction="none"))
+    # with nothing ignored the draws are the same: ignore_index=None and -100 agree
+    torch.testing.assert_close(L.ensloss_ovr(x, y, generator=_gen(5), ignore_index=None, reduction="none"),
+                               L.ensloss_ovr(x, y, generator=_gen(5), reduction="none"))
     mean = L.ensloss_ovr(xx, y_ign, generator=_gen(5))
     torch.testing.assert_close(mean, none[keep].mean())
     mean.backward()

@@ -557,6 +557,38 @@ def test_dbpm_state_dict_round_trip():
         assert torch.equal(a(l, i, e), b(l, i, e))
 
 
+def test_dbpm_loading_an_older_state_recomputes_its_statistics():
+    g = torch.Generator().manual_seed(13)
+    steps = [(torch.rand(5, generator=g), torch.randperm(10, generator=g)[:5], e) for e in range(5) for _ in range(2)]
+    older, newer = DBPM(10, 5, warm_epochs=2), DBPM(10, 5, warm_epochs=2)
+    for l, i, e in steps[:4]:      # epochs 0, 1
+        older(l, i, e)
+    for l, i, e in steps[:8]:      # epochs 0 .. 3: holds the statistics of epoch 3
+        newer(l, i, e)
+    newer.load_state_dict(copy.deepcopy(older.state_dict()))
+    fresh = DBPM(10, 5, warm_epochs=2)
+    fresh.load_state_dict(copy.deepcopy(older.state_dict()))
+    l, i, _ = steps[8]
+    l = l * 10                      # outliers, so the statistics in use show in the weights
+    assert torch.equal(newer(l, i, 3), fresh(l, i, 3))
+    assert int(newer.stats_epoch) == 3
+
+
+def test_dbpm_reads_no_tensor_values_with_validate_false(monkeypatch):
+    d = DBPM(10, 4, warm_epochs=1, validate=False)
+    g = torch.Generator().manual_seed(14)
+    d(torch.rand(5, generator=g), torch.arange(5), 0)
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        orig = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=orig, _n=name: reads.append(_n) or _o(self, *a))
+    for _ in range(2):              # the first call of epoch 1 computes the statistics, the second reuses them
+        d(torch.rand(5, generator=g), torch.arange(5, 10), 1)
+    assert reads == []
+    monkeypatch.undo()
+    assert int(d.stats_epoch) == 1 and torch.isfinite(d.sd)
+
+
 @pytest.mark.parametrize("kwargs, name", [
     (dict(num_samples=0), "num_samples"), (dict(max_epochs=0), "max_epochs"), (dict(warm_epochs=0), "warm_epochs"),
     (dict(cut_np=-1.0), "cut_np"), (dict(cut_fp=math.inf), "cut_fp"), (dict(reduction="avg"), "reduction"),

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["REDUCTIONS", "check_reduction", "check_logits_target", "check_same_shape", "check_probabilities",
-           "reduce_loss", "prepare_logits_target", "LossModule"]
+__all__ = ["REDUCTIONS", "check_reduction", "check_logits_target", "check_label_range", "check_same_shape",
+           "check_probabilities", "reduce_loss", "prepare_logits_target", "upcast", "LossModule"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -40,15 +40,27 @@ def check_logits_target(logits: Tensor, target: Tensor, ignore_index: int | None
     if target.shape != logits.shape[:1]:
         raise ValueError(f"Invalid {target_name}: expected shape [{logits.shape[0]}] to match {name} "
                          f"{tuple(logits.shape)}, got {tuple(target.shape)}")
-    if validate and target.numel():
-        valid = target if ignore_index is None else target[target != ignore_index]
-        if valid.numel():
-            lo, hi = int(valid.min()), int(valid.max())
-            if lo < 0 or hi >= logits.shape[1]:
-                bad = lo if lo < 0 else hi
-                extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-                raise ValueError(f"Invalid {target_name}: label {bad} out of range "
-                                 f"(accepted: 0 <= label < {logits.shape[1]}{extra})")
+    if validate:
+        check_label_range(target, logits.shape[1], ignore_index, name=target_name)
+
+
+def check_label_range(target: Tensor, num_classes: int, ignore_index: int | None = None, *,
+                      name: str = "target") -> None:
+    """Integer ``target`` in ``[0, num_classes)`` or ``ignore_index``: one host sync (min and max read together)."""
+    if not target.numel():
+        return
+    t = target.long()
+    if ignore_index is None:
+        lo, hi = t.min(), t.max()
+    else:
+        kept = t != ignore_index
+        lo = torch.where(kept, t, torch.zeros((), dtype=t.dtype, device=t.device)).min()
+        hi = torch.where(kept, t, torch.full((), -1, dtype=t.dtype, device=t.device)).max()
+    lo, hi = torch.stack([lo, hi]).tolist()
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        raise ValueError(f"Invalid {name}: label {bad} out of range (accepted: 0 <= label < {num_classes}{extra})")
 
 
 def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
@@ -85,11 +97,16 @@ def reduce_loss(loss: Tensor, reduction: str, mask: Tensor | None = None) -> Ten
     return loss.sum() / mask.sum()
 
 
+def upcast(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32 (losses compute in float32 at least and cast the result back)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def prepare_logits_target(logits: Tensor, target: Tensor,
                           ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Half-precision logits upcast to float32; ignored targets replaced by class 0 (safe to gather)
     and returned as a keep-mask for :func:`reduce_loss` (None when nothing can be ignored)."""
-    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    x = upcast(logits)
     tgt = target.long()
     mask = None
     if ignore_index is not None:

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise.losses._common import LossModule, check_logits_target, check_same_shape, reduce_loss
-from gradwise.losses.comp_sum import PAPER, _check_tau, _upcast, comp_sum_per_sample
+from gradwise.losses._common import LossModule, check_logits_target, check_same_shape, reduce_loss, upcast
+from gradwise.losses.comp_sum import PAPER, _check_tau, comp_sum_per_sample
 from gradwise.registry import register
 
 __all__ = ["smooth_adversarial_comp_sum_loss", "SmoothAdversarialCompSumLoss", "score_difference_regularizer",
@@ -29,7 +29,7 @@ def score_difference_regularizer(logits: Tensor, adv_logits: Tensor, target: Ten
     0 (``x' = x``) is taken as 0, so PGD must start from a random point of the
     ball (``random_start=True``, the default): from ``x' = x`` it cannot move.
     """
-    d = _upcast(adv_logits) - _upcast(logits)
+    d = upcast(adv_logits) - upcast(logits)
     d = d - d.gather(1, target.long().clamp_min(0)[:, None])
     sq = d.square().sum(1)
     # sqrt with a zero (not NaN) gradient at 0
@@ -46,7 +46,8 @@ def _check_nonneg(name: str, v: float) -> float:
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2304.07288", code=None,
           summary="Comp-sum loss + nu * ||Delta_h(x') - Delta_h(x)||_2 at an adversarial x' (ADV-COMP-SUM)")
 def smooth_adversarial_comp_sum_loss(logits: Tensor, adv_logits: Tensor, target: Tensor, *, tau: float = 1.0,
-                                     nu: float = 1.0, reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+                                     nu: float = 1.0, reduction: str = "mean", ignore_index: int = -100,
+                                     validate: bool = True) -> Tensor:
     r"""Smooth adversarial comp-sum loss of Mao, Mohri & Zhong (2023).
 
     Paper: "Cross-Entropy Loss Functions: Theoretical Analysis and Applications",
@@ -68,7 +69,7 @@ def smooth_adversarial_comp_sum_loss(logits: Tensor, adv_logits: Tensor, target:
     Choices: ``nu`` defaults to 1 (the paper treats it as a hyperparameter);
     the norm of the smooth term is the 2-norm over classes; gradients flow
     through both ``logits`` and ``adv_logits``. Half-precision inputs are
-    computed in float32.
+    computed in float32. ``validate=False`` skips the label-range check (one host sync).
 
     Checked against (session 3): only the abstract ("smooth adversarial
     comp-sum losses ... derived from their comp-sum counterparts by adding in
@@ -101,7 +102,7 @@ def smooth_adversarial_comp_sum_loss(logits: Tensor, adv_logits: Tensor, target:
     """
     tau = _check_tau(tau)
     nu = _check_nonneg("nu", nu)
-    check_logits_target(logits, target, ignore_index)
+    check_logits_target(logits, target, ignore_index, validate=validate)
     if not torch.is_tensor(adv_logits) or not adv_logits.is_floating_point():
         raise ValueError("Invalid adv_logits: expected a floating-point tensor of shape [N, C]")
     check_same_shape(logits, adv_logits, "logits", "adv_logits")
@@ -126,7 +127,7 @@ class SmoothAdversarialCompSumLoss(LossModule):
 def pgd_attack(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *, eps: float, alpha: float,
                steps: int, norm: str = "linf", loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
                random_start: bool = True, clamp: tuple[float, float] | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None, start: Tensor | None = None) -> Tensor:
     r"""Projected gradient ascent on the input (PGD, Madry et al. 2017, arXiv:1706.06083).
 
     Code of reference: https://github.com/MadryLab/mnist_challenge. Used by the
@@ -141,8 +142,11 @@ def pgd_attack(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: Tens
 
     with ``L = loss_fn(model(x'), y)`` (default: summed cross-entropy); norms
     are per sample (over all non-batch dims). ``clamp=(lo, hi)`` also keeps
-    ``x'`` in a data range. The model's parameters get no gradient and its
-    train/eval mode is left as it is. Returns the detached adversarial input.
+    ``x'`` in a data range. ``start`` (shape of ``x``) is an initial
+    perturbation used as given, neither projected nor clamped (MTARD's code
+    starts from ``x + 0.001 N(0, 1)`` that way); it replaces ``random_start``.
+    The model's parameters get no gradient and its train/eval mode is left as
+    it is. Returns the detached adversarial input.
 
     Example::
 
@@ -169,7 +173,11 @@ def pgd_attack(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: Tens
         n = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
         return delta * (eps / n).clamp(max=1.0).view(view)
 
-    if random_start and eps > 0:
+    if start is not None:
+        if not torch.is_tensor(start) or start.shape != x0.shape:
+            raise ValueError(f"Invalid start: expected a tensor of shape {tuple(x0.shape)}")
+        delta = start.detach().to(x0.dtype)
+    elif random_start and eps > 0:
         if norm == "linf":
             delta = (torch.rand(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device) * 2 - 1) * eps
         else:
@@ -178,7 +186,7 @@ def pgd_attack(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: Tens
             delta = d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(view) * (eps * r).view(view)
     else:
         delta = torch.zeros_like(x0)
-    if clamp is not None:
+    if clamp is not None and start is None:
         delta = (x0 + delta).clamp(*clamp) - x0
     params = [p for p in getattr(model, "parameters", lambda: [])() if p.requires_grad]
     saved = [p.requires_grad for p in params]

@@ -4,9 +4,8 @@ comparing the student's and the teacher's entropies.
 """
 from __future__ import annotations
 
-from torch import Tensor
-
 import torch
+from torch import Tensor
 
 from gradwise.losses._common import LossModule, check_reduction, reduce_loss
 from gradwise.losses.kd import (_check_pair, _check_positive, _check_unit, _common_dtype, _entropy_rows,
@@ -18,11 +17,10 @@ __all__ = ["bdkd_loss", "BDKDLoss", "bdkd_teacher_loss"]
 PAPER = "BD-KD: Balancing the Divergences for Online Knowledge Distillation"
 
 
-def bdkd_weights(student_logits: Tensor, teacher_logits: Tensor, temperature: float, reverse_weight_uncertain: float,
+def bdkd_weights(log_ps: Tensor, log_pt: Tensor, reverse_weight_uncertain: float,
                  reverse_weight_confident: float) -> Tensor:
-    """Per-sample reverse-KL weight ``w_i`` (no grad): which one applies is decided by the entropy gap."""
-    log_ps = _log_softmax_t(student_logits.detach(), temperature)
-    log_pt = _log_softmax_t(teacher_logits.detach(), temperature)
+    """Per-sample reverse-KL weight ``w_i`` from the softened log-probabilities (no grad): the entropy gap decides."""
+    log_ps, log_pt = log_ps.detach(), log_pt.detach()
     uncertain = _entropy_rows(log_ps) > _entropy_rows(log_pt)
     return torch.where(uncertain, torch.full_like(uncertain, reverse_weight_uncertain, dtype=log_ps.dtype),
                        torch.full_like(uncertain, reverse_weight_confident, dtype=log_ps.dtype))
@@ -97,7 +95,7 @@ def bdkd_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: fl
     _check_pair(student_logits, teacher_logits)
     log_ps = _log_softmax_t(student_logits, temperature)
     log_pt = _log_softmax_t(teacher_logits.detach(), temperature)
-    w = bdkd_weights(student_logits, teacher_logits, temperature, reverse_weight_uncertain, reverse_weight_confident)
+    w = bdkd_weights(log_ps, log_pt, reverse_weight_uncertain, reverse_weight_confident)
     per = temperature ** 2 * ((1.0 - w) * _kl_rows(log_pt, log_ps) + w * _kl_rows(log_ps, log_pt))
     return reduce_loss(per, reduction).to(_common_dtype(student_logits, teacher_logits))
 

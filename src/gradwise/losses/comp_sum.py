@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, check_logits_target, reduce_loss
+from gradwise.losses._common import LossModule, check_logits_target, prepare_logits_target, reduce_loss
 from gradwise.registry import register
 
 __all__ = ["comp_sum_loss", "CompSumLoss"]
@@ -23,11 +23,6 @@ def _check_tau(tau: float) -> float:
     return float(tau)
 
 
-def _upcast(logits: Tensor) -> Tensor:
-    """Half-precision inputs are computed in float32 (the result is cast back)."""
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-
-
 def _phi_tau_of_logp(logp_y: Tensor, tau: float) -> Tensor:
     """Phi^tau(1/p_y) written in terms of log p_y (<= 0), stable in log space.
 
@@ -39,14 +34,10 @@ def _phi_tau_of_logp(logp_y: Tensor, tau: float) -> Tensor:
     return torch.expm1((tau - 1.0) * logp_y) / (1.0 - tau)
 
 
-def comp_sum_per_sample(logits: Tensor, target: Tensor, tau: float, ignore_index: int | None) -> tuple[Tensor, Tensor | None]:
+def comp_sum_per_sample(logits: Tensor, target: Tensor, tau: float,
+                        ignore_index: int | None) -> tuple[Tensor, Tensor | None]:
     """Per-sample comp-sum loss (float32 for half inputs) and the keep-mask (None when nothing is ignored)."""
-    x = _upcast(logits)
-    mask = None
-    tgt = target.long()
-    if ignore_index is not None:
-        mask = tgt != ignore_index
-        tgt = torch.where(mask, tgt, torch.zeros((), dtype=tgt.dtype, device=tgt.device))
+    x, tgt, mask = prepare_logits_target(logits, target, ignore_index)
     # -log p_y from torch's fused cross-entropy kernel: its backward is one fused
     # [N, C] pass, and the comp-sum transform below only touches [N] values
     ce = F.cross_entropy(x, tgt, reduction="none")
@@ -58,7 +49,7 @@ def comp_sum_per_sample(logits: Tensor, target: Tensor, tau: float, ignore_index
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2304.07288", code=None,
           summary="Comp-sum family Phi^tau(sum exp(h_y'-h_y)): sum-exp (0), CE (1), GCE (1<tau<2), MAE (2)")
 def comp_sum_loss(logits: Tensor, target: Tensor, *, tau: float = 1.0, reduction: str = "mean",
-                  ignore_index: int = -100) -> Tensor:
+                  ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""Comp-sum loss of Mao, Mohri & Zhong (2023).
 
     Paper: "Cross-Entropy Loss Functions: Theoretical Analysis and Applications",
@@ -123,7 +114,7 @@ def comp_sum_loss(logits: Tensor, target: Tensor, *, tau: float = 1.0, reduction
 
     Choices: ``tau`` may be any finite number ``>= 0`` (the paper's family;
     ``tau > 2`` gives bounded losses too). ``ignore_index`` and ``reduction``
-    behave as in ``F.cross_entropy``.
+    behave as in ``F.cross_entropy``; ``validate=False`` skips the label-range check (one host sync).
 
     Example::
 
@@ -131,7 +122,7 @@ def comp_sum_loss(logits: Tensor, target: Tensor, *, tau: float = 1.0, reduction
         >>> comp_sum_loss(logits, y, tau=1.5).backward()   # generalized cross-entropy
     """
     tau = _check_tau(tau)
-    check_logits_target(logits, target, ignore_index)
+    check_logits_target(logits, target, ignore_index, validate=validate)
     per, mask = comp_sum_per_sample(logits, target, tau, ignore_index)
     return reduce_loss(per, reduction, mask).to(logits.dtype)
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, check_logits_target, check_reduction, reduce_loss, prepare_logits_target
+from gradwise.losses._common import (LossModule, check_logits_target, check_reduction, prepare_logits_target,
+                                     reduce_loss, upcast)
 from gradwise.registry import register
 
 __all__ = ["coverage_loss", "CoverageLoss", "coverage_classification_loss", "CoverageClassificationLoss"]
@@ -100,10 +101,10 @@ def coverage_loss(logprob: Tensor, *, n: float = 16, reduction: str = "mean") ->
 
     Numerics: evaluated in log-log space,
     ``-log(1 - exp(-e^v))`` with ``v = log N + log(-log(1 - p))`` and the
-    accurate ``log(1 - e^x)``, so it stays finite when ``p`` underflows, finite for any ``logprob <= 0`` (``logprob`` is clamped to at most
-    ``-1e-30``, where the loss is 0 to working precision and the gradient
-    vanishes, its limit at ``p = 1``). ``n`` may be any real
-    ``>= 1``.
+    accurate ``log(1 - e^x)``, so it stays finite when ``p`` underflows and
+    for any ``logprob <= 0`` (``logprob`` is clamped to at most ``-1e-30``,
+    where the loss is 0 to working precision and the gradient vanishes, its
+    limit at ``p = 1``). ``n`` may be any real ``>= 1``.
 
     Choices: ``n = 16`` by default (the paper sweeps N; choose the pass@N budget
     you will sample with). ``logprob`` is any floating tensor of per-example
@@ -118,7 +119,7 @@ def coverage_loss(logprob: Tensor, *, n: float = 16, reduction: str = "mean") ->
     check_reduction(reduction)
     if not torch.is_tensor(logprob) or not logprob.is_floating_point():
         raise ValueError("Invalid logprob: expected a floating-point tensor of log-probabilities (<= 0)")
-    x = logprob.float() if logprob.dtype in (torch.float16, torch.bfloat16) else logprob
+    x = upcast(logprob)
     return reduce_loss(_coverage_per_sample(x, n), reduction).to(logprob.dtype)
 
 
@@ -134,13 +135,14 @@ class CoverageLoss(LossModule):
 @register(kind="loss", paper=PAPER, year=2025, arxiv="2502.07154", code=None,
           summary="DCO on class logits: -log(1 - (1 - softmax(h)_y)^N)")
 def coverage_classification_loss(logits: Tensor, target: Tensor, *, n: float = 16, reduction: str = "mean",
-                                 ignore_index: int = -100) -> Tensor:
+                                 ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""The DCO loss of arXiv:2502.07154 with ``p = softmax(logits)_y`` (one-token answers).
 
     Same paper and math as :func:`coverage_loss` ("Rethinking Fine-Tuning when
     Scaling Test-Time Compute: Limiting Confidence Improves Mathematical
     Reasoning", 2025): ``L_N = -log(1 - (1 - p_y)^N)`` with
     ``log p_y = -cross_entropy(logits, target)``; ``n = 1`` is cross-entropy.
+    ``validate=False`` skips the label-range check (one host sync).
 
     Example::
 
@@ -149,7 +151,7 @@ def coverage_classification_loss(logits: Tensor, target: Tensor, *, n: float = 1
     """
     n = _check_n(n)
     check_reduction(reduction)
-    check_logits_target(logits, target, ignore_index)
+    check_logits_target(logits, target, ignore_index, validate=validate)
     x, tgt, mask = prepare_logits_target(logits, target, ignore_index)
     logp = -F.cross_entropy(x, tgt, reduction="none")
     return reduce_loss(_coverage_per_sample(logp, n), reduction, mask).to(logits.dtype)

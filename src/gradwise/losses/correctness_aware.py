@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gradwise.losses._common import LossModule, check_logits_target, reduce_loss
+from gradwise.losses._common import LossModule, check_logits_target, reduce_loss, upcast
 from gradwise.registry import register
 
 __all__ = ["correctness_aware_loss", "CorrectnessAwareLoss", "CorrectnessAwareCalibrator",
@@ -20,8 +20,6 @@ __all__ = ["correctness_aware_loss", "CorrectnessAwareLoss", "CorrectnessAwareCa
 
 _PAPER = "Optimizing Calibration by Gaining Aware of Prediction Correctness"
 _CODE = "https://github.com/liuyvchi/Correctness-aware-calibration"
-
-
 
 
 class _TopConfidence(torch.autograd.Function):
@@ -63,6 +61,7 @@ def _use_fused(z: Tensor) -> bool:
     from gradwise.optim import _fused
 
     return _fused.available()
+
 
 @register(kind="calibration", paper=_PAPER, year=2024, arxiv="2404.13016", code=_CODE,
           summary="correctness-aware calibration loss: squared gap between top confidence and correctness, "
@@ -109,7 +108,7 @@ def correctness_aware_loss(logits: Tensor, target: Tensor, *, balance: bool = Tr
     check_logits_target(logits, target, ignore_index, validate=validate)
     if not isinstance(balance, bool):
         raise ValueError(f"Invalid balance: {balance!r} (accepted: True or False)")
-    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    z = upcast(logits)
     conf, pred = _TopConfidence.apply(z)
     keep = target != ignore_index
     correct = (pred == target) & keep

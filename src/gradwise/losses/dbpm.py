@@ -106,6 +106,8 @@ class DBPM(nn.Module):
     loss (the authors' list would shift); a pair with missing epochs is
     averaged over the epochs it has (``sum / t`` over present entries uses
     the same weights); pairs never seen are left out of ``mu``, ``sd``.
+    ``validate=False`` skips the check of the index range (one host sync per
+    call); no other step reads device values on the host.
 
     Example::
 
@@ -115,7 +117,7 @@ class DBPM(nn.Module):
     """
 
     def __init__(self, num_samples: int, max_epochs: int, *, warm_epochs: int = 50, cut_np: float = 2.0,
-                 cut_fp: float = 3.0, reduction: str = "mean") -> None:
+                 cut_fp: float = 3.0, reduction: str = "mean", validate: bool = True) -> None:
         super().__init__()
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"Invalid num_samples: {num_samples!r} (accepted: integer >= 1)")
@@ -127,6 +129,8 @@ class DBPM(nn.Module):
         reduce_loss(torch.zeros(1), reduction)  # validates reduction
         self.num_samples, self.max_epochs, self.warm_epochs = num_samples, max_epochs, warm_epochs
         self.cut_np, self.cut_fp, self.reduction = float(cut_np), float(cut_fp), reduction
+        self.validate = validate
+        self._stats_for: int | None = None  # the epoch of the held statistics, read without a host sync
         self.register_buffer("memory", torch.full((num_samples, max_epochs), math.nan, dtype=torch.float64))
         self.register_buffer("sample_mean", torch.full((num_samples,), math.nan, dtype=torch.float64))
         self.register_buffer("mu", torch.tensor(math.nan, dtype=torch.float64))
@@ -141,15 +145,22 @@ class DBPM(nn.Module):
         count = present.sum(1)
         total = torch.where(present, hist * w, torch.zeros_like(hist)).sum(1)
         self.sample_mean.copy_(torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan)))
-        m = self.sample_mean[torch.isfinite(self.sample_mean)]
-        self.mu.copy_(m.mean() if m.numel() else torch.tensor(math.nan))
-        self.sd.copy_(m.std(correction=0) if m.numel() else torch.tensor(math.nan))
+        # mean and population std over the pairs seen (NaN when none), masked rather than indexed: no host sync
+        seen = torch.isfinite(self.sample_mean)
+        n = seen.sum()
+        zero = torch.zeros((), dtype=hist.dtype, device=hist.device)
+        mu = torch.where(seen, self.sample_mean, zero).sum() / n
+        self.mu.copy_(mu)
+        self.sd.copy_((torch.where(seen, self.sample_mean - mu, zero).square().sum() / n).sqrt())
         self.stats_epoch.fill_(epoch)
+        self._stats_for = epoch
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._stats_for = None  # recomputed at the next call (from the loaded memory: the same values)
 
     def weights(self, pair_loss: Tensor, index: Tensor) -> Tensor:
-        """Current weights of the batch (1 before the statistics exist)."""
-        if not bool(torch.isfinite(self.sd)):
-            return torch.ones_like(pair_loss)
+        """Current weights of the batch (1 before the statistics exist: ``sd`` NaN marks no pair bad)."""
         return _bad_pair_weights(pair_loss.detach().to(torch.float64), self.sample_mean[index], self.mu, self.sd,
                                  self.cut_np, self.cut_fp).to(pair_loss.dtype)
 
@@ -160,11 +171,13 @@ class DBPM(nn.Module):
             raise ValueError(f"Invalid index: expected an integer tensor of shape {tuple(pair_loss.shape)}")
         if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < self.max_epochs:
             raise ValueError(f"Invalid epoch: {epoch!r} (accepted: 0 <= epoch < max_epochs={self.max_epochs})")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_samples):
-            raise ValueError(f"Invalid index: out of range (accepted: 0 <= index < {self.num_samples})")
+        if self.validate and index.numel():
+            lo, hi = torch.stack([index.min(), index.max()]).tolist()
+            if lo < 0 or hi >= self.num_samples:
+                raise ValueError(f"Invalid index: out of range (accepted: 0 <= index < {self.num_samples})")
         index = index.long()
         if epoch >= self.warm_epochs:
-            if int(self.stats_epoch) != epoch:
+            if self._stats_for != epoch:
                 self.update_statistics(epoch)
             w = self.weights(pair_loss, index)
         else:

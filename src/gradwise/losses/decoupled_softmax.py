@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, check_reduction
+from gradwise.losses._common import LossModule, check_reduction, reduce_loss, upcast
 from gradwise.registry import register
 
 __all__ = ["decoupled_softmax_loss", "DecoupledSoftmaxLoss"]
@@ -56,7 +56,7 @@ def decoupled_softmax_loss(logits: Tensor, targets: Tensor, *, reduction: str = 
     if not torch.is_tensor(targets) or targets.shape != logits.shape:
         raise ValueError(f"Invalid targets: expected a multi-hot tensor of shape {tuple(logits.shape)}, got "
                          f"{tuple(targets.shape) if torch.is_tensor(targets) else type(targets).__name__}")
-    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    x = upcast(logits)
     pos = targets > 0
     neg_inf = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
     lse_neg = torch.logsumexp(torch.where(pos, neg_inf, x), dim=1, keepdim=True)   # [N, 1], -inf if no negatives
@@ -65,13 +65,7 @@ def decoupled_softmax_loss(logits: Tensor, targets: Tensor, *, reduction: str = 
     per_label = torch.where(pos, per_label, torch.zeros((), dtype=x.dtype, device=x.device))
     num_pos = pos.sum(1)
     per = per_label.sum(1) / num_pos.clamp_min(1).to(x.dtype)
-    if reduction == "none":
-        out = per
-    elif reduction == "sum":
-        out = per.sum()
-    else:
-        out = per.mean()
-    return out.to(logits.dtype)
+    return reduce_loss(per, reduction).to(logits.dtype)
 
 
 class DecoupledSoftmaxLoss(LossModule):

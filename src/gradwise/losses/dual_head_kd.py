@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise.losses._common import LossModule, check_logits_target, check_reduction, reduce_loss
-from gradwise.losses.kd import _check_pair, _check_positive, _common_dtype, _upcast
+from gradwise.losses._common import (LossModule, check_logits_target, check_reduction, prepare_logits_target,
+                                     reduce_loss, upcast)
+from gradwise.losses.kd import _check_pair, _check_positive, _common_dtype
 from gradwise.registry import register
 
 __all__ = ["binary_kl_loss", "dhkd_loss", "DHKDLoss", "DualHeadKD", "dhkd_aligned_backward"]
@@ -43,7 +44,7 @@ def binary_kl_per_sample(student_logits: Tensor, teacher_logits: Tensor, tempera
              = sum_c [softplus(x_c)/2 + softplus(-x_c)/2 - log 2],  x = (s - t)/T
     Written with softplus (log sigmoid(x) = -softplus(-x)), so finite for any finite logits.
     """
-    s, t = _upcast(student_logits), _upcast(teacher_logits)
+    s, t = upcast(student_logits), upcast(teacher_logits)
     if variant == "norm":
         x = (s - t) / temperature
         per_class = 0.5 * (F.softplus(x) + F.softplus(-x)) - _LOG2
@@ -89,7 +90,7 @@ def binary_kl_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperatur
           summary="DHKD: CE on the main head + BinaryKL(-Norm) on an auxiliary head, sharing the backbone")
 def dhkd_loss(main_logits: Tensor, aux_logits: Tensor, teacher_logits: Tensor, target: Tensor, *,
               gamma: float = 1.0, alpha: float = 1.0, temperature: float = 2.0, variant: str = "norm",
-              reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+              reduction: str = "mean", ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""Dual-Head Knowledge Distillation loss (Yang et al., 2024; ACM MM 2025 version).
 
     Paper: "Dual-Head Knowledge Distillation: Enhancing Logits Utilization with
@@ -123,6 +124,7 @@ def dhkd_loss(main_logits: Tensor, aux_logits: Tensor, teacher_logits: Tensor, t
     samples are left out of both terms (the teacher term needs no label, but
     a sample without a label is usually padding). ``reduction="mean"`` is the
     mean over kept samples, equal to the code's sum of two batch means.
+    ``validate=False`` skips the label-range check (one host sync).
 
     Example::
 
@@ -135,17 +137,13 @@ def dhkd_loss(main_logits: Tensor, aux_logits: Tensor, teacher_logits: Tensor, t
     temperature = _check_positive("temperature", temperature)
     _check_variant(variant)
     check_reduction(reduction)
-    check_logits_target(main_logits, target, ignore_index, name="main_logits")
+    check_logits_target(main_logits, target, ignore_index, name="main_logits", validate=validate)
     _check_pair(aux_logits, teacher_logits, "aux_logits", "teacher_logits")
     if aux_logits.shape != main_logits.shape:
         raise ValueError(f"Invalid aux_logits: expected the shape of main_logits {tuple(main_logits.shape)}, "
                          f"got {tuple(aux_logits.shape)}")
-    tgt = target.long()
-    mask = None
-    if ignore_index is not None:
-        mask = tgt != ignore_index
-        tgt = torch.where(mask, tgt, torch.zeros((), dtype=tgt.dtype, device=tgt.device))
-    ce = F.cross_entropy(_upcast(main_logits), tgt, reduction="none")
+    x, tgt, mask = prepare_logits_target(main_logits, target, ignore_index)
+    ce = F.cross_entropy(x, tgt, reduction="none")
     bkl = binary_kl_per_sample(aux_logits, teacher_logits, temperature, variant)
     per = gamma * ce + alpha * bkl
     return reduce_loss(per, reduction, mask).to(_common_dtype(main_logits, aux_logits, teacher_logits))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, check_reduction, check_same_shape, reduce_loss
+from gradwise.losses._common import LossModule, check_reduction, check_same_shape, reduce_loss, upcast
 from gradwise.registry import register
 
 __all__ = ["kd_loss", "KDLoss"]
@@ -56,11 +56,6 @@ def _check_pair(student_logits: Tensor, teacher_logits: Tensor, student_name: st
     check_same_shape(student_logits, teacher_logits, student_name, teacher_name)
 
 
-def _upcast(x: Tensor) -> Tensor:
-    """Half-precision inputs are computed in float32 (results are cast back by the callers)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def _common_dtype(*xs: Tensor) -> torch.dtype:
     out = xs[0].dtype
     for x in xs[1:]:
@@ -69,7 +64,7 @@ def _common_dtype(*xs: Tensor) -> torch.dtype:
 
 
 def _log_softmax_t(logits: Tensor, temperature: float) -> Tensor:
-    return F.log_softmax(_upcast(logits) / temperature, dim=1)
+    return F.log_softmax(upcast(logits) / temperature, dim=1)
 
 
 def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:

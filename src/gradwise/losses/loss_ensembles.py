@@ -56,15 +56,25 @@ def _draw(n: int, generator: torch.Generator | None, device: torch.device) -> Te
     return torch.randn(n, device=device, dtype=torch.float32)
 
 
-def _derivatives(z: Tensor, e: Tensor, lam: float, tail: bool) -> Tensor:
-    """The authors' construction on flat margins ``z`` [M] from normal draws ``e`` [M] (detached)."""
+def _derivatives(z: Tensor, e: Tensor, lam: float, tail: bool, keep: Tensor | None = None) -> Tensor:
+    """The authors' construction on flat margins ``z`` [M] from normal draws ``e`` [M] (detached).
+
+    ``keep`` [M] (bool): only the kept margins and draws take part, as if the
+    others were removed first; the others get 0. Done without a host sync:
+    left-out margins and draws become NaN, which ``torch.sort`` puts last.
+    """
     d = -_bc_inv(e, lam)
+    if keep is not None:
+        nan = torch.full((), math.nan, dtype=z.dtype, device=z.device)
+        z = torch.where(keep, z, nan)
+        d = torch.where(keep, d, nan.to(d.dtype))
     d = torch.sort(d).values.clamp_min(-MAX_SLOPE).to(z.dtype)      # ascending: steepest first
     order = torch.sort(z, stable=True).indices                      # smallest margin first
     g = torch.empty_like(z).scatter_(0, order, d)                   # rank matching: g non-decreasing in z
     if tail:
         g = g * z.clamp_min(1.0).reciprocal()                       # z > 1: g / z (superlinear tail)
-    return g - EPS
+    g = g - EPS
+    return g if keep is None else torch.where(keep, g, torch.zeros((), dtype=g.dtype, device=g.device))
 
 
 def _check_noise(noise: Tensor | None, shape: tuple[int, ...]) -> None:
@@ -245,10 +255,11 @@ def ensloss_ovr(logits: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool 
     one-vs-rest; the sum over classes (not the mean) keeps each binary
     problem's gradient at the binary scale.
 
-    ``ignore_index`` rows take no draws (they are removed before the draw, one
-    host sync) and get loss 0 under ``reduction="none"``. ``noise`` [N, K]
-    gives the normal draws; rows that are ignored are skipped, and the kept
-    rows' draws are used in row-major order (the order ``generator`` fills).
+    ``ignore_index`` rows take no part in the draw: ``N K`` normals are drawn
+    (row-major, as ``generator`` fills ``[N, K]``; or ``noise`` [N, K]), the
+    ignored rows' draws are discarded, and the kept rows' draws and margins
+    are sorted and rank-matched among themselves (no host sync); ignored rows
+    get loss 0 under ``reduction="none"``.
 
     Example::
 
@@ -269,21 +280,10 @@ def ensloss_ovr(logits: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool 
         tgt = torch.where(mask, tgt, torch.zeros((), dtype=tgt.dtype, device=tgt.device))
     onehot = torch.zeros_like(x, dtype=torch.bool).scatter_(1, tgt[:, None], True)
     z = torch.where(onehot, x, -x)
-    if mask is None or bool(mask.all()):
-        keep = None
-        zk = z.reshape(-1)
-        e = None if noise is None else noise.reshape(-1)
-    else:
-        keep = mask
-        zk = z[keep].reshape(-1)
-        e = None if noise is None else noise[keep.to(noise.device)].reshape(-1)
-    e = _draw(zk.numel(), generator, x.device) if e is None else e.detach().to(x.device)
-    g = _derivatives(zk.detach(), e, lam, tail)
-    if keep is None:
-        per = (g.view(n, k) * z).sum(1)
-    else:
-        gf = torch.zeros_like(z).masked_scatter_(keep[:, None].expand(n, k), g)
-        per = (gf * z).sum(1)
+    e = _draw(n * k, generator, x.device) if noise is None else noise.detach().reshape(-1).to(x.device)
+    keep = None if mask is None else mask[:, None].expand(n, k).reshape(-1)
+    g = _derivatives(z.detach().reshape(-1), e, lam, tail, keep)
+    per = (g.view(n, k) * z).sum(1)
     return reduce_loss(per, reduction, mask).to(logits.dtype)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, check_reduction
+from gradwise.losses._common import LossModule, check_reduction, reduce_loss, upcast
 from gradwise.registry import register
 
 __all__ = ["loss_reweighting_weights", "reweighted_loss", "ReweightedLoss", "REWEIGHT_STRATEGIES"]
@@ -63,8 +63,7 @@ def loss_reweighting_weights(per_sample_losses: Tensor, *, strategy: str = "linu
     """
     _check(per_sample_losses, strategy, temperature, delta)
     with torch.no_grad():
-        losses = per_sample_losses.detach().float() if per_sample_losses.dtype in (torch.float16, torch.bfloat16) \
-            else per_sample_losses.detach()
+        losses = upcast(per_sample_losses.detach())
         n = losses.numel()
         if strategy == "uniform" or n == 0:
             return torch.ones_like(per_sample_losses).detach()
@@ -99,10 +98,7 @@ def reweighted_loss(per_sample_losses: Tensor, *, strategy: str = "linupper", te
     """
     check_reduction(reduction)
     w = loss_reweighting_weights(per_sample_losses, strategy=strategy, temperature=temperature, delta=delta)
-    out = w * per_sample_losses
-    if reduction == "none":
-        return out
-    return out.sum() if reduction == "sum" else out.mean()
+    return reduce_loss(w * per_sample_losses, reduction)
 
 
 class ReweightedLoss(LossModule):

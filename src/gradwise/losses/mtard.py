@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise.losses._common import check_reduction, reduce_loss
-from gradwise.losses.kd import _check_pair, _check_positive, _common_dtype, _upcast
+from gradwise.losses._common import check_reduction, reduce_loss, upcast
+from gradwise.losses.kd import _check_pair, _check_positive, _common_dtype
 from gradwise.registry import register
 
 __all__ = ["mtard_kl", "MTARDBalancer", "MTARDLoss", "mtard_adversarial_examples"]
@@ -35,8 +35,8 @@ def mtard_kl(student_logits: Tensor, teacher_logits: Tensor, *, eps: float = 1e-
         raise ValueError(f"Invalid eps: {eps!r} (accepted: a finite number eps >= 0)")
     check_reduction(reduction)
     _check_pair(student_logits, teacher_logits)
-    log_ps = F.log_softmax(_upcast(student_logits), dim=1)
-    log_pt = F.log_softmax(_upcast(teacher_logits.detach()), dim=1)
+    log_ps = F.log_softmax(upcast(student_logits), dim=1)
+    log_pt = F.log_softmax(upcast(teacher_logits.detach()), dim=1)
     pt = log_pt.exp()
     own = torch.log(pt + eps) if eps > 0 else log_pt
     per = (pt * own - pt * log_ps).mean(dim=1)
@@ -138,35 +138,47 @@ class MTARDLoss(nn.Module):
 
     def forward(self, student_adv_logits: Tensor, teacher_adv_logits: Tensor, student_nat_logits: Tensor,
                 teacher_nat_logits: Tensor) -> Tensor:
-        l_adv = mtard_kl(student_adv_logits, teacher_adv_logits, eps=self.eps, reduction="mean")
-        l_nat = mtard_kl(student_nat_logits, teacher_nat_logits, eps=self.eps, reduction="mean")
-        if self.training:
-            w_adv, w_nat = self.balancer.update(l_adv, l_nat)
+        per_adv = mtard_kl(student_adv_logits, teacher_adv_logits, eps=self.eps, reduction="none")
+        per_nat = mtard_kl(student_nat_logits, teacher_nat_logits, eps=self.eps, reduction="none")
+        if self.training:  # the weights follow the batch means (the code's losses), whatever the reduction
+            w_adv, w_nat = self.balancer.update(per_adv.detach().mean(), per_nat.detach().mean())
         else:
             w_adv, w_nat = self.balancer.weight_adv, self.balancer.weight_nat
-        if self.reduction != "mean":
-            l_adv = mtard_kl(student_adv_logits, teacher_adv_logits, eps=self.eps, reduction=self.reduction)
-            l_nat = mtard_kl(student_nat_logits, teacher_nat_logits, eps=self.eps, reduction=self.reduction)
+        l_adv, l_nat = reduce_loss(per_adv, self.reduction), reduce_loss(per_nat, self.reduction)
         return w_adv.to(l_adv.dtype) * l_adv + w_nat.to(l_nat.dtype) * l_nat
 
 
 def mtard_adversarial_examples(student: nn.Module, x: Tensor, y: Tensor, *, epsilon: float = 8 / 255,
                                step_size: float = 2 / 255, steps: int = 10,
-                               clamp: tuple[float, float] | None = (0.0, 1.0), random_start: bool = False) -> Tensor:
+                               clamp: tuple[float, float] | None = (0.0, 1.0), start_noise: float = 0.001,
+                               random_start: bool = False, generator: torch.Generator | None = None) -> Tensor:
     """MTARD's inner maximization (``mtard_inner_loss_ce``): l_inf PGD on the student's CE, student in eval mode.
 
-    Uses :func:`gradwise.losses.pgd_attack`. Departure: the code starts from
-    ``x + 0.001 * N(0, 1)`` and projects around ``x``; here the start is ``x``
-    (``random_start=True`` gives a uniform start in the ball instead). The
+    Uses :func:`gradwise.losses.pgd_attack`. As the authors' code (and its
+    training script's ``epsilon=8/255``, ``step_size=2/255``, 10 steps), the
+    attack starts from ``x + start_noise * N(0, 1)`` (``start_noise=0.001``;
+    the start is neither projected nor clamped), then each step takes
+    ``step_size * sign(grad)``, projects onto the ball around ``x`` and clamps
+    to [0, 1]. ``generator`` draws the start noise; ``random_start=True``
+    (with ``start_noise=0``) gives a uniform start in the ball instead. The
     student's train/eval mode is restored afterwards. Pass ``clamp=None`` for
     data not in [0, 1] (e.g. standardized features).
     """
     from gradwise.losses.adversarial import pgd_attack
 
+    if isinstance(start_noise, bool) or not isinstance(start_noise, (int, float)) or not start_noise >= 0:
+        raise ValueError(f"Invalid start_noise: {start_noise!r} (accepted: a number >= 0)")
+    if start_noise > 0 and random_start:
+        raise ValueError("Invalid random_start: True together with start_noise > 0 (pick one start; set "
+                         "start_noise=0 for a uniform start in the ball)")
+    start = None
+    if start_noise > 0:
+        start = start_noise * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     was_training = student.training
     student.eval()
     try:
         return pgd_attack(student, x, y, eps=epsilon, alpha=step_size, steps=steps, norm="linf",
-                          loss_fn=lambda out, t: F.cross_entropy(out, t), random_start=random_start, clamp=clamp)
+                          loss_fn=lambda out, t: F.cross_entropy(out, t), random_start=random_start, clamp=clamp,
+                          generator=generator, start=start)
     finally:
         student.train(was_training)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, check_reduction, reduce_loss
-from gradwise.losses.kd import _common_dtype, _upcast
+from gradwise.losses._common import (LossModule, check_label_range, check_reduction, prepare_logits_target,
+                                     reduce_loss, upcast)
+from gradwise.losses.kd import _common_dtype
 from gradwise.registry import register
 
 __all__ = ["nd_loss", "NDLoss", "class_means"]
@@ -41,13 +42,8 @@ def _check_inputs(student_features: Tensor, teacher_features: Tensor, target: Te
                          f"{target.dtype if torch.is_tensor(target) else type(target).__name__}")
     if target.shape != student_features.shape[:1]:
         raise ValueError(f"Invalid target: expected shape [{student_features.shape[0]}], got {tuple(target.shape)}")
-    if validate and target.numel():
-        valid = target if ignore_index is None else target[target != ignore_index]
-        if valid.numel():
-            lo, hi = int(valid.min()), int(valid.max())
-            if lo < 0 or hi >= class_centers.shape[0]:
-                raise ValueError(f"Invalid target: label {lo if lo < 0 else hi} out of range "
-                                 f"(accepted: 0 <= label < {class_centers.shape[0]} or ignore_index={ignore_index})")
+    if validate:
+        check_label_range(target, class_centers.shape[0], ignore_index)
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2305.17007", code=CODE,
@@ -96,12 +92,8 @@ def nd_loss(student_features: Tensor, teacher_features: Tensor, target: Tensor, 
     """
     check_reduction(reduction)
     _check_inputs(student_features, teacher_features, target, class_centers, ignore_index, validate)
-    s, t, c = _upcast(student_features), _upcast(teacher_features), _upcast(class_centers)
-    tgt = target.long()
-    mask = None
-    if ignore_index is not None:
-        mask = tgt != ignore_index
-        tgt = torch.where(mask, tgt, torch.zeros((), dtype=tgt.dtype, device=tgt.device))
+    s, t, c = upcast(student_features), upcast(teacher_features), upcast(class_centers)
+    _, tgt, mask = prepare_logits_target(s, target, ignore_index)
     c = c.to(s.dtype)
     e = c / torch.linalg.vector_norm(c, dim=1, keepdim=True).clamp_min(torch.finfo(c.dtype).tiny)
     e_y = e[tgt]

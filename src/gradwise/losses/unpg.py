@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise.losses._common import check_reduction, reduce_loss
+from gradwise.losses._common import check_label_range, check_reduction, reduce_loss
 from gradwise.losses.tcm import check_embeddings_labels
 from gradwise.registry import register
 
@@ -29,8 +29,10 @@ def box_and_whisker_mask(values: Tensor, valid: Tensor, whisker: float) -> Tenso
     sorted_x = torch.sort(torch.where(valid, vals, torch.full_like(vals, big))).values
     n = valid.sum()
     last = (n - 1).clamp(min=0)
-    q1 = sorted_x[torch.minimum((n * 25) // 100, last)]  # int(0.25 * l), exactly, for integer l
-    q3 = sorted_x[torch.minimum((n * 75) // 100, last)]
+    # int(0.25 l) and int(0.75 l), exactly for integer l; gathered with a 1-element index tensor (a 0-dim
+    # index would be read on the host as a Python int)
+    pos = torch.minimum(torch.stack([(n * 25) // 100, (n * 75) // 100]), last)
+    q1, q3 = sorted_x.gather(0, pos).unbind()
     iqr = q3 - q1
     return valid & (vals >= q1 - whisker * iqr) & (vals <= q3 + whisker * iqr)
 
@@ -41,7 +43,7 @@ def box_and_whisker_mask(values: Tensor, valid: Tensor, whisker: float) -> Tenso
           summary="UNPG: ArcFace/CosFace softmax whose negatives also include filtered sample-to-sample pairs")
 def unpg_loss(embeddings: Tensor, labels: Tensor, weight: Tensor, *, margin_type: str = "arcface",
               s: float = 64.0, m: float = 0.5, whisker: float = 1.5, reduction: str = "mean",
-              ignore_index: int = -100) -> Tensor:
+              ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""Unified Negative Pair Generation (Jung et al., BMVC 2022, arXiv 2203.11593).
 
     Paper: "Unified Negative Pair Generation toward Well-discriminative
@@ -83,6 +85,7 @@ def unpg_loss(embeddings: Tensor, labels: Tensor, weight: Tensor, *, margin_type
         weight: ``[C, D]`` class weights (proxies) of the margin softmax head.
         margin_type: ``'arcface'`` (additive angular) or ``'cosface'`` (additive cosine).
         s: scale; m: margin; whisker: fence width in IQRs (``inf`` keeps all pairs).
+        validate: check the label range (one host sync per call; ``False`` skips it).
 
     Example::
 
@@ -104,13 +107,9 @@ def unpg_loss(embeddings: Tensor, labels: Tensor, weight: Tensor, *, margin_type
     if not whisker >= 0.0:
         raise ValueError(f"Invalid whisker: {whisker} (accepted: 0 <= whisker <= inf)")
     check_reduction(reduction)
+    if validate:
+        check_label_range(labels, weight.shape[0], ignore_index, name="labels")
     keep = labels != ignore_index
-    if labels.numel():
-        valid = labels[keep]
-        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= weight.shape[0]):
-            bad = int(valid.min()) if int(valid.min()) < 0 else int(valid.max())
-            raise ValueError(f"Invalid labels: label {bad} out of range (accepted: 0 <= label < {weight.shape[0]} "
-                             f"or ignore_index={ignore_index})")
 
     cdtype = torch.promote_types(torch.promote_types(embeddings.dtype, weight.dtype), torch.float32)
     x = F.normalize(embeddings.to(cdtype), dim=1)
@@ -128,7 +127,7 @@ def unpg_loss(embeddings: Tensor, labels: Tensor, weight: Tensor, *, margin_type
     # MLPG-style negatives: unordered different-label pairs of kept samples, box-and-whisker filtered
     n = x.shape[0]
     iu = torch.triu_indices(n, n, offset=1, device=x.device)
-    sim = (x[iu[0]] * x[iu[1]]).sum(1)
+    sim = (x @ x.T)[iu[0], iu[1]]  # as the code's convert_label_to_similarity: no [pairs, D] tensor
     neg = (labels[iu[0]] != labels[iu[1]]) & keep[iu[0]] & keep[iu[1]]
     lse = torch.logsumexp(logits, dim=1)
     if sim.numel():
