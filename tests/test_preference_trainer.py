@@ -220,6 +220,8 @@ def test_concatenated_forward_equals_separate_forwards(model_cls):
                 torch.testing.assert_close(q[f"policy_{which}_token_logps"][i, :n], tok, rtol=1e-5, atol=1e-5)
                 assert q[f"{which}_mask"][i].tolist() == [True] * n + [False] * (q[f"{which}_mask"].shape[1] - n)
                 assert (q[f"policy_{which}_token_logps"][i, n:] == 0).all()
+    # padded to the longest completion of the batch (data[0]["chosen"], 5 tokens)
+    assert q["chosen_mask"].shape[1] == q["rejected_mask"].shape[1] == 5
     # reference == policy at start
     torch.testing.assert_close(q["ref_chosen_logps"], q["policy_chosen_logps"], rtol=1e-5, atol=1e-5)
 
@@ -466,3 +468,60 @@ def test_hugging_face_gpt2_from_config():
     start = tr.evaluate(data)["loss"]
     tr.train(data, epochs=4)
     assert tr.evaluate(data)["loss"] < start
+
+
+# --------------------------------------------------------------------- host reads per step
+
+class _Reads(torch.Tensor):
+    """Logits that record every read of their (derived) values back to Python."""
+    reads: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("item", "tolist", "__int__", "__float__", "__bool__", "numpy"):
+            cls.reads.append(func.__name__)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class _ReadsLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = TinyGRULM()
+
+    def forward(self, input_ids):
+        return self.inner(input_ids).as_subclass(_Reads)
+
+
+@pytest.mark.parametrize("objective, kw", [
+    (_dpo, {}),
+    (PreferenceObjective(lambda policy_chosen_token_logps, policy_rejected_token_logps, *, chosen_mask, rejected_mask:
+                         -F.logsigmoid((policy_chosen_token_logps * chosen_mask).sum(-1)
+                                       - (policy_rejected_token_logps * rejected_mask).sum(-1))), {}),
+])
+def test_train_step_reads_the_device_once(objective, kw):
+    # the documented one read per optimizer step (the metrics), with two micro-batches and cached references
+    torch.manual_seed(0)
+    data = _data(16)
+    data[3]["chosen"] = [1, 2, 3, 4, 5]
+    tr = _trainer(_ReadsLM(), objective, batch_size=4, grad_accum_steps=2, **kw)
+    tr.precompute_reference(data)
+    _Reads.reads.clear()
+    tr.train(data, steps=2)
+    assert _Reads.reads == ["tolist", "tolist"]
+    # uncached references are read back once per micro-batch that has any, to fill the cache
+    if tr.uses_reference:
+        tr.ref_cache.clear()
+        _Reads.reads.clear()
+        tr.train(data, steps=3)
+        assert _Reads.reads == ["tolist"] * 3   # one per micro-batch, then the metrics
+
+
+def test_tensor_learning_rate_is_reported_without_a_separate_read():
+    torch.manual_seed(0)
+    model = TinyGRULM()
+    opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.02))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    tr = _trainer(model, opt=opt, scheduler=sched)
+    hist = tr.train(_data(16), steps=2)
+    assert [h["lr"] for h in hist] == pytest.approx([0.02, 0.01])   # the rate each step used
+    assert all(isinstance(h["lr"], float) for h in hist)

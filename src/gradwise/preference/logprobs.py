@@ -25,6 +25,7 @@ not another ``[B, T, V]`` tensor.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -215,6 +216,35 @@ def sequence_key(tokens: Sequence[int], n_prompt: int) -> str:
     return h.hexdigest()
 
 
+def _pad_rows(seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_token_id: int
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-pad token lists into ``input_ids`` [N, T], ``attention_mask`` (long) and ``loss_mask`` (bool,
+    true from ``starts[r]`` to the end of row r), with one tensor copy for all rows."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    pos = torch.arange(int(lengths.max()))
+    real = pos < lengths[:, None]
+    input_ids = torch.full(real.shape, pad_token_id, dtype=torch.long)
+    input_ids[real] = torch.tensor(list(itertools.chain.from_iterable(seqs)), dtype=torch.long)  # row-major
+    loss_mask = real & (pos >= torch.tensor(list(starts), dtype=torch.long)[:, None])
+    return input_ids, real.long(), loss_mask
+
+
+def _left_pack(values: Tensor, mask: Tensor, width: int | None = None) -> tuple[Tensor, Tensor]:
+    """The masked positions of each row of ``values`` [N, T] (one contiguous run per row, e.g. the
+    completion tokens) moved to the left: ([N, width] values, 0-padded; [N, width] mask). ``width``
+    (default: the longest run, which reads it back from the device) must be at least the longest run."""
+    mask = mask.bool()
+    count = mask.sum(-1)
+    start = torch.where(mask.any(-1), mask.int().argmax(-1), torch.zeros_like(count))
+    if width is None:
+        width = int(count.max()) if count.numel() else 0
+    steps = torch.arange(max(1, width), device=values.device)
+    idx = (start[:, None] + steps[None]).clamp(max=values.shape[1] - 1)
+    out_mask = steps[None] < count[:, None]
+    return torch.where(out_mask, values.gather(1, idx), torch.zeros((), dtype=values.dtype,
+                                                                   device=values.device)), out_mask
+
+
 def collate_preferences(examples: Sequence[Mapping], *, pad_token_id: int, max_length: int | None = None,
                         max_prompt_length: int | None = None, ranked_strategy: str = "all",
                         with_keys: bool = False) -> dict:
@@ -273,15 +303,8 @@ def collate_preferences(examples: Sequence[Mapping], *, pad_token_id: int, max_l
                 key = (str(ex["id"]), k) if "id" in ex else sequence_key(p + c, len(p))
             where[(e, k)] = len(rows)
             rows.append((p + c, len(p), key))
-    T = max(len(t) for t, _, _ in rows)
-    N = len(rows)
-    input_ids = torch.full((N, T), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((N, T), dtype=torch.long)
-    loss_mask = torch.zeros((N, T), dtype=torch.bool)
-    for r, (toks, n_p, _) in enumerate(rows):
-        input_ids[r, :len(toks)] = torch.tensor(toks, dtype=torch.long)
-        attention_mask[r, :len(toks)] = 1
-        loss_mask[r, n_p:len(toks)] = True
+    input_ids, attention_mask, loss_mask = _pad_rows([t for t, _, _ in rows], [n for _, n, _ in rows],
+                                                     pad_token_id)
     chosen, rejected, pair_example = [], [], []
     for e, (_, _, pairs) in enumerate(parts):
         for i, j in pairs:

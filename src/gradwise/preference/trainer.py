@@ -47,7 +47,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gradwise.preference.logprobs import _example_parts, _truncate, collate_preferences, sequence_key, token_logps
+from gradwise.preference.logprobs import (_example_parts, _left_pack, _pad_rows, _truncate, collate_preferences,
+                                          sequence_key, token_logps)
 
 __all__ = ["PreferenceTrainer", "PreferenceObjective", "QUANTITIES", "REVISION_QUANTITIES", "build_revision_prompt"]
 
@@ -462,7 +463,10 @@ class PreferenceTrainer:
     ``chosen_reward > rejected_reward``), ``reward_margin`` (mean of
     ``chosen_reward - rejected_reward``), ``chosen_reward``,
     ``rejected_reward``, ``chosen_logps``, ``rejected_logps`` (means of summed
-    policy log-probs), ``pairs``, ``step``, ``epoch``, ``lr``.
+    policy log-probs), ``pairs``, ``step``, ``epoch``, ``lr``. They are read
+    back from the device once per step; micro-batches with sequences not yet
+    in a frozen model's cache add one read each (:meth:`precompute_reference`
+    avoids them).
 
     Example:
         >>> trainer = PreferenceTrainer(model, dpo_loss, torch.optim.AdamW(model.parameters(), 1e-4),
@@ -649,14 +653,7 @@ class PreferenceTrainer:
                         raise ValueError(f"Invalid max_length: {self.max_length} leaves a revised response no tokens "
                                          f"after its revision prompt of {len(p)} tokens (set max_prompt_length)")
                     rows.append((p, c))
-        T = max(len(p) + len(c) for p, c in rows)
-        ids = torch.full((len(rows), T), self.pad_token_id, dtype=torch.long)
-        am = torch.zeros((len(rows), T), dtype=torch.long)
-        lm = torch.zeros((len(rows), T), dtype=torch.bool)
-        for r, (p, c) in enumerate(rows):
-            ids[r, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-            am[r, :len(p) + len(c)] = 1
-            lm[r, len(p):len(p) + len(c)] = True
+        ids, am, lm = _pad_rows([p + c for p, c in rows], [len(p) for p, _ in rows], self.pad_token_id)
         keys = [sequence_key(p + c, len(p)) for p, c in rows] if self.uses_reference else None
         return {"input_ids": ids, "attention_mask": am, "loss_mask": lm, "keys": keys}
 
@@ -672,18 +669,6 @@ class PreferenceTrainer:
         total = lp.sum(-1)
         return total, total / count.clamp_min(1).to(total.dtype), count, lp
 
-    @staticmethod
-    def _packed(lp: Tensor, loss_mask: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
-        """Completion token log-probs moved to the left: [N, Tc] and its mask."""
-        m = loss_mask.clone()
-        m[:, 0] = False  # nothing predicts the first token
-        start = torch.where(m.any(-1), m.int().argmax(-1), torch.zeros_like(count))
-        tc = max(1, int(count.max())) if count.numel() else 1
-        steps = torch.arange(tc, device=lp.device)
-        idx = (start[:, None] + steps[None]).clamp(max=lp.shape[1] - 1)
-        mask = steps[None] < count[:, None]
-        return torch.where(mask, lp.gather(1, idx), torch.zeros((), dtype=lp.dtype, device=lp.device)), mask
-
     def _frozen(self, model: nn.Module, fwd: Callable, cache: dict, rows: dict, dtype: torch.dtype
                 ) -> tuple[Tensor, Tensor, int]:
         """(summed, averaged) log-probs of every row of ``rows`` under a frozen model, and the number of
@@ -698,7 +683,7 @@ class PreferenceTrainer:
                            rows["loss_mask"][idx, :T].to(self.device))
             with torch.no_grad():
                 s, a, _, _ = self._sequence_logps(model, fwd, ids, am, lm)
-            for i, sv, av in zip(missing, s.tolist(), a.tolist()):
+            for i, (sv, av) in zip(missing, torch.stack([s, a], 1).tolist()):  # one read back
                 cache[keys[i]] = (sv, av)
         vals = torch.tensor([cache[k] for k in keys], dtype=dtype, device=self.device)
         return vals[:, 0], vals[:, 1], len(missing)
@@ -754,6 +739,9 @@ class PreferenceTrainer:
             ids = pad(ids, rev["input_ids"], self.pad_token_id)
             am = pad(am, rev["attention_mask"], 0)
             lm = pad(lm, rev["loss_mask"], False)
+        token_level = self._token_level if tokens is None else tokens
+        # the longest completion, read from the host copy of the mask (no device sync)
+        width = int(lm[:N, 1:].sum(-1).max()) if token_level else 0
         ids, am, lm = ids.to(self.device), am.to(self.device), lm.to(self.device)
         with torch.set_grad_enabled(grad):
             s, a, n, lp = self._sequence_logps(self.model, self.forward, ids, am, lm)
@@ -765,8 +753,8 @@ class PreferenceTrainer:
         q = {"policy_chosen_logps": s[ci], "policy_rejected_logps": s[ri],
              "policy_chosen_avg_logps": a[ci], "policy_rejected_avg_logps": a[ri],
              "chosen_lengths": n[ci].to(s.dtype), "rejected_lengths": n[ri].to(s.dtype)}
-        if self._token_level if tokens is None else tokens:
-            packed, pm = self._packed(lp, lm, n)
+        if token_level:  # position 0 is never scored (nothing predicts it)
+            packed, pm = _left_pack(lp[:, 1:], lm[:, 1:], width)
             q.update(policy_chosen_token_logps=packed[ci], policy_rejected_token_logps=packed[ri],
                      chosen_mask=pm[ci], rejected_mask=pm[ri])
         if rev is not None:
@@ -803,14 +791,23 @@ class PreferenceTrainer:
         return losses, cr, rr
 
     @staticmethod
-    def _summarize(parts: list[tuple[Tensor, ...]]) -> dict:
+    def _summarize(parts: list[tuple[Tensor, ...]], lr: float | Tensor | None = None) -> dict:
+        """The step's metrics, read back from the device in one transfer (the step's one host sync)."""
         losses, cr, rr, cl, rl = (torch.cat([p[i].detach().reshape(-1) for p in parts]) for i in range(5))
-        stats = torch.stack([losses.mean(), (cr > rr).to(cr.dtype).mean(), (cr - rr).mean(), cr.mean(), rr.mean(),
-                             cl.mean(), rl.mean()]).tolist()
+        stats = [losses.mean(), (cr > rr).to(cr.dtype).mean(), (cr - rr).mean(), cr.mean(), rr.mean(),
+                 cl.mean(), rl.mean()]
+        dtype = torch.float32
+        for x in (losses, cr, cl):
+            dtype = torch.promote_types(dtype, x.dtype)
+        if torch.is_tensor(lr):
+            stats.append(lr.reshape(()).to(device=losses.device))
+        stats = torch.stack([x.to(dtype) for x in stats]).tolist()
         names = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
                  "chosen_logps", "rejected_logps")
         out = dict(zip(names, stats))
         out["pairs"] = int(losses.numel())
+        if lr is not None:
+            out["lr"] = stats[-1] if torch.is_tensor(lr) else lr
         return out
 
     def _steps_per_epoch(self, n: int) -> int:
@@ -836,7 +833,8 @@ class PreferenceTrainer:
             losses, cr, rr = self._loss_terms(q)
             (losses.sum() / total_pairs).backward()
             parts.append((losses, cr, rr, q["policy_chosen_logps"], q["policy_rejected_logps"]))
-        lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step uses
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (a tensor lr is read with the metrics)
+        lr = lr.detach().clone() if torch.is_tensor(lr) else float(lr)
         if self.max_grad_norm is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
@@ -844,9 +842,7 @@ class PreferenceTrainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
-        out = self._summarize(parts)
-        out["lr"] = lr
-        return out
+        return self._summarize(parts, lr)
 
     def train_step(self, examples: Sequence[Mapping]) -> dict:
         """One optimizer step on exactly ``examples`` (split into micro-batches of

@@ -70,6 +70,7 @@ from typing import Any
 
 import torch
 
+from gradwise.preference.logprobs import _left_pack
 from gradwise.preference.trainer import QUANTITIES, PreferenceObjective
 
 __all__ = ["trl_dpo_trainer_class", "trl_dpo_trainer", "use_gradwise_objective"]
@@ -126,20 +127,6 @@ def _check_trl_args(args) -> None:
                          "objective: 'reverse_kl'; use gradwise.preference.fdpo_loss for f-DPO)")
 
 
-def _packed(per_token: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Completion tokens of each row moved to the left: ([N, Tc] log-probs, 0-padded; [N, Tc] mask)."""
-    mask = mask.bool()
-    count = mask.sum(-1)
-    start = torch.where(mask.any(-1), mask.int().argmax(-1), torch.zeros_like(count))
-    tc = max(1, int(count.max())) if count.numel() else 1
-    steps = torch.arange(tc, device=per_token.device)
-    idx = (start[:, None] + steps[None]).clamp(max=per_token.shape[1] - 1)
-    out_mask = steps[None] < count[:, None]
-    vals = torch.where(out_mask, per_token.gather(1, idx), torch.zeros((), dtype=per_token.dtype,
-                                                                         device=per_token.device))
-    return vals, out_mask
-
-
 def _compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False):
     """``DPOTrainer._compute_loss`` with the gradwise objective ``self.gradwise_objective``."""
     obj: PreferenceObjective = self.gradwise_objective
@@ -166,7 +153,7 @@ def _compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = Fa
          "chosen_lengths": chosen_len, "rejected_lengths": rejected_len}
     used = set(obj.inputs) | set(obj.keyword_inputs)
     if used & _TOKEN_LEVEL:
-        packed, pmask = _packed(per_token, shift_mask)
+        packed, pmask = _left_pack(per_token, shift_mask)
         q["policy_chosen_token_logps"], q["policy_rejected_token_logps"] = packed.chunk(2, dim=0)
         q["chosen_mask"], q["rejected_mask"] = pmask.chunk(2, dim=0)
     if obj.needs_reference:
