@@ -159,3 +159,38 @@ def test_divergence_is_recorded_and_reported(tmp_path):
 
     doc = json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
     assert doc["runs"][0]["diverged"] is True
+
+
+def test_mean_std_is_the_mean_and_sample_deviation():
+    xs = [0.5, 0.25, 1.0, 2.0]
+    mean, std = report.mean_std(iter(xs))  # any iterable
+    assert mean == pytest.approx(sum(xs) / 4)
+    assert std == pytest.approx(torch.tensor(xs, dtype=torch.float64).std(unbiased=True).item())
+    assert report.mean_std([3.0]) == (3.0, 0.0)
+    fields = report.mean_std_fields([{"a": 1.0, "b": 4.0}, {"a": 3.0, "b": 4.0}], ("b", "a"))
+    assert list(fields) == ["b_mean", "b_std", "a_mean", "a_std"]
+    assert fields == {"b_mean": 4.0, "b_std": 0.0, "a_mean": 2.0, "a_std": pytest.approx(math.sqrt(2))}
+
+
+def test_write_json_and_csv_are_standard(tmp_path):
+    report.write_json(tmp_path / "r.json", {"x": [math.nan, math.inf, 1.5], "t": (1, 2)})
+
+    def reject(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=reject) == {"x": [None, None, 1.5],
+                                                                                    "t": [1, 2]}
+    report.write_csv(tmp_path / "r.csv", [{"a": 1, "b": None, "extra": [1]}, {"a": 2}], ["a", "b"])
+    assert (tmp_path / "r.csv").read_text().splitlines() == ["a,b", "1,", "2,"]
+
+
+@pytest.mark.parametrize("study", list(STUDIES))
+def test_every_study_takes_seeds_and_out_and_rejects_zero_seeds(study, tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    load_study(study).add_arguments(parser)
+    args = parser.parse_args(["--seeds", "2", "--out", str(tmp_path)])
+    assert args.seeds == 2 and args.out == str(tmp_path)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seeds", "0"])

@@ -25,10 +25,9 @@ from datetime import date
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gradwise.arena import UsageError
+from gradwise.arena import UsageError, report
 from gradwise.arena import optimizers_study as study
 from gradwise.arena.runner import RunResult, torch_threads, train
 from gradwise.arena.tasks import digits
@@ -85,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     task = digits(eval_split="val", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
     runs: dict[str, list[RunResult]] = {n: [] for n in names}
     start = time.perf_counter()
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with torch_threads(cfg.threads), Progress(*columns, console=console, transient=True) as bar:
+    with torch_threads(cfg.threads), report.progress(console, width=28) as bar:
         job = bar.add_task("sweep", total=len(names) * len(GRID) * args.seeds)
         for name in names:
             cls = known[name]()

@@ -16,7 +16,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["STUDIES", "DEFAULT_STUDY", "UsageError", "load_study", "positive_int"]
+__all__ = ["STUDIES", "DEFAULT_STUDY", "UsageError", "load_study", "positive_int", "add_seeds_argument",
+           "add_out_argument"]
 
 
 class UsageError(ValueError):
@@ -43,6 +44,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def add_seeds_argument(parser, default: int) -> None:
+    """``--seeds N``: the study runs seeds 0..N-1."""
+    parser.add_argument("--seeds", type=positive_int, default=default, help=f"seeds 0..N-1 (default {default})")
+
+
+def add_out_argument(parser) -> None:
+    """``--out DIR``: the results folder (see :func:`gradwise.arena.report.results_dir`)."""
+    parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
 
 
 def load_study(name: str) -> ModuleType:

@@ -22,13 +22,12 @@ all on the standardized 8x8 image; seeded per run.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from gradwise.arena import positive_int
+
+from gradwise.arena import add_out_argument, add_seeds_argument, positive_int
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -64,13 +63,12 @@ CONFIG = Config()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=positive_int, default=CONFIG.seeds,
-                        help=f"seeds 0..N-1 (default {CONFIG.seeds})")
+    add_seeds_argument(parser, CONFIG.seeds)
     parser.add_argument("--epochs", type=positive_int, default=CONFIG.epochs,
                         help=f"training epochs of the MLP (default {CONFIG.epochs})")
     parser.add_argument("--ca-epochs", type=positive_int, default=CONFIG.ca_epochs,
                         help=f"training epochs of the correctness-aware calibrator (default {CONFIG.ca_epochs})")
-    parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
+    add_out_argument(parser)
 
 
 def _views(x, gen, noise: float):
@@ -158,15 +156,12 @@ def run_seed(task, cfg: Config, seed: int) -> tuple[list[dict[str, Any]], dict[s
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from gradwise.arena.report import mean_std_fields
+
     out = []
     for m in METHODS:
         rs = [r for r in rows if r["method"] == m]
-        s: dict[str, Any] = {"method": m, "runs": len(rs)}
-        for k in (*METRICS, "temperature"):
-            xs = [r[k] for r in rs]
-            s[k + "_mean"] = statistics.fmean(xs)
-            s[k + "_std"] = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        out.append(s)
+        out.append({"method": m, "runs": len(rs), **mean_std_fields(rs, (*METRICS, "temperature"))})
     return sorted(out, key=lambda s: s["ece_mean"])
 
 
@@ -202,13 +197,9 @@ def _plot(path: Path, probs: dict[str, Any], y, n_bins: int, title: str) -> None
 
 
 def run(args: argparse.Namespace, console: Console) -> Path:
-    import csv
-
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    import gradwise
     from gradwise.arena import report
     from gradwise.arena.runner import torch_threads
     from gradwise.arena.tasks import digits
@@ -218,8 +209,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     out = report.results_dir(args.out)
     rows: list[dict[str, Any]] = []
     pooled: dict[str, list] = {m: [] for m in METHODS}
-    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with torch_threads(cfg.threads), Progress(*columns, console=console, transient=True) as bar:
+    with torch_threads(cfg.threads), report.progress(console) as bar:
         job = bar.add_task("calibration", total=cfg.seeds)
         for seed in range(cfg.seeds):
             bar.update(job, description=f"seed {seed}")
@@ -243,13 +233,9 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     console.print(f"[dim]best first (ECE, {cfg.n_bins} equal-width bins); mean ± std over seeds; "
                   "calibrators fitted on a held-out calibration split[/dim]")
 
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    doc = {"study": "calibration", "config": asdict(cfg), "summary": summary, "runs": rows,
-           "versions": {"gradwise": gradwise.__version__, "torch": torch.__version__}}
-    (out / "results.json").write_text(json.dumps(report.json_safe(doc), indent=2, allow_nan=False) + "\n")
+    report.write_csv(out / "results.csv", rows, list(rows[0]))
+    report.write_json(out / "results.json", {"study": "calibration", "config": asdict(cfg), "summary": summary,
+                                             "runs": rows, "versions": report.versions()})
     probs = {m: torch.cat(v) for m, v in pooled.items()}
     _plot(out / "reliability.png", probs, task.y_eval.repeat(cfg.seeds), cfg.n_bins,
           f"reliability on the digits test split, pooled over {cfg.seeds} seed(s)")

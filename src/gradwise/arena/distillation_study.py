@@ -25,14 +25,13 @@ test accuracy and expected calibration error (15 bins), mean ± std over seeds.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from gradwise.arena import positive_int
+
+from gradwise.arena import add_out_argument, add_seeds_argument, positive_int
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -68,23 +67,20 @@ METHODS = ("CE only", "KD", "CE+BinaryKL (1 head)", "DHKD", "KD++ (ND)", "DML (o
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=positive_int, default=CONFIG.seeds,
-                        help=f"seeds 0..N-1 (default {CONFIG.seeds})")
+    add_seeds_argument(parser, CONFIG.seeds)
     parser.add_argument("--epochs", type=positive_int, default=CONFIG.epochs,
                         help=f"student epochs per method (default {CONFIG.epochs})")
     parser.add_argument("--teacher-epochs", type=positive_int, default=CONFIG.teacher_epochs,
                         help=f"teacher epochs (default {CONFIG.teacher_epochs})")
-    parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
+    add_out_argument(parser)
 
 
 def run(args: argparse.Namespace, console: Console) -> Path:
     import torch
     import torch.nn.functional as F
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
     from torch import nn
 
-    import gradwise
     from gradwise.arena import report
     from gradwise.arena.runner import torch_threads
     from gradwise.arena.tasks import digits, mlp
@@ -180,8 +176,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     rows: list[dict[str, Any]] = []
     teachers: list[dict[str, Any]] = []
     start_all = time.perf_counter()
-    columns = (TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with torch_threads(cfg.threads), Progress(*columns, console=console, transient=True) as bar:
+    with torch_threads(cfg.threads), report.progress(console, width=34) as bar:
         job = bar.add_task("distillation", total=cfg.seeds * (1 + len(METHODS)))
         for seed in range(cfg.seeds):
             bar.update(job, description=f"teacher seed {seed}")
@@ -204,21 +199,18 @@ def run(args: argparse.Namespace, console: Console) -> Path:
                 bar.advance(job)
     total_s = time.perf_counter() - start_all
 
-    def mean_std(xs: list[float]) -> tuple[float, float]:
-        return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
     summary = []
     for method in METHODS:
         rs = [r for r in rows if r["method"] == method]
-        acc_m, acc_s = mean_std([r["test_acc"] for r in rs])
-        ece_m, ece_s = mean_std([r["ece"] for r in rs])
+        acc_m, acc_s = report.mean_std([r["test_acc"] for r in rs])
+        ece_m, ece_s = report.mean_std([r["ece"] for r in rs])
         peers = [r["peer_acc"] for r in rs if r["peer_acc"] is not None]
         summary.append(dict(name=method, runs=len(rs), acc_mean=acc_m, acc_std=acc_s, ece_mean=ece_m, ece_std=ece_s,
                             peer_acc_mean=statistics.fmean(peers) if peers else None,
                             wall_s_mean=statistics.fmean(r["wall_s"] for r in rs)))
     summary.sort(key=lambda s: -s["acc_mean"])
-    t_acc_m, t_acc_s = mean_std([t["test_acc"] for t in teachers])
-    t_ece_m, _ = mean_std([t["ece"] for t in teachers])
+    t_acc_m, t_acc_s = report.mean_std([t["test_acc"] for t in teachers])
+    t_ece_m, _ = report.mean_std([t["ece"] for t in teachers])
 
     title = (f"distillation on digits: student 64-{'-'.join(map(str, cfg.student_hidden))}-10 from teacher "
              f"64-{'-'.join(map(str, cfg.teacher_hidden))}-10, {cfg.epochs} epochs, {cfg.seeds} seed(s)")
@@ -237,17 +229,11 @@ def run(args: argparse.Namespace, console: Console) -> Path:
                   "peer acc: the online methods' teacher-sized peer[/dim]")
     console.print(f"total wall time {total_s:.1f} s")
 
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "seed", "test_acc", "ece", "peer_acc", "wall_s"])
-        w.writeheader()
-        for t in teachers:
-            w.writerow(dict(method="teacher (CE)", seed=t["seed"], test_acc=t["test_acc"], ece=t["ece"],
-                            peer_acc="", wall_s=t["wall_s"]))
-        for r in rows:
-            w.writerow({**r, "peer_acc": "" if r["peer_acc"] is None else r["peer_acc"]})
-    doc = dict(study="distillation", config=asdict(cfg), summary=summary, teacher=teachers, runs=rows,
-               total_wall_s=total_s, versions={"gradwise": gradwise.__version__, "torch": torch.__version__})
-    (out / "results.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    report.write_csv(out / "results.csv", [{"method": "teacher (CE)", **t} for t in teachers] + rows,
+                     ["method", "seed", "test_acc", "ece", "peer_acc", "wall_s"])
+    report.write_json(out / "results.json", dict(study="distillation", config=asdict(cfg), summary=summary,
+                                                 teacher=teachers, runs=rows, total_wall_s=total_s,
+                                                 versions=report.versions()))
     _plot(out / "distillation.png", summary, t_acc_m, title)
     console.print(f"results: {out}/ (results.csv, results.json, distillation.png)")
     return out

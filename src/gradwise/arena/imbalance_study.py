@@ -18,15 +18,14 @@ Methods (all: the same MLP, Adam, ``steps`` minibatches of ``batch_size``):
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from gradwise.arena import positive_int
+
+from gradwise.arena import add_out_argument, add_seeds_argument, positive_int
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -57,12 +56,12 @@ CONFIG = Config()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=positive_int, default=CONFIG.seeds, help=f"seeds (default {CONFIG.seeds})")
+    add_seeds_argument(parser, CONFIG.seeds)
     parser.add_argument("--steps", type=positive_int, default=CONFIG.steps,
                         help=f"optimizer steps per run (default {CONFIG.steps})")
     parser.add_argument("--ratio", type=float, default=CONFIG.ratio,
                         help=f"imbalance ratio head/tail (default {CONFIG.ratio:g})")
-    parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
+    add_out_argument(parser)
 
 
 def long_tail(y, num_classes: int, ratio: float, seed: int):
@@ -142,11 +141,8 @@ def _plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> Path:
-    import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    import gradwise
     from gradwise.arena import report
     from gradwise.arena.runner import torch_threads
     from gradwise.arena.tasks import digits
@@ -158,8 +154,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     task = digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
     out = report.results_dir(args.out)
     rows: list[dict[str, Any]] = []
-    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with torch_threads(cfg.threads), Progress(*columns, console=console, transient=True) as bar:
+    with torch_threads(cfg.threads), report.progress(console) as bar:
         job = bar.add_task("imbalance", total=len(METHODS) * cfg.seeds)
         for m in METHODS:
             for seed in range(cfg.seeds):
@@ -171,12 +166,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     summary = []
     for m in METHODS:
         rs = [r for r in rows if r["method"] == m]
-        s: dict[str, Any] = {"method": m, "runs": len(rs)}
-        for k in (*keys, "wall_s"):
-            xs = [r[k] for r in rs]
-            s[k + "_mean"] = statistics.fmean(xs)
-            s[k + "_std"] = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        summary.append(s)
+        summary.append({"method": m, "runs": len(rs), **report.mean_std_fields(rs, (*keys, "wall_s"))})
     summary.sort(key=lambda s: -s["balanced_acc_mean"])
     counts = rows[0]["train_counts"]
     title = (f"imbalance on digits: long tail ratio {cfg.ratio:g} (train counts {counts[0]}..{counts[-1]}, "
@@ -192,14 +182,9 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     console.print("[dim]best first (balanced test accuracy = mean per-class recall); mean ± std over seeds; "
                   f"cooldown: T={cfg.t_start:g}, then T={cfg.t_end:g} for the last "
                   f"{1 - cfg.cooldown_start:.0%} of steps[/dim]")
-    with open(out / "results.csv", "w", newline="") as f:
-        fields = [k for k in rows[0] if k not in ("per_class", "train_counts")]
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    doc = {"study": "imbalance", "config": asdict(cfg), "summary": summary, "runs": rows,
-           "versions": {"gradwise": gradwise.__version__, "torch": torch.__version__}}
-    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    report.write_csv(out / "results.csv", rows, [k for k in rows[0] if k not in ("per_class", "train_counts")])
+    report.write_json(out / "results.json", {"study": "imbalance", "config": asdict(cfg), "summary": summary,
+                                             "runs": rows, "versions": report.versions()})
     _plot(out / "per_class_recall.png", rows, title)
     console.print(f"results: {out}/ (results.csv, results.json, per_class_recall.png)")
     return out

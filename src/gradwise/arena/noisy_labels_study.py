@@ -19,13 +19,12 @@ generator seeded per run.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from gradwise.arena import add_out_argument, add_seeds_argument, positive_int
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -71,12 +70,12 @@ def noisy_labels(y, num_classes: int, rate: float, seed: int):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=int, default=CONFIG.seeds, help="seeds per loss (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=CONFIG.steps, help="minibatch steps (default %(default)s)")
+    add_seeds_argument(parser, CONFIG.seeds)
+    parser.add_argument("--steps", type=positive_int, default=CONFIG.steps, help="minibatch steps (default %(default)s)")
     parser.add_argument("--noise", type=float, default=CONFIG.noise, help="label noise rate (default %(default)s)")
     parser.add_argument("--losses", type=str, default=None,
                         help="comma-separated subset of: " + ", ".join(LOSSES))
-    parser.add_argument("--out", type=str, default=None, help="results folder (default runs/<timestamp>)")
+    add_out_argument(parser)
 
 
 def _train_one(task, y_noisy, name: str, seed: int, cfg: Config):
@@ -128,19 +127,11 @@ def _train_one(task, y_noisy, name: str, seed: int, cfg: Config):
                 wall_s=time.perf_counter() - start, curve_steps=steps, curve_acc=accs)
 
 
-def _stats(xs):
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, sd
-
-
 def run(args: argparse.Namespace, console: "Console") -> Path:
     import torch
-    from rich.progress import Progress
     from rich.table import Table
 
-    from gradwise.arena import UsageError
-    from gradwise.arena.report import results_dir
+    from gradwise.arena import UsageError, report
     from gradwise.arena.runner import torch_threads
     from gradwise.arena.tasks import digits
 
@@ -152,10 +143,10 @@ def run(args: argparse.Namespace, console: "Console") -> Path:
         raise UsageError("need --seeds >= 1, --steps >= 1 and 0 <= --noise < 0.9")
     cfg = Config(noise=args.noise, steps=args.steps, seeds=args.seeds)
     task = digits(eval_split="test")
-    out = results_dir(args.out)
+    out = report.results_dir(args.out)
     results = []
     t0 = time.perf_counter()
-    with torch_threads(cfg.threads), Progress(console=console, transient=True) as progress:
+    with torch_threads(cfg.threads), report.progress(console, width=30) as progress:
         bar = progress.add_task("noisy-labels", total=len(names) * cfg.seeds)
         for seed in range(cfg.seeds):
             y_noisy, flip = noisy_labels(task.y_train, task.num_classes, cfg.noise, seed)
@@ -168,9 +159,9 @@ def run(args: argparse.Namespace, console: "Console") -> Path:
     rows = []
     for nm in names:
         rs = [r for r in results if r["loss"] == nm]
-        fm, fs = _stats([r["final_acc"] for r in rs])
-        bm, bs = _stats([r["best_acc"] for r in rs])
-        nm_, _ = _stats([r["train_fit_noisy"] for r in rs])
+        fm, fs = report.mean_std(r["final_acc"] for r in rs)
+        bm, bs = report.mean_std(r["best_acc"] for r in rs)
+        nm_, _ = report.mean_std(r["train_fit_noisy"] for r in rs)
         rows.append(dict(loss=nm, final_mean=fm, final_std=fs, best_mean=bm, best_std=bs, fit_noisy=nm_,
                          wall_s=sum(r["wall_s"] for r in rs) / len(rs)))
     rows.sort(key=lambda r: -r["final_mean"])
@@ -185,13 +176,9 @@ def run(args: argparse.Namespace, console: "Console") -> Path:
     console.print(table)
     console.print(f"total wall time {wall:.1f} s; results in {out}")
 
-    with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["loss", "seed", "final_acc", "best_acc", "train_fit_noisy", "wall_s"])
-        for r in results:
-            w.writerow([r["loss"], r["seed"], r["final_acc"], r["best_acc"], r["train_fit_noisy"], r["wall_s"]])
-    (out / "results.json").write_text(json.dumps(dict(study="noisy-labels", config=asdict(cfg), wall_s=wall,
-                                                      leaderboard=rows, runs=results), indent=1))
+    report.write_csv(out / "results.csv", results, ["loss", "seed", "final_acc", "best_acc", "train_fit_noisy", "wall_s"])
+    report.write_json(out / "results.json", dict(study="noisy-labels", config=asdict(cfg), wall_s=wall, leaderboard=rows,
+                                                 runs=results, versions=report.versions()))
     import matplotlib
 
     matplotlib.use("Agg")

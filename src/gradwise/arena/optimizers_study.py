@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradwise.arena import UsageError, positive_int
+from gradwise.arena import UsageError, add_out_argument, add_seeds_argument, positive_int
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -132,19 +132,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The study's command-line options."""
     parser.add_argument("--optimizers", metavar="A,B,C",
                         help="comma-separated optimizer names (default: all gradwise optimizers and AdamW)")
-    parser.add_argument("--seeds", type=positive_int, default=CONFIG.seeds,
-                        help=f"seeds per optimizer, 0..N-1 (default {CONFIG.seeds})")
+    add_seeds_argument(parser, CONFIG.seeds)
     parser.add_argument("--steps", type=positive_int, default=CONFIG.steps,
                         help=f"optimizer steps per run (default {CONFIG.steps})")
-    parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
+    add_out_argument(parser)
 
 
 def run(args: argparse.Namespace, console: Console) -> Path:
     """Run the study, print the leaderboard and write results; return the results folder."""
-    import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    import gradwise
     from gradwise.arena import report
     from gradwise.arena.runner import train, torch_threads
     from gradwise.arena.tasks import digits
@@ -158,8 +153,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     out = report.results_dir(args.out)
 
     results = []
-    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with torch_threads(cfg.threads), Progress(*columns, console=console, transient=True) as bar:
+    with torch_threads(cfg.threads), report.progress(console) as bar:
         job = bar.add_task("optimizers", total=len(names) * cfg.seeds)
         for name in names:
             for seed in range(cfg.seeds):
@@ -178,7 +172,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         **asdict(cfg),
         "optimizers": {n: {"entry": BASELINES.get(n) or f"{classes[n].__module__}:{classes[n].__qualname__}",
                            "lr": lrs[n][0], "lr_source": lrs[n][1]} for n in names},
-        "versions": {"gradwise": gradwise.__version__, "torch": torch.__version__},
+        "versions": report.versions(),
     }
     report.write_results(out, study="optimizers", config=config, results=results, summary=summary)
     report.plot_curves(out / "loss_curves.png", results, target_loss=cfg.target_loss, title=title)

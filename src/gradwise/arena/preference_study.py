@@ -35,15 +35,13 @@ Per seed ``s``:
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradwise.arena import positive_int
+from gradwise.arena import add_out_argument, add_seeds_argument, positive_int
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -103,8 +101,7 @@ METHODS = tuple(OFFLINE) + tuple(ONLINE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=positive_int, default=CONFIG.seeds,
-                        help=f"seeds 0..N-1 (default {CONFIG.seeds})")
+    add_seeds_argument(parser, CONFIG.seeds)
     parser.add_argument("--steps", type=positive_int, default=CONFIG.steps,
                         help=f"optimizer steps per preference method (default {CONFIG.steps})")
     parser.add_argument("--iterations", type=positive_int, default=CONFIG.iterations,
@@ -115,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"prompts of the offline preference set (default {CONFIG.pairs_prompts})")
     parser.add_argument("--eval-prompts", type=positive_int, default=CONFIG.eval_prompts,
                         help=f"held-out evaluation prompts (default {CONFIG.eval_prompts})")
-    parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
+    add_out_argument(parser)
 
 
 # ----------------------------------------------------------------- the language and the judge
@@ -190,10 +187,8 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     import random
 
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    import gradwise
     from gradwise.arena import report
     from gradwise.arena.runner import torch_threads
     from gradwise.preference import (OnlinePreferenceLoop, PreferenceObjective, PreferenceOracle, PreferenceTrainer,
@@ -265,8 +260,7 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     rows: list[dict[str, Any]] = []
     sft_rows: list[dict[str, Any]] = []
     start_all = time.perf_counter()
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with torch_threads(cfg.threads), Progress(*columns, console=console, transient=True) as bar:
+    with torch_threads(cfg.threads), report.progress(console, width=28) as bar:
         job = bar.add_task("preference", total=cfg.seeds * (1 + len(METHODS)))
         for seed in range(cfg.seeds):
             bar.update(job, description=f"SFT seed {seed}")
@@ -301,17 +295,11 @@ def run(args: argparse.Namespace, console: Console) -> Path:
                 bar.advance(job)
     total_s = time.perf_counter() - start_all
 
-    def ms(xs):
-        xs = list(xs)
-        return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
     summary = []
     for name in ("SFT",) + METHODS:
         rs = [r for r in (sft_rows if name == "SFT" else rows) if r["method"] == name]
-        s = dict(name=name, kind=rs[0]["kind"], runs=len(rs))
-        for k in ("win_rate", "kl", "reward", "exact", "mean_len", "wall_s"):
-            s[f"{k}_mean"], s[f"{k}_std"] = ms(r[k] for r in rs)
-        summary.append(s)
+        summary.append(dict(name=name, kind=rs[0]["kind"], runs=len(rs),
+                            **report.mean_std_fields(rs, ("win_rate", "kl", "reward", "exact", "mean_len", "wall_s"))))
     summary.sort(key=lambda s: -s["win_rate_mean"])
     dpo_wr = next(s["win_rate_mean"] for s in summary if s["name"] == "DPO")
     # a policy that always reverses exactly wins against every non-exact SFT sample and ties the rest
@@ -337,14 +325,11 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     console.print(f"total wall time {total_s:.1f} s")
 
     fields = ["method", "kind", "seed", "win_rate", "kl", "reward", "exact", "mean_len", "wall_s"]
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(sft_rows + rows)
-    doc = dict(study="preference", config=asdict(cfg), offline_methods=dict(OFFLINE), online_methods=dict(ONLINE),
-               summary=summary, win_rate_ceiling=ceiling, runs=sft_rows + rows,
-               total_wall_s=total_s, versions={"gradwise": gradwise.__version__, "torch": torch.__version__})
-    (out / "results.json").write_text(json.dumps(report.json_safe(doc), indent=2, allow_nan=False) + "\n")
+    report.write_csv(out / "results.csv", sft_rows + rows, fields)
+    report.write_json(out / "results.json", dict(
+        study="preference", config=asdict(cfg), offline_methods=dict(OFFLINE), online_methods=dict(ONLINE),
+        summary=summary, win_rate_ceiling=ceiling, runs=sft_rows + rows, total_wall_s=total_s,
+        versions=report.versions()))
     _plot(out / "preference.png", summary, sft_rows + rows, title)
     console.print(f"results: {out}/ (results.csv, results.json, preference.png)")
     return out

@@ -6,19 +6,21 @@ import json
 import math
 import statistics
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from gradwise.arena.runner import RunResult
 
-__all__ = ["json_safe", "Summary", "summarize", "leaderboard", "results_dir", "write_results", "plot_curves"]
+__all__ = ["json_safe", "Summary", "summarize", "leaderboard", "results_dir", "write_results", "plot_curves",
+           "mean_std", "mean_std_fields", "progress", "versions", "write_csv", "write_json"]
 
 DASH = "—"
 
@@ -47,6 +49,48 @@ class Summary:
 
 def _mean(xs: Sequence[float]) -> float:
     return statistics.fmean(xs) if xs else math.nan
+
+
+def mean_std(xs: Iterable[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation) of ``xs``; the deviation is 0 for one value."""
+    xs = list(xs)
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def mean_std_fields(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, float]:
+    """``{k + "_mean": ..., k + "_std": ...}`` over ``rows`` for each key in ``keys``, in that order."""
+    out: dict[str, float] = {}
+    for k in keys:
+        out[k + "_mean"], out[k + "_std"] = mean_std(r[k] for r in rows)
+    return out
+
+
+def progress(console: Console, width: int = 24) -> Progress:
+    """The studies' transient progress bar: a description ``width`` characters wide, bar, count, time."""
+    columns = (TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True)
+
+
+def versions() -> dict[str, str]:
+    """The versions recorded in every results.json."""
+    import torch
+
+    import gradwise
+
+    return {"gradwise": gradwise.__version__, "torch": torch.__version__}
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, Any]], fields: Sequence[str]) -> None:
+    """A CSV of ``rows`` with columns ``fields`` (other keys ignored; None written as an empty cell)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """``doc`` as standard JSON (NaN and infinities written as null), indented."""
+    path.write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
 
 
 def summarize(results: Sequence[RunResult]) -> list[Summary]:
@@ -135,7 +179,7 @@ def write_results(out: Path, *, study: str, config: dict[str, Any], results: Seq
         "summary": [asdict(s) for s in summary],
         "runs": [{k: getattr(r, k) for k in _RUN_FIELDS} for r in results],
     }
-    (out / "results.json").write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
+    write_json(out / "results.json", doc)
 
 
 def json_safe(obj: Any) -> Any:
