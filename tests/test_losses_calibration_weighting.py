@@ -318,6 +318,10 @@ def test_msd_eval_and_p0_equal_head():
     assert torch.allclose(m0.loss(x, y, F.cross_entropy), F.cross_entropy(m0.head(x), y), atol=1e-6)
     assert torch.allclose(_msd(p=0.0, reduction="sum").train().loss(x, y, F.cross_entropy),
                           4 * F.cross_entropy(m0.head(x), y), atol=1e-5)
+    calls = []
+    m0.head.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    m0.loss(x, y, F.cross_entropy)
+    assert calls == [5]  # p=0: one pass over the batch, not S
 
 
 def test_msd_loss_is_mean_of_per_sample_losses_under_a_fixed_seed():

@@ -29,7 +29,10 @@ class MultiSampleDropout(nn.Module):
       the loss of each dropout sample, averaged (``reduction="sum"`` sums them, as the paper's
       figure does; "mean" is its stated alternative and keeps the loss scale of one sample).
 
-    In eval mode (or with ``p=0``) both are one pass without dropout: ``head(x)``.
+    In eval mode (or with ``p=0``) both are one pass without dropout: ``head(x)``
+    (in training with ``p=0`` and ``reduction="sum"`` the loss is that pass's
+    loss times ``num_samples``, the sum of the S identical samples). The S
+    losses are computed one by one, since ``loss_fn`` is any function.
     The samples are stacked into one batch of :math:`S\cdot N` rows, so the head runs once.
 
     Example::
@@ -64,6 +67,9 @@ class MultiSampleDropout(nn.Module):
         check_reduction(self.reduction)
         if not self.training:
             return loss_fn(self.head(x), target)
+        if self.p == 0:  # S identical samples: one pass, with the sum's factor S
+            one = loss_fn(self.head(x), target)
+            return one * self.num_samples if self.reduction == "sum" else one
         outs = self._samples(x)
         losses = torch.stack([loss_fn(o, target) for o in outs.unbind(0)])
         return losses.sum(0) if self.reduction == "sum" else losses.mean(0)
