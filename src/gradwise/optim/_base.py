@@ -188,9 +188,19 @@ class GradwiseOptimizer(Optimizer):
         self._validate_group(probe)
         super().add_param_group(param_group)
 
+    # Under torch.compile the step graph-breaks and runs eagerly: its per-tensor
+    # step counters and coefficients are Python numbers, which dynamo would
+    # specialize on and recompile for every step, and the fused kernels are
+    # already one pass over memory. The kernels still have fake
+    # implementations (gradwise.optim._fused), so they trace where called directly.
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one optimization step; ``closure`` re-evaluates the loss."""
+        """Perform one optimization step; ``closure`` re-evaluates the loss.
+
+        Under ``torch.compile`` this step runs eagerly (a clean graph break),
+        with the same result as without compile.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
