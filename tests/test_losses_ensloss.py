@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradwise.losses as L
+from numerics import assert_close_to_stored
 
 DATA = Path(__file__).parent / "data"
 GOLD = torch.load(DATA / "ensloss_golden.pt", weights_only=True)
@@ -38,13 +39,17 @@ def test_matches_authors_code(case, mode):
             torch.manual_seed(case["seed"])
             loss = L.ensloss(x, case["target"], lam=case["lam"])
     loss.backward()
-    # float32 with lam = 0 reproduces their arithmetic bit for bit; lam != 0 uses exp(log1p(.)/lam) for their
-    # pow, and float64 inputs keep the derivatives in float64 (theirs are float32)
-    exact = case["scores"].dtype == torch.float32 and case["lam"] == 0.0
-    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-6, atol=1e-7)
+    # float32 with lam = 0 follows their arithmetic step for step, so it agrees to rounding: a few ulps, not bit
+    # for bit, since the golden file was made on another CPU whose vectorized kernels may round differently
+    # (tests/numerics.py). lam != 0 uses exp(log1p(.)/lam) for their pow, and float64 inputs keep the
+    # derivatives in float64 (theirs are float32).
     assert loss.dtype == case["scores"].dtype
-    torch.testing.assert_close(loss, case["loss"], **tol)
-    torch.testing.assert_close(x.grad, case["grad"], **tol)
+    if case["scores"].dtype == torch.float32 and case["lam"] == 0.0:
+        assert_close_to_stored(loss, case["loss"])
+        assert_close_to_stored(x.grad, case["grad"])
+    else:
+        torch.testing.assert_close(loss, case["loss"], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(x.grad, case["grad"], rtol=1e-6, atol=1e-7)
 
 
 def test_golden_noise_is_the_generator_stream():
