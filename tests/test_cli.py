@@ -1,17 +1,22 @@
 """The `gradwise` command line: help, `methods` filtering, `bench` delegation."""
 from __future__ import annotations
 
+import argparse
+import io
 import os
+import re
 import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 import gradwise
-from gradwise import registry
-from gradwise.cli import main
+from gradwise import cli, registry
+from gradwise.arena import STUDIES, load_study
+from gradwise.cli import escape_percent, main, print_methods, rst_to_text
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -28,8 +33,8 @@ def fake_registry(monkeypatch):
     registry.methods()  # import the real packages first, into the real registry
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
-    @registry.register(kind="loss", paper="Zebra Losses for Striped Data", year=2031, arxiv=None, code=None,
-                       summary="a made-up loss")
+    @registry.register(kind="loss", paper="Zebra Losses for Striped Data", year=2031, arxiv=None,
+                       code="https://github.com/zebra-lab/stripes", summary="a made-up loss")
     def ZebraLoss():  # noqa: N802
         pass
 
@@ -101,7 +106,7 @@ def test_methods_without_filter_lists_all(fake_registry, wide, capsys):
 
 def test_methods_no_match(fake_registry, capsys):
     assert main(["methods", "no method has this text"]) == 0
-    assert "no methods match" in capsys.readouterr().out
+    assert "No gradwise method matches 'no method has this text'" in capsys.readouterr().out
 
 
 def _fake_bench(monkeypatch, main_fn):
@@ -126,3 +131,181 @@ def test_bench_without_pytorch_optimizer_is_a_clear_error(monkeypatch, capsys):
     assert main(["bench"]) == 2
     err = capsys.readouterr().err
     assert "pytorch_optimizer" in err and "gradwise[bench]" in err
+
+
+# --------------------------------------------------------------------------- help text is plain text
+
+_RST = re.compile(r"``|:[a-z]+:`|\{'option_strings'")
+
+
+def _help(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_arena_help_shows_every_study_line_as_written(capsys, wide):
+    out = _help(["arena", "--help"], capsys)
+    assert not _RST.search(out), out  # the noisy-labels line printed a Python dict ("40%" reached argparse)
+    for name in STUDIES:
+        assert _flat(rst_to_text(load_study(name).HELP)) in _flat(out), name
+
+
+@pytest.mark.parametrize("study", list(STUDIES))
+def test_each_study_help_is_plain_text(study, capsys):
+    out = _help(["arena", study, "--help"], capsys)
+    assert not _RST.search(out), out
+    assert f"Study {study}:" in out  # the docstring's first line, markup removed
+
+
+def _fake_study(monkeypatch, **attrs):
+    """The CLI's study table holding one made-up study module."""
+    module = types.ModuleType("fake_study")
+    module.__dict__.update(attrs)
+    monkeypatch.setattr(cli, "STUDIES", {"fake": "fake_study"})
+    monkeypatch.setattr(cli, "load_study", lambda name: module)
+
+
+def test_study_help_with_percent_signs_and_rest_markup(monkeypatch, capsys, wide):
+    def add_arguments(parser):
+        parser.add_argument("--rate", type=float, default=0.4,
+                            help="keep 50% of ``rate`` (default %(default)s; see :func:`~gradwise.losses.kd_loss`)")
+
+    _fake_study(monkeypatch, HELP="drops 40% of the labels of :class:`~torch.nn.Linear`",
+                __doc__="Study ``fake``: uses :class:`gradwise.optim.Lion` and **bold** *words*, 100%.\n\n"
+                        "Methods::\n\n* ``one`` -- the first;\n* ``two`` -- the second, on a\n  continued line.\n",
+                add_arguments=add_arguments)
+    top = _help(["arena", "--help"], capsys)
+    assert "drops 40% of the labels of Linear" in _flat(top) and "option_strings" not in top
+    out = _help(["arena", "fake", "--help"], capsys)
+    assert "Study fake: uses gradwise.optim.Lion and bold words, 100%." in _flat(out)
+    assert "keep 50% of rate (default 0.4; see kd_loss)" in _flat(out)
+    assert "Methods:\n" in out and "::" not in out
+    lines = out.splitlines()  # list items keep their own lines instead of running into one paragraph
+    assert "* one -- the first;" in lines
+    assert "* two -- the second, on a continued line." in lines
+
+
+def test_rst_to_text_and_escape_percent():
+    assert rst_to_text(":class:`~gradwise.preference.PreferenceTrainer`") == "PreferenceTrainer"
+    assert rst_to_text(":func:`gradwise.losses.kd_loss`") == "gradwise.losses.kd_loss"
+    assert rst_to_text(":ref:`the guide <guide-label>`") == "the guide"
+    assert rst_to_text("``LRS`` and `x` and 2 * ND * 3") == "LRS and x and 2 * ND * 3"
+    assert rst_to_text("Example::\n\n    code\n.. math::\n\n    a = b") == "Example:\n\n    code\n\n    a = b"
+    assert escape_percent("40% (default %(default)s, %% kept)") == "40%% (default %(default)s, %% kept)"
+    assert escape_percent("%s %d") == "%%s %%d"  # only named formats are argparse's
+    assert argparse.ArgumentParser().format_help()  # sanity: argparse is importable and untouched
+
+
+def test_build_parser_imports_no_method_package():
+    """`gradwise --help` and `gradwise arena` stay fast: the --kind choices are resolved only when used."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys; from gradwise.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('gradwise.optim', "
+            "'gradwise.losses', 'gradwise.preference'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- methods: search, kinds, layout
+
+
+@pytest.mark.parametrize("text", ["3201.00001", "arXiv:3201.00001", "https://arxiv.org/abs/3201.00001",
+                                  "quokka a made-up optimizer"])
+def test_methods_finds_arxiv_ids_and_titles(fake_registry, wide, capsys, text):
+    assert main(["methods", text]) == 0
+    out = capsys.readouterr().out
+    assert "Quokka" in out and "ZebraLoss" not in out
+
+
+def test_methods_finds_code_urls(fake_registry, wide, capsys):
+    assert main(["methods", "zebra-lab/stripes"]) == 0
+    out = capsys.readouterr().out
+    assert "ZebraLoss" in out and "Quokka" not in out
+
+
+def test_methods_finds_every_record_by_its_arxiv_id_and_code():
+    for m in registry.methods():
+        if m.arxiv:
+            assert m in registry.methods(m.arxiv), m.name
+        if m.code:
+            assert m in registry.methods(m.code), m.name
+
+
+@pytest.fixture
+def only_fake_kinds(monkeypatch):
+    """A registry holding only a loss and an optimizer."""
+    registry.methods()
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+
+    @registry.register(kind="loss", paper="Zebra Losses for Striped Data", year=2031, arxiv=None, code=None,
+                       summary="a made-up loss")
+    def ZebraLoss():  # noqa: N802
+        pass
+
+    @registry.register(kind="optimizer", paper="Quokka: A Made-Up Optimizer", year=2032, arxiv=None, code=None,
+                       summary="quux steps")
+    class Quokka:
+        pass
+
+
+def test_kind_choices_are_the_kinds_that_have_methods(only_fake_kinds, capsys):
+    assert main(["methods", "--kind", "loss"]) == 0
+    assert "ZebraLoss" in capsys.readouterr().out
+    assert "metric" in registry.KINDS  # kept for future families ...
+    with pytest.raises(SystemExit) as exc:  # ... but not offered without a method
+        main(["methods", "--kind", "metric"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'metric'" in err and "'optimizer', 'loss'" in err
+
+
+def test_kind_choices_match_the_registry():
+    kind_action = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["methods"]._actions
+                       if a.dest == "kind")
+    assert tuple(kind_action.choices) == tuple(k for k in registry.KINDS if registry.methods(kind=k))
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 100, 200])
+def test_methods_table_never_splits_a_word(width):
+    """Every word of every cell is printed whole (the table used to fold words mid-word at 80 columns)."""
+    records = registry.methods()
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    print_methods(console, records)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    printed = set(re.sub(r"[\u2500-\u257f]", " ", text).split())  # box-drawing characters out
+    for m in records:
+        for field in (m.name, m.kind, str(m.year), m.paper, m.arxiv or "", m.summary):
+            missing = [w for w in field.split() if w not in printed]
+            assert not missing, (width, m.name, missing)
+
+
+def test_methods_not_implemented_points_to_coverage(wide, capsys):
+    assert main(["methods", "kto"]) == 0
+    out = _flat(capsys.readouterr().out)
+    assert "No gradwise method matches 'kto': gradwise does not implement it" in out
+    assert "docs/coverage.md" in out
+
+
+def test_methods_not_implemented_shows_the_seed_list_status(wide, capsys):
+    from gradwise.docs import seed_papers
+
+    paper = next(p for p in seed_papers() if p.status == "planned" and not registry.methods(p.title))
+    assert main(["methods", paper.title.lower()]) == 0
+    out = _flat(capsys.readouterr().out)
+    assert "does not implement it" in out and "docs/coverage.md" in out
+    assert f"│ {paper.idx} │ {paper.title.split()[0]}" in out and "│ planned" in out
+
+
+def test_methods_of_another_kind_are_named(fake_registry, wide, capsys):
+    assert main(["methods", "quokka", "--kind", "loss"]) == 0
+    out = capsys.readouterr().out
+    assert "No method of kind 'loss' matches 'quokka'" in out and "Quokka (optimizer)" in out
+    assert "does not implement" not in out

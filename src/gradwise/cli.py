@@ -7,17 +7,102 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from gradwise import __version__
 from gradwise.arena import DEFAULT_STUDY, STUDIES, UsageError, load_study
-from gradwise.registry import KINDS
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "rst_to_text", "escape_percent", "print_methods"]
 
 _BENCH_MISSING = ("gradwise bench compares against pytorch_optimizer, which is not installed; "
                   "install it with: pip install 'gradwise[bench]'")
+
+
+# --------------------------------------------------------------------------- help text
+# Study modules write their docstrings and help in reST (for the API docs); argparse shows them
+# verbatim and %-formats every help string. These helpers turn both into plain terminal text here,
+# so no study module has to care.
+
+_ROLE = re.compile(r":[A-Za-z][\w.+-]*(?::[A-Za-z][\w.+-]*)?:`(~?)([^`]+)`")
+_LITERAL = re.compile(r"``(.+?)``", re.S)
+_STRONG = re.compile(r"(?<![\w*])\*\*(?=\S)(.+?)(?<=\S)\*\*(?![\w*])", re.S)
+_EMPHASIS = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])", re.S)
+_INTERPRETED = re.compile(r"(?<![\w`])`([^`\n]+)`(?![\w`])")
+# a valid %-format in help text (%(default)s, %%) is kept; any other % is escaped
+_PERCENT = re.compile(r"%(?:\([^)]*\)[#0 +-]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa]|%)|%")
+
+
+def _role_text(m: re.Match) -> str:
+    """``:class:`~a.b.C``` -> ``C``, ``:func:`a.b``` -> ``a.b``, ``:ref:`title <target>``` -> ``title``."""
+    tilde, content = m.group(1), m.group(2)
+    if "<" in content and content.rstrip().endswith(">"):
+        return content.split("<", 1)[0].strip()
+    return content.rsplit(".", 1)[-1] if tilde else content
+
+
+def rst_to_text(text: str) -> str:
+    """reST inline markup as plain text: roles (``:class:`~x.Y``` -> ``Y``), ````literals````,
+    ``**strong**``, ``*emphasis*`` and ```interpreted``` lose their markup; a paragraph-ending
+    ``::`` becomes ``:`` and directive lines (``.. math::``) are dropped, their body kept."""
+    text = _ROLE.sub(_role_text, text)
+    text = _LITERAL.sub(r"\1", text)
+    text = _STRONG.sub(r"\1", text)
+    text = _EMPHASIS.sub(r"\1", text)
+    text = _INTERPRETED.sub(r"\1", text)
+    lines = []
+    for line in text.splitlines():
+        if re.match(r"\s*\.\. [\w-]+::", line):
+            continue
+        if line.strip() == "::":
+            continue
+        lines.append(re.sub(r"(\S)::$", r"\1:", line))
+    return "\n".join(lines)
+
+
+def escape_percent(text: str) -> str:
+    """Escape every ``%`` argparse would misread (``40%`` -> ``40%%``), keeping ``%(default)s`` and ``%%``."""
+    return _PERCENT.sub(lambda m: m.group(0) if len(m.group(0)) > 1 else "%%", text)
+
+
+_ITEM = re.compile(r"(\s*)([*+-]|\d+[.)]) +")
+
+
+class _DocFormatter(argparse.HelpFormatter):
+    """Wraps a description paragraph by paragraph, keeping list items and indented blocks on their own lines
+    (the default formatter runs a whole docstring together into one paragraph)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out: list[str] = []
+        for para in re.split(r"\n\s*\n", textwrap.dedent(text).strip("\n")):
+            lines = para.splitlines()
+            if lines and lines[0].startswith((" ", "\t")) and not _ITEM.match(lines[0]):
+                out.append("\n".join(indent + ln for ln in lines))  # literal block: as written
+                continue
+            items: list[list[str]] = []
+            for ln in lines:
+                if _ITEM.match(ln) or not items:
+                    items.append([ln.strip()])
+                else:
+                    items[-1].append(ln.strip())
+            block = []
+            for item in items:
+                body = " ".join(item)
+                m = _ITEM.match(body)
+                hang = " " * (len(m.group(0)) - len(m.group(1))) if m else ""
+                block.append(textwrap.fill(body, width, initial_indent=indent, subsequent_indent=indent + hang,
+                                           break_long_words=False, break_on_hyphens=False))
+            out.append("\n".join(block))
+        return "\n\n".join(out)
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Every option's help of ``parser`` as plain text, safe for argparse's %-formatting."""
+    for action in parser._actions:
+        if action.help and action.help is not argparse.SUPPRESS:
+            action.help = escape_percent(" ".join(rst_to_text(action.help).split()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("methods", help="list the registered methods (name, kind, paper, summary)",
-                       description="List registry records, filtered by TEXT and KIND.")
+                       description="List registry records, filtered by TEXT and KIND. A method gradwise does not "
+                                   "have is looked up in the seed papers (docs/coverage.md).")
     p.add_argument("text", nargs="?", metavar="TEXT",
-                   help="case-insensitive substring of name, paper title, kind or summary")
-    p.add_argument("--kind", choices=KINDS, help="only records of this kind")
+                   help="case-insensitive text in the name, kind, paper title, arXiv id, authors' code URL or "
+                        "summary")
+    p.add_argument("--kind", choices=_RegisteredKinds(), metavar="KIND",
+                   help="only records of this kind, one of the kinds that have methods: %(choices)s")
 
     p = sub.add_parser("arena", help=f"run an arena study (default: {DEFAULT_STUDY})",
                        description=f"Run an arena study. STUDY defaults to {DEFAULT_STUDY!r}; "
@@ -39,31 +127,171 @@ def build_parser() -> argparse.ArgumentParser:
     studies = p.add_subparsers(dest="study", metavar="STUDY")
     for name in STUDIES:
         module = load_study(name)
-        sp = studies.add_parser(name, help=module.HELP, description=(module.__doc__ or "").strip())
+        description = rst_to_text((module.__doc__ or "").strip())
+        if "%(prog)" in description:  # argparse %-formats a description only when it names %(prog)
+            description = escape_percent(description)
+        sp = studies.add_parser(name, help=escape_percent(rst_to_text(module.HELP)), description=description,
+                                formatter_class=_DocFormatter)
         module.add_arguments(sp)
+        _plain_help(sp)
 
     sub.add_parser("bench", help="speed benchmark of the optimizers (arguments go to gradwise.bench)",
                    add_help=False)
     return parser
 
 
-def _methods(text: str | None, kind: str | None) -> int:
-    from rich.console import Console
+class _RegisteredKinds(Sequence):
+    """``--kind`` choices: the kinds that have registered methods, in the registry's KINDS order.
+
+    Resolved on first use (``gradwise methods --kind ...`` or its ``--help``), because listing the
+    records imports torch and every method package: ``gradwise --help`` and ``gradwise arena`` must not
+    pay for that. KINDS itself keeps kinds planned for future families, which are not offered here.
+    """
+
+    def __init__(self) -> None:
+        self._kinds: tuple[str, ...] | None = None
+
+    def _resolve(self) -> tuple[str, ...]:
+        if self._kinds is None:
+            from gradwise.registry import registered_kinds
+
+            self._kinds = registered_kinds()
+        return self._kinds
+
+    def __getitem__(self, i):
+        return self._resolve()[i]
+
+    def __len__(self) -> int:
+        return len(self._resolve())
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._resolve()
+
+
+# Where the seed-paper statuses are documented (docs/coverage.md), also for installs without the repo.
+_COVERAGE = "docs/coverage.md"
+
+
+def _methods_table(records, width: int):
+    """The widest layout whose every column fits its longest word at ``width`` columns, or None.
+
+    Rich wraps cells at spaces but folds a word longer than its column mid-word, so a layout is used
+    only when its minimum width (each column as wide as its longest word) fits the console.
+    """
     from rich.table import Table
+    from rich.text import Text
+
+    title = f"gradwise methods ({len(records)})"
+    wide = Table(title=title)
+    for col in ("name", "kind", "year"):
+        wide.add_column(col, no_wrap=True)
+    wide.add_column("paper", ratio=3)
+    wide.add_column("arXiv", no_wrap=True)
+    wide.add_column("summary", ratio=4)
+    for m in records:
+        wide.add_row(*(Text(c) for c in (m.name, m.kind, str(m.year), m.paper, m.arxiv or "—", m.summary)))
+
+    # narrow: one column naming the method, one with its paper and (dimmed) summary
+    narrow = Table(title=title, show_lines=True)
+    narrow.add_column("method", no_wrap=True)
+    narrow.add_column("paper / summary")
+    for m in records:
+        narrow.add_row(f"[bold]{_escape(m.name)}[/]\n{m.kind}\n{m.year}" + (f"\narXiv {m.arxiv}" if m.arxiv else ""),
+                       f"{_escape(m.paper)}\n[dim]{_escape(m.summary)}[/]")
+    for table in (wide, narrow):
+        if _min_width(table) <= width:
+            return table
+    return None
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _min_width(table) -> int:
+    from rich.console import Console
+
+    probe = Console(width=10_000, file=_Null())
+    return table.__rich_measure__(probe, probe.options).minimum
+
+
+class _Null:
+    """A file that discards what is written (rich needs one to measure without printing)."""
+
+    def write(self, _text: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+
+def print_methods(console, records) -> None:
+    """Print registry ``records`` on ``console``: a table in the widest layout that fits the console
+    without splitting a word, else one block of wrapped lines per record."""
+    table = _methods_table(records, console.width)
+    if table is not None:
+        console.print(table)
+        return
+    from rich.text import Text
+
+    console.print(f"gradwise methods ({len(records)})")
+    for m in records:  # very narrow terminals: plain wrapped text, broken at spaces
+        head = Text(m.name, style="bold")
+        head.append(f"  {m.kind}  {m.year}" + (f"  arXiv {m.arxiv}" if m.arxiv else ""))
+        console.print(head)
+        console.print(Text(m.paper), Text(m.summary, style="dim"), "")
+
+
+def _not_implemented(console, text: str) -> None:
+    """Say that gradwise has no method matching ``text``, and what the seed-paper list says about it."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from gradwise.docs import seed_papers
+    from gradwise.registry import methods, normalize_text
+
+    console.print(f"No gradwise method matches {escape(repr(text))}: gradwise does not implement it. "
+                  f"{_COVERAGE} lists the seed papers and what gradwise does with each (implemented, planned "
+                  "or out of scope).", highlight=False)
+    key = normalize_text(text)
+    hits = [p for p in seed_papers() if key and any(key in normalize_text(f) for f in (p.title, p.arxiv, p.component))]
+    if not hits:
+        return
+    implemented = {normalize_text(m.paper) for m in methods() if m.seed}
+    table = Table(title=f"seed papers mentioning {escape(repr(text))} ({_COVERAGE})")
+    table.add_column("#", no_wrap=True)
+    table.add_column("paper")
+    table.add_column("status", no_wrap=True)
+    table.add_column("detail")
+    for p in hits[:10]:
+        status = ("implemented" if normalize_text(p.title) in implemented
+                  else p.status + (f" (issue {p.issue})" if p.issue else ""))
+        table.add_row(str(p.idx), escape(p.title) + (f" (arXiv {p.arxiv})" if p.arxiv else ""), status,
+                      escape(p.reason))
+    console.print(table)
+    if len(hits) > 10:
+        console.print(f"... and {len(hits) - 10} more in {_COVERAGE}")
+
+
+def _methods(text: str | None, kind: str | None, console=None) -> int:
+    from rich.console import Console
 
     from gradwise.registry import methods
 
-    console = Console()
+    console = console or Console()
     records = methods(text, kind)
-    if not records:
-        console.print("no methods match" if (text or kind) else "no methods registered yet")
-        return 0
-    table = Table(title=f"gradwise methods ({len(records)})")
-    for col in ("name", "kind", "year", "paper", "arXiv", "summary"):
-        table.add_column(col, overflow="fold")
-    for m in records:
-        table.add_row(m.name, m.kind, str(m.year), m.paper, m.arxiv or "—", m.summary)
-    console.print(table)
+    if records:
+        print_methods(console, records)
+    elif text and kind and methods(text):
+        others = methods(text)
+        console.print(f"No method of kind {kind!r} matches {text!r}; of other kinds: "
+                      + ", ".join(f"{m.name} ({m.kind})" for m in others), highlight=False, markup=False)
+    elif text:
+        _not_implemented(console, text)
+    else:  # a kind is only offered when it has methods, so this is an empty registry
+        console.print("no methods registered yet")
     return 0
 
 

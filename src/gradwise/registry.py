@@ -11,10 +11,14 @@ itself where it is defined::
 from __future__ import annotations
 
 import importlib
+import re
+import unicodedata
 from dataclasses import dataclass, field
 
-__all__ = ["Method", "register", "methods", "get", "KINDS"]
+__all__ = ["Method", "register", "methods", "get", "KINDS", "registered_kinds", "normalize_text"]
 
+# Every kind a record may have, including kinds planned for future families that have no
+# method yet; the CLI offers only the kinds that have records (`registered_kinds`).
 KINDS = ("optimizer", "optimizer-wrapper", "grad-transform", "loss", "metric", "calibration", "module",
          "sample-weighting", "training-helper", "preference", "stability")
 
@@ -58,9 +62,27 @@ class Method:
             obj = getattr(obj, part)
         return obj
 
+    def search_fields(self) -> tuple[str, ...]:
+        """The texts :meth:`matches` searches: name, aliases, kind, paper title, summary, the arXiv id
+        (also as ``arXiv:ID`` and its abs URL) and the authors' code URL."""
+        fields = [self.name, *self.aliases, self.kind, self.paper, self.summary]
+        if self.arxiv:
+            fields += [self.arxiv, f"arXiv:{self.arxiv}", f"https://arxiv.org/abs/{self.arxiv}"]
+        if self.code:
+            fields.append(self.code)
+        return tuple(fields)
+
     def matches(self, text: str) -> bool:
-        t = text.lower()
-        return any(t in s.lower() for s in (self.name, self.kind, self.paper, self.summary, *self.aliases))
+        """Whether ``text`` occurs in one of :meth:`search_fields`, ignoring case; a title also matches
+        ignoring punctuation and accents (``"lion symbolic discovery"`` finds "Symbolic Discovery of ...")."""
+        t = text.strip().lower()
+        if not t:
+            return True
+        fields = self.search_fields()
+        if any(t in f.lower() for f in fields):
+            return True
+        key = normalize_text(t)
+        return bool(key) and key in normalize_text(self.paper)
 
 
 def register(*, kind: str, paper: str, year: int, arxiv: str | None, code: str | None,
@@ -92,6 +114,18 @@ def methods(text: str | None = None, kind: str | None = None) -> list[Method]:
         importlib.import_module(pkg)
     out = [m for m in _REGISTRY.values() if (kind is None or m.kind == kind) and (not text or m.matches(text))]
     return sorted(out, key=lambda m: (KINDS.index(m.kind), m.name.lower()))
+
+
+def registered_kinds() -> tuple[str, ...]:
+    """The kinds that have at least one record, in KINDS order."""
+    present = {m.kind for m in methods()}
+    return tuple(k for k in KINDS if k in present)
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, accents and punctuation dropped, whitespace collapsed: ``"Lion: Symbolic"`` -> ``"lion symbolic"``."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", ascii_text).split())
 
 
 def get(name: str) -> Method:
