@@ -26,7 +26,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["GradwiseOptimizer", "GradTransform", "check_range", "check_int", "check_betas", "zeros_state"]
+__all__ = ["GradwiseOptimizer", "GradTransform", "check_range", "check_int", "check_betas", "check_lr",
+           "zeros_state", "picklable_state", "NOT_CAPTURABLE", "NOT_DIFFERENTIABLE"]
+
+NOT_CAPTURABLE = ("gradwise's step computes per-tensor step counts, bias corrections and schedules as Python "
+                  "numbers on the host, so it cannot be captured in a CUDA graph")
+NOT_DIFFERENTIABLE = ("gradwise's update runs under torch.no_grad with in-place _foreach_ and fused-kernel "
+                      "writes, which autograd cannot differentiate through")
 
 
 def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None,
@@ -41,6 +47,42 @@ def check_range(name: str, value: Any, lo: float | None = None, hi: float | None
           (hi is not None and (value >= hi if hi_open else value > hi))
     if bad:
         raise ValueError(f"Invalid {name}: {value} (accepted: {accepted})")
+
+
+def check_lr(lr: Any) -> None:
+    """``lr >= 0``: a real number, or (as torch.optim accepts) a one-element real tensor."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1 or lr.is_complex() or not lr.is_floating_point() or lr.requires_grad:
+            raise ValueError(f"Invalid lr: a tensor of shape {tuple(lr.shape)} and dtype {lr.dtype}"
+                             f"{' requiring grad' if lr.requires_grad else ''} (accepted: a real number, or a "
+                             "one-element floating-point tensor without grad, with 0 <= lr)")
+        lr = float(lr)
+    check_range("lr", lr, 0.0)
+
+
+def picklable_state(opt: Optimizer, torch_state: dict[str, Any]) -> dict[str, Any]:
+    """What ``__getstate__`` keeps: torch's three entries plus every attribute but the hooks.
+
+    torch.optim's ``__getstate__`` keeps only ``defaults``, ``state`` and
+    ``param_groups``; gradwise's optimizers hold more (``fused``,
+    ``grad_transforms``, a wrapped optimizer, ...), without which a copy cannot
+    step. Hooks are left out, as torch does (they are often unpicklable closures).
+    """
+    out = dict(torch_state)
+    for k, v in opt.__dict__.items():
+        if k not in out and not k.startswith("_optimizer_"):
+            out[k] = v
+    return out
+
+
+def _fusable_tensor(t: Tensor) -> tuple[bool, str]:
+    """Whether the fused kernels take this tensor, and why not."""
+    if not (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)):
+        return False, f"needs float32/float64 CPU tensors, got a {t.dtype} tensor on {t.device}"
+    from gradwise.optim import _fused
+    if not _fused.available():
+        return False, f"the compiled kernels are unavailable ({_fused.error()})"
+    return True, ""
 
 
 def check_int(name: str, value: Any, lo: int) -> None:
@@ -111,21 +153,64 @@ class GradwiseOptimizer(Optimizer):
             gradients before the update (e.g. ``[SpikeClip()]``).
         fused: use the fused CPU kernels (one pass over memory instead of
             8-15 ``_foreach_`` passes) for float32/float64 CPU tensors. None
-            (default): when they can be built; True: require them; False:
+            (default): when they can be built; True: require them (checked
+            for every parameter before a step changes anything); False:
             always the ``torch._foreach_*`` path (also used for other dtypes
-            and devices). Both paths compute the same update.
+            and devices). Both paths compute the same update. A parameter
+            group may carry its own ``"fused"`` (or ``"foreach"``) key, which
+            overrides the optimizer's for that group.
+        foreach: accepted for ``torch.optim`` compatibility. True or False
+            selects the ``torch._foreach_*`` path (gradwise's reference
+            implementation; there is no separate per-tensor for-loop one, and
+            the result is the same math), i.e. ``fused=False``. None (default):
+            decided by ``fused``. ``foreach=True`` with ``fused=True`` is an error,
+            as in torch.optim.
+        maximize: maximize the objective (the update uses ``-grad``), as in
+            torch.optim. Stored in each parameter group.
+        capturable, differentiable: accepted as False only (see
+            :data:`NOT_CAPTURABLE`, :data:`NOT_DIFFERENTIABLE` for why True is refused).
         skip_nonfinite: when True, a step whose gradients hold an inf or NaN
             leaves parameters and state untouched and increments
             ``group["skipped_steps"]`` in every parameter group. Costs one host
             sync per step. When False (default) a non-finite gradient
             propagates as it would in ``torch.optim``.
+
+    Drop-in behaviour shared with ``torch.optim`` (tested against torch's own
+    optimizer contract in tests/test_optim_torch_contract.py):
+
+    * ``lr`` may be a 0-dim (or one-element) tensor, read at every step, so a
+      scheduler may change it in place;
+    * a step where no parameter has a gradient changes nothing (step counters
+      included);
+    * complex parameters are stepped as ``torch.view_as_real`` of themselves
+      (state kept in that real shape), unless the class refuses them
+      (``_complex_refusal``) with a ValueError at construction;
+    * a ``step`` held in state as a tensor (torch.optim's checkpoint format) is
+      read as an integer;
+    * ``copy.deepcopy`` and pickling keep every attribute (not only torch's
+      ``defaults``/``state``/``param_groups``); hooks are dropped, as torch does.
     """
+
+    # why a class refuses complex parameters (None: stepped as view_as_real, like torch.optim)
+    _complex_refusal: str | None = None
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *,
                  grad_transforms: Sequence[GradTransform] = (), skip_nonfinite: bool = False,
-                 fused: bool | None = None) -> None:
+                 fused: bool | None = None, foreach: bool | None = None, maximize: bool = False,
+                 capturable: bool = False, differentiable: bool = False) -> None:
         if fused is not None and not isinstance(fused, bool):
             raise ValueError(f"Invalid fused: {fused!r} (accepted: None, True or False)")
+        if foreach is not None and not isinstance(foreach, bool):
+            raise ValueError(f"Invalid foreach: {foreach!r} (accepted: None, True or False)")
+        if fused and foreach:
+            raise ValueError("Invalid fused/foreach: fused=True and foreach=True cannot be given together "
+                             "(accepted: one of them True, or neither)")
+        if capturable is not False:
+            raise ValueError(f"Invalid capturable: {capturable!r} (accepted: False). {NOT_CAPTURABLE}")
+        if differentiable is not False:
+            raise ValueError(f"Invalid differentiable: {differentiable!r} (accepted: False). {NOT_DIFFERENTIABLE}")
+        if foreach is not None and fused is None:
+            fused = False  # foreach (True or False) selects the torch._foreach_ path
         self.fused = fused
         if not isinstance(skip_nonfinite, bool):
             raise ValueError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (accepted: True or False)")
@@ -134,7 +219,13 @@ class GradwiseOptimizer(Optimizer):
                 raise ValueError(f"Invalid grad_transforms entry: {t!r} (accepted: GradTransform instances)")
         self.grad_transforms = tuple(grad_transforms)
         self.skip_nonfinite = skip_nonfinite
-        super().__init__(params, defaults)
+        super().__init__(params, {**defaults, "maximize": maximize})
+
+    # -- pickling / deepcopy ----------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # torch keeps only defaults/state/param_groups, so a copy lost fused,
+        # grad_transforms, skip_nonfinite, ... and could not step
+        return picklable_state(self, super().__getstate__())
 
     # -- hooks for subclasses -------------------------------------------------
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -143,7 +234,7 @@ class GradwiseOptimizer(Optimizer):
         The standard ones are checked here when the optimizer has them;
         subclasses add their own after calling this.
         """
-        check_range("lr", group["lr"], 0.0)
+        check_lr(group["lr"])
         if "betas" in group:
             check_betas(group["betas"])
         for name in ("eps", "weight_decay"):
@@ -151,12 +242,39 @@ class GradwiseOptimizer(Optimizer):
                 check_range(name, group[name], 0.0)
         if "momentum" in group:
             check_range("momentum", group["momentum"], 0.0, 1.0, hi_open=True)
+        if not isinstance(group.get("maximize", False), bool):
+            raise ValueError(f"Invalid maximize: {group['maximize']!r} (accepted: True or False)")
+        for name in ("fused", "foreach"):
+            if group.get(name) is not None and not isinstance(group[name], bool):
+                raise ValueError(f"Invalid {name} in a parameter group: {group[name]!r} "
+                                 "(accepted: None, True or False)")
+        if group.get("fused") and group.get("foreach"):
+            raise ValueError("Invalid fused/foreach in a parameter group: both True (accepted: at most one True)")
+        for name, why in (("capturable", NOT_CAPTURABLE), ("differentiable", NOT_DIFFERENTIABLE)):
+            if group.get(name, False) is not False:
+                raise ValueError(f"Invalid {name} in a parameter group: {group[name]!r} (accepted: False). {why}")
+
+    def _fusable(self, group: dict[str, Any]) -> bool:
+        """Whether the fused kernels implement this group's configuration."""
+        return True
+
+    def _fusable_note(self) -> str:
+        return "see its docstring"
 
     def _begin_group(self, group: dict[str, Any]) -> None:
-        """Called once per parameter group per (non-skipped) step, before its updates."""
+        """Called once per parameter group per (non-skipped) step, before its updates.
+
+        Only for groups in which at least one parameter has a gradient.
+        """
+
+    def _prepare(self, items: list[tuple[dict, list[Tensor], list[Tensor], list[dict]]]) -> None:
+        """Called once per step with every bucket's (group, params, grads, states), before any update."""
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        """Fresh per-parameter state (without ``step``, which the base adds)."""
+        """Fresh per-parameter state (without ``step``, which the base adds).
+
+        For a complex parameter ``p`` is its ``torch.view_as_real`` view.
+        """
         return {}
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -164,19 +282,21 @@ class GradwiseOptimizer(Optimizer):
         """Apply one step to a bucket (same device and dtype) of one group."""
         raise NotImplementedError
 
-    def _use_fused(self, params: list[Tensor]) -> bool:
-        """Whether this bucket goes through the fused kernels."""
-        if self.fused is False:
+    def _group_fused(self, group: dict[str, Any]) -> bool | None:
+        """The group's fused setting: its own ``fused``/``foreach`` keys, else the optimizer's."""
+        fused = group.get("fused")
+        if fused is None and group.get("foreach") is not None:
+            fused = False
+        return self.fused if fused is None else fused
+
+    def _use_fused(self, params: list[Tensor], group: dict[str, Any] | None = None) -> bool:
+        """Whether this bucket (one device and dtype) goes through the fused kernels."""
+        fused = self.fused if group is None else self._group_fused(group)
+        if fused is False or (group is not None and not self._fusable(group)):
             return False
-        p = params[0]
-        ok = p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
-        if ok:
-            from gradwise.optim import _fused
-            ok = _fused.available()
-        if self.fused and not ok:
-            from gradwise.optim import _fused
-            raise RuntimeError(f"{type(self).__name__}(fused=True) needs float32/float64 CPU tensors and the "
-                               f"compiled kernels (got {p.dtype} on {p.device}; {_fused.error() or 'kernels built'})")
+        ok, why = _fusable_tensor(params[0])
+        if fused and not ok:
+            raise RuntimeError(f"{type(self).__name__}(fused=True): {why}")
         return ok
 
     # -- torch.optim.Optimizer API -------------------------------------------
@@ -186,6 +306,20 @@ class GradwiseOptimizer(Optimizer):
         for k, v in self.defaults.items():
             probe.setdefault(k, v)
         self._validate_group(probe)
+        if self._group_fused(probe) and not self._fusable(probe):
+            raise ValueError(f"Invalid fused: True, but {type(self).__name__} has no fused kernel for "
+                             f"this configuration ({self._fusable_note()}); accepted: fused=None or False")
+        ps = param_group["params"]
+        if not isinstance(ps, set):  # torch rejects sets itself, with its own message
+            ps = [ps] if isinstance(ps, Tensor) else list(ps)
+            param_group["params"] = ps
+            if self._complex_refusal is not None:
+                for p in ps:
+                    t = p[1] if isinstance(p, tuple) else p  # named parameters come as (name, tensor)
+                    if isinstance(t, Tensor) and t.is_complex():
+                        raise ValueError(f"Invalid params: {type(self).__name__} does not take complex parameters "
+                                         f"(got {t.dtype}; accepted: real floating-point tensors). "
+                                         f"{self._complex_refusal}")
         super().add_param_group(param_group)
 
     # Under torch.compile the step graph-breaks and runs eagerly: its per-tensor
@@ -199,47 +333,78 @@ class GradwiseOptimizer(Optimizer):
         """Perform one optimization step; ``closure`` re-evaluates the loss.
 
         Under ``torch.compile`` this step runs eagerly (a clean graph break),
-        with the same result as without compile.
+        with the same result as without compile. Nothing is written (state,
+        counters, parameters) before every check that can fail has passed.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
 
+        # (group, [(key param, real view of param, real view of grad)]), only groups with gradients
         work = []
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
+            items = []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; "
                                        "use torch.optim.SparseAdam for sparse embeddings")
-            # empty tensors have nothing to update (and some reductions, e.g. max, are undefined on them)
-            work.append((group, [p for p in params if p.numel() > 0]))
+                if p.numel() == 0:  # nothing to update (and some reductions, e.g. max, are undefined)
+                    continue
+                if p.is_complex():  # torch.optim's semantics: step the real view
+                    items.append((p, torch.view_as_real(p), torch.view_as_real(p.grad)))
+                else:
+                    items.append((p, p, p.grad))
+            if items:
+                work.append((group, items))
+        if not work:
+            return loss  # no gradients: a no-op, as in torch.optim (step counters do not move)
 
-        if self.skip_nonfinite:
-            grads = [p.grad for _, ps in work for p in ps]
-            if grads and not _all_finite(grads):
-                for group in self.param_groups:
-                    group["skipped_steps"] = group.get("skipped_steps", 0) + 1
-                return loss
+        # fused=True is checked for every parameter before any math, as torch does
+        for group, items in work:
+            if self._group_fused(group) is True:
+                for _, v, _ in items:
+                    ok, why = _fusable_tensor(v)
+                    if not ok:
+                        raise RuntimeError(f"{type(self).__name__}(fused=True): {why}")
 
-        for group, params in work:
+        if self.skip_nonfinite and not _all_finite([g for _, items in work for _, _, g in items]):
+            for group in self.param_groups:
+                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+            return loss
+
+        prepared = []
+        for group, items in work:
             self._begin_group(group)
-            for bucket in _bucket_lists(params):
+            # a tensor lr is read once per step as a number (CPU: no device sync)
+            g_eff = group if not isinstance(group["lr"], Tensor) else {**group, "lr": float(group["lr"])}
+            buckets: dict[tuple, list] = {}
+            for it in items:
+                buckets.setdefault((it[1].device, it[1].dtype), []).append(it)
+            for bucket in buckets.values():
+                params = [v for _, v, _ in bucket]
+                grads = [g for _, _, g in bucket]
                 states = []
-                for p in bucket:
+                for (p, v, _) in bucket:
                     st = self.state[p]
                     if not st:
                         st["step"] = 0
-                        st.update(self._init_state(p, group))
+                        st.update(self._init_state(v, group))
                         for t in self.grad_transforms:
-                            st.update({f"{t.key}.{k}": v for k, v in t.init_state(p).items()})
-                    st["step"] += 1
+                            st.update({f"{t.key}.{k}": x for k, x in t.init_state(v).items()})
+                    # torch.optim checkpoints hold step as a 0-dim tensor: count in Python ints
+                    st["step"] = int(st["step"]) + 1
                     states.append(st)
-                grads = [p.grad for p in bucket]
+                if g_eff.get("maximize", False):
+                    grads = torch._foreach_neg(grads)
                 for t in self.grad_transforms:
-                    grads = t.apply(bucket, grads, states, group)
-                self._update(group, bucket, grads, states)
+                    grads = t.apply(params, grads, states, g_eff)
+                prepared.append((g_eff, params, grads, states))
+        self._prepare(prepared)
+        for g_eff, params, grads, states in prepared:
+            self._update(g_eff, params, grads, states)
         return loss
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "bias_corrections", "decoupled_decay_", "l2_grads", "ema_", "ema_sq_",
-    "perpendicular", "radial_projection", "spike_clip", "reset_moments_", "cosine_anneal",
+    "perpendicular", "perp_factors", "radial_projection", "spike_clip", "reset_moments_", "cosine_anneal",
 ]
 
 
@@ -55,6 +55,36 @@ def reset_moments_(tensors: list[Tensor]) -> None:
     torch._foreach_zero_(tensors)
 
 
+PERP_NOISE = 4.0
+"""A perpendicular part with ``||g_perp|| <= PERP_NOISE * sqrt(numel) * u * ||g||`` (``u`` the
+dtype's unit roundoff) is rounding noise: ``g`` is parallel to ``w`` to working precision."""
+
+
+def perp_factors(g_norms: Tensor, perp_norms: Tensor, numels: list[int], eps: float, unit: float,
+                 renormalize: bool = True) -> Tensor:
+    """The factor ⊥Grad multiplies ``g_perp = g - <w,g>/(<w,w>+eps) w`` by, per tensor.
+
+    ``||g|| / (||g_perp|| + eps)`` (or 1 without ``renormalize``), except
+    where ``g_perp`` is rounding noise, where it is 0: in exact arithmetic
+    ``g_perp`` is then 0, and rescaling the noise to ``||g||`` would give an
+    update of arbitrary direction and full size. This covers every one-element
+    tensor (a scalar's gradient is always parallel to it) and a zero gradient;
+    a zero weight keeps ``g_perp = g``. Both update paths (fused kernels and
+    ``_foreach_``) call this one function, so they make the same choice.
+
+    ``g_norms``, ``perp_norms``: 1-D, one entry per tensor; ``unit``: the
+    tensors' unit roundoff (``torch.finfo(dtype).eps``).
+    """
+    tol = torch.tensor([PERP_NOISE * math.sqrt(n) * unit if n > 1 else math.inf for n in numels],
+                       dtype=g_norms.dtype, device=g_norms.device)
+    keep = perp_norms > tol * g_norms
+    if renormalize:
+        scale = g_norms / (perp_norms + eps)
+    else:
+        scale = torch.ones_like(g_norms)
+    return torch.where(keep, scale, torch.zeros_like(scale))
+
+
 def perpendicular(params: list[Tensor], grads: list[Tensor], eps: float = 1e-30,
                   renormalize: bool = True) -> list[Tensor]:
     """⊥Grad of "Grokking at the Edge of Numerical Stability" (arXiv 2501.04697).
@@ -66,6 +96,9 @@ def perpendicular(params: list[Tensor], grads: list[Tensor], eps: float = 1e-30,
         g_out  = g_perp * ||g|| / (||g_perp|| + eps)      if renormalize
 
     The renormalization keeps the gradient's norm, as in the authors' code.
+    Where ``g_perp`` is rounding noise (one-element tensors, gradients
+    parallel to their weight) ``g_out`` is 0 (see :func:`perp_factors`); the
+    authors rescale the noise to ``||g||``.
     """
     dots = [torch.vdot(w.reshape(-1), g.reshape(-1)) for w, g in zip(params, grads)]
     sq = [torch.vdot(w.reshape(-1), w.reshape(-1)) for w in params]
@@ -73,11 +106,11 @@ def perpendicular(params: list[Tensor], grads: list[Tensor], eps: float = 1e-30,
     coef = torch._foreach_div(dots, sq)
     proj = torch._foreach_mul(params, coef)
     out = torch._foreach_sub(grads, proj)
-    if renormalize:
-        g_norm = torch._foreach_norm(grads)
-        p_norm = torch._foreach_norm(out)
-        torch._foreach_add_(p_norm, eps)
-        torch._foreach_mul_(out, torch._foreach_div(g_norm, p_norm))
+    g_norm = torch.stack(torch._foreach_norm(grads))
+    p_norm = torch.stack(torch._foreach_norm(out))
+    factors = perp_factors(g_norm, p_norm, [g.numel() for g in grads], eps,
+                           torch.finfo(grads[0].dtype).eps, renormalize)
+    torch._foreach_mul_(out, list(factors.unbind()))
     return out
 
 

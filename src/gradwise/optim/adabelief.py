@@ -103,7 +103,7 @@ class AdaBelief(GradwiseOptimizer):
 
     def _update(self, group, params, grads, states):
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        if self._use_fused(params):
+        if self._use_fused(params, group):
             steps = [s["step"] for s in states]
             plan = self._step_plan(group, steps, F.bias_corrections(steps, b1))
             decoupled = group["decoupled_weight_decay"]

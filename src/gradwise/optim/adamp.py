@@ -14,6 +14,11 @@ _PAPER = "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-inva
 _CODE = "https://github.com/clovaai/AdamP"
 
 
+_NO_COMPLEX = ("Its radial projection depends on the tensor's dimensions (1-D tensors are not projected, "
+               "others per output channel), which view_as_real changes: a complex vector would become a "
+               "matrix and be projected. Pass torch.view_as_real(p) explicitly if that is what you want.")
+
+
 def _check_projection(g):
     check_range("eps", g["eps"], 0.0)
     check_range("weight_decay", g["weight_decay"], 0.0)
@@ -58,12 +63,17 @@ class AdamP(GradwiseOptimizer):
         factor for projected weights), nesterov (False),
         grad_transforms, skip_nonfinite (see GradwiseOptimizer).
 
+    Complex parameters are refused (ValueError at construction): the
+    projection depends on the tensor's dimensions, which ``view_as_real`` changes.
+
     State: ``exp_avg``, ``exp_avg_sq`` (parameter dtype), ``step``.
 
     Example::
 
         opt = AdamP(model.parameters(), lr=1e-3, weight_decay=1e-2)
     """
+
+    _complex_refusal = _NO_COMPLEX
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, delta: float = 0.1,
@@ -84,7 +94,7 @@ class AdamP(GradwiseOptimizer):
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
         steps = [s["step"] for s in states]
-        if self._use_fused(params):
+        if self._use_fused(params, group):
             _fused.ops().radial_(0, params, grads, m, v, [-lr / c for c in F.bias_corrections(steps, b1)],
                                  [math.sqrt(c) for c in F.bias_corrections(steps, b2)], b1, b2, eps, 0.0,
                                  group["nesterov"], group["delta"], group["wd_ratio"], lr * group["weight_decay"])
@@ -128,12 +138,16 @@ class SGDP(GradwiseOptimizer):
         (False), eps (1e-8), delta (0.1), wd_ratio (0.1),
         grad_transforms, skip_nonfinite.
 
+    Complex parameters are refused, as in :class:`AdamP`.
+
     State: ``momentum`` (parameter dtype), ``step``.
 
     Example::
 
         opt = SGDP(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     """
+
+    _complex_refusal = _NO_COMPLEX
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, eps: float = 1e-8,
@@ -153,7 +167,7 @@ class SGDP(GradwiseOptimizer):
     def _update(self, group, params, grads, states):
         lr, mom = group["lr"], group["momentum"]
         buf = [s["momentum"] for s in states]
-        if self._use_fused(params):
+        if self._use_fused(params, group):
             n = len(params)
             _fused.ops().radial_(1, params, grads, buf, [], [-lr] * n, [1.0] * n, mom, 0.0, group["eps"],
                                  group["dampening"], group["nesterov"], group["delta"], group["wd_ratio"],

@@ -54,7 +54,7 @@ class DiffGrad(GradwiseOptimizer):
         steps = [s["step"] for s in states]
         coef = [-lr * math.sqrt(c2) / c1
                 for c1, c2 in zip(F.bias_corrections(steps, b1), F.bias_corrections(steps, b2))]
-        if self._use_fused(params):
+        if self._use_fused(params, group):
             _fused.ops().diffgrad_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                                    [s["previous_grad"] for s in states], coef, b1, b2, eps, group["weight_decay"])
             return

@@ -51,7 +51,7 @@ class Lion(GradwiseOptimizer):
     def _update(self, group, params, grads, states):
         lr, (b1, b2) = group["lr"], group["betas"]
         m = [s["exp_avg"] for s in states]
-        if group.get("k", "l1") == "l1" and self._use_fused(params):
+        if self._use_fused(params, group):
             _fused.ops().lion_(params, grads, m, lr, b1, b2, 1.0 - lr * group["weight_decay"])
             return
         F.decoupled_decay_(params, lr, group["weight_decay"])

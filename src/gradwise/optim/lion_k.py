@@ -117,6 +117,12 @@ class LionK(Lion):
     Args: lr (1e-4), betas ((0.9, 0.99)), weight_decay (0), k ("l1"),
     p (1.5, for "lp"), delta (1.0, "huber"), c (1.0, "relativistic"),
     dead_zone (1e-3, "dead_zone"), grad_transforms, skip_nonfinite.
+    ``fused=True`` needs ``k="l1"`` (the fused kernel is Lion's); with another
+    ``k`` it is a ValueError, and ``fused=None`` runs the ``_foreach_`` path.
+
+    Complex parameters are stepped as their ``view_as_real`` views, so a
+    non-separable K (``lp``, ``l2``, ``relativistic``) is taken over the real
+    and imaginary parts together (for ``l2``: ``||x||_2`` = the complex norm).
 
     Example::
 
@@ -138,6 +144,13 @@ class LionK(Lion):
         check_range("delta", g["delta"], 0.0, lo_open=True)
         check_range("c", g["c"], 0.0, lo_open=True)
         check_range("dead_zone", g["dead_zone"], 0.0)
+
+    def _fusable(self, group):
+        # the fused kernel is Lion's sign update; other Ks run on the _foreach_ path
+        return group.get("k", "l1") == "l1"
+
+    def _fusable_note(self):
+        return "the fused kernel is Lion's, k='l1' only"
 
     def _direction(self, group, x):
         return KS[group["k"]][0](x, group)

@@ -34,17 +34,31 @@ class SGDSaI(GradwiseOptimizer):
     after the optimizer's first step gets its own gsnr then (the reference
     measures all parameters on the optimizer's first step only, and fails
     later for one that had no gradient then); a closure is evaluated once per
-    step (the reference evaluates it twice on the first step). The paper's
-    Algorithm 1 also divides each tensor's gsnr by the largest gsnr over the
-    tensors; the released code does not, and neither do we (with default
-    arguments gradwise computes what the authors' code computes; that
-    normalization only rescales the learning rate by one constant).
+    step (the reference evaluates it twice on the first step).
+
+    Effective learning rate against SGD: each tensor moves by ``lr * gsnr``
+    times its momentum buffer, and for a gradient whose entries have mean
+    near 0 (the usual case) ``||g|| ~ sqrt(numel) * std(g)``, so ``gsnr ~
+    sqrt(numel)``: a 512x512 weight steps with about 512 times ``lr``. So
+    ``lr`` is not SGD's learning rate; the authors' default 1e-2 suits
+    their models, and a problem where SGD is stable near its largest
+    learning rate can diverge with SGD-SaI at the same ``lr``.
+
+    ``normalize_gsnr=True`` follows the paper's Algorithm 1 instead of the
+    released code: each gsnr is divided by the largest gsnr over all the
+    optimizer's tensors measured on that first step, so the largest scale is
+    exactly ``lr`` and every other tensor steps with less (the released code,
+    and the default here, do not normalize; the two differ by one constant
+    factor of the learning rate). A parameter whose first gradient comes on
+    a later step is divided by the largest gsnr seen so far (``gsnr_max`` in
+    every parameter group), or gets scale 1 if it beats it. Finding the
+    maximum reads one number on the host, once, on the first step.
 
     Args: lr (1e-2), momentum (0.9), eps (1e-8), weight_decay (1e-2,
-    decoupled), grad_transforms, skip_nonfinite.
+    decoupled), normalize_gsnr (False), grad_transforms, skip_nonfinite.
 
-    State: ``gsnr`` (0-dim, parameter dtype), ``momentum_buffer`` (when
-    momentum > 0), ``step``.
+    State: ``gsnr`` (0-dim, parameter dtype; normalized when
+    ``normalize_gsnr``), ``momentum_buffer`` (when momentum > 0), ``step``.
 
     Example::
 
@@ -52,18 +66,36 @@ class SGDSaI(GradwiseOptimizer):
     """
 
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.9, eps: float = 1e-8,
-                 weight_decay: float = 1e-2, **kwargs) -> None:
+                 weight_decay: float = 1e-2, *, normalize_gsnr: bool = False, **kwargs) -> None:
+        if not isinstance(normalize_gsnr, bool):
+            raise ValueError(f"Invalid normalize_gsnr: {normalize_gsnr!r} (accepted: True or False)")
+        self.normalize_gsnr = normalize_gsnr
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay), **kwargs)
 
+    def _prepare(self, items):
+        # gsnr is measured on a parameter's first step, over every bucket at once so that
+        # normalize_gsnr can divide by the maximum over all tensors before any update
+        fresh = []
+        for group, params, grads, states in items:
+            for g, st in zip(grads, states):
+                if "gsnr" not in st:
+                    sigma = g.std().nan_to_num() if g.numel() > 1 else torch.zeros((), dtype=g.dtype, device=g.device)
+                    st["gsnr"] = g.norm() / (sigma + group["eps"])
+                    if group["momentum"] != 0:
+                        st["momentum_buffer"] = g.clone(memory_format=torch.preserve_format)
+                    fresh.append(st)
+        if self.normalize_gsnr and fresh:
+            seen = max((g["gsnr_max"] for g in self.param_groups if "gsnr_max" in g), default=0.0)
+            top = max(seen, max(float(st["gsnr"]) for st in fresh))  # one host read, on first steps only
+            for st in fresh:
+                if top > 0:
+                    st["gsnr"] = st["gsnr"] / top
+            for g in self.param_groups:
+                g["gsnr_max"] = top
+
     def _update(self, group, params, grads, states):
-        lr, mom, eps = group["lr"], group["momentum"], group["eps"]
-        for g, st in zip(grads, states):
-            if "gsnr" not in st:  # first step of this parameter only
-                sigma = g.std().nan_to_num() if g.numel() > 1 else torch.zeros((), dtype=g.dtype, device=g.device)
-                st["gsnr"] = g.norm() / (sigma + eps)
-                if mom != 0:
-                    st["momentum_buffer"] = g.clone(memory_format=torch.preserve_format)
-        if self._use_fused(params):
+        lr, mom = group["lr"], group["momentum"]
+        if self._use_fused(params, group):
             # CPU tensors only on this path: reading the 0-dim gsnr is not a device sync
             _fused.ops().sgdsai_(params, grads, [st["momentum_buffer"] for st in states] if mom != 0 else [],
                                  [-lr * float(st["gsnr"]) for st in states],

@@ -104,7 +104,7 @@ class SPAM(GradwiseOptimizer):
         reset = t % T == 0
         theta = group["spike_threshold"]
         clip = theta != 0 and t >= D and t % T >= D
-        if self._use_fused(params):
+        if self._use_fused(params, group):
             _fused.ops().spam_(params, grads, m, v, sizes, b1, b2, eps, theta if clip else 0.0, reset,
                                1.0 - lr * wd)
             return

@@ -122,7 +122,7 @@ class StableSPAM(GradwiseOptimizer):
         m_max = [st["m_max_t"] for st in states]
         m_norm = [st["m_norm_t"] for st in states]
         v_norm = [st["v_norm_t"] for st in states]
-        if self._use_fused(params):
+        if self._use_fused(params, group):
             _fused.ops().stablespam_(params, grads, m, v, vmax, m_max, m_norm, v_norm, [float(k) for k in k_stats],
                                      [float(k) for k in steps], lr, b1s, b2, eps, g1 * s, g2, g3,
                                      1.0 - lr * group["weight_decay"])
