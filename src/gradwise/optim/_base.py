@@ -26,8 +26,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+# Runs a function eagerly under torch.compile (a clean graph break). torch's
+# lazy variant, which torch.optim uses too: torch._dynamo is imported on the
+# first call, not when gradwise is imported (that import takes seconds).
+eager_under_compile = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
+
 __all__ = ["GradwiseOptimizer", "GradTransform", "check_range", "check_int", "check_betas", "check_lr",
-           "zeros_state", "picklable_state", "NOT_CAPTURABLE", "NOT_DIFFERENTIABLE"]
+           "zeros_state", "picklable_state", "eager_under_compile", "NOT_CAPTURABLE", "NOT_DIFFERENTIABLE"]
 
 NOT_CAPTURABLE = ("gradwise's step computes per-tensor step counts, bias corrections and schedules as Python "
                   "numbers on the host, so it cannot be captured in a CUDA graph")
@@ -327,7 +332,7 @@ class GradwiseOptimizer(Optimizer):
     # specialize on and recompile for every step, and the fused kernels are
     # already one pass over memory. The kernels still have fake
     # implementations (gradwise.optim._fused), so they trace where called directly.
-    @torch.compiler.disable
+    @eager_under_compile
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the loss.

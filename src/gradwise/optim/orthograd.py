@@ -13,7 +13,8 @@ from torch.optim import Optimizer
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_range, picklable_state, zeros_state
+from gradwise.optim._base import (GradTransform, GradwiseOptimizer, check_range, eager_under_compile,
+                                  picklable_state, zeros_state)
 from gradwise.registry import register
 
 _PAPER = "Grokking at the Edge of Numerical Stability"
@@ -158,7 +159,7 @@ class OrthoGrad(Optimizer):
             return super().add_param_group(param_group)
         self.base_optimizer.add_param_group(param_group)
 
-    @torch.compiler.disable  # graph-breaks cleanly under torch.compile, as GradwiseOptimizer.step
+    @eager_under_compile  # graph-breaks cleanly under torch.compile, as GradwiseOptimizer.step
     @torch.no_grad()
     def step(self, closure=None):
         """Project the gradients (then run ``grad_transforms``), then step the base optimizer."""
