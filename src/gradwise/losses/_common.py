@@ -8,6 +8,7 @@ functions that accept it to skip that in a hot loop once inputs are trusted.
 from __future__ import annotations
 
 import inspect
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["REDUCTIONS", "check_reduction", "check_logits_target", "check_label_range", "check_same_shape",
-           "check_probabilities", "reduce_loss", "prepare_logits_target", "upcast", "LossModule"]
+           "check_probabilities", "reduce_loss", "prepare_logits_target", "upcast", "LossModule",
+           "keyword_parameters", "describe_arguments"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -115,30 +117,93 @@ def prepare_logits_target(logits: Tensor, target: Tensor,
     return x, tgt, mask
 
 
+def keyword_parameters(function: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The keyword-only parameters of a loss function: its hyperparameters (the tensors come before ``*``)."""
+    return [p for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+
+def describe_arguments(function: Callable[..., Any], exclude: tuple[str, ...] = (), indent: str = "") -> str:
+    """A docstring paragraph listing ``function``'s keyword-only hyperparameters with their defaults."""
+    params = [p for p in keyword_parameters(function) if p.name not in exclude]
+    listed = ", ".join(f"``{p.name}={p.default!r}``" for p in params)
+    return textwrap.fill(f"Keyword arguments, with the defaults of :func:`{function.__name__}` (see it for their "
+                         f"meaning): {listed}.", width=92, subsequent_indent=indent)
+
+
+def _keyword_init(cls: type, function: Callable[..., Any]) -> Callable[..., None]:
+    """A real ``__init__(self, *, <function's keyword-only parameters with their defaults>)`` for ``cls``.
+
+    Built from the functional twin's signature, so ``inspect.signature``, ``help()`` and IDE call tips
+    show the loss's arguments (a ``**kwargs`` init shows none), and the two can never disagree.
+    """
+    params = keyword_parameters(function)
+    names = [p.name for p in params]
+    defaults = {p.name: p.default for p in params}
+    source = (f"def __init__(self, *, {', '.join(f'{n}=__defaults[{n!r}]' for n in names)}):\n"
+              f"    __base(self, {', '.join(f'{n}={n}' for n in names)})\n") if names else \
+        "def __init__(self):\n    __base(self)\n"
+    namespace: dict[str, Any] = {"__defaults": defaults, "__base": LossModule.__init__}
+    exec(source, namespace)  # noqa: S102 - the source is built from parameter names only
+    init = namespace["__init__"]
+    init.__module__ = cls.__module__
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__annotations__ = {n: p.annotation for n, p in zip(names, params) if p.annotation is not p.empty}
+    init.__annotations__["return"] = "None"
+    init.__doc__ = describe_arguments(function)
+    return init
+
+
 class LossModule(nn.Module):
     """The ``nn.Module`` twin of a loss function.
 
-    Subclasses set ``function`` (the functional form) and get an
-    ``__init__`` taking that function's keyword-only hyperparameters (after the
-    tensors), validated once by calling the function's checker if it has one.
+    Subclasses set ``function`` (the functional form) and get an ``__init__``
+    taking that function's keyword-only hyperparameters (after the tensors),
+    with the same names and defaults, built from its signature when the class
+    is defined; ``forward(*tensors)`` calls the function with them. A subclass
+    that needs more (a buffer, a parameter) writes its own ``__init__`` with
+    explicit keyword arguments and calls ``super().__init__(**hyperparameters)``;
+    tests/test_losses_signatures.py checks that every twin matches its function.
     """
 
     function: Callable[..., Tensor]
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        function = cls.__dict__.get("function")
+        if function is None:
+            return
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = _keyword_init(cls, function)  # type: ignore[method-assign]
+        if cls.__doc__ and "Keyword arguments, with the defaults" not in cls.__doc__:
+            exclude = tuple(getattr(cls, "excluded_arguments", ()))
+            cls.__doc__ = cls.__doc__.rstrip() + "\n\n    " + describe_arguments(function, exclude, "    ") + "\n"
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        """Store the function's keyword-only ``hyperparameters`` (subclasses' ``__init__`` pass them all)."""
         super().__init__()
-        sig = inspect.signature(type(self).function)
-        allowed = {n for n, p in sig.parameters.items() if p.kind == p.KEYWORD_ONLY}
-        unknown = set(kwargs) - allowed
+        function = type(self).function
+        allowed = {p.name for p in keyword_parameters(function)}
+        unknown = set(hyperparameters) - allowed
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(unknown)}; "
                             f"accepted: {sorted(allowed)}")
-        self.kwargs = kwargs
-        if "reduction" in kwargs:
-            check_reduction(kwargs["reduction"])
+        self.kwargs = hyperparameters
+        if "reduction" in hyperparameters:
+            check_reduction(hyperparameters["reduction"])
 
     def forward(self, *tensors: Tensor) -> Tensor:
         return type(self).function(*tensors, **self.kwargs)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        # only the arguments that differ from the function's defaults, as before signatures were explicit
+        defaults = {p.name: p.default for p in keyword_parameters(type(self).function)}
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items()
+                         if k not in defaults or not _same(v, defaults[k]))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a == b`` for plain values; False where equality is not a plain bool (tensors)."""
+    try:
+        return a is b or bool(a == b)
+    except (TypeError, RuntimeError, ValueError):
+        return False

@@ -162,9 +162,11 @@ class _LDRSoftplusFusedReduced(torch.autograd.Function):
 def _use_fused(x: Tensor) -> bool:
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    from gradwise.optim import _fused
+    if torch.compiler.is_compiling():  # traced as torch ops, which the compiler fuses itself
+        return False
+    from gradwise._kernels import family
 
-    return _fused.available()
+    return family("losses").available()
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2112.14869", code="https://github.com/Optimization-AI/ICML2023_LDR",
@@ -331,13 +333,18 @@ class ALDRLoss(LossModule):
     """
 
     function = aldr_loss
+    #: the module always asks :func:`aldr_loss` for the new temperatures (it stores them)
+    excluded_arguments = ("return_lambdas",)
 
-    def __init__(self, num_samples: int, **kwargs) -> None:
+    def __init__(self, num_samples: int, *, lam: float = 10.0, alpha: float = 2.0, margin: float = 0.1,
+                 softplus: bool = False, reduction: str = "mean", ignore_index: int = -100) -> None:
+        """``num_samples``: the dataset size (one temperature per instance, all starting at ``lam``);
+        the keyword arguments are :func:`aldr_loss`'s, with its defaults."""
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"Invalid num_samples: {num_samples!r} (accepted: an integer >= 1)")
-        kwargs.pop("return_lambdas", None)
-        super().__init__(**kwargs)
-        lam0 = _num("lam", kwargs.get("lam", 10.0), positive=True)
+        super().__init__(lam=lam, alpha=alpha, margin=margin, softplus=softplus, reduction=reduction,
+                         ignore_index=ignore_index)
+        lam0 = _num("lam", lam, positive=True)
         self.register_buffer("lambdas", torch.full((num_samples,), lam0))
 
     def forward(self, logits: Tensor, target: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]

@@ -113,8 +113,10 @@ class NDLoss(LossModule):
 
     function = nd_loss
 
-    def __init__(self, class_centers: Tensor, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, class_centers: Tensor, *, reduction: str = "mean", ignore_index: int = -100,
+                 validate: bool = True) -> None:
+        """``class_centers`` [C, D] (copied into a buffer); the keyword arguments are :func:`nd_loss`'s."""
+        super().__init__(reduction=reduction, ignore_index=ignore_index, validate=validate)
         _check_features(class_centers, "class_centers")
         self.register_buffer("class_centers", class_centers.detach().clone())
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise.losses._common import check_label_range, check_reduction, reduce_loss
+from gradwise.losses._common import LossModule, check_label_range, check_reduction, reduce_loss
 from gradwise.losses.tcm import check_embeddings_labels
 from gradwise.registry import register
 
@@ -138,7 +138,7 @@ def unpg_loss(embeddings: Tensor, labels: Tensor, weight: Tensor, *, margin_type
     return reduce_loss(per_sample, reduction, keep).to(embeddings.dtype)
 
 
-class UNPGLoss(nn.Module):
+class UNPGLoss(LossModule):
     """Module twin of :func:`unpg_loss` that owns the class weights ``[num_classes, embedding_dim]``.
 
     The weights are initialized with Xavier-uniform as in the authors' heads;
@@ -146,11 +146,17 @@ class UNPGLoss(nn.Module):
     :func:`unpg_loss` for the math (arXiv 2203.11593).
     """
 
-    def __init__(self, num_classes: int, embedding_dim: int, **kwargs) -> None:
-        super().__init__()
+    function = unpg_loss
+
+    def __init__(self, num_classes: int, embedding_dim: int, *, margin_type: str = "arcface", s: float = 64.0,
+                 m: float = 0.5, whisker: float = 1.5, reduction: str = "mean", ignore_index: int = -100,
+                 validate: bool = True) -> None:
+        """The class weights are ``[num_classes, embedding_dim]``; the keyword arguments are
+        :func:`unpg_loss`'s, with its defaults."""
         if num_classes < 1 or embedding_dim < 1:
             raise ValueError(f"Invalid num_classes/embedding_dim: {num_classes}, {embedding_dim} (accepted: >= 1)")
-        self.kwargs = kwargs
+        super().__init__(margin_type=margin_type, s=s, m=m, whisker=whisker, reduction=reduction,
+                         ignore_index=ignore_index, validate=validate)
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.xavier_uniform_(self.weight)
 
