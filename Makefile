@@ -7,18 +7,23 @@ TORCH := torch==2.13.0
 .PHONY: arena test env test-env bench docs clean
 
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+# setuptools, wheel and ninja too, because gradwise is built without build isolation (below).
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(TORCH) "setuptools>=68" wheel "ninja>=1.11"
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml src/gradwise/optim/csrc/fused.cpp src/gradwise/losses/csrc/losses.cpp
-	$(BIN)/pip install -q -e .
-	@# build the fused CPU kernels now rather than on the first optimizer step (falls back if it cannot)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -c "from gradwise.optim import _fused; print('fused CPU kernels:', _fused.load() or _fused.error())"
+# Compiles the native kernels (one library per family, setup.py) against the torch installed above:
+# an isolated build would install its own unpinned torch. Nothing compiles later, at import or step.
+KERNEL_SOURCES := setup.py src/gradwise/_kernels.py $(wildcard src/gradwise/*/csrc/*.cpp)
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(KERNEL_SOURCES)
+	$(BIN)/pip install -q --no-build-isolation -e .
+	$(BIN)/python -c "from gradwise._kernels import FAMILIES; [print(f) for f in FAMILIES.values() if f.load() or 1]"
 	touch $@
 
+# The test extras alone: `pip install -e '.[test]'` would rebuild the kernels.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -c "import tomllib; x = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print(*x['test'], *x['bench'], sep='\n')" > $(VENV)/test-requirements.txt
+	$(BIN)/pip install -q -r $(VENV)/test-requirements.txt
 	touch $@
 
 env: $(VENV)/.installed
@@ -38,4 +43,4 @@ docs: env
 	$(BIN)/python tools/gen_docs.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs build src/gradwise/*/_C*.so src/gradwise/*/_C.build.json

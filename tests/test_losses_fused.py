@@ -5,9 +5,10 @@ from hypothesis import strategies as st
 import torch
 
 from gradwise.losses import correctness_aware_loss, ldr
-from gradwise.optim import _fused
+from gradwise._kernels import family
 
-needs_kernels = pytest.mark.skipif(not _fused.available(), reason=f"fused kernels unavailable: {_fused.error()}")
+KERNELS = family("losses")
+needs_kernels = pytest.mark.skipif(not KERNELS.available(), reason=f"loss kernels unavailable: {KERNELS.error()}")
 
 
 @needs_kernels

@@ -58,9 +58,11 @@ class _TopConfidence(torch.autograd.Function):
 def _use_fused(z: Tensor) -> bool:
     if z.device.type != "cpu" or z.dtype not in (torch.float32, torch.float64) or z.shape[1] == 0:
         return False
-    from gradwise.optim import _fused
+    if torch.compiler.is_compiling():  # traced as torch ops, which the compiler fuses itself
+        return False
+    from gradwise._kernels import family
 
-    return _fused.available()
+    return family("losses").available()
 
 
 @register(kind="calibration", paper=_PAPER, year=2024, arxiv="2404.13016", code=_CODE,

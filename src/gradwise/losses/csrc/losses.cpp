@@ -1,5 +1,5 @@
-// Fused CPU kernels for gradwise's losses (built with the optimizer kernels,
-// see gradwise/optim/_fused.py). Each works row by row: a row of logits stays
+// Fused CPU kernels for gradwise's losses (their own library, gradwise/losses/_C*.so;
+// see gradwise/_kernels.py). Each works row by row: a row of logits stays
 // in cache while the several passes a loss needs run over it, so memory is
 // read once forward and once backward, where composing torch ops makes 10-20
 // passes over the [N, C] tensor.
@@ -293,10 +293,16 @@ at::Tensor top_confidence_backward(const at::Tensor& z_, const at::Tensor& lse_,
 
 }  // namespace
 
+// Schemas (with their mutations) here, CPU kernels below: kept apart so that the fake
+// implementations registered from Python serve torch.compile's fake tensors.
 TORCH_LIBRARY(gradwise_losses, m) {
-  m.def("top_confidence_forward(Tensor z) -> Tensor[]", &top_confidence_forward);
-  m.def("top_confidence_backward(Tensor z, Tensor lse, Tensor pred, Tensor conf, Tensor g) -> Tensor",
-        &top_confidence_backward);
-  m.def("ldr_softplus(Tensor x, Tensor y, float lam, float margin, bool need_grad, Tensor? row_scale) -> Tensor[]",
-        &ldr_softplus);
+  m.def("top_confidence_forward(Tensor z) -> Tensor[]");
+  m.def("top_confidence_backward(Tensor z, Tensor lse, Tensor pred, Tensor conf, Tensor g) -> Tensor");
+  m.def("ldr_softplus(Tensor x, Tensor y, float lam, float margin, bool need_grad, Tensor? row_scale) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(gradwise_losses, CPU, m) {
+  m.impl("top_confidence_forward", &top_confidence_forward);
+  m.impl("top_confidence_backward", &top_confidence_backward);
+  m.impl("ldr_softplus", &ldr_softplus);
 }

@@ -617,23 +617,37 @@ void radial_(int64_t kind, at::TensorList p, at::TensorList g, at::TensorList a,
 
 }  // namespace
 
+// Schemas (with their mutations) here, CPU kernels below: kept apart so that the fake
+// implementations registered from Python serve torch.compile's fake tensors.
 TORCH_LIBRARY(gradwise_fused, m) {
   m.def("adabelief_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] m, Tensor(c!)[] s, Tensor(d!)[] smax, float[] coef, "
-        "float[] bc2_sqrt, int[] mode, float b1, float b2, float eps, float decay, float l2) -> ()", &adabelief_);
+        "float[] bc2_sqrt, int[] mode, float b1, float b2, float eps, float decay, float l2) -> ()");
   m.def("adamw_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] m, Tensor(c!)[] v, float[] coef, float[] bc2_sqrt, "
-        "float[] proj_c, float[] proj_k, float b1, float b2, float eps, float decay) -> ()", &adamw_);
-  m.def("perp_stats(Tensor[] w, Tensor[] g, float[] c) -> Tensor", &perp_stats);
+        "float[] proj_c, float[] proj_k, float b1, float b2, float eps, float decay) -> ()");
+  m.def("perp_stats(Tensor[] w, Tensor[] g, float[] c) -> Tensor");
   m.def("diffgrad_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] m, Tensor(c!)[] v, Tensor(d!)[] prev, float[] coef, "
-        "float b1, float b2, float eps, float l2) -> ()", &diffgrad_);
-  m.def("lion_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] m, float lr, float b1, float b2, float decay) -> ()", &lion_);
+        "float b1, float b2, float eps, float l2) -> ()");
+  m.def("lion_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] m, float lr, float b1, float b2, float decay) -> ()");
   m.def("spam_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] m, Tensor(c!)[] v, float[] coef, float b1, float b2, "
-        "float eps, float threshold, bool reset, float decay_after) -> ()", &spam_);
+        "float eps, float threshold, bool reset, float decay_after) -> ()");
   m.def("stablespam_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] m, Tensor(c!)[] v, Tensor(d!)[] vmax, "
         "Tensor(e!)[] m_max, Tensor(f!)[] m_norm, Tensor(g!)[] v_norm, float[] k, float[] kb, float lr, float b1s, "
-        "float b2, float eps, float g1s, float g2, float g3, float decay) -> ()", &stablespam_);
+        "float b2, float eps, float g1s, float g2, float g3, float decay) -> ()");
   m.def("sgdsai_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] buf, float[] scale, int[] fresh, float momentum, "
-        "float decay) -> ()", &sgdsai_);
+        "float decay) -> ()");
   m.def("radial_(int kind, Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] a, Tensor(c!)[] b, float[] coef, "
         "float[] bc2_sqrt, float b1, float b2, float eps, float dampening, bool nesterov, float delta, "
-        "float wd_ratio, float lr_wd) -> ()", &radial_);
+        "float wd_ratio, float lr_wd) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(gradwise_fused, CPU, m) {
+  m.impl("adabelief_", &adabelief_);
+  m.impl("adamw_", &adamw_);
+  m.impl("perp_stats", &perp_stats);
+  m.impl("diffgrad_", &diffgrad_);
+  m.impl("lion_", &lion_);
+  m.impl("spam_", &spam_);
+  m.impl("stablespam_", &stablespam_);
+  m.impl("sgdsai_", &sgdsai_);
+  m.impl("radial_", &radial_);
 }

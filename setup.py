@@ -1,0 +1,63 @@
+"""Builds gradwise's native CPU kernels at install time (metadata lives in pyproject.toml).
+
+One shared library per kernel family (src/gradwise/_kernels.py lists them),
+compiled against the torch already installed. Install without build isolation
+(``pip install --no-build-isolation -e .``, as the Makefile does): an isolated
+build would install its own, unpinned torch (a multi-GB CUDA build) and build
+against that. Without torch or without a compiler the install still succeeds,
+with no kernels; gradwise then compiles them on first use (saying so) or falls
+back to its torch path.
+"""
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).resolve().parent
+ext_modules, cmdclass = [], {}
+
+try:
+    import torch  # noqa: F401
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+except ImportError:
+    print("gradwise: torch is not importable at build time; installing without compiled kernels "
+          "(they compile on first use)", file=sys.stderr)
+else:
+    spec = importlib.util.spec_from_file_location("_gradwise_kernels", HERE / "src" / "gradwise" / "_kernels.py")
+    kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernels)
+
+    for fam in kernels.FAMILIES.values():
+        src = fam.source.relative_to(HERE)
+        ext_modules.append(CppExtension(f"gradwise.{fam.name}._C", [str(src)],
+                                        extra_compile_args=kernels.CFLAGS, extra_link_args=kernels.LDFLAGS))
+
+    class BuildKernels(BuildExtension):
+        """Builds each family, in parallel, and records what it was built from beside the library."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            if self.parallel is None:  # the two families compile at the same time (~2x faster on 2 cores)
+                self.parallel = max(1, min(len(ext_modules), os.cpu_count() or 1))
+
+        @staticmethod
+        def _record(ext, folder):
+            fam = kernels.FAMILIES[ext.name.split(".")[1]]
+            (Path(folder) / "_C.build.json").write_text(json.dumps(kernels.build_record(fam.source), indent=1) + "\n")
+
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            self._record(ext, Path(self.get_ext_fullpath(ext.name)).parent)  # goes into a wheel
+
+        def run(self):
+            super().run()
+            if self.inplace:  # editable install: the libraries were copied into src/, their records go beside them
+                for ext in self.extensions:
+                    self._record(ext, kernels.FAMILIES[ext.name.split(".")[1]].package_dir)
+
+    cmdclass["build_ext"] = BuildKernels.with_options(no_python_abi_suffix=True)
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

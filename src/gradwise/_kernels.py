@@ -1,0 +1,206 @@
+"""gradwise's native CPU kernels: one shared library per family, built at install.
+
+Each family (``optim``: the optimizers' fused steps, ``losses``: row-wise loss
+kernels) is one C++ file under ``<family>/csrc/`` that registers its operators
+with ``TORCH_LIBRARY`` under its own namespace (``torch.ops.gradwise_fused``,
+``torch.ops.gradwise_losses``) and has fake implementations for
+``torch.compile`` (registered in Python by the family's loader). ``pip install``
+(``make``) compiles each into ``gradwise/<family>/_C*.so`` beside a small
+``_C.build.json`` that records what it was built from: a hash of the source,
+the torch version and the CPU's flags (the code is built with
+``-march=native``).
+
+Loading takes a ``dlopen``: nothing compiles at import or at the first step,
+whatever ``PATH`` holds. Only when the installed library does not match (the
+source was edited, torch was upgraded, the environment moved to another CPU,
+or gradwise was installed without a compiler) does a family compile itself at
+run time, once per machine, through ``torch.utils.cpp_extension.load`` into
+torch's extension cache, after printing one line that says so and why. Where
+it cannot be built the family's users fall back to their ``torch`` path with
+one warning; one family failing does not switch off another.
+``GRADWISE_FUSED=0`` disables every family.
+
+This module imports only torch and the standard library, so ``setup.py`` runs
+it from its path to share the flags and the build record.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["KernelFamily", "FAMILIES", "CFLAGS", "LDFLAGS", "build_record", "family"]
+
+_PKG = Path(__file__).parent
+
+CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+if platform.machine() in ("x86_64", "AMD64"):
+    CFLAGS.append("-march=native")
+# glibc's libmvec supplies the vector exp/log1p the kernels declare
+LDFLAGS = ["-fopenmp", "-lmvec"] if sys.platform.startswith("linux") else ["-fopenmp"]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_record(source: Path) -> dict:
+    """What a library built now from ``source`` depends on (stored beside it at install)."""
+    return {
+        "source_sha1": hashlib.sha1(source.read_bytes()).hexdigest(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpu_flags_sha1": hashlib.sha1(_cpu_flags().encode()).hexdigest(),
+        "cflags": CFLAGS,
+    }
+
+
+class KernelFamily:
+    """One family's kernels: where they are, whether they load, and why not.
+
+    Args:
+        name: the family (``"optim"``, ``"losses"``); the library is
+            ``gradwise/<name>/_C*.so``, built from ``gradwise/<name>/csrc/<source>``.
+        source: the C++ file's name.
+        namespace: the ``torch.ops`` namespace its ``TORCH_LIBRARY`` block registers.
+        probe: an operator that must exist after loading.
+        root: the folder holding the families' folders (gradwise's package; tests point it elsewhere).
+    """
+
+    def __init__(self, name: str, source: str, namespace: str, probe: str, root: Path = _PKG) -> None:
+        self.name, self.namespace, self.probe = name, namespace, probe
+        self.source = Path(root) / name / "csrc" / source
+        self.package_dir = Path(root) / name
+        self._lock = threading.Lock()
+        self._tried = False
+        self._ok = False
+        self._error: str | None = None
+        self.how: str | None = None  # "installed" or "built at run time"
+        self._fakes_registered = False
+
+    # -- where the installed library is -----------------------------------
+    def installed_library(self) -> Path | None:
+        libs = sorted(self.package_dir.glob("_C*.so")) + sorted(self.package_dir.glob("_C*.pyd"))
+        return libs[0] if libs else None
+
+    def stale_reason(self) -> str | None:
+        """Why the installed library cannot be used here, or None when it can."""
+        lib = self.installed_library()
+        if lib is None:
+            return "gradwise was installed without them (no compiler or no torch at install time)"
+        record_path = self.package_dir / "_C.build.json"
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            return f"{record_path.name} is missing or unreadable"
+        now = build_record(self.source)
+        if record.get("source_sha1") != now["source_sha1"]:
+            return f"csrc/{self.source.name} changed since the install"
+        if record.get("torch") != now["torch"]:
+            return f"they were built for torch {record.get('torch')}, this is torch {now['torch']}"
+        if record.get("machine") != now["machine"] or record.get("cpu_flags_sha1") != now["cpu_flags_sha1"]:
+            return "they were built for another CPU (-march=native)"
+        return None
+
+    # -- loading -------------------------------------------------------------
+    def load(self) -> bool:
+        """Load (once) the installed library, or build it if it cannot be used; return whether usable."""
+        if self._tried:
+            return self._ok
+        with self._lock:
+            if self._tried:
+                return self._ok
+            try:
+                self._ok = self._load()
+            finally:
+                self._tried = True
+            if self._ok:
+                self._register_fakes()
+        return self._ok
+
+    def _load(self) -> bool:
+        if os.environ.get("GRADWISE_FUSED", "1") == "0":
+            self._error = "disabled by GRADWISE_FUSED=0"
+            return False
+        try:
+            reason = self.stale_reason()
+            if reason is None:
+                torch.ops.load_library(str(self.installed_library()))
+                self.how = "installed"
+            else:
+                self._build_now(reason)
+                self.how = "built at run time"
+            if not hasattr(getattr(torch.ops, self.namespace), self.probe):
+                raise RuntimeError(f"torch.ops.{self.namespace}.{self.probe} is missing after loading")
+            return True
+        except Exception as exc:  # no compiler, no ninja, ...: the torch path still works
+            self._error = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"gradwise: {self.name} kernels unavailable, using the torch path "
+                          f"({self._error[:300]})", RuntimeWarning, stacklevel=4)
+            return False
+
+    def _build_now(self, reason: str) -> None:
+        print(f"gradwise: compiling the {self.name} kernels now, once for this machine "
+              f"(about 30 s), because {reason}; `make` or `pip install -e .` builds them at install",
+              file=sys.stderr, flush=True)
+        if shutil.which("ninja") is None:
+            # `.venv/bin/python` run without the venv on PATH: ninja sits beside it
+            os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+        from torch.utils import cpp_extension
+
+        rec = build_record(self.source)
+        key = hashlib.sha1(json.dumps(rec, sort_keys=True).encode() + str(self.source).encode()).hexdigest()[:12]
+        cpp_extension.load(name=f"gradwise_{self.name}_{key}", sources=[str(self.source)], extra_cflags=CFLAGS,
+                           extra_ldflags=LDFLAGS, is_python_module=False, verbose=False)
+
+    def _register_fakes(self) -> None:
+        if self._fakes_registered:
+            return
+        self._fakes_registered = True
+        if self.name == "optim":
+            from gradwise.optim import _fakes
+        elif self.name == "losses":
+            from gradwise.losses import _fakes  # noqa: F401,F811
+        _fakes.register()
+
+    def available(self) -> bool:
+        return self.load()
+
+    def error(self) -> str | None:
+        """Why the kernels are unavailable, if they are."""
+        return self._error
+
+    def ops(self):
+        return getattr(torch.ops, self.namespace)
+
+    def __repr__(self) -> str:
+        state = "not loaded" if not self._tried else (f"loaded ({self.how})" if self._ok else f"unavailable: {self._error}")
+        return f"KernelFamily({self.name!r}, {state})"
+
+
+FAMILIES: dict[str, KernelFamily] = {
+    "optim": KernelFamily("optim", "fused.cpp", "gradwise_fused", "adamw_"),
+    "losses": KernelFamily("losses", "losses.cpp", "gradwise_losses", "ldr_softplus"),
+}
+
+
+def family(name: str) -> KernelFamily:
+    """The kernel family ``name`` (one of :data:`FAMILIES`)."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"Invalid kernel family: {name!r} (accepted: {', '.join(FAMILIES)})") from None

@@ -1,0 +1,42 @@
+"""Fake (meta) implementations of the optimizer kernels, for ``torch.compile``.
+
+Under fake tensors an operator must say what it returns without touching
+memory. The in-place update kernels return nothing (their mutations are
+declared in the schemas, ``Tensor(a!)[]``), so their fakes only check what the
+real kernels check; ``perp_stats`` returns one float64 row of three sums per
+tensor. Registered by :mod:`gradwise._kernels` once the library is loaded.
+"""
+from __future__ import annotations
+
+import torch
+
+_NS = "gradwise_fused"
+_UPDATES = ("adabelief_", "adamw_", "diffgrad_", "lion_", "spam_", "stablespam_", "sgdsai_", "radial_")
+
+
+def _check_pairs(name: str, p, g) -> None:
+    torch._check(len(p) == len(g), lambda: f"{name}: tensor lists differ in length")
+    for a, b in zip(p, g):
+        torch._check(a.numel() == b.numel(), lambda: f"{name}: gradient sizes differ from parameter sizes")
+        torch._check(a.dtype == b.dtype, lambda: f"{name}: gradient dtype differs from parameter dtype")
+
+
+def _update_fake(name: str):
+    def fake(*args, **kwargs):
+        tensors = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
+        if len(tensors) >= 2:
+            _check_pairs(name, tensors[0], tensors[1])
+        return None
+    return fake
+
+
+def _perp_stats_fake(w, g, c):
+    _check_pairs("perp_stats", w, g)
+    return w[0].new_empty((len(w), 3), dtype=torch.float64) if w else torch.empty((0, 3), dtype=torch.float64)
+
+
+def register() -> None:
+    """Register the fakes (idempotent per process: called once after loading)."""
+    for name in _UPDATES:
+        torch.library.register_fake(f"{_NS}::{name}")(_update_fake(name))
+    torch.library.register_fake(f"{_NS}::perp_stats")(_perp_stats_fake)
