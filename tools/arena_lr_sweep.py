@@ -56,11 +56,14 @@ def write_block(chosen: dict[str, float], order: list[str], note: str) -> Path:
     path = Path(study.__file__)
     merged = {**study.LRS, **chosen}
     names = [n for n in order if n in merged] + sorted(n for n in merged if n not in order)
-    body = f"# {note}\nLRS: dict[str, float] = {{\n"
-    body += "".join(f"    {json.dumps(n)}: {float(merged[n])!r},\n" for n in names) + "}\n"
     text = path.read_text()
-    if not BLOCK.search(text):
+    m = BLOCK.search(text)
+    if not m:
         raise SystemExit(f"no '# BEGIN LRS' ... '# END LRS' block in {path}")
+    # a partial sweep keeps the notes of the earlier sweeps whose rates it keeps
+    kept = [] if set(chosen) >= set(study.LRS) else [ln for ln in m.group(2).splitlines() if ln.startswith("# ")]
+    body = "".join(ln + "\n" for ln in kept) + f"# {note}\nLRS: dict[str, float] = {{\n"
+    body += "".join(f"    {json.dumps(n)}: {float(merged[n])!r},\n" for n in names) + "}\n"
     path.write_text(BLOCK.sub(lambda m: m.group(1) + body + m.group(3), text, count=1))
     return path
 
@@ -122,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             {n: [{"lr": r.lr, "val_acc": r.eval_acc, "val_loss": r.eval_loss, "diverged": r.diverged}
                  for r in rs] for n, rs in runs.items()}, indent=2) + "\n")
     if args.write:
-        note = (f"swept {date.today().isoformat()}: tools/arena_lr_sweep.py, {args.steps} steps, mean of seeds "
-                f"0..{args.seeds - 1}, grid {GRID[0]:g}..{GRID[-1]:g}")
+        which = "" if args.optimizers is None else f" ({', '.join(names)})"
+        note = (f"swept {date.today().isoformat()}{which}: tools/arena_lr_sweep.py, {args.steps} steps, mean of "
+                f"seeds 0..{args.seeds - 1}, grid {GRID[0]:g}..{GRID[-1]:g}")
         path = write_block(chosen, list(known), note)
         console.print(f"wrote {path}")
     return 0

@@ -156,22 +156,28 @@ def run_seed(task, cfg: Config, seed: int) -> tuple[list[dict[str, Any]], dict[s
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from gradwise.arena.report import mean_std_fields
+    """Per method: mean, std and 95% t-interval of each metric over seeds; ranked on ECE (lower is better)."""
+    from gradwise.arena.report import mean_ci_fields, rank_summaries
 
     out = []
     for m in METHODS:
         rs = [r for r in rows if r["method"] == m]
-        out.append({"method": m, "runs": len(rs), **mean_std_fields(rs, (*METRICS, "temperature"))})
-    return sorted(out, key=lambda s: s["ece_mean"])
+        out.append({"method": m, "runs": len(rs), **mean_ci_fields(rs, (*METRICS, "temperature"))})
+    return rank_summaries(out, "ece", higher_is_better=False)
 
 
-def _plot(path: Path, probs: dict[str, Any], y, n_bins: int, title: str) -> None:
+def _plot(path: Path, probs: dict[str, Any], y, n_bins: int, title: str,
+          ece: dict[str, tuple[float, float]]) -> list[str]:
+    """Reliability diagrams of the test predictions pooled over seeds; each panel's ECE is ``ece[name]``
+    (the table's statistic: mean and 95% interval over seeds), not the ECE of the pooled diagram.
+    Returns the panels' titles."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gradwise.losses.calibration import expected_calibration_error, reliability_bins
+    from gradwise.arena.report import fmt_ci, wrap_title
+    from gradwise.losses.calibration import reliability_bins
 
     fig, axes = plt.subplots(1, len(probs), figsize=(3.8 * len(probs), 4.0), sharey=True)
     width = 1.0 / n_bins
@@ -183,17 +189,17 @@ def _plot(path: Path, probs: dict[str, Any], y, n_bins: int, title: str) -> None
                color="C0", alpha=0.8, label="accuracy")
         ax.plot(conf[ok].tolist(), acc[ok].tolist(), "o", color="C3", ms=3, label="(mean conf, acc)")
         ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-        ece = expected_calibration_error(p, y, n_bins=n_bins, from_logits=False).item()
-        ax.set_title(f"{name}\nECE {ece:.4f}")
+        ax.set_title(f"{name}\nECE {fmt_ci(*ece[name])} (mean over seeds)", fontsize=9)
         ax.set_xlabel("confidence")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("accuracy")
     axes[0].legend(loc="upper left", fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrap_title(title, 120), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return [ax.get_title() for ax in axes]
 
 
 def run(args: argparse.Namespace, console: Console) -> Path:
@@ -206,38 +212,43 @@ def run(args: argparse.Namespace, console: Console) -> Path:
 
     cfg = replace(CONFIG, seeds=args.seeds, epochs=args.epochs, ca_epochs=getattr(args, "ca_epochs", CONFIG.ca_epochs))
     task = digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
-    out = report.results_dir(args.out)
-    rows: list[dict[str, Any]] = []
-    pooled: dict[str, list] = {m: [] for m in METHODS}
-    with torch_threads(cfg.threads), report.progress(console) as bar:
-        job = bar.add_task("calibration", total=cfg.seeds)
-        for seed in range(cfg.seeds):
-            bar.update(job, description=f"seed {seed}")
-            r, probs = run_seed(task, cfg, seed)
-            rows += r
-            for m in METHODS:
-                pooled[m].append(probs[m])
-            bar.advance(job)
+    with report.results_folder(args.out) as folder:
+        out = folder.tmp
+        rows: list[dict[str, Any]] = []
+        pooled: dict[str, list] = {m: [] for m in METHODS}
+        with torch_threads(cfg.threads), report.progress(console) as bar:
+            job = bar.add_task("calibration", total=cfg.seeds)
+            for seed in range(cfg.seeds):
+                bar.update(job, description=f"seed {seed}")
+                r, probs = run_seed(task, cfg, seed)
+                rows += r
+                for m in METHODS:
+                    pooled[m].append(probs[m])
+                bar.advance(job)
 
-    summary = _summary(rows)
-    title = (f"calibration on digits: MLP 64-{'-'.join(map(str, cfg.hidden))}-10, {cfg.epochs} epochs, "
-             f"{len(task.y_eval)} test samples, {cfg.seeds} seed(s)")
-    table = Table(title=title, title_justify="left")
-    table.add_column("method", no_wrap=True)
-    for col in ("ECE", "adaptive ECE", "classwise ECE", "accuracy", "NLL", "mean T"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for s in summary:
-        table.add_row(s["method"], *(f"{s[k + '_mean']:.4f} ± {s[k + '_std']:.4f}" for k in METRICS),
-                      f"{s['temperature_mean']:.2f}")
-    console.print(table)
-    console.print(f"[dim]best first (ECE, {cfg.n_bins} equal-width bins); mean ± std over seeds; "
-                  "calibrators fitted on a held-out calibration split[/dim]")
+        summary = _summary(rows)
+        title = (f"calibration on digits: MLP 64-{'-'.join(map(str, cfg.hidden))}-10, {cfg.epochs} epochs, "
+                 f"{len(task.y_eval)} test samples, {cfg.seeds} seed(s)")
+        table = Table(title=title, title_justify="left")
+        table.add_column("rank", justify="right", no_wrap=True)
+        table.add_column("method", no_wrap=True)
+        for col in ("ECE", "adaptive ECE", "classwise ECE", "accuracy", "NLL", "mean T"):
+            table.add_column(col, justify="right", no_wrap=True)
+        for s in summary:
+            table.add_row(report.rank_label(report.Rank(s["rank"], s["tied"])), s["method"],
+                          *(report.fmt_ci(s[k + "_mean"], s[k + "_ci"]) for k in METRICS),
+                          f"{s['temperature_mean']:.2f}")
+        console.print(table)
+        console.print(f"[dim]best first by ECE ({cfg.n_bins} equal-width bins, mean over seeds); {report.CI_NOTE}; "
+                      f"{report.RANK_NOTE} (ranked on ECE); calibrators fitted on a held-out calibration split\n"
+                      f"{report.machine_line()}[/dim]")
 
-    report.write_csv(out / "results.csv", rows, list(rows[0]))
-    report.write_json(out / "results.json", {"study": "calibration", "config": asdict(cfg), "summary": summary,
-                                             "runs": rows, "versions": report.versions()})
-    probs = {m: torch.cat(v) for m, v in pooled.items()}
-    _plot(out / "reliability.png", probs, task.y_eval.repeat(cfg.seeds), cfg.n_bins,
-          f"reliability on the digits test split, pooled over {cfg.seeds} seed(s)")
-    console.print(f"results: {out}/ (results.csv, results.json, reliability.png)")
-    return out
+        probs = {m: torch.cat(v) for m, v in pooled.items()}
+        _plot(out / "reliability.png", probs, task.y_eval.repeat(cfg.seeds), cfg.n_bins,
+              f"reliability on the digits test split: bins pooled over {cfg.seeds} seed(s); panel ECE: mean ± 95% "
+              "interval over seeds, as in the table", {s["method"]: (s["ece_mean"], s["ece_ci"]) for s in summary})
+        report.write_csv(out / "results.csv", rows, list(rows[0]))
+        report.write_json(out / "results.json", {"study": "calibration", "config": asdict(cfg), "summary": summary,
+                                                 "runs": rows, "versions": report.versions()})
+        console.print(f"results: {folder.final}/ (results.csv, results.json, reliability.png)")
+    return folder.final

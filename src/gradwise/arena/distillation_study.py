@@ -25,6 +25,7 @@ test accuracy and expected calibration error (15 bins), mean ± std over seeds.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -89,7 +90,6 @@ def run(args: argparse.Namespace, console: Console) -> Path:
 
     cfg = replace(CONFIG, seeds=args.seeds, epochs=args.epochs, teacher_epochs=args.teacher_epochs)
     task = digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
-    out = report.results_dir(args.out)
     n_in, n_cls, n = task.num_features, task.num_classes, len(task.y_train)
     xtr, ytr = task.x_train, task.y_train
 
@@ -173,70 +173,75 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         peer_acc = evaluate(peer.eval())[0] if peer is not None else None
         return acc, ece, peer_acc
 
-    rows: list[dict[str, Any]] = []
-    teachers: list[dict[str, Any]] = []
-    start_all = time.perf_counter()
-    with torch_threads(cfg.threads), report.progress(console, width=34) as bar:
-        job = bar.add_task("distillation", total=cfg.seeds * (1 + len(METHODS)))
-        for seed in range(cfg.seeds):
-            bar.update(job, description=f"teacher seed {seed}")
-            t0 = time.perf_counter()
-            teacher = train_teacher(seed)
-            t_backbone, t_head = split(teacher)
-            with torch.no_grad():
-                t_feats = t_backbone(xtr)
-                t_logits = t_head(t_feats)
-            centers = class_means(t_feats, ytr, n_cls)
-            t_acc, t_ece = evaluate(teacher)
-            teachers.append(dict(seed=seed, test_acc=t_acc, ece=t_ece, wall_s=time.perf_counter() - t0))
-            bar.advance(job)
-            for method in METHODS:
-                bar.update(job, description=f"{method} seed {seed}")
+    with report.results_folder(args.out) as folder:
+        out = folder.tmp
+        rows: list[dict[str, Any]] = []
+        teachers: list[dict[str, Any]] = []
+        start_all = time.perf_counter()
+        with torch_threads(cfg.threads), report.progress(console, width=34) as bar:
+            job = bar.add_task("distillation", total=cfg.seeds * (1 + len(METHODS)))
+            for seed in range(cfg.seeds):
+                bar.update(job, description=f"teacher seed {seed}")
                 t0 = time.perf_counter()
-                acc, ece, peer_acc = train_student(method, seed, t_logits, t_feats, centers)
-                rows.append(dict(method=method, seed=seed, test_acc=acc, ece=ece, peer_acc=peer_acc,
-                                 wall_s=time.perf_counter() - t0))
+                teacher = train_teacher(seed)
+                t_backbone, t_head = split(teacher)
+                with torch.no_grad():
+                    t_feats = t_backbone(xtr)
+                    t_logits = t_head(t_feats)
+                centers = class_means(t_feats, ytr, n_cls)
+                t_acc, t_ece = evaluate(teacher)
+                teachers.append(dict(seed=seed, test_acc=t_acc, ece=t_ece, wall_s=time.perf_counter() - t0))
                 bar.advance(job)
-    total_s = time.perf_counter() - start_all
+                for method in METHODS:
+                    bar.update(job, description=f"{method} seed {seed}")
+                    t0 = time.perf_counter()
+                    acc, ece, peer_acc = train_student(method, seed, t_logits, t_feats, centers)
+                    rows.append(dict(method=method, seed=seed, test_acc=acc, ece=ece, peer_acc=peer_acc,
+                                     wall_s=time.perf_counter() - t0))
+                    bar.advance(job)
+        total_s = time.perf_counter() - start_all
 
-    summary = []
-    for method in METHODS:
-        rs = [r for r in rows if r["method"] == method]
-        acc_m, acc_s = report.mean_std([r["test_acc"] for r in rs])
-        ece_m, ece_s = report.mean_std([r["ece"] for r in rs])
-        peers = [r["peer_acc"] for r in rs if r["peer_acc"] is not None]
-        summary.append(dict(name=method, runs=len(rs), acc_mean=acc_m, acc_std=acc_s, ece_mean=ece_m, ece_std=ece_s,
-                            peer_acc_mean=statistics.fmean(peers) if peers else None,
-                            wall_s_mean=statistics.fmean(r["wall_s"] for r in rs)))
-    summary.sort(key=lambda s: -s["acc_mean"])
-    t_acc_m, t_acc_s = report.mean_std([t["test_acc"] for t in teachers])
-    t_ece_m, _ = report.mean_std([t["ece"] for t in teachers])
+        summary = []
+        for method in METHODS:
+            rs = [r for r in rows if r["method"] == method]
+            stats = report.mean_ci_fields(rs, ("test_acc", "ece"))
+            peers = [r["peer_acc"] for r in rs if r["peer_acc"] is not None]
+            summary.append(dict(name=method, runs=len(rs), acc_mean=stats["test_acc_mean"],
+                                acc_std=stats["test_acc_std"], acc_ci=stats["test_acc_ci"],
+                                ece_mean=stats["ece_mean"], ece_std=stats["ece_std"], ece_ci=stats["ece_ci"],
+                                peer_acc_mean=statistics.fmean(peers) if peers else None,
+                                wall_s_mean=statistics.fmean(r["wall_s"] for r in rs)))
+        report.rank_summaries(summary, "acc")
+        t_acc_m, t_acc_ci = report.mean_ci([t["test_acc"] for t in teachers])
+        t_ece_m, _ = report.mean_std([t["ece"] for t in teachers])
 
-    title = (f"distillation on digits: student 64-{'-'.join(map(str, cfg.student_hidden))}-10 from teacher "
-             f"64-{'-'.join(map(str, cfg.teacher_hidden))}-10, {cfg.epochs} epochs, {cfg.seeds} seed(s)")
-    table = Table(title=title, title_justify="left")
-    for col, just in (("method", "left"), ("test acc", "right"), ("ECE", "right"), ("peer acc", "right"),
-                      ("s/run", "right")):
-        table.add_column(col, justify=just, no_wrap=True)
-    for s in summary:
-        table.add_row(s["name"], f"{s['acc_mean']:.4f} ± {s['acc_std']:.4f}",
-                      f"{s['ece_mean']:.4f} ± {s['ece_std']:.4f}",
-                      "—" if s["peer_acc_mean"] is None else f"{s['peer_acc_mean']:.4f}", f"{s['wall_s_mean']:.2f}")
-    table.add_row("[dim]teacher (CE)[/dim]", f"[dim]{t_acc_m:.4f} ± {t_acc_s:.4f}[/dim]", f"[dim]{t_ece_m:.4f}[/dim]",
-                  "—", f"[dim]{statistics.fmean(t['wall_s'] for t in teachers):.2f}[/dim]")
-    console.print(table)
-    console.print("[dim]best first; mean ± std over seeds; ECE: 15 equal-width confidence bins on the test split; "
-                  "peer acc: the online methods' teacher-sized peer[/dim]")
-    console.print(f"total wall time {total_s:.1f} s")
+        title = (f"distillation on digits: student 64-{'-'.join(map(str, cfg.student_hidden))}-10 from teacher "
+                 f"64-{'-'.join(map(str, cfg.teacher_hidden))}-10, {cfg.epochs} epochs, {cfg.seeds} seed(s)")
+        table = Table(title=title, title_justify="left")
+        for col, just in (("rank", "right"), ("method", "left"), ("test acc", "right"), ("ECE", "right"),
+                          ("peer acc", "right"), ("s/run", "right")):
+            table.add_column(col, justify=just, no_wrap=True)
+        for s in summary:
+            table.add_row(report.rank_label(report.Rank(s["rank"], s["tied"])), s["name"],
+                          report.fmt_ci(s["acc_mean"], s["acc_ci"]), report.fmt_ci(s["ece_mean"], s["ece_ci"]),
+                          "—" if s["peer_acc_mean"] is None else f"{s['peer_acc_mean']:.4f}", f"{s['wall_s_mean']:.2f}")
+        table.add_row("", "[dim]teacher (CE)[/dim]", f"[dim]{report.fmt_ci(t_acc_m, t_acc_ci)}[/dim]",
+                      f"[dim]{t_ece_m:.4f}[/dim]", "—",
+                      f"[dim]{statistics.fmean(t['wall_s'] for t in teachers):.2f}[/dim]")
+        console.print(table)
+        console.print(f"[dim]best first by student test accuracy; {report.CI_NOTE}; {report.RANK_NOTE} (ranked on "
+                      "test accuracy; the teacher is not ranked); ECE: 15 equal-width confidence bins on the test "
+                      f"split; peer acc: the online methods' teacher-sized peer\n{report.machine_line()}[/dim]")
+        console.print(f"total wall time {total_s:.1f} s")
 
-    report.write_csv(out / "results.csv", [{"method": "teacher (CE)", **t} for t in teachers] + rows,
-                     ["method", "seed", "test_acc", "ece", "peer_acc", "wall_s"])
-    report.write_json(out / "results.json", dict(study="distillation", config=asdict(cfg), summary=summary,
-                                                 teacher=teachers, runs=rows, total_wall_s=total_s,
-                                                 versions=report.versions()))
-    _plot(out / "distillation.png", summary, t_acc_m, title)
-    console.print(f"results: {out}/ (results.csv, results.json, distillation.png)")
-    return out
+        report.write_csv(out / "results.csv", [{"method": "teacher (CE)", **t} for t in teachers] + rows,
+                         ["method", "seed", "test_acc", "ece", "peer_acc", "wall_s"])
+        report.write_json(out / "results.json", dict(study="distillation", config=asdict(cfg), summary=summary,
+                                                     teacher=teachers, runs=rows, total_wall_s=total_s,
+                                                     versions=report.versions()))
+        _plot(out / "distillation.png", summary, t_acc_m, title)
+        console.print(f"results: {folder.final}/ (results.csv, results.json, distillation.png)")
+    return folder.final
 
 
 def _plot(path: Path, summary: list[dict[str, Any]], teacher_acc: float, title: str) -> None:
@@ -245,20 +250,26 @@ def _plot(path: Path, summary: list[dict[str, Any]], teacher_acc: float, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from gradwise.arena.report import wrap_title
+
     names = [s["name"] for s in summary]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    a1.barh(names, [s["acc_mean"] for s in summary], xerr=[s["acc_std"] for s in summary], color="C0", capsize=3)
+    def err(key: str) -> list[float]:  # the table's 95% t-interval; none drawn for one seed
+        return [s[key] if math.isfinite(s[key]) else 0.0 for s in summary]
+
+    a1.barh(names, [s["acc_mean"] for s in summary], xerr=err("acc_ci"), color="C0", capsize=3)
     a1.axvline(teacher_acc, color="grey", ls="--", lw=1, label=f"teacher {teacher_acc:.4f}")
-    lo = min(min(s["acc_mean"] - s["acc_std"] for s in summary), teacher_acc)
-    a1.set_xlim(max(0.0, lo - 0.02), min(1.0, max(teacher_acc, max(s["acc_mean"] for s in summary)) + 0.01))
-    a1.set_xlabel("student test accuracy (mean ± std over seeds)")
+    lo = min(min(s["acc_mean"] - e for s, e in zip(summary, err("acc_ci"))), teacher_acc)
+    hi = max(teacher_acc, max(s["acc_mean"] + e for s, e in zip(summary, err("acc_ci"))))
+    a1.set_xlim(max(0.0, lo - 0.02), min(1.0, hi + 0.01))
+    a1.set_xlabel("student test accuracy (mean and 95% t-interval over seeds)")
     a1.invert_yaxis()
     a1.legend(loc="lower right", fontsize=8)
-    a2.barh(names, [s["ece_mean"] for s in summary], xerr=[s["ece_std"] for s in summary], color="C1", capsize=3)
+    a2.barh(names, [s["ece_mean"] for s in summary], xerr=err("ece_ci"), color="C1", capsize=3)
     a2.set_xlabel("expected calibration error (lower is better)")
     a2.invert_yaxis()
     a2.set_yticklabels([])
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(wrap_title(title, 130), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -122,17 +122,21 @@ def _plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    from gradwise.arena.report import curve_styles, wrap_title
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    styles = curve_styles(METHODS)
     counts = rows[0]["train_counts"]
     classes = np.arange(len(counts))
-    for i, m in enumerate(METHODS):
+    for m in METHODS:
         per = np.array([r["per_class"] for r in rows if r["method"] == m])
         if len(per):
-            ax.plot(classes, per.mean(0), "o-", color=f"C{i}", label=m, lw=1.3)
+            st = styles[m]
+            ax.plot(classes, per.mean(0), color=st["color"], ls=st["ls"], marker=st["marker"], label=m, lw=1.3)
     ax.set_xticks(classes, [f"{c}\n(n={n})" for c, n in zip(classes, counts)], fontsize=8)
     ax.set_xlabel("class (training samples)")
     ax.set_ylabel("test recall (mean over seeds)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(wrap_title(title, 95), fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -152,39 +156,42 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         from gradwise.arena import UsageError
         raise UsageError(f"--ratio must be >= 1, got {cfg.ratio}")
     task = digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
-    out = report.results_dir(args.out)
-    rows: list[dict[str, Any]] = []
-    with torch_threads(cfg.threads), report.progress(console) as bar:
-        job = bar.add_task("imbalance", total=len(METHODS) * cfg.seeds)
-        for m in METHODS:
-            for seed in range(cfg.seeds):
-                bar.update(job, description=f"{m} seed {seed}")
-                rows.append(run_one(task, cfg, m, seed))
-                bar.advance(job)
+    with report.results_folder(args.out) as folder:
+        out = folder.tmp
+        rows: list[dict[str, Any]] = []
+        with torch_threads(cfg.threads), report.progress(console) as bar:
+            job = bar.add_task("imbalance", total=len(METHODS) * cfg.seeds)
+            for m in METHODS:
+                for seed in range(cfg.seeds):
+                    bar.update(job, description=f"{m} seed {seed}")
+                    rows.append(run_one(task, cfg, m, seed))
+                    bar.advance(job)
 
-    keys = ("balanced_acc", "worst_class_acc", "tail_acc", "head_acc")
-    summary = []
-    for m in METHODS:
-        rs = [r for r in rows if r["method"] == m]
-        summary.append({"method": m, "runs": len(rs), **report.mean_std_fields(rs, (*keys, "wall_s"))})
-    summary.sort(key=lambda s: -s["balanced_acc_mean"])
-    counts = rows[0]["train_counts"]
-    title = (f"imbalance on digits: long tail ratio {cfg.ratio:g} (train counts {counts[0]}..{counts[-1]}, "
-             f"{sum(counts)} samples), MLP, {cfg.steps} steps × batch {cfg.batch_size}, {cfg.seeds} seed(s)")
-    table = Table(title=title, title_justify="left")
-    table.add_column("method", no_wrap=True)
-    for col in ("balanced acc", "worst class", "tail 3 classes", "head 3 classes", "s/run"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for s in summary:
-        table.add_row(s["method"], *(f"{s[k + '_mean']:.4f} ± {s[k + '_std']:.4f}" for k in keys),
-                      f"{s['wall_s_mean']:.2f}")
-    console.print(table)
-    console.print("[dim]best first (balanced test accuracy = mean per-class recall); mean ± std over seeds; "
-                  f"cooldown: T={cfg.t_start:g}, then T={cfg.t_end:g} for the last "
-                  f"{1 - cfg.cooldown_start:.0%} of steps[/dim]")
-    report.write_csv(out / "results.csv", rows, [k for k in rows[0] if k not in ("per_class", "train_counts")])
-    report.write_json(out / "results.json", {"study": "imbalance", "config": asdict(cfg), "summary": summary,
-                                             "runs": rows, "versions": report.versions()})
-    _plot(out / "per_class_recall.png", rows, title)
-    console.print(f"results: {out}/ (results.csv, results.json, per_class_recall.png)")
-    return out
+        keys = ("balanced_acc", "worst_class_acc", "tail_acc", "head_acc")
+        summary = []
+        for m in METHODS:
+            rs = [r for r in rows if r["method"] == m]
+            summary.append({"method": m, "runs": len(rs), **report.mean_ci_fields(rs, (*keys, "wall_s"))})
+        report.rank_summaries(summary, "balanced_acc")
+        counts = rows[0]["train_counts"]
+        title = (f"imbalance on digits: long tail ratio {cfg.ratio:g} (train counts {counts[0]}..{counts[-1]}, "
+                 f"{sum(counts)} samples), MLP, {cfg.steps} steps × batch {cfg.batch_size}, {cfg.seeds} seed(s)")
+        table = Table(title=title, title_justify="left")
+        table.add_column("rank", justify="right", no_wrap=True)
+        table.add_column("method", no_wrap=True)
+        for col in ("balanced acc", "worst class", "tail 3 classes", "head 3 classes", "s/run"):
+            table.add_column(col, justify="right", no_wrap=True)
+        for s in summary:
+            table.add_row(report.rank_label(report.Rank(s["rank"], s["tied"])), s["method"],
+                          *(report.fmt_ci(s[k + "_mean"], s[k + "_ci"]) for k in keys), f"{s['wall_s_mean']:.2f}")
+        console.print(table)
+        console.print("[dim]best first by balanced test accuracy (mean per-class recall); "
+                      f"{report.CI_NOTE}; {report.RANK_NOTE} (ranked on balanced accuracy); "
+                      f"cooldown: T={cfg.t_start:g}, then T={cfg.t_end:g} for the last "
+                      f"{1 - cfg.cooldown_start:.0%} of steps\n{report.machine_line()}[/dim]")
+        _plot(out / "per_class_recall.png", rows, title)
+        report.write_csv(out / "results.csv", rows, [k for k in rows[0] if k not in ("per_class", "train_counts")])
+        report.write_json(out / "results.json", {"study": "imbalance", "config": asdict(cfg), "summary": summary,
+                                                 "runs": rows, "versions": report.versions()})
+        console.print(f"results: {folder.final}/ (results.csv, results.json, per_class_recall.png)")
+    return folder.final

@@ -143,63 +143,73 @@ def run(args: argparse.Namespace, console: "Console") -> Path:
         raise UsageError("need --seeds >= 1, --steps >= 1 and 0 <= --noise < 0.9")
     cfg = Config(noise=args.noise, steps=args.steps, seeds=args.seeds)
     task = digits(eval_split="test")
-    out = report.results_dir(args.out)
-    results = []
-    t0 = time.perf_counter()
-    with torch_threads(cfg.threads), report.progress(console, width=30) as progress:
-        bar = progress.add_task("noisy-labels", total=len(names) * cfg.seeds)
-        for seed in range(cfg.seeds):
-            y_noisy, flip = noisy_labels(task.y_train, task.num_classes, cfg.noise, seed)
-            for nm in names:
-                progress.update(bar, description=f"{nm} seed {seed}")
-                results.append(_train_one(task, y_noisy, nm, seed, cfg))
-                progress.advance(bar)
-    wall = time.perf_counter() - t0
+    with report.results_folder(args.out) as folder:
+        out = folder.tmp
+        results = []
+        t0 = time.perf_counter()
+        with torch_threads(cfg.threads), report.progress(console, width=30) as progress:
+            bar = progress.add_task("noisy-labels", total=len(names) * cfg.seeds)
+            for seed in range(cfg.seeds):
+                y_noisy, flip = noisy_labels(task.y_train, task.num_classes, cfg.noise, seed)
+                for nm in names:
+                    progress.update(bar, description=f"{nm} seed {seed}")
+                    results.append(_train_one(task, y_noisy, nm, seed, cfg))
+                    progress.advance(bar)
+        wall = time.perf_counter() - t0
 
-    rows = []
-    for nm in names:
-        rs = [r for r in results if r["loss"] == nm]
-        fm, fs = report.mean_std(r["final_acc"] for r in rs)
-        bm, bs = report.mean_std(r["best_acc"] for r in rs)
-        nm_, _ = report.mean_std(r["train_fit_noisy"] for r in rs)
-        rows.append(dict(loss=nm, final_mean=fm, final_std=fs, best_mean=bm, best_std=bs, fit_noisy=nm_,
-                         wall_s=sum(r["wall_s"] for r in rs) / len(rs)))
-    rows.sort(key=lambda r: -r["final_mean"])
-    table = Table(title=f"noisy-labels: digits, {cfg.noise:.0%} symmetric label noise, {cfg.steps} steps, "
-                        f"{cfg.seeds} seed(s); clean test accuracy")
-    for col in ("#", "loss", "final acc", "best acc", "fit to noisy train labels", "s/run"):
-        table.add_column(col, justify="left" if col == "loss" else "right")
-    for i, r in enumerate(rows, 1):
-        table.add_row(str(i), r["loss"], f"{100 * r['final_mean']:.2f} ± {100 * r['final_std']:.2f}",
-                      f"{100 * r['best_mean']:.2f} ± {100 * r['best_std']:.2f}", f"{100 * r['fit_noisy']:.1f}%",
-                      f"{r['wall_s']:.1f}")
-    console.print(table)
-    console.print(f"total wall time {wall:.1f} s; results in {out}")
+        rows = []
+        for nm in names:
+            rs = [r for r in results if r["loss"] == nm]
+            stats = report.mean_ci_fields(rs, ("final_acc", "best_acc", "train_fit_noisy"))
+            rows.append(dict(loss=nm, final_mean=stats["final_acc_mean"], final_std=stats["final_acc_std"],
+                             final_ci=stats["final_acc_ci"], best_mean=stats["best_acc_mean"],
+                             best_std=stats["best_acc_std"], best_ci=stats["best_acc_ci"],
+                             fit_noisy=stats["train_fit_noisy_mean"], wall_s=sum(r["wall_s"] for r in rs) / len(rs)))
+        report.rank_summaries(rows, "final")
+        table = Table(title=f"noisy-labels: digits, {cfg.noise:.0%} symmetric label noise, {cfg.steps} steps, "
+                            f"{cfg.seeds} seed(s); clean test accuracy")
+        for col in ("rank", "loss", "final acc (%)", "best acc (%)", "fit to noisy train labels", "s/run"):
+            table.add_column(col, justify="left" if col == "loss" else "right")
+        for r in rows:
+            table.add_row(report.rank_label(report.Rank(r["rank"], r["tied"])), r["loss"],
+                          report.fmt_ci(r["final_mean"], r["final_ci"], 2, scale=100),
+                          report.fmt_ci(r["best_mean"], r["best_ci"], 2, scale=100), f"{100 * r['fit_noisy']:.1f}%",
+                          f"{r['wall_s']:.1f}")
+        console.print(table)
+        console.print(f"[dim]best first by final clean test accuracy; best acc: the best evaluation during "
+                      f"training; {report.CI_NOTE}; {report.RANK_NOTE} (ranked on final accuracy)\n"
+                      f"{report.machine_line()}[/dim]")
+        console.print(f"total wall time {wall:.1f} s; results in {folder.final}")
 
-    report.write_csv(out / "results.csv", results, ["loss", "seed", "final_acc", "best_acc", "train_fit_noisy", "wall_s"])
-    report.write_json(out / "results.json", dict(study="noisy-labels", config=asdict(cfg), wall_s=wall, leaderboard=rows,
-                                                 runs=results, versions=report.versions()))
-    import matplotlib
+        report.write_csv(out / "results.csv", results,
+                         ["loss", "seed", "final_acc", "best_acc", "train_fit_noisy", "wall_s"])
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for nm in names:
-        rs = [r for r in results if r["loss"] == nm]
-        acc = torch.tensor([r["curve_acc"] for r in rs]) * 100
-        steps = rs[0]["curve_steps"]
-        m = acc.mean(0)
-        ax.plot(steps, m, label=nm)
-        if len(rs) > 1:
-            sd = acc.std(0)
-            ax.fill_between(steps, m - sd, m + sd, alpha=0.15)
-    ax.set_xlabel("step")
-    ax.set_ylabel("clean test accuracy (%)")
-    ax.set_title(f"digits, {cfg.noise:.0%} symmetric label noise (mean ± std over {cfg.seeds} seeds)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "test_accuracy.png", dpi=120)
-    plt.close(fig)
-    return out
+        styles = report.curve_styles(names)
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        for nm in names:
+            rs = [r for r in results if r["loss"] == nm]
+            acc = torch.tensor([r["curve_acc"] for r in rs], dtype=torch.float64) * 100
+            steps = rs[0]["curve_steps"]
+            m = acc.mean(0)
+            st = styles[nm]
+            ax.plot(steps, m, label=nm, color=st["color"], ls=st["ls"], marker=st["marker"], ms=3,
+                    markevery=st["markevery"])
+            if len(rs) > 1:  # the same 95% t-interval as the table, per evaluation step
+                half = report.t_quantile(len(rs) - 1) * acc.std(0) / len(rs) ** 0.5
+                ax.fill_between(steps, m - half, m + half, alpha=0.12, color=st["color"])
+        ax.set_xlabel("step")
+        ax.set_ylabel("clean test accuracy (%)")
+        ax.set_title(report.wrap_title(f"digits, {cfg.noise:.0%} symmetric label noise (mean and 95% t-interval "
+                                       f"over {cfg.seeds} seeds)", 90), fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "test_accuracy.png", dpi=120)
+        plt.close(fig)
+        report.write_json(out / "results.json", dict(study="noisy-labels", config=asdict(cfg), wall_s=wall,
+                                                     leaderboard=rows, runs=results, versions=report.versions()))
+    return folder.final

@@ -1,12 +1,15 @@
-"""Study ``optimizers``: every gradwise optimizer, and torch's AdamW as the
-baseline, train the same MLP on the digits task.
+"""Study ``optimizers``: every gradwise optimizer, and torch.optim's own
+maintained optimizers as baselines (AdamW; SGD with momentum 0.9; Adafactor;
+Muon on the hidden weight matrix with AdamW on the other parameters, as torch's
+documentation recommends), train the same MLP on the digits task.
 
-Each optimizer runs with its own learning rate (``LRS``) and otherwise its
-default arguments, for ``CONFIG.steps`` minibatch steps and ``CONFIG.seeds``
-seeds (seed ``s`` fixes the initialization and the minibatch order, so every
-optimizer sees the same ones). The leaderboard reports test accuracy, the
-steps taken to bring the full-batch training loss to ``CONFIG.target_loss``,
-and wall time.
+Each optimizer runs with its own learning rate (LRS) and otherwise its
+default arguments, for CONFIG.steps minibatch steps and CONFIG.seeds
+seeds (seed s fixes the initialization and the minibatch order, so every
+optimizer sees the same ones). The leaderboard reports test accuracy (mean
+and 95% t-interval over seeds, with ranks that tie where the intervals
+overlap), the steps taken to bring the full-batch training loss to
+CONFIG.target_loss, and wall time.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["HELP", "Config", "CONFIG", "LRS", "BASELINES", "candidates", "resolve", "learning_rate",
            "add_arguments", "run"]
 
-HELP = "every gradwise optimizer vs torch AdamW: an MLP on scikit-learn's digits"
+HELP = ("every gradwise optimizer vs torch.optim's AdamW, SGD with momentum, Adafactor and Muon: "
+        "an MLP on scikit-learn's digits")
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,15 @@ class Config:
 
 CONFIG = Config()
 
-# Baselines outside gradwise: name -> entry point. Names here take precedence
-# over registry names.
-BASELINES: dict[str, str] = {"AdamW": "torch.optim:AdamW"}
+# Baselines outside gradwise, torch.optim's own maintained optimizers (what a user
+# would otherwise pick): name -> entry point of the class or factory (see
+# gradwise.arena.baselines). Names here take precedence over registry names.
+BASELINES: dict[str, str] = {
+    "AdamW": "torch.optim:AdamW",
+    "SGD-momentum": "gradwise.arena.baselines:sgd_momentum",  # torch.optim.SGD, momentum 0.9
+    "Adafactor": "gradwise.arena.baselines:adafactor",         # torch.optim.Adafactor
+    "Muon+AdamW": "gradwise.arena.baselines:muon_adamw",       # torch.optim.Muon on hidden matrices, AdamW rest
+}
 
 # One learning rate per optimizer, everything else at its defaults.
 # How they were chosen: `tools/arena_lr_sweep.py` trains each optimizer with
@@ -131,8 +141,12 @@ def learning_rate(name: str, cls: type) -> tuple[float, str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The study's command-line options."""
     parser.add_argument("--optimizers", metavar="A,B,C",
-                        help="comma-separated optimizer names (default: all gradwise optimizers and AdamW)")
+                        help="comma-separated optimizer names (default: all gradwise optimizers and the torch.optim "
+                             "baselines)")
     add_seeds_argument(parser, CONFIG.seeds)
+    parser.add_argument("--first-seed", type=int, default=0, metavar="S",
+                        help="run seeds S..S+N-1 instead of 0..N-1 (default 0): a second seed set checks "
+                             "that the ranking does not depend on the seeds")
     parser.add_argument("--steps", type=positive_int, default=CONFIG.steps,
                         help=f"optimizer steps per run (default {CONFIG.steps})")
     add_out_argument(parser)
@@ -145,36 +159,42 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     from gradwise.arena.tasks import digits
 
     cfg = replace(CONFIG, steps=args.steps, seeds=args.seeds)
+    first = getattr(args, "first_seed", 0)
+    if first < 0:
+        raise UsageError(f"--first-seed must be >= 0, got {first}")
+    seeds = range(first, first + cfg.seeds)
     known = candidates()
     names = resolve(args.optimizers, list(known))
     classes = {n: known[n]() for n in names}
     lrs = {n: learning_rate(n, classes[n]) for n in names}
     task = digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
-    out = report.results_dir(args.out)
 
-    results = []
-    with torch_threads(cfg.threads), report.progress(console) as bar:
-        job = bar.add_task("optimizers", total=len(names) * cfg.seeds)
-        for name in names:
-            for seed in range(cfg.seeds):
-                bar.update(job, description=f"{name} seed {seed}")
-                results.append(train(task, name, classes[name], lr=lrs[name][0], seed=seed, steps=cfg.steps,
-                                     batch_size=cfg.batch_size, hidden=cfg.hidden, eval_every=cfg.eval_every,
-                                     target_loss=cfg.target_loss))
-                bar.advance(job)
+    with report.results_folder(args.out) as folder:
+        results = []
+        with torch_threads(cfg.threads), report.progress(console) as bar:
+            job = bar.add_task("optimizers", total=len(names) * cfg.seeds)
+            for name in names:
+                for seed in seeds:
+                    bar.update(job, description=f"{name} seed {seed}")
+                    results.append(train(task, name, classes[name], lr=lrs[name][0], seed=seed, steps=cfg.steps,
+                                         batch_size=cfg.batch_size, hidden=cfg.hidden,
+                                         eval_every=cfg.eval_every, target_loss=cfg.target_loss))
+                    bar.advance(job)
 
-    summary = report.summarize(results)
-    untuned = {n for n, (_, src) in lrs.items() if src != "sweep"}
-    title = (f"optimizers on digits: MLP 64-{'-'.join(map(str, cfg.hidden))}-10, "
-             f"{cfg.steps} steps × batch {cfg.batch_size}, {cfg.seeds} seed(s)")
-    console.print(report.leaderboard(summary, target_loss=cfg.target_loss, title=title, untuned=untuned))
-    config: dict[str, Any] = {
-        **asdict(cfg),
-        "optimizers": {n: {"entry": BASELINES.get(n) or f"{classes[n].__module__}:{classes[n].__qualname__}",
-                           "lr": lrs[n][0], "lr_source": lrs[n][1]} for n in names},
-        "versions": report.versions(),
-    }
-    report.write_results(out, study="optimizers", config=config, results=results, summary=summary)
-    report.plot_curves(out / "loss_curves.png", results, target_loss=cfg.target_loss, title=title)
-    console.print(f"results: {out}/ (results.csv, curves.csv, results.json, loss_curves.png)")
-    return out
+        summary = report.summarize(results)
+        untuned = {n for n, (_, src) in lrs.items() if src != "sweep"}
+        seed_text = f"{cfg.seeds} seed(s)" if first == 0 else f"seeds {first}..{first + cfg.seeds - 1}"
+        title = (f"optimizers on digits: MLP 64-{'-'.join(map(str, cfg.hidden))}-10, "
+                 f"{cfg.steps} steps × batch {cfg.batch_size}, {seed_text}")
+        console.print(report.leaderboard(summary, target_loss=cfg.target_loss, title=title, untuned=untuned))
+        config: dict[str, Any] = {
+            **asdict(cfg),
+            "first_seed": first,
+            "optimizers": {n: {"entry": BASELINES.get(n) or f"{classes[n].__module__}:{classes[n].__qualname__}",
+                               "lr": lrs[n][0], "lr_source": lrs[n][1]} for n in names},
+            "versions": report.versions(),
+        }
+        report.plot_curves(folder.tmp / "loss_curves.png", results, target_loss=cfg.target_loss, title=title)
+        report.write_results(folder.tmp, study="optimizers", config=config, results=results, summary=summary)
+        console.print(f"results: {folder.final}/ (results.csv, curves.csv, results.json, loss_curves.png)")
+    return folder.final

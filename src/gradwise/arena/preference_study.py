@@ -202,7 +202,6 @@ def run(args: argparse.Namespace, console: Console) -> Path:
                   eval_prompts=getattr(args, "eval_prompts", CONFIG.eval_prompts))
     if cfg.steps < cfg.iterations:
         cfg = replace(cfg, iterations=cfg.steps)
-    out = report.results_dir(args.out)
     judge = PreferenceOracle(reward=judge_reward)
     gen_kw = dict(max_new_tokens=cfg.max_len + 2, temperature=1.0, eos_token_id=EOS, pad_token_id=PAD)
 
@@ -257,82 +256,88 @@ def run(args: argparse.Namespace, console: Console) -> Path:
         model.load_state_dict(ref.state_dict())
         return model.train()
 
-    rows: list[dict[str, Any]] = []
-    sft_rows: list[dict[str, Any]] = []
-    start_all = time.perf_counter()
-    with torch_threads(cfg.threads), report.progress(console, width=28) as bar:
-        job = bar.add_task("preference", total=cfg.seeds * (1 + len(METHODS)))
-        for seed in range(cfg.seeds):
-            bar.update(job, description=f"SFT seed {seed}")
-            t0 = time.perf_counter()
-            ref = sft(seed)
-            rng = random.Random(90_000 + seed)
-            eval_prompts = [random_prompt(rng, cfg) for _ in range(cfg.eval_prompts)] * cfg.eval_samples
-            train_prompts = [random_prompt(rng, cfg) for _ in range(cfg.pairs_prompts)]
-            g = torch.Generator().manual_seed(80_000 + seed)
-            ref_samples = generate(ref, eval_prompts, generator=g, **gen_kw)
-            g = torch.Generator().manual_seed(60_000 + seed)
-            samples = generate(ref, [p for p in train_prompts for _ in range(2)], generator=g, **gen_kw)
-            data = build_pairs(train_prompts, [samples[2 * i:2 * i + 2] for i in range(len(train_prompts))], judge)
-            for i, d in enumerate(data):
-                d["id"] = i
-            m = evaluate(ref, ref, eval_prompts, ref_samples, seed)
-            sft_rows.append(dict(method="SFT", kind="reference", seed=seed, **m, pairs=len(data),
-                                 wall_s=time.perf_counter() - t0))
-            bar.advance(job)
-            for name in METHODS:
-                bar.update(job, description=f"{name} seed {seed}")
+    with report.results_folder(args.out) as folder:
+        out = folder.tmp
+        rows: list[dict[str, Any]] = []
+        sft_rows: list[dict[str, Any]] = []
+        start_all = time.perf_counter()
+        with torch_threads(cfg.threads), report.progress(console, width=28) as bar:
+            job = bar.add_task("preference", total=cfg.seeds * (1 + len(METHODS)))
+            for seed in range(cfg.seeds):
+                bar.update(job, description=f"SFT seed {seed}")
                 t0 = time.perf_counter()
-                curve = None
-                if name in OFFLINE:
-                    model, kind = offline(name, ref, data, seed), "offline"
-                else:
-                    (model, curve), kind = online(name, ref, train_prompts, data, seed), "online"
-                    kind = "hybrid" if ONLINE[name][0] == "hypo" else kind
-                m = evaluate(model, ref, eval_prompts, ref_samples, seed)
-                rows.append(dict(method=name, kind=kind, seed=seed, **m, wall_s=time.perf_counter() - t0,
-                                 **({"online_pairs": sum(h["pairs"] for h in curve)} if kind == "online" else {})))
+                ref = sft(seed)
+                rng = random.Random(90_000 + seed)
+                eval_prompts = [random_prompt(rng, cfg) for _ in range(cfg.eval_prompts)] * cfg.eval_samples
+                train_prompts = [random_prompt(rng, cfg) for _ in range(cfg.pairs_prompts)]
+                g = torch.Generator().manual_seed(80_000 + seed)
+                ref_samples = generate(ref, eval_prompts, generator=g, **gen_kw)
+                g = torch.Generator().manual_seed(60_000 + seed)
+                samples = generate(ref, [p for p in train_prompts for _ in range(2)], generator=g, **gen_kw)
+                data = build_pairs(train_prompts, [samples[2 * i:2 * i + 2] for i in range(len(train_prompts))], judge)
+                for i, d in enumerate(data):
+                    d["id"] = i
+                m = evaluate(ref, ref, eval_prompts, ref_samples, seed)
+                sft_rows.append(dict(method="SFT", kind="reference", seed=seed, **m, pairs=len(data),
+                                     wall_s=time.perf_counter() - t0))
                 bar.advance(job)
-    total_s = time.perf_counter() - start_all
+                for name in METHODS:
+                    bar.update(job, description=f"{name} seed {seed}")
+                    t0 = time.perf_counter()
+                    curve = None
+                    if name in OFFLINE:
+                        model, kind = offline(name, ref, data, seed), "offline"
+                    else:
+                        (model, curve), kind = online(name, ref, train_prompts, data, seed), "online"
+                        kind = "hybrid" if ONLINE[name][0] == "hypo" else kind
+                    m = evaluate(model, ref, eval_prompts, ref_samples, seed)
+                    rows.append(dict(method=name, kind=kind, seed=seed, **m, wall_s=time.perf_counter() - t0,
+                                     **({"online_pairs": sum(h["pairs"] for h in curve)} if kind == "online" else {})))
+                    bar.advance(job)
+        total_s = time.perf_counter() - start_all
 
-    summary = []
-    for name in ("SFT",) + METHODS:
-        rs = [r for r in (sft_rows if name == "SFT" else rows) if r["method"] == name]
-        summary.append(dict(name=name, kind=rs[0]["kind"], runs=len(rs),
-                            **report.mean_std_fields(rs, ("win_rate", "kl", "reward", "exact", "mean_len", "wall_s"))))
-    summary.sort(key=lambda s: -s["win_rate_mean"])
-    dpo_wr = next(s["win_rate_mean"] for s in summary if s["name"] == "DPO")
-    # a policy that always reverses exactly wins against every non-exact SFT sample and ties the rest
-    ceiling = 1.0 - 0.5 * next(s["exact_mean"] for s in summary if s["name"] == "SFT")
+        summary = []
+        for name in ("SFT",) + METHODS:
+            rs = [r for r in (sft_rows if name == "SFT" else rows) if r["method"] == name]
+            summary.append(dict(name=name, kind=rs[0]["kind"], runs=len(rs),
+                                **report.mean_ci_fields(rs, ("win_rate", "kl", "reward", "exact", "mean_len", "wall_s"))))
+        # the SFT row is the reference, shown last and not ranked
+        summary = report.rank_summaries([s for s in summary if s["name"] != "SFT"], "win_rate") + [
+            {**s, "rank": None, "tied": False} for s in summary if s["name"] == "SFT"]
+        dpo_wr = next(s["win_rate_mean"] for s in summary if s["name"] == "DPO")
+        # a policy that always reverses exactly wins against every non-exact SFT sample and ties the rest
+        ceiling = 1.0 - 0.5 * next(s["exact_mean"] for s in summary if s["name"] == "SFT")
 
-    title = (f"preference on string reversal: {cfg.layers}-layer d={cfg.d_model} LM, SFT {cfg.sft_steps} steps, "
-             f"{cfg.steps} steps/method, {cfg.seeds} seed(s)")
-    table = Table(title=title, title_justify="left")
-    for col, just in (("method", "left"), ("kind", "left"), ("win rate vs SFT", "right"), ("KL to SFT", "right"),
-                      ("judge reward", "right"), ("exact", "right"), ("s/run", "right")):
-        table.add_column(col, justify=just, no_wrap=True)
-    for s in summary:
-        dim = s["name"] == "SFT"
-        cells = [s["name"], s["kind"], f"{s['win_rate_mean']:.3f} ± {s['win_rate_std']:.3f}",
-                 f"{s['kl_mean']:.2f} ± {s['kl_std']:.2f}", f"{s['reward_mean']:.3f}", f"{s['exact_mean']:.3f}",
-                 f"{s['wall_s_mean']:.1f}"]
-        table.add_row(*(f"[dim]{c}[/dim]" for c in cells) if dim else cells)
-    console.print(table)
-    console.print(f"[dim]best first; mean ± std over seeds; win rate: judge's P(policy sample > SFT sample) on "
-                  f"{cfg.eval_prompts} held-out prompts x {cfg.eval_samples} samples (ties 1/2; SFT row: a second "
-                  "SFT sample); KL: sequence KL(pi ‖ SFT) in nats on the policy's samples; exact: fraction of "
-                  f"exact reversals; DPO's win rate {dpo_wr:.3f}; a perfect policy's win rate {ceiling:.3f}[/dim]")
-    console.print(f"total wall time {total_s:.1f} s")
+        title = (f"preference on string reversal: {cfg.layers}-layer d={cfg.d_model} LM, SFT {cfg.sft_steps} steps, "
+                 f"{cfg.steps} steps/method, {cfg.seeds} seed(s)")
+        table = Table(title=title, title_justify="left")
+        for col, just in (("rank", "right"), ("method", "left"), ("kind", "left"), ("win rate vs SFT", "right"),
+                          ("KL to SFT", "right"), ("judge reward", "right"), ("exact", "right"), ("s/run", "right")):
+            table.add_column(col, justify=just, no_wrap=True)
+        for s in summary:
+            dim = s["name"] == "SFT"
+            cells = ["" if dim else report.rank_label(report.Rank(s["rank"], s["tied"])), s["name"], s["kind"],
+                     report.fmt_ci(s["win_rate_mean"], s["win_rate_ci"], 3), report.fmt_ci(s["kl_mean"], s["kl_ci"], 2),
+                     f"{s['reward_mean']:.3f}", f"{s['exact_mean']:.3f}", f"{s['wall_s_mean']:.1f}"]
+            table.add_row(*(f"[dim]{c}[/dim]" for c in cells) if dim else cells)
+        console.print(table)
+        console.print(f"[dim]best first by win rate; {report.CI_NOTE}; {report.RANK_NOTE} (ranked on win rate; SFT "
+                      "is the reference, not ranked); win rate: judge's P(policy sample > SFT sample) on "
+                      f"{cfg.eval_prompts} held-out prompts x {cfg.eval_samples} samples (ties 1/2; SFT row: a second "
+                      "SFT sample); KL: sequence KL(pi ‖ SFT) in nats on the policy's samples; exact: fraction of "
+                      f"exact reversals; DPO's win rate {dpo_wr:.3f}; a perfect policy's win rate {ceiling:.3f}\n"
+                      f"{report.machine_line()}[/dim]")
+        console.print(f"total wall time {total_s:.1f} s")
 
-    fields = ["method", "kind", "seed", "win_rate", "kl", "reward", "exact", "mean_len", "wall_s"]
-    report.write_csv(out / "results.csv", sft_rows + rows, fields)
-    report.write_json(out / "results.json", dict(
-        study="preference", config=asdict(cfg), offline_methods=dict(OFFLINE), online_methods=dict(ONLINE),
-        summary=summary, win_rate_ceiling=ceiling, runs=sft_rows + rows, total_wall_s=total_s,
-        versions=report.versions()))
-    _plot(out / "preference.png", summary, sft_rows + rows, title)
-    console.print(f"results: {out}/ (results.csv, results.json, preference.png)")
-    return out
+        fields = ["method", "kind", "seed", "win_rate", "kl", "reward", "exact", "mean_len", "wall_s"]
+        report.write_csv(out / "results.csv", sft_rows + rows, fields)
+        report.write_json(out / "results.json", dict(
+            study="preference", config=asdict(cfg), offline_methods=dict(OFFLINE), online_methods=dict(ONLINE),
+            summary=summary, win_rate_ceiling=ceiling, runs=sft_rows + rows, total_wall_s=total_s,
+            versions=report.versions()))
+        _plot(out / "preference.png", summary, sft_rows + rows, title)
+        console.print(f"results: {folder.final}/ (results.csv, results.json, preference.png)")
+    return folder.final
 
 
 def _plot(path: Path, summary: list[dict[str, Any]], runs: list[dict[str, Any]], title: str) -> None:
@@ -341,7 +346,12 @@ def _plot(path: Path, summary: list[dict[str, Any]], runs: list[dict[str, Any]],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    from gradwise.arena.report import wrap_title
+
+    def ci(half: float) -> float:  # the table's 95% t-interval; none drawn for one seed
+        return half if half == half and half != float("inf") else 0.0
+
+    fig, ax = plt.subplots(figsize=(9, 5))
     # one distinct colour per method (tab20 without its greys, which mark SFT)
     palette = [plt.get_cmap("tab20")(k) for k in range(20) if k not in (14, 15)]
     methods = [s for s in sorted(summary, key=lambda s: s["name"]) if s["name"] != "SFT"]
@@ -351,12 +361,12 @@ def _plot(path: Path, summary: list[dict[str, Any]], runs: list[dict[str, Any]],
         marker = {"online": "s", "hybrid": "D"}.get(s["kind"], "o")
         pts = [r for r in runs if r["method"] == s["name"]]
         ax.scatter([r["kl"] for r in pts], [r["win_rate"] for r in pts], color=color, marker=marker, alpha=0.3, s=18)
-        ax.errorbar(s["kl_mean"], s["win_rate_mean"], xerr=s["kl_std"], yerr=s["win_rate_std"], color=color,
+        ax.errorbar(s["kl_mean"], s["win_rate_mean"], xerr=ci(s["kl_ci"]), yerr=ci(s["win_rate_ci"]), color=color,
                     marker=marker, ms=8, capsize=3, label=f"{s['name']} ({s['kind']})")
     ax.axhline(0.5, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("KL(pi ‖ SFT), nats per response (on policy samples)")
     ax.set_ylabel("judge win rate vs SFT")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrap_title(title + " (mean and 95% t-interval over seeds)", 80), fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
