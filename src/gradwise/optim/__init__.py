@@ -21,3 +21,6 @@ __all__ += ["StableSPAM"]
 from gradwise.optim.lion_k import LionK  # noqa: E402
 
 __all__ += ["LionK"]
+from gradwise.optim.factory import create, param_groups  # noqa: E402
+
+__all__ += ["create", "param_groups"]
