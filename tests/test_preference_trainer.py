@@ -120,6 +120,38 @@ def test_concat_pairs_layout_masks_and_truncation():
         concat_pairs([{"prompt": [], "chosen": [1], "rejected": [2]}], pad_token_id=0)
 
 
+
+def test_wrong_keys_name_the_expected_and_given_ones():
+    """A TRL-tokenized row used to fail with "Invalid prompt: empty ... BOS token"."""
+    trl_row = {"prompt_input_ids": [1, 5], "chosen_input_ids": [6, 2], "rejected_input_ids": [7, 2]}
+    with pytest.raises(ValueError) as exc:
+        concat_pairs([trl_row], pad_token_id=0)
+    msg = str(exc.value)
+    assert "BOS" not in msg and "no 'prompt'" in msg
+    assert "expected 'prompt' with 'chosen' and 'rejected'" in msg and "'completions'" in msg
+    assert "got keys ['chosen_input_ids', 'prompt_input_ids', 'rejected_input_ids']" in msg
+    assert "'prompt_input_ids' -> 'prompt', 'chosen_input_ids' -> 'chosen', 'rejected_input_ids' -> 'rejected'" \
+        in msg
+    with pytest.raises(ValueError, match=r"no 'chosen' and 'rejected' .* got keys \['chosen', 'prompt'\]"):
+        collate_preferences([{"prompt": [1], "chosen": [2]}], pad_token_id=0)
+    trainer = PreferenceTrainer(TinyGRULM(0), _dpo, torch.optim.SGD(TinyGRULM(0).parameters(), lr=0.1),
+                                progress=False)
+    with pytest.raises(ValueError, match="got keys \\['chosen_input_ids'"):  # the trainer says the same
+        trainer.train([trl_row])
+
+
+@pytest.mark.parametrize("example, name", [
+    ({"prompt": [1, 5], "chosen": [], "rejected": [7]}, "chosen"),
+    ({"prompt": [1, 5], "chosen": [6], "rejected": torch.tensor([], dtype=torch.long)}, "rejected"),
+    ({"prompt": [1, 5], "completions": [[6], []]}, r"completions\[1\]"),
+])
+def test_empty_completion_is_called_empty(example, name):
+    """It used to be blamed on truncation ("no tokens left after truncation to max_length=None")."""
+    with pytest.raises(ValueError, match=f"Invalid {name}: empty; a completion needs at least one token") as exc:
+        collate_preferences([example], pad_token_id=0)
+    assert "truncation" not in str(exc.value)
+
+
 def test_ranked_lists_expand_to_pairs():
     assert ranked_pairs(3) == [(0, 1), (0, 2), (1, 2)]
     assert ranked_pairs(3, strategy="adjacent") == [(0, 1), (1, 2)]

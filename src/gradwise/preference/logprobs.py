@@ -177,25 +177,50 @@ def ranked_pairs(k: int, scores: Sequence[float] | None = None, *, strategy: str
     return cand
 
 
+_EXPECTED_KEYS = ("expected 'prompt' with 'chosen' and 'rejected', or 'prompt' with 'completions' (ranked best "
+                  "first, optional 'scores'), each a list of token ids, plus an optional 'id'")
+# TRL's tokenized column names -> ours (what a TRL-preprocessed dataset row holds)
+_TRL_KEYS = {"prompt_input_ids": "prompt", "chosen_input_ids": "chosen", "rejected_input_ids": "rejected"}
+
+
+def _keys_error(ex: Mapping, problem: str) -> ValueError:
+    """A ValueError naming the keys expected and the keys given, with the renames for TRL-style rows."""
+    msg = f"Invalid example: {problem}; {_EXPECTED_KEYS}; got keys {sorted(map(str, ex))}"
+    trl = [k for k in _TRL_KEYS if k in ex]
+    if trl:
+        renames = ", ".join(f"{k!r} -> {_TRL_KEYS[k]!r}" for k in trl)
+        msg += (f". These are TRL's tokenized columns: rename {renames} (or train inside TRL with "
+                "gradwise.preference.trl_dpo_trainer)")
+    return ValueError(msg)
+
+
+def _completion(x, name: str) -> list[int]:
+    ids = _ids(x, name)
+    if not ids:
+        raise ValueError(f"Invalid {name}: empty; a completion needs at least one token (e.g. the EOS token)")
+    return ids
+
+
 def _example_parts(ex: Mapping, strategy: str) -> tuple[list[int], list[list[int]], list[tuple[int, int]]]:
     """(prompt, completions, pairs) of one example, a pair or a ranked list."""
     if not isinstance(ex, Mapping):
         raise ValueError(f"Invalid example: expected a mapping with 'prompt' and 'chosen'/'rejected' or "
                          f"'completions', got {type(ex).__name__}")
-    prompt = _ids(ex.get("prompt", ()), "prompt")
+    if "prompt" not in ex:
+        raise _keys_error(ex, "no 'prompt'")
+    if "completions" not in ex and ("chosen" not in ex or "rejected" not in ex):
+        raise _keys_error(ex, "no 'chosen' and 'rejected' (or 'completions')")
+    prompt = _ids(ex["prompt"], "prompt")
     if not prompt:
         raise ValueError("Invalid prompt: empty; nothing would predict the first completion token "
                          "(start the prompt with a BOS token)")
     if "completions" in ex:
-        comps = [_ids(c, f"completions[{i}]") for i, c in enumerate(ex["completions"])]
+        comps = [_completion(c, f"completions[{i}]") for i, c in enumerate(ex["completions"])]
         if len(comps) < 2:
             raise ValueError(f"Invalid completions: a ranked list needs at least 2 completions, got {len(comps)}")
         pairs = ranked_pairs(len(comps), ex.get("scores"), strategy=strategy)
         return prompt, comps, pairs
-    if "chosen" not in ex or "rejected" not in ex:
-        raise ValueError("Invalid example: expected keys 'chosen' and 'rejected' (or 'completions', ranked best "
-                         f"first), got {sorted(map(str, ex))}")
-    return prompt, [_ids(ex["chosen"], "chosen"), _ids(ex["rejected"], "rejected")], [(0, 1)]
+    return prompt, [_completion(ex["chosen"], "chosen"), _completion(ex["rejected"], "rejected")], [(0, 1)]
 
 
 def _truncate(prompt: list[int], comp: list[int], max_length: int | None,
@@ -265,8 +290,11 @@ def collate_preferences(examples: Sequence[Mapping], *, pad_token_id: int, max_l
     shift convention nothing scores a sequence's first token.
 
     Truncation: the prompt keeps its last ``max_prompt_length`` tokens; then
-    prompt+completion keeps its first ``max_length`` tokens. A completion that
-    loses all its tokens raises ``ValueError``.
+    prompt+completion keeps its first ``max_length`` tokens. An empty
+    completion, or one that loses all its tokens to truncation, raises
+    ``ValueError`` (saying which), and so does an example without the keys
+    above (naming the keys it has; TRL's tokenized ``prompt_input_ids``,
+    ``chosen_input_ids``, ``rejected_input_ids`` get the renames to make).
 
     Returns a dict with ``input_ids``, ``attention_mask``, ``loss_mask``
     (true on completion tokens, in input coordinates, for
@@ -341,7 +369,9 @@ def concat_pairs(examples: Sequence[Mapping], *, pad_token_id: int, max_length: 
         ([[5, 6, 7, 0], [5, 6, 8, 9]], [[0, 0, 1, 0], [0, 0, 1, 1]])
     """
     for i, ex in enumerate(examples):
-        if not isinstance(ex, Mapping) or "chosen" not in ex or "rejected" not in ex:
-            raise ValueError(f"Invalid examples[{i}]: concat_pairs expects keys 'prompt', 'chosen', 'rejected'")
+        # missing keys get collate_preferences' message, which names the keys given
+        if isinstance(ex, Mapping) and "completions" in ex:
+            raise ValueError(f"Invalid examples[{i}]: a ranked list ('completions'); concat_pairs takes pairs "
+                             "with keys 'prompt', 'chosen', 'rejected' (collate_preferences takes both)")
     return collate_preferences(examples, pad_token_id=pad_token_id, max_length=max_length,
                                max_prompt_length=max_prompt_length)
