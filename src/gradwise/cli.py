@@ -1,6 +1,6 @@
 """The ``gradwise`` command line: ``methods``, ``arena`` and ``bench``.
 
-    gradwise methods [TEXT] [--kind KIND]   the registry, filtered
+    gradwise methods [TEXT] [--kind KIND]   the registry, searched (name, title, arXiv id, code URL, ...)
     gradwise arena [STUDY] [options]        run an arena study (default: optimizers)
     gradwise bench [args...]                speed benchmark (gradwise.bench; needs pytorch_optimizer)
 """
@@ -211,20 +211,13 @@ def _escape(text: str) -> str:
 
 
 def _min_width(table) -> int:
+    """The table's minimum width: each column as wide as its longest word (no_wrap cells: their text)."""
+    import io
+
     from rich.console import Console
 
-    probe = Console(width=10_000, file=_Null())
+    probe = Console(width=10_000, file=io.StringIO())
     return table.__rich_measure__(probe, probe.options).minimum
-
-
-class _Null:
-    """A file that discards what is written (rich needs one to measure without printing)."""
-
-    def write(self, _text: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 def print_methods(console, records) -> None:
@@ -241,7 +234,9 @@ def print_methods(console, records) -> None:
         head = Text(m.name, style="bold")
         head.append(f"  {m.kind}  {m.year}" + (f"  arXiv {m.arxiv}" if m.arxiv else ""))
         console.print(head)
-        console.print(Text(m.paper), Text(m.summary, style="dim"), "")
+        console.print(Text(m.paper))
+        console.print(Text(m.summary, style="dim"))
+        console.print()
 
 
 def _not_implemented(console, text: str) -> None:
