@@ -54,7 +54,9 @@ def test_matches_authors_code(case, mode):
 
 def test_golden_noise_is_the_generator_stream():
     c = GOLD["cases"][0]
-    torch.testing.assert_close(torch.randn(len(c["noise"]), generator=_gen(c["seed"])), c["noise"], rtol=0, atol=0)
+    # the same draws, to rounding: torch's normal sampler has vectorized variants per CPU capability
+    # (ATEN_CPU_CAPABILITY=default rounds its Box-Muller transform differently from AVX2)
+    assert_close_to_stored(torch.randn(len(c["noise"]), generator=_gen(c["seed"])), c["noise"])
 
 
 # ----- the construction: calibrated, convex, rank-matched ---------------------------------------------------------
