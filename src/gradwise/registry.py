@@ -123,7 +123,7 @@ def registered_kinds() -> tuple[str, ...]:
 
 
 def normalize_text(text: str) -> str:
-    """Lower case, accents and punctuation dropped, whitespace collapsed: ``"Lion: Symbolic"`` -> ``"lion symbolic"``."""
+    """Lower case, without accents and punctuation, spaces collapsed: ``"Lion: Symbolic"`` -> ``"lion symbolic"``."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     return " ".join(re.sub(r"[^a-z0-9]+", " ", ascii_text).split())
 
