@@ -1,4 +1,6 @@
 """One entry per gradwise optimizer: a constructor with settings that exercise its machinery."""
+import torch
+
 import gradwise.optim as go
 
 # name -> kwargs; small reset intervals so that save/load crosses a reset
@@ -27,3 +29,9 @@ def make(name, params, **extra):
     if name in NO_FUSED_KERNEL and extra.get("fused") is True:
         extra = {**extra, "fused": None}
     return cls(params, **{**CASES[name], **extra})
+
+
+# optimizer wrappers (registry kind "optimizer-wrapper") -> kwargs, base optimizer included
+WRAPPER_CASES = {
+    "OrthoGrad": dict(base_optimizer_cls=torch.optim.AdamW, lr=1e-2),
+}
