@@ -621,7 +621,7 @@ void radial_(int64_t kind, at::TensorList p, at::TensorList g, at::TensorList a,
 // implementations registered from Python serve torch.compile's fake tensors.
 TORCH_LIBRARY(gradwise_fused, m) {
   m.def("adabelief_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] m, Tensor(c!)[] s, Tensor(d!)[] smax, float[] coef, "
-        "float[] bc2_sqrt, int[] mode, float b1, float b2, float eps, float decay, float l2) -> ()");
+        "float[] bc2_sqrt, int[] modes, float b1, float b2, float eps, float decay, float l2) -> ()");
   m.def("adamw_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] m, Tensor(c!)[] v, float[] coef, float[] bc2_sqrt, "
         "float[] proj_c, float[] proj_k, float b1, float b2, float eps, float decay) -> ()");
   m.def("perp_stats(Tensor[] w, Tensor[] g, float[] c) -> Tensor");

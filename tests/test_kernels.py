@@ -1,0 +1,124 @@
+"""The native kernels: built at install, loaded without compiling, rebuilt only with a reason said out loud."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradwise import _kernels
+from gradwise._kernels import FAMILIES, KernelFamily, build_record
+
+INSTALLED = all(f.stale_reason() is None for f in FAMILIES.values())
+
+
+@pytest.mark.skipif(not INSTALLED, reason="kernels not built at install here (make / pip install -e . builds them)")
+def test_loading_after_install_compiles_nothing_whatever_path_holds(tmp_path):
+    # a PATH whose compilers and ninja leave a mark if anything tries to build
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    marker = tmp_path / "something-compiled"
+    for tool in ("ninja", "c++", "g++", "gcc", "cc"):
+        exe = fake_bin / tool
+        exe.write_text(f"#!/bin/sh\necho \"$0 $@\" >> {marker}\nexit 1\n")
+        exe.chmod(0o755)
+    code = textwrap.dedent("""
+        import time, torch
+        from gradwise._kernels import FAMILIES
+        t = time.perf_counter()
+        ok = [f.load() for f in FAMILIES.values()]
+        dt = time.perf_counter() - t
+        print(ok, [f.how for f in FAMILIES.values()], dt)
+    """)
+    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    dt = float(out.stdout.split()[-1])
+    assert out.stdout.startswith("[True, True] ['installed', 'installed']"), out.stdout
+    assert "compiling" not in out.stderr, out.stderr
+    assert not marker.exists(), marker.read_text()
+    assert dt < 1.0, f"loading the installed kernels took {dt:.2f} s"
+
+
+def _copy_family(tmp_path, name="optim", source="fused.cpp"):
+    """A family laid out under tmp_path like the package, with the installed library and its record."""
+    real = FAMILIES[name]
+    fam_dir = tmp_path / name
+    (fam_dir / "csrc").mkdir(parents=True)
+    shutil.copy(real.source, fam_dir / "csrc" / source)
+    lib = real.installed_library()
+    if lib is not None:
+        shutil.copy(lib, fam_dir / lib.name)
+        shutil.copy(real.package_dir / "_C.build.json", fam_dir / "_C.build.json")
+    return KernelFamily(name, source, real.namespace, real.probe, root=tmp_path)
+
+
+@pytest.mark.skipif(not INSTALLED, reason="kernels not built at install here")
+def test_stale_reasons_name_what_changed(tmp_path):
+    fam = _copy_family(tmp_path)
+    assert fam.stale_reason() is None
+    record_path = fam.package_dir / "_C.build.json"
+    record = json.loads(record_path.read_text())
+
+    record_path.write_text(json.dumps({**record, "torch": "2.0.0"}))
+    assert "torch 2.0.0" in fam.stale_reason() and torch.__version__ in fam.stale_reason()
+    record_path.write_text(json.dumps({**record, "cpu_flags_sha1": "0" * 40}))
+    assert "another CPU" in fam.stale_reason()
+    record_path.write_text(json.dumps(record))
+    fam.source.write_text(fam.source.read_text() + "\n// edited\n")
+    assert "changed since the install" in fam.stale_reason()
+    record_path.unlink()
+    assert "missing or unreadable" in fam.stale_reason()
+    fam.installed_library().unlink()
+    assert "installed without them" in fam.stale_reason()
+
+
+def test_build_record_tracks_source_torch_and_cpu(tmp_path):
+    src = tmp_path / "k.cpp"
+    src.write_text("int x;\n")
+    a = build_record(src)
+    assert a["torch"] == torch.__version__ and set(a) >= {"source_sha1", "cpu_flags_sha1", "machine", "cflags"}
+    src.write_text("int y;\n")
+    assert build_record(src)["source_sha1"] != a["source_sha1"]
+
+
+def test_a_needed_build_says_so_in_one_line_and_a_failing_family_leaves_the_others_on(tmp_path, capfd):
+    fam_dir = tmp_path / "broken" / "csrc"
+    fam_dir.mkdir(parents=True)
+    (fam_dir / "broken.cpp").write_text("#error this family does not compile\n")
+    broken = KernelFamily("broken", "broken.cpp", "gradwise_broken_test", "nothing", root=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert broken.load() is False
+        assert broken.load() is False  # tried once, not again
+    err = capfd.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("gradwise: compiling the broken kernels")]
+    assert len(said) == 1 and "installed without them" in said[0], err
+    assert any(issubclass(w.category, RuntimeWarning) and "broken kernels unavailable" in str(w.message)
+               for w in caught)
+    assert broken.error() and "broken" in repr(broken)
+    # the real families are untouched by the failure
+    for fam in FAMILIES.values():
+        if fam.stale_reason() is None:
+            assert fam.load() and fam.how == "installed"
+
+
+def test_disabled_by_environment(monkeypatch, tmp_path):
+    fam = KernelFamily("optim", "fused.cpp", "gradwise_fused", "adamw_", root=tmp_path)
+    monkeypatch.setenv("GRADWISE_FUSED", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # switching them off on purpose warns about nothing
+        assert fam.load() is False
+    assert fam.error() == "disabled by GRADWISE_FUSED=0"
+
+
+def test_unknown_family_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"Invalid kernel family: 'nope' \(accepted: optim, losses\)"):
+        _kernels.family("nope")
