@@ -21,8 +21,19 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml $(KERNEL_SOURCES)
 	touch $@
 
 # The test extras alone: `pip install -e '.[test]'` would rebuild the kernels.
+# (tomllib is Python >= 3.11; pip vendors the same parser for 3.10.)
+define EXTRAS_PY
+import sys
+try:
+    import tomllib
+except ImportError:
+    from pip._vendor import tomli as tomllib
+extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
+print(*[req for name in sys.argv[1:] for req in extras[name]], sep="\n")
+endef
+export EXTRAS_PY
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -c "import tomllib; x = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print(*x['test'], *x['bench'], sep='\n')" > $(VENV)/test-requirements.txt
+	$(BIN)/python -c "$$EXTRAS_PY" test bench > $(VENV)/test-requirements.txt
 	$(BIN)/pip install -q -r $(VENV)/test-requirements.txt
 	touch $@
 
