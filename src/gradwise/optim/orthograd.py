@@ -195,7 +195,7 @@ class OrthoGrad(Optimizer):
 
     @torch._disable_dynamo
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state_dict (plus ``grad_transforms_state`` with transforms), under this wrapper's hooks."""
+        """The base optimizer's state_dict (plus ``grad_transforms_state``), under this wrapper's hooks."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         sd = self.base_optimizer.state_dict()
