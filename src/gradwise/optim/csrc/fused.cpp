@@ -52,13 +52,46 @@ inline T sgn(T x) { return static_cast<T>((x > T(0)) - (x < T(0))); }
 inline float fexp(float x) { return expf(x); }
 inline double fexp(double x) { return exp(x); }
 
-void check_lists(const char* name, at::TensorList a, at::TensorList b) {
-  TORCH_CHECK(a.size() == b.size(), name, ": tensor lists differ in length");
-  for (size_t i = 0; i < a.size(); ++i) {
-    TORCH_CHECK(a[i].numel() == b[i].numel(), name, ": tensor ", i, " sizes differ");
-    TORCH_CHECK(a[i].device().is_cpu() && b[i].device().is_cpu(), name, ": CPU tensors only");
-    TORCH_CHECK(a[i].scalar_type() == b[i].scalar_type(), name, ": gradient dtype differs from parameter dtype");
+// Every kernel checks each tensor and per-tensor scalar it will touch before it writes anything: a
+// state tensor of another shape (a parameter resized after its state was made, a load_state_dict of
+// other shapes, the same element count in another shape) would otherwise be read or written past its
+// end, or silently paired with the wrong elements. The errors are RuntimeErrors, as torch.optim's.
+void check_like(const char* name, const char* what, at::TensorList p, at::TensorList t, bool optional = false) {
+  if (optional && t.empty()) return;
+  TORCH_CHECK(t.size() == p.size(), name, ": ", t.size(), " ", what, " tensors for ", p.size(), " parameters");
+  for (size_t i = 0; i < p.size(); ++i) {
+    TORCH_CHECK(t[i].defined() && t[i].device().is_cpu() && t[i].layout() == at::kStrided, name, ": ", what, " ",
+                i, " must be a dense CPU tensor");
+    TORCH_CHECK(t[i].sizes() == p[i].sizes(), name, ": ", what, " ", i, " has shape ", t[i].sizes(),
+                " but its parameter has shape ", p[i].sizes());
+    TORCH_CHECK(t[i].scalar_type() == p[i].scalar_type(), name, ": ", what, " ", i, " has dtype ",
+                t[i].scalar_type(), " but its parameter has dtype ", p[i].scalar_type());
   }
+}
+
+void check_params(const char* name, at::TensorList p, at::TensorList g) {
+  for (size_t i = 0; i < p.size(); ++i) {
+    TORCH_CHECK(p[i].defined() && p[i].device().is_cpu() && p[i].layout() == at::kStrided, name, ": parameter ",
+                i, " must be a dense CPU tensor");
+    TORCH_CHECK(p[i].scalar_type() == at::kFloat || p[i].scalar_type() == at::kDouble, name, ": parameter ", i,
+                " has dtype ", p[i].scalar_type(), " (accepted: float32, float64)");
+  }
+  check_like(name, "gradient", p, g);
+}
+
+// A per-tensor scalar argument list (coefficients, step counts) must have one entry per parameter.
+void check_count(const char* name, const char* what, size_t got, size_t n, bool optional = false) {
+  TORCH_CHECK(got == n || (optional && got == 0), name, ": ", got, " ", what, " values for ", n, " parameters");
+}
+
+// One-element state per parameter (StableSPAM's running norms), read and written at [0].
+void check_scalar_state(const char* name, const char* what, at::TensorList p, at::TensorList t) {
+  TORCH_CHECK(t.size() == p.size(), name, ": ", t.size(), " ", what, " tensors for ", p.size(), " parameters");
+  for (size_t i = 0; i < p.size(); ++i)
+    TORCH_CHECK(t[i].defined() && t[i].device().is_cpu() && t[i].layout() == at::kStrided && t[i].numel() == 1 &&
+                    t[i].scalar_type() == p[i].scalar_type(),
+                name, ": ", what, " ", i, " must be a one-element CPU tensor of its parameter's dtype (got shape ",
+                t[i].sizes(), ", dtype ", t[i].scalar_type(), ")");
 }
 
 // Sum of f over [0, n) in fixed chunks, so the result does not depend on the
@@ -134,7 +167,13 @@ void adabelief_one(int64_t md, T* p, const T* g, T* m, T* s, T* smax, int64_t n,
 void adabelief_(at::TensorList p, at::TensorList g, at::TensorList m, at::TensorList s, at::TensorList smax,
                 c10::ArrayRef<double> coef, c10::ArrayRef<double> bc2_sqrt, c10::ArrayRef<int64_t> mode,
                 double b1, double b2, double eps, double decay, double l2) {
-  check_lists("adabelief_", p, g);
+  check_params("adabelief_", p, g);
+  check_like("adabelief_", "exp_avg", p, m);
+  check_like("adabelief_", "exp_avg_var", p, s);
+  check_like("adabelief_", "max_exp_avg_var", p, smax, true);
+  check_count("adabelief_", "coef", coef.size(), p.size());
+  check_count("adabelief_", "bc2_sqrt", bc2_sqrt.size(), p.size());
+  check_count("adabelief_", "modes", mode.size(), p.size());
   const bool ams = !smax.empty();
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "adabelief_", [&] {
@@ -176,7 +215,13 @@ void adamw_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, 
 void adamw_(at::TensorList p, at::TensorList g, at::TensorList m, at::TensorList v, c10::ArrayRef<double> coef,
             c10::ArrayRef<double> bc2_sqrt, c10::ArrayRef<double> proj_c, c10::ArrayRef<double> proj_k,
             double b1, double b2, double eps, double decay) {
-  check_lists("adamw_", p, g);
+  check_params("adamw_", p, g);
+  check_like("adamw_", "exp_avg", p, m);
+  check_like("adamw_", "exp_avg_sq", p, v);
+  check_count("adamw_", "coef", coef.size(), p.size());
+  check_count("adamw_", "bc2_sqrt", bc2_sqrt.size(), p.size());
+  check_count("adamw_", "proj_c", proj_c.size(), p.size(), true);
+  check_count("adamw_", "proj_k", proj_k.size(), proj_c.size());
   const bool proj = !proj_c.empty();
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "adamw_", [&] {
@@ -219,7 +264,8 @@ std::array<T, 1> orth_range(const T* __restrict__ w, const T* __restrict__ g, in
 }
 
 at::Tensor perp_stats(at::TensorList w, at::TensorList g, c10::ArrayRef<double> c) {
-  check_lists("perp_stats", w, g);
+  check_params("perp_stats", w, g);
+  check_count("perp_stats", "c", c.size(), w.size(), true);
   const bool second = !c.empty();
   auto out = at::zeros({static_cast<int64_t>(w.size()), 3}, at::kDouble);
   double* o = out.data_ptr<double>();
@@ -261,7 +307,11 @@ void diffgrad_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ 
 
 void diffgrad_(at::TensorList p, at::TensorList g, at::TensorList m, at::TensorList v, at::TensorList prev,
                c10::ArrayRef<double> coef, double b1, double b2, double eps, double l2) {
-  check_lists("diffgrad_", p, g);
+  check_params("diffgrad_", p, g);
+  check_like("diffgrad_", "exp_avg", p, m);
+  check_like("diffgrad_", "exp_avg_sq", p, v);
+  check_like("diffgrad_", "previous_grad", p, prev);
+  check_count("diffgrad_", "coef", coef.size(), p.size());
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "diffgrad_", [&] {
       using T = scalar_t;
@@ -290,7 +340,8 @@ void lion_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, i
 }
 
 void lion_(at::TensorList p, at::TensorList g, at::TensorList m, double lr, double b1, double b2, double decay) {
-  check_lists("lion_", p, g);
+  check_params("lion_", p, g);
+  check_like("lion_", "exp_avg", p, m);
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "lion_", [&] {
       using T = scalar_t;
@@ -326,7 +377,10 @@ void spam_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T
 
 void spam_(at::TensorList p, at::TensorList g, at::TensorList m, at::TensorList v, c10::ArrayRef<double> coef,
            double b1, double b2, double eps, double threshold, bool reset, double decay_after) {
-  check_lists("spam_", p, g);
+  check_params("spam_", p, g);
+  check_like("spam_", "exp_avg", p, m);
+  check_like("spam_", "exp_avg_sq", p, v);
+  check_count("spam_", "coef", coef.size(), p.size());
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "spam_", [&] {
       using T = scalar_t;
@@ -391,7 +445,15 @@ void stablespam_(at::TensorList p, at::TensorList g, at::TensorList m, at::Tenso
                  at::TensorList m_max, at::TensorList m_norm, at::TensorList v_norm, c10::ArrayRef<double> k,
                  c10::ArrayRef<double> kb, double lr, double b1s, double b2, double eps, double g1s, double g2,
                  double g3, double decay) {
-  check_lists("stablespam_", p, g);
+  check_params("stablespam_", p, g);
+  check_like("stablespam_", "exp_avg", p, m);
+  check_like("stablespam_", "exp_avg_sq", p, v);
+  check_like("stablespam_", "max_exp_avg_sq", p, vmax, true);
+  check_scalar_state("stablespam_", "m_max_t", p, m_max);
+  check_scalar_state("stablespam_", "m_norm_t", p, m_norm);
+  check_scalar_state("stablespam_", "v_norm_t", p, v_norm);
+  check_count("stablespam_", "k", k.size(), p.size());
+  check_count("stablespam_", "kb", kb.size(), p.size());
   const bool ams = !vmax.empty();
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "stablespam_", [&] {
@@ -450,7 +512,10 @@ void sgdsai_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ bu
 
 void sgdsai_(at::TensorList p, at::TensorList g, at::TensorList buf, c10::ArrayRef<double> scale,
              c10::ArrayRef<int64_t> fresh, double momentum, double decay) {
-  check_lists("sgdsai_", p, g);
+  check_params("sgdsai_", p, g);
+  check_like("sgdsai_", "momentum_buffer", p, buf, true);
+  check_count("sgdsai_", "scale", scale.size(), p.size());
+  check_count("sgdsai_", "fresh", fresh.size(), p.size());
   const bool use_buf = !buf.empty();
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "sgdsai_", [&] {
@@ -590,7 +655,12 @@ void radial_tensor(Radial<T, KIND, NEST> R, at::IntArrayRef shape, T* p, const T
 void radial_(int64_t kind, at::TensorList p, at::TensorList g, at::TensorList a, at::TensorList b,
              c10::ArrayRef<double> coef, c10::ArrayRef<double> bc2_sqrt, double b1, double b2, double eps,
              double dampening, bool nesterov, double delta, double wd_ratio, double lr_wd) {
-  check_lists("radial_", p, g);
+  TORCH_CHECK(kind == 0 || kind == 1, "radial_: kind must be 0 (AdamP) or 1 (SGDP), got ", kind);
+  check_params("radial_", p, g);
+  check_like("radial_", kind == 0 ? "exp_avg" : "momentum", p, a);
+  if (kind == 0) check_like("radial_", "exp_avg_sq", p, b);
+  check_count("radial_", "coef", coef.size(), p.size());
+  if (kind == 0) check_count("radial_", "bc2_sqrt", bc2_sqrt.size(), p.size());
   for (size_t i = 0; i < p.size(); ++i) {
     AT_DISPATCH_FLOATING_TYPES(p[i].scalar_type(), "radial_", [&] {
       using T = scalar_t;
