@@ -1,5 +1,16 @@
+import getpass
+import os
 import sys
+import tempfile
 from pathlib import Path
+
+import torch
+
+# Inductor's cache of compiled kernels and precompiled headers is not keyed on ATEN_CPU_CAPABILITY
+# (torch 2.13): code compiled under AVX2 and reused under `default` fails to build ("'at::vec' has not
+# been declared"). One cache per capability, so .ci/run's passes under each capability stay apart.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / (
+    f"torchinductor_{getpass.getuser()}_{torch.backends.cpu.get_cpu_capability().lower()}")))
 
 # tests import helpers that sit beside them (optim_problem)
 sys.path.insert(0, str(Path(__file__).parent))
