@@ -348,8 +348,8 @@ def _fresh_path(root: str | Path) -> Path:
     return path
 
 
-OUT_ACCEPTS = ("--out takes a folder: a new one (created), an empty one, or the results folder of an earlier "
-               "arena run (replaced)")
+OUT_ACCEPTS = ("--out takes a folder that can be written: a new one (created), an empty one, an earlier arena "
+               "results folder (replaced whole) or a folder of other files (kept; results added beside them)")
 
 
 def _is_results_folder(path: Path) -> bool:
@@ -375,13 +375,14 @@ def results_folder(out: str | Path | None, root: str | Path = "runs") -> Iterato
     The study writes into ``.tmp``, a fresh hidden folder beside the final one;
     when the block ends normally it is renamed to ``.final`` (an earlier arena
     results folder there is replaced as a whole, so old and new files never
-    mix). When the block raises (or is interrupted), the temporary folder is
+    mix; a folder of other files keeps them, and the results are moved in
+    beside them, ``results.json`` last). When the block raises (or is interrupted), the temporary folder is
     removed and nothing appears at ``final``: no folder ever looks complete
     unless the run completed. A process killed outright leaves only a hidden
     ``.<name>.partial-*`` folder.
 
     ``out`` None means a fresh ``root/<timestamp>``. An unusable ``out`` (a
-    file, a folder that holds other things, a place that cannot be written)
+    file, a place that cannot be written)
     raises :class:`~gradwise.arena.UsageError` naming ``--out``, before any
     work is done.
     """
@@ -391,8 +392,6 @@ def results_folder(out: str | Path | None, root: str | Path = "runs") -> Iterato
     if final.exists() or final.is_symlink():
         if not final.is_dir():
             raise UsageError(f"--out {final}: is not a folder; {OUT_ACCEPTS}")
-        if any(final.iterdir()) and not _is_results_folder(final):
-            raise UsageError(f"--out {final}: the folder holds files that are not arena results; {OUT_ACCEPTS}")
         if not os.access(final, os.W_OK | os.X_OK):
             raise UsageError(f"--out {final}: the folder is not writable; {OUT_ACCEPTS}")
     try:
@@ -405,13 +404,17 @@ def results_folder(out: str | Path | None, root: str | Path = "runs") -> Iterato
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; results are ordinary files
     try:
         yield ResultsFolder(final=final, tmp=tmp)
-        if final.exists():
+        if not final.exists():
+            os.rename(tmp, final)
+        elif not any(final.iterdir()) or _is_results_folder(final):
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
             os.rename(final, old / final.name)
             os.rename(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        else:  # a folder of the user's own files: keep them, move the results in, results.json last
+            for f in sorted(tmp.iterdir(), key=lambda f: f.name == "results.json"):
+                os.replace(f, final / f.name)
+            tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
