@@ -10,7 +10,6 @@ back to its torch path.
 """
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -36,12 +35,11 @@ else:
                                         extra_compile_args=kernels.CFLAGS, extra_link_args=kernels.LDFLAGS))
 
     class BuildKernels(BuildExtension):
-        """Builds each family, in parallel, and records what it was built from beside the library."""
+        """Builds each family and records what it was built from beside the library.
 
-        def finalize_options(self):
-            super().finalize_options()
-            if self.parallel is None:  # the two families compile at the same time (~2x faster on 2 cores)
-                self.parallel = max(1, min(len(ext_modules), os.cpu_count() or 1))
+        One family after the other: torch's ninja-based build writes one build.ninja per build folder,
+        so building the extensions in parallel (build_ext --parallel) races on it.
+        """
 
         @staticmethod
         def _record(ext, folder):
