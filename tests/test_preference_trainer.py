@@ -268,13 +268,13 @@ def test_reference_log_probs_computed_once_per_example_and_cached():
     tr.evaluate(data)
     assert ref.rows == 2 * len(data) and ref.calls == 3  # one pass over the data, chosen+rejected per example
     assert tr.ref_forward_rows == 24 and len(tr.ref_cache) == 24
-    # a ranked list re-using ids is cached per (id, completion)
+    # the key is the content, with or without ids: the same sequences as a ranked list, or without ids, hit
     tr.evaluate([{"id": 0, "prompt": data[0]["prompt"], "completions": [data[0]["chosen"], data[0]["rejected"]]}])
+    tr.evaluate([{k: v for k, v in ex.items() if k != "id"} for ex in data[:2]])
     assert ref.rows == 24
-    # without ids the key is the content: identical sequences hit the cache
-    tr.evaluate([{k: v for k, v in ex.items() if k != "id"} for ex in data[:2]])
-    tr.evaluate([{k: v for k, v in ex.items() if k != "id"} for ex in data[:2]])
-    assert ref.rows == 28
+    # a new sequence under a known id is scored, not served another example's log-probs
+    tr.evaluate([{"id": 0, "prompt": data[0]["prompt"], "chosen": [1, 2, 3], "rejected": data[0]["rejected"]}])
+    assert ref.rows == 25
     # precompute fills the cache up front
     tr2 = _trainer(TinyGRULM(), ref_model=_Counting(TinyGRULM()))
     assert tr2.precompute_reference(data) == 24

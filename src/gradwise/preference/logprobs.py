@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -140,15 +141,42 @@ def sequence_logps(logits: Tensor, labels: Tensor, mask: Tensor | None = None, *
 
 # --------------------------------------------------------------------------- collate
 
-def _ids(x, name: str) -> list[int]:
+def _ids(x, name: str, vocab_size: int | None = None) -> list[int]:
+    """Token ids of ``x`` (a list of ints or a 1-D integer tensor) as a list, checked.
+
+    Floats are refused, not truncated (``int(2.7)`` would silently be token 2), and
+    so are bools, negative ids (``-100`` is a label mask value copied from
+    ``labels``, not a token) and, with ``vocab_size``, ids the model has no
+    embedding for: each would otherwise score a different sequence than the
+    one given, or fail deep inside the embedding with an IndexError.
+    """
     if torch.is_tensor(x):
-        if x.dim() != 1 or x.is_floating_point():
-            raise ValueError(f"Invalid {name}: expected a 1-D integer tensor or a list of token ids")
-        return x.tolist()
-    if isinstance(x, (str, bytes)) or not isinstance(x, Sequence):
+        if x.dim() != 1 or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"Invalid {name}: expected a 1-D integer tensor or a list of token ids, got a "
+                             f"{x.dtype} tensor of shape {tuple(x.shape)}")
+        ids = x.tolist()
+    elif isinstance(x, (str, bytes)) or not isinstance(x, Sequence):
         raise ValueError(f"Invalid {name}: expected a list of token ids, got {type(x).__name__} "
                          "(tokenize text before training)")
-    return [int(t) for t in x]
+    else:
+        ids = []
+        for i, t in enumerate(x):
+            try:
+                if isinstance(t, bool):
+                    raise TypeError
+                ids.append(operator.index(t))  # ints, numpy and 0-d torch integers; never a float
+            except TypeError:
+                raise ValueError(f"Invalid {name}: position {i} holds {t!r} ({type(t).__name__}); token ids "
+                                 "must be integers (floats are refused rather than truncated)") from None
+    if ids:
+        lo, hi = min(ids), max(ids)
+        if lo < 0 or (vocab_size is not None and hi >= vocab_size):
+            bad = lo if lo < 0 else hi
+            accepted = f"0 <= id < {vocab_size} (the model's vocabulary)" if vocab_size is not None else "ids >= 0"
+            hint = " (-100 marks ignored label positions; it is not a token id)" if bad == -100 else ""
+            raise ValueError(f"Invalid {name}: token id {bad} at position {ids.index(bad)}; accepted: "
+                             f"{accepted}{hint}")
+    return ids
 
 
 def ranked_pairs(k: int, scores: Sequence[float] | None = None, *, strategy: str = "all") -> list[tuple[int, int]]:
@@ -194,15 +222,16 @@ def _keys_error(ex: Mapping, problem: str) -> ValueError:
     return ValueError(msg)
 
 
-def _completion(x, name: str) -> list[int]:
-    ids = _ids(x, name)
+def _completion(x, name: str, vocab_size: int | None = None) -> list[int]:
+    ids = _ids(x, name, vocab_size)
     if not ids:
         raise ValueError(f"Invalid {name}: empty; a completion needs at least one token (e.g. the EOS token)")
     return ids
 
 
-def _example_parts(ex: Mapping, strategy: str) -> tuple[list[int], list[list[int]], list[tuple[int, int]]]:
-    """(prompt, completions, pairs) of one example, a pair or a ranked list."""
+def _example_parts(ex: Mapping, strategy: str, vocab_size: int | None = None
+                   ) -> tuple[list[int], list[list[int]], list[tuple[int, int]]]:
+    """(prompt, completions, pairs) of one example, a pair or a ranked list (token ids checked by :func:`_ids`)."""
     if not isinstance(ex, Mapping):
         raise ValueError(f"Invalid example: expected a mapping with 'prompt' and 'chosen'/'rejected' or "
                          f"'completions', got {type(ex).__name__}")
@@ -210,17 +239,33 @@ def _example_parts(ex: Mapping, strategy: str) -> tuple[list[int], list[list[int
         raise _keys_error(ex, "no 'prompt'")
     if "completions" not in ex and ("chosen" not in ex or "rejected" not in ex):
         raise _keys_error(ex, "no 'chosen' and 'rejected' (or 'completions')")
-    prompt = _ids(ex["prompt"], "prompt")
+    prompt = _ids(ex["prompt"], "prompt", vocab_size)
     if not prompt:
         raise ValueError("Invalid prompt: empty; nothing would predict the first completion token "
                          "(start the prompt with a BOS token)")
     if "completions" in ex:
-        comps = [_completion(c, f"completions[{i}]") for i, c in enumerate(ex["completions"])]
+        comps = [_completion(c, f"completions[{i}]", vocab_size) for i, c in enumerate(ex["completions"])]
         if len(comps) < 2:
             raise ValueError(f"Invalid completions: a ranked list needs at least 2 completions, got {len(comps)}")
         pairs = ranked_pairs(len(comps), ex.get("scores"), strategy=strategy)
         return prompt, comps, pairs
-    return prompt, [_completion(ex["chosen"], "chosen"), _completion(ex["rejected"], "rejected")], [(0, 1)]
+    return prompt, [_completion(ex["chosen"], "chosen", vocab_size),
+                    _completion(ex["rejected"], "rejected", vocab_size)], [(0, 1)]
+
+
+def example_name(ex, default: str) -> str:
+    """How an error names one example: ``default`` (its place, e.g. ``examples[3]``) and its ``"id"`` if any."""
+    if isinstance(ex, Mapping) and "id" in ex:
+        return f"{default} (id {ex['id']!r})"
+    return default
+
+
+def _checked_parts(ex, strategy: str, vocab_size: int | None, name: str):
+    """:func:`_example_parts`, with a ValueError saying which example it is about."""
+    try:
+        return _example_parts(ex, strategy, vocab_size)
+    except ValueError as err:
+        raise ValueError(f"{err} [in {name}]") from None
 
 
 def _truncate(prompt: list[int], comp: list[int], max_length: int | None,
@@ -272,7 +317,8 @@ def _left_pack(values: Tensor, mask: Tensor, width: int | None = None) -> tuple[
 
 def collate_preferences(examples: Sequence[Mapping], *, pad_token_id: int, max_length: int | None = None,
                         max_prompt_length: int | None = None, ranked_strategy: str = "all",
-                        with_keys: bool = False) -> dict:
+                        with_keys: bool = False, vocab_size: int | None = None,
+                        names: Sequence[str] | None = None) -> dict:
     """Pad every prompt+completion of a batch of preference examples into one batch.
 
     Each example is a mapping of token-id lists (or 1-D tensors): either a
@@ -302,9 +348,16 @@ def collate_preferences(examples: Sequence[Mapping], *, pad_token_id: int, max_l
     -100 off the completion, for Hugging Face style losses), ``chosen_index``
     and ``rejected_index`` ([P] row indices of each pair's better and worse
     sequence), ``pair_example`` ([P] index of the example each pair comes
-    from) and, with ``with_keys=True``, ``keys``: one reference-cache key per
-    row (``(str(id), completion index)`` where the example has an ``"id"``,
-    else a digest of the row's tokens).
+    from), ``row_example`` ([N] the same per row) and, with
+    ``with_keys=True``, ``keys``: one reference-cache key per row, a digest of the row's tokens and prompt length (:func:`sequence_key`;
+    never the example's ``"id"``, so two examples sharing an id cannot share
+    cached log-probs).
+
+    Token ids must be integers (lists of ints or 1-D integer tensors; floats
+    are refused, not truncated), ``>= 0`` (``-100`` is a label mask value) and,
+    with ``vocab_size``, below it; a bad id raises ``ValueError`` naming the
+    field, the position and the example (``names[i]``, default
+    ``examples[i]``, plus its ``"id"``).
     """
     if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
         raise ValueError(f"Invalid pad_token_id: {pad_token_id!r} (accepted: an int token id)")
@@ -313,10 +366,16 @@ def collate_preferences(examples: Sequence[Mapping], *, pad_token_id: int, max_l
             raise ValueError(f"Invalid {name}: {v!r} (accepted: None or an int >= 1)")
     if len(examples) == 0:
         raise ValueError("Invalid examples: empty batch")
-    parts = [_example_parts(ex, ranked_strategy) for ex in examples]
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+        raise ValueError(f"Invalid vocab_size: {vocab_size!r} (accepted: None or an int >= 1)")
+    if names is None:
+        names = [f"examples[{e}]" for e in range(len(examples))]
+    parts = [_checked_parts(ex, ranked_strategy, vocab_size, example_name(ex, names[e]))
+             for e, ex in enumerate(examples)]
     max_k = max(len(c) for _, c, _ in parts)
     rows: list[tuple[list[int], int, object]] = []  # (tokens, prompt length, key)
     where: dict[tuple[int, int], int] = {}
+    row_example: list[int] = []
     for k in range(max_k):
         for e, (prompt, comps, _) in enumerate(parts):
             if k >= len(comps):
@@ -325,12 +384,11 @@ def collate_preferences(examples: Sequence[Mapping], *, pad_token_id: int, max_l
             if len(c) == 0:
                 raise ValueError(f"Invalid example {e}: completion {k} has no tokens left after truncation to "
                                  f"max_length={max_length} (prompt has {len(p)} tokens; set max_prompt_length)")
-            ex = examples[e]
-            key = None
-            if with_keys:
-                key = (str(ex["id"]), k) if "id" in ex else sequence_key(p + c, len(p))
+            # by content, never by "id": ids repeat across datasets (and by mistake within one)
+            key = sequence_key(p + c, len(p)) if with_keys else None
             where[(e, k)] = len(rows)
             rows.append((p + c, len(p), key))
+            row_example.append(e)
     input_ids, attention_mask, loss_mask = _pad_rows([t for t, _, _ in rows], [n for _, n, _ in rows],
                                                      pad_token_id)
     chosen, rejected, pair_example = [], [], []
@@ -347,6 +405,7 @@ def collate_preferences(examples: Sequence[Mapping], *, pad_token_id: int, max_l
         "chosen_index": torch.tensor(chosen, dtype=torch.long),
         "rejected_index": torch.tensor(rejected, dtype=torch.long),
         "pair_example": torch.tensor(pair_example, dtype=torch.long),
+        "row_example": torch.tensor(row_example, dtype=torch.long),
     }
     if with_keys:
         out["keys"] = [k for _, _, k in rows]

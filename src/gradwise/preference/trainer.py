@@ -9,9 +9,9 @@ The objective is a pure function of sequence log-probabilities (see
   rows ``[chosen_1..B, rejected_1..B]`` for pairs; ranked lists add rows and
   pairs);
 * reference log-probabilities are computed **once per sequence** (frozen
-  reference model, eval mode, ``no_grad``) and cached, keyed by
-  ``(example["id"], completion index)`` or, without an ``"id"``, by a digest
-  of the sequence's tokens; objectives that take no reference quantity never
+  reference model, eval mode, ``no_grad``) and cached, keyed by a digest of
+  the sequence's tokens (never by ``example["id"]``: ids may repeat within a
+  dataset or across the train and eval sets); objectives that take no reference quantity never
   trigger a reference forward, and no reference model is built for them;
 * log-probs of further frozen models (``extra_models={"prev": pi_t}``, for
   INPO, DNO, APO, ...) are computed and cached the same way, and handed to
@@ -48,9 +48,10 @@ import torch
 from torch import Tensor, nn
 
 from gradwise.preference.logprobs import (_example_parts, _left_pack, _pad_rows, _truncate, collate_preferences,
-                                          sequence_key, token_logps)
+                                          example_name, sequence_key, token_logps)
 
-__all__ = ["PreferenceTrainer", "PreferenceObjective", "QUANTITIES", "REVISION_QUANTITIES", "build_revision_prompt"]
+__all__ = ["PreferenceTrainer", "PreferenceObjective", "QUANTITIES", "REVISION_QUANTITIES", "build_revision_prompt",
+           "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 #: Names of the per-pair tensors (one row per preference pair) the trainer can
 #: hand to an objective. ``*_logps`` [P] are summed over completion tokens,
@@ -362,10 +363,55 @@ class PreferenceObjective:
         return out, rewards[0].detach(), rewards[1].detach()
 
 
+#: what ``save_checkpoint`` writes: ``{"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, ...}``
+CHECKPOINT_FORMAT = "gradwise.PreferenceTrainer"
+#: 2: reference caches keyed by content only (1: untagged, caches keyed by example id where one was given)
+CHECKPOINT_VERSION = 2
+_LEGACY_KEYS = ("model", "optimizer", "step", "rng")
+_EXPECTED_CHECKPOINT = (f"a {CHECKPOINT_FORMAT} checkpoint (format version <= {CHECKPOINT_VERSION}) written by "
+                        "PreferenceTrainer.save_checkpoint, with keys 'model', 'optimizer', 'scheduler', 'step', "
+                        "'rng', 'ref_cache', ...")
+
+
+def _check_module_state(sd, module: nn.Module, what: str, bad: Callable[[str], ValueError]) -> None:
+    """Raise ``bad(...)`` unless ``sd`` has exactly ``module``'s state_dict names, each with its shape."""
+    if not isinstance(sd, Mapping) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise bad(f"its {what!r} is not a state_dict of tensors")
+    mine = module.state_dict()
+    missing = [k for k in mine if k not in sd]
+    extra = [k for k in sd if k not in mine]
+    if missing or extra:
+        raise bad(f"its {what!r} does not match this trainer's {what}: missing {missing[:5]}, unexpected "
+                  f"{extra[:5]}")
+    for k, v in mine.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise bad(f"its {what!r} has {k!r} of shape {tuple(sd[k].shape)}, this trainer's {what} "
+                      f"{tuple(v.shape)}")
+
+
 def _check_int(name: str, v, lo: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"Invalid {name}: {v!r} (accepted: an int >= {lo})")
     return v
+
+
+def _infer_vocab_size(model: nn.Module) -> int | None:
+    """The number of token ids ``model`` embeds, where it says so: a Hugging Face model's input
+    embeddings (or ``config.vocab_size``), else its only ``nn.Embedding``; None when it cannot tell
+    (several embeddings, e.g. token and position, or none)."""
+    get = getattr(model, "get_input_embeddings", None)
+    if callable(get):
+        try:
+            emb = get()
+        except (NotImplementedError, AttributeError):
+            emb = None
+        if isinstance(emb, nn.Embedding):
+            return emb.num_embeddings
+    v = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return v
+    embs = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    return embs[0].num_embeddings if len(embs) == 1 else None
 
 
 def _default_forward(model: nn.Module) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
@@ -457,6 +503,16 @@ class PreferenceTrainer:
         device: where batches (and the models) go.
         forward: ``(model, input_ids, attention_mask) -> logits`` override.
         callback: called with each step's metrics dict.
+        vocab_size: token ids must be below it (a ``ValueError`` naming the
+            example and field otherwise, not an ``IndexError`` from inside the
+            embedding). Default: read from the model (a Hugging Face model's
+            input embeddings or ``config.vocab_size``, else its only
+            ``nn.Embedding``); when it cannot be read, ids are checked against
+            the logits' last dimension after the forward pass.
+
+    Token ids must be integers ``>= 0``: floats (even ``3.0``) are refused
+    rather than truncated, and so is ``-100`` (a label mask value, not a
+    token).
 
     Metrics per optimizer step (``train`` returns them; ``history`` keeps
     all): ``loss`` (mean per-pair loss), ``reward_accuracy`` (mean of
@@ -483,11 +539,16 @@ class PreferenceTrainer:
                  ranked_strategy: str = "all", scheduler=None, max_grad_norm: float | None = None,
                  shuffle: bool = True, seed: int = 0, disable_dropout: bool = True, progress: bool = True,
                  device: str | torch.device = "cpu",
-                 forward: Callable | None = None, callback: Callable[[dict], None] | None = None) -> None:
+                 forward: Callable | None = None, callback: Callable[[dict], None] | None = None,
+                 vocab_size: int | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: expected an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"Invalid optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if vocab_size is not None:
+            _check_int("vocab_size", vocab_size)
+        #: token ids must be below this (None: checked against the logits after each forward)
+        self.vocab_size = vocab_size if vocab_size is not None else _infer_vocab_size(model)
         if isinstance(objective, PreferenceObjective):  # a copy: the trainer may set its beta
             objective = copy.copy(objective)
             objective.hyperparameters = dict(objective.hyperparameters)
@@ -615,10 +676,13 @@ class PreferenceTrainer:
 
     # ------------------------------------------------------------------ log-probs
 
-    def _collate(self, examples: Sequence[Mapping]) -> dict:
+    def _collate(self, examples: Sequence[Mapping], names: Sequence[str] | None = None) -> dict:
+        """One micro-batch; ``names`` say where each example comes from (``dataset[17]``) in error messages."""
         batch = collate_preferences(examples, pad_token_id=self.pad_token_id, max_length=self.max_length,
                                     max_prompt_length=self.max_prompt_length, ranked_strategy=self.ranked_strategy,
-                                    with_keys=self._needs_keys)
+                                    with_keys=self._needs_keys, vocab_size=self.vocab_size, names=names)
+        if names is not None:
+            batch["names"] = [example_name(ex, n) for ex, n in zip(examples, names)]
         if self.objective.example_inputs:
             pe = batch["pair_example"]
             fields = {}
@@ -658,12 +722,27 @@ class PreferenceTrainer:
         return {"input_ids": ids, "attention_mask": am, "loss_mask": lm, "keys": keys}
 
     def _sequence_logps(self, model: nn.Module, fwd: Callable, input_ids: Tensor, attention_mask: Tensor,
-                        loss_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(summed, averaged, counted tokens, per-token [N, T]) log-probs of each row, from one forward pass."""
+                        loss_mask: Tensor, check: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(summed, averaged, counted tokens, per-token [N, T]) log-probs of each row, from one forward pass.
+        ``check = (batch, host input_ids, host attention_mask)``: ids are checked against the logits'
+        vocabulary, naming the example of the first bad row."""
         logits = fwd(model, input_ids, attention_mask)
         if not torch.is_tensor(logits) or logits.dim() != 3 or logits.shape[:2] != input_ids.shape:
             raise ValueError(f"model output: expected logits of shape [{input_ids.shape[0]}, {input_ids.shape[1]}, V], "
                              f"got {tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}")
+        if check is not None:
+            batch, host_ids, host_am = check
+            V = logits.shape[-1]
+            real = host_ids.masked_fill(host_am == 0, 0)  # padding may use any id
+            if int(real.max()) >= V:  # host tensor: no device sync
+                r = int((real >= V).any(-1).int().argmax())
+                if r < len(batch["row_example"]):
+                    e = int(batch["row_example"][r])
+                    where = batch["names"][e] if "names" in batch else f"examples[{e}]"
+                else:
+                    where = "a revision prompt (built by revision_prompt)"
+                raise ValueError(f"Invalid token ids in {where}: id {int(real[r].max())} is outside the model's "
+                                 f"vocabulary (accepted: 0 <= id < {V}, the logits' last dimension)")
         lp = token_logps(logits, input_ids, loss_mask)
         count = loss_mask[:, 1:].sum(-1)
         total = lp.sum(-1)
@@ -742,9 +821,15 @@ class PreferenceTrainer:
         token_level = self._token_level if tokens is None else tokens
         # the longest completion, read from the host copy of the mask (no device sync)
         width = int(lm[:N, 1:].sum(-1).max()) if token_level else 0
+        host_ids, host_am = ids, am
         ids, am, lm = ids.to(self.device), am.to(self.device), lm.to(self.device)
-        with torch.set_grad_enabled(grad):
-            s, a, n, lp = self._sequence_logps(self.model, self.forward, ids, am, lm)
+        try:
+            with torch.set_grad_enabled(grad):
+                check = None if self.vocab_size is not None else (batch, host_ids, host_am)
+                s, a, n, lp = self._sequence_logps(self.model, self.forward, ids, am, lm, check=check)
+        except IndexError as err:  # an embedding lookup past its table (vocabulary unknown to the trainer)
+            raise ValueError(f"Invalid token ids: the model failed on ids up to {int(host_ids.max())} ({err}); pass "
+                             "the trainer's vocab_size= to have each example's ids checked") from err
         if rev is not None:
             rev_s = s[N:]
             s, a, n, lp, lm = s[:N], a[:N], n[:N], lp[:N], lm[:N]
@@ -819,9 +904,12 @@ class PreferenceTrainer:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(n, generator=g).tolist()
 
-    def _train_step(self, examples: list) -> dict:
-        micro = [examples[i:i + self.batch_size] for i in range(0, len(examples), self.batch_size)]
-        batches = [self._collate(m) for m in micro]
+    def _train_step(self, examples: list, names: list[str] | None = None) -> dict:
+        if names is None:
+            names = [f"examples[{i}]" for i in range(len(examples))]
+        bs = self.batch_size
+        # every micro-batch is collated (and its ids checked) before the first forward
+        batches = [self._collate(examples[i:i + bs], names[i:i + bs]) for i in range(0, len(examples), bs)]
         total_pairs = sum(int(b["chosen_index"].numel()) for b in batches)
         if total_pairs == 0:
             raise ValueError("a training step has no preference pairs (ranked lists with tied scores only?)")
@@ -895,8 +983,8 @@ class PreferenceTrainer:
                 epoch, k = divmod(self.step, per_epoch)
                 if epoch != order_epoch:
                     order, order_epoch = self._order(n, epoch), epoch
-                examples = [dataset[i] for i in order[k * per_step:(k + 1) * per_step]]
-                m = self._train_step(examples)
+                idx = order[k * per_step:(k + 1) * per_step]
+                m = self._train_step([dataset[i] for i in idx], [f"dataset[{i}]" for i in idx])
                 m.update(step=self.step, epoch=epoch)
                 self.history.append(m)
                 out.append(m)
@@ -923,7 +1011,8 @@ class PreferenceTrainer:
         try:
             with torch.no_grad():
                 for i in range(0, len(dataset), bs):
-                    q = self._quantities(self._collate([dataset[j] for j in range(i, min(i + bs, len(dataset)))]),
+                    js = range(i, min(i + bs, len(dataset)))
+                    q = self._quantities(self._collate([dataset[j] for j in js], [f"dataset[{j}]" for j in js]),
                                          grad=False)
                     losses, cr, rr = self._loss_terms(q)
                     parts.append((losses, cr, rr, q["policy_chosen_logps"], q["policy_rejected_logps"]))
@@ -941,17 +1030,21 @@ class PreferenceTrainer:
         bs = self.batch_size if batch_size is None else _check_int("batch_size", batch_size)
         before = self.ref_forward_rows + sum(self.extra_forward_rows.values())
         for i in range(0, len(dataset), bs):
-            self._frozen_quantities(self._collate([dataset[j] for j in range(i, min(i + bs, len(dataset)))]),
+            js = range(i, min(i + bs, len(dataset)))
+            self._frozen_quantities(self._collate([dataset[j] for j in js], [f"dataset[{j}]" for j in js]),
                                     torch.float32)
         return self.ref_forward_rows + sum(self.extra_forward_rows.values()) - before
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
+        """Everything a resume needs (see :meth:`save_checkpoint`), tagged with the checkpoint format and version."""
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
@@ -965,20 +1058,102 @@ class PreferenceTrainer:
                      "shuffle": self.shuffle},
         }
 
-    def load_state_dict(self, state: Mapping) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+    def _check_state(self, state, source: str) -> int:
+        """Validate a whole checkpoint before anything is changed; returns its format version.
+        Raises ValueError saying what ``state`` is and what was expected."""
+        def bad(problem: str) -> ValueError:
+            return ValueError(f"Invalid checkpoint {source}: {problem}; expected {_EXPECTED_CHECKPOINT}")
+
+        if not isinstance(state, Mapping):
+            raise bad(f"it holds a {type(state).__name__}, not a checkpoint dict")
+        fmt = state.get("format")
+        if fmt is None:
+            if state and all(torch.is_tensor(v) for v in state.values()):
+                raise bad(f"it is a bare state_dict of {len(state)} tensors (e.g. {next(iter(state))!r}), such as "
+                          "model.state_dict() writes, not a trainer checkpoint")
+            if "state" in state and "param_groups" in state:
+                raise bad("it is an optimizer state_dict, not a trainer checkpoint")
+            if not all(k in state for k in _LEGACY_KEYS):  # checkpoints of version 1 carried no format tag
+                raise bad(f"it is a dict with keys {sorted(map(str, state))[:12]}")
+            version = 1
+        elif fmt != CHECKPOINT_FORMAT:
+            raise bad(f"it is a {fmt!r} file")
+        else:
+            version = state.get("version")
+            if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+                raise bad(f"its format version is {version!r}; this gradwise reads versions 1 to "
+                          f"{CHECKPOINT_VERSION} (written by a newer gradwise?)")
+        missing = [k for k in _LEGACY_KEYS if k not in state]
+        if missing:
+            raise bad(f"it lacks {', '.join(map(repr, missing))}")
+        _check_module_state(state["model"], self.model, "model", bad)
+        if state.get("ref_model") is not None and self.ref_model is not None:
+            _check_module_state(state["ref_model"], self.ref_model, "ref_model", bad)
+        opt = state["optimizer"]
+        if not isinstance(opt, Mapping) or not isinstance(opt.get("param_groups"), Sequence) \
+                or not isinstance(opt.get("state"), Mapping):
+            raise bad("its 'optimizer' is not an optimizer state_dict (keys 'state', 'param_groups')")
+        mine = [len(g["params"]) for g in self.optimizer.param_groups]
+        theirs = [len(g.get("params", ())) if isinstance(g, Mapping) else -1 for g in opt["param_groups"]]
+        if mine != theirs:
+            raise bad(f"its optimizer has parameter groups of {theirs} parameters, this trainer's optimizer "
+                      f"{mine}")
+        sched = state.get("scheduler")
+        if sched is not None and not isinstance(sched, Mapping):
+            raise bad(f"its 'scheduler' is a {type(sched).__name__}, not a scheduler state_dict")
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise bad(f"its 'step' is {step!r}, not an int >= 0")
+        rng = state["rng"]
+        if not isinstance(rng, Mapping) or not torch.is_tensor(rng.get("cpu")) or rng["cpu"].dtype != torch.uint8:
+            raise bad("its 'rng' has no CPU generator state (a uint8 tensor under 'cpu')")
+        for key, kind in (("ref_cache", Mapping), ("extra_cache", Mapping), ("history", Sequence), ("data", Mapping)):
+            if key in state and not isinstance(state[key], kind):
+                raise bad(f"its {key!r} is a {type(state[key]).__name__}")
+        if any(not isinstance(c, Mapping) for c in state.get("extra_cache", {}).values()):
+            raise bad("its 'extra_cache' holds something other than one cache dict per model")
+        return version
+
+    def load_state_dict(self, state: Mapping, *, source: str = "state") -> None:
+        """Restore :meth:`state_dict`'s output, all or nothing.
+
+        The whole ``state`` is validated first (format and version, the
+        model's and reference's parameter names and shapes, the optimizer's
+        parameter groups, step, RNG state, caches); then the optimizer and
+        scheduler load, and, should one of them still refuse its state, both
+        are put back as they were before the error is raised. Only then do the
+        model, reference and trainer state change. So a failing load leaves
+        the trainer exactly as it was. ``source`` names the state in errors.
+        """
+        version = self._check_state(state, source)
+        old_opt = self.optimizer.state_dict()  # load_state_dict replaces the state, so these stay intact
+        old_sched = None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict())
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        except Exception as err:
+            self.optimizer.load_state_dict(old_opt)
+            if old_sched is not None:
+                self.scheduler.load_state_dict(old_sched)
+            raise ValueError(f"Invalid checkpoint {source}: this trainer's {type(self.optimizer).__name__} (or "
+                             f"scheduler) refused the saved state ({type(err).__name__}: {err}); nothing was "
+                             "loaded") from err
+        self.model.load_state_dict(state["model"])  # names and shapes checked above
         if state.get("ref_model") is not None and self.ref_model is not None:
             self.ref_model.load_state_dict(state["ref_model"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.ref_cache = dict(state.get("ref_cache", {}))
+
+        def cache(c: Mapping) -> dict:
+            # version 1 keyed examples with an "id" by (id, completion index), which repeated ids made
+            # wrong; only its content keys (strings) are kept
+            return dict(c) if version >= 2 else {k: v for k, v in c.items() if isinstance(k, str)}
+        self.ref_cache = cache(state.get("ref_cache", {}))
         saved = state.get("extra_cache", {})
-        self.extra_cache = {n: dict(saved.get(n, {})) for n in self.extra_models}
+        self.extra_cache = {n: cache(saved.get(n, {})) for n in self.extra_models}
         self.history = list(state.get("history", []))
         mine = {"seed": self.seed, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps,
                 "shuffle": self.shuffle}
@@ -995,5 +1170,22 @@ class PreferenceTrainer:
         tmp.replace(path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` (into a trainer built the same way)."""
-        self.load_state_dict(torch.load(Path(path), map_location="cpu", weights_only=True))
+        """Restore a checkpoint written by :meth:`save_checkpoint` (into a trainer built the same way).
+
+        All or nothing (see :meth:`load_state_dict`): a file that cannot be
+        read (truncated, not a torch file), that is something else (a bare
+        model ``state_dict``, another format or a newer format version) or
+        that does not fit this trainer raises one ``ValueError`` saying what
+        the file is and what was expected, and leaves model, optimizer and
+        trainer as they were.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Invalid checkpoint {path}: no such file")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for a damaged or foreign file
+            raise ValueError(f"Invalid checkpoint {path}: it cannot be read as a torch file, so it is truncated, "
+                             f"corrupt or of another format ({type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                             f"); expected {_EXPECTED_CHECKPOINT}") from None
+        self.load_state_dict(state, source=str(path))
