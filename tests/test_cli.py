@@ -307,3 +307,107 @@ def test_methods_of_another_kind_are_named(fake_registry, wide, capsys):
     out = capsys.readouterr().out
     assert "No method of kind 'loss' matches 'quokka'" in out and "Quokka (optimizer)" in out
     assert "does not implement" not in out
+
+
+# --------------------------------------------------------------------------- user mistakes: one line, exit 2
+
+def _study_parsers():
+    """{study: its argparse parser}, from the CLI's own parser (so a new study or option is covered)."""
+    import argparse
+
+    def sub(parser):
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    return sub(sub(cli.build_parser())["arena"])
+
+
+# bad values by what an option accepts; each must be refused by argparse, before the study runs
+_BAD_COUNTS = ["0", "-1", "x", "1.5", ""]
+_BAD_BY_OPTION = {
+    ("optimizers", "--first-seed"): ["-1", "x", "0.5"],
+    ("optimizers", "--optimizers"): ["nope", "AdamW,nope", ",", " "],
+    ("noisy-labels", "--noise"): ["0.9", "-0.1", "nan", "inf", "x"],
+    ("noisy-labels", "--losses"): ["nope", "CE,nope", "ce"],
+    ("imbalance", "--ratio"): ["0.5", "nan", "inf", "-3", "x"],
+}
+
+
+def _bad_cases():
+    from gradwise.arena import positive_int
+
+    cases = []
+    for study, parser in _study_parsers().items():
+        for action in parser._actions:
+            if not action.option_strings or action.dest in ("help", "out"):  # --out: the arena's own checks
+                continue
+            opt = action.option_strings[-1]
+            bad = _BAD_BY_OPTION.get((study, opt))
+            if bad is None:
+                assert action.type in (positive_int, cli._COUNT), \
+                    f"{study} {opt}: add its bad values to _BAD_BY_OPTION"
+                bad = _BAD_COUNTS
+            cases += [(study, opt, v) for v in bad]
+    return cases
+
+
+def _run_cli(argv, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    return rc, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_study_runs(monkeypatch):
+    """A study that gets past argument checking fails the test instead of running."""
+    for name in STUDIES:
+        monkeypatch.setattr(load_study(name), "run", lambda args, console: pytest.fail(f"ran with {args}"))
+
+
+def test_every_study_option_with_a_bad_value_is_one_line_and_exit_2(capsys, no_study_runs):
+    cases = _bad_cases()
+    assert {s for s, _, _ in cases} == set(STUDIES)
+    for study, opt, value in cases:
+        rc, err = _run_cli(["arena", study, f"{opt}={value}"], capsys)
+        assert rc == 2, (study, opt, value)
+        assert err.count("\n") == 1 and "Traceback" not in err, (study, opt, value, err)
+        assert err.startswith(f"gradwise arena {study}: error: argument {opt}: "), err
+        assert "expected" in err or "accepted" in err, err
+
+
+def test_named_examples_from_the_issue(capsys, no_study_runs):
+    for argv, says in (
+        (["arena", "--seeds", "0"], "argument --seeds: expected a positive integer (1, 2, ...), got '0'"),
+        (["arena", "optimizers", "--steps", "-1"], "argument --steps: expected a positive integer (1, 2, ...), got '-1'"),
+        (["arena", "optimizers", "--optimizers", "nope"], "argument --optimizers: unknown 'nope'; accepted: "
+                                                          "comma-separated optimizer names from AdamW,"),
+        (["arena", "no-such-study"], "argument STUDY: invalid choice: 'no-such-study' (choose from 'optimizers'"),
+        (["methods", "--kind", "nonsense"], "argument --kind: invalid choice: 'nonsense'"),
+        (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+        (["arena", "optimizers", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ):
+        rc, err = _run_cli(argv, capsys)
+        assert rc == 2 and err.count("\n") == 1 and says in err, (argv, err)
+
+
+def test_good_values_still_reach_the_study(monkeypatch, capsys):
+    seen = {}
+    module = load_study("noisy-labels")
+    monkeypatch.setattr(module, "run", lambda args, console: seen.update(vars(args)))
+    assert main(["arena", "noisy-labels", "--seeds", "2", "--noise", "0.25", "--losses", "CE,LDR-KL"]) == 0
+    assert seen["seeds"] == 2 and seen["noise"] == 0.25 and seen["losses"] == "CE,LDR-KL"
+    module = load_study("optimizers")
+    monkeypatch.setattr(module, "run", lambda args, console: seen.update(vars(args)))
+    assert main(["arena", "--optimizers", "adamw,lion", "--first-seed", "0"]) == 0
+    assert seen["optimizers"] == "adamw,lion" and seen["first_seed"] == 0
+
+
+def test_usage_error_from_a_study_is_one_line(monkeypatch, capsys):
+    from gradwise.arena import UsageError
+
+    def refuse(args, console):
+        raise UsageError("--out runs/x: the folder is not writable")
+    monkeypatch.setattr(load_study("imbalance"), "run", refuse)
+    rc, err = _run_cli(["arena", "imbalance"], capsys)
+    assert rc == 2 and err == "gradwise arena imbalance: error: --out runs/x: the folder is not writable\n"
