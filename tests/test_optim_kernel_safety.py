@@ -46,7 +46,13 @@ _SCRIPT = textwrap.dedent("""
             tensors += [v.clone() for v in opt.state[p].values() if torch.is_tensor(v)]
         return tensors
 
+    def count(opt, params):
+        # every non-tensor entry of the state (step) and of the groups (step, skipped_steps, ...)
+        return (repr([{{k: v for k, v in opt.state[p].items() if not torch.is_tensor(v)}} for p in params]),
+                repr([{{k: v for k, v in g.items() if k != "params"}} for g in opt.param_groups]))
+
     def outcome(fn, opt, params):
+        before_counters = count(opt, params)
         before = snapshot(opt, params)
         try:
             fn()
@@ -54,9 +60,11 @@ _SCRIPT = textwrap.dedent("""
         except RuntimeError as e:
             err = str(e).splitlines()[0][:200]
         after = snapshot(opt, params)
+        after_counters = count(opt, params)
         same = len(before) == len(after) and all(
             a.shape == b.shape and torch.equal(a, b) for a, b in zip(before, after))
-        return {{"raised": err, "untouched": same}}
+        counters = after_counters == before_counters
+        return {{"raised": err, "untouched": same, "counters": counters}}
 
     out = {{}}
     for name in sorted(CASES):
@@ -98,8 +106,12 @@ def test_mismatched_state_raises_before_any_tensor_is_written(outcomes, name, ca
     if fused is not None:  # (configurations without a fused kernel have only the foreach path)
         assert fused["raised"], f"{name} fused, {case}: stepped with a mismatched state instead of raising"
         assert fused["untouched"], f"{name} fused, {case}: raised ({fused['raised']}) after writing"
-    # The foreach path raises torch's own error, as torch.optim does. Like torch.optim's foreach path it
-    # may have updated other tensors of the step first (e.g. the decoupled decay): making that path
-    # transactional is the rest of issue 8's item 1.
+    # The foreach path checks every state tensor before any write too (issue 8, item 1), so nothing
+    # (parameters, state, step counters) changes: unlike torch.optim's foreach path, which may have
+    # applied e.g. the decoupled decay before its op raises.
     foreach = outcomes[f"{name}|False|{case}"]
     assert foreach["raised"], f"{name} foreach, {case}: stepped with a mismatched state instead of raising"
+    assert foreach["untouched"], f"{name} foreach, {case}: raised ({foreach['raised']}) after writing"
+    for path in (fused, foreach):
+        if path is not None:
+            assert path["counters"], f"{name}, {case}: a step counter moved before the error ({path['raised']})"

@@ -18,6 +18,8 @@ autograd wrote, as with ``torch.optim``.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -143,11 +145,34 @@ def _all_finite(tensors: list[Tensor]) -> bool:
     return bool(torch.stack([f.to(dev) for f in flags]).all())
 
 
+# state_dict entry naming the class that saved it; torch.optim's load_state_dict ignores it
+_CLASS_KEY = "gradwise_optimizer"
+
+
+def _gradwise_class(cls: type) -> str:
+    """The name of the gradwise optimizer ``cls`` is or subclasses (a user's subclass of AdamP: AdamP)."""
+    for c in cls.__mro__:
+        if c.__module__.startswith("gradwise.optim."):
+            return c.__name__
+    return cls.__name__
+
+
 def _bucket_lists(tensors: list[Tensor]) -> list[list[Tensor]]:
     out: dict[tuple, list[Tensor]] = {}
     for t in tensors:
         out.setdefault((t.device, t.dtype), []).append(t)
     return list(out.values())
+
+
+@functools.lru_cache(maxsize=None)
+def _flag_names(cls: type) -> frozenset[str]:
+    """The arguments of ``cls.__init__`` whose default is a bool: hyperparameters taking True or False only."""
+    try:
+        sig = inspect.signature(cls.__init__)
+    except (TypeError, ValueError):
+        return frozenset()
+    return frozenset(n for n, p in sig.parameters.items() if isinstance(p.default, bool)
+                     and n not in ("skip_nonfinite", "capturable", "differentiable"))
 
 
 class GradwiseOptimizer(Optimizer):
@@ -247,8 +272,10 @@ class GradwiseOptimizer(Optimizer):
                 check_range(name, group[name], 0.0)
         if "momentum" in group:
             check_range("momentum", group["momentum"], 0.0, 1.0, hi_open=True)
-        if not isinstance(group.get("maximize", False), bool):
-            raise ValueError(f"Invalid maximize: {group['maximize']!r} (accepted: True or False)")
+        for name in _flag_names(type(self)) | {"maximize"}:
+            # a truthy string or None would silently pick a branch
+            if name in group and not isinstance(group[name], bool):
+                raise ValueError(f"Invalid {name}: {group[name]!r} (accepted: True or False)")
         for name in ("fused", "foreach"):
             if group.get(name) is not None and not isinstance(group[name], bool):
                 raise ValueError(f"Invalid {name} in a parameter group: {group[name]!r} "
@@ -327,6 +354,108 @@ class GradwiseOptimizer(Optimizer):
                                          f"{self._complex_refusal}")
         super().add_param_group(param_group)
 
+    # Group keys a checkpoint may lack: flags gradwise or torch added later (the current value is kept).
+    _OPTIONAL_GROUP_KEYS = frozenset({"maximize", "fused", "foreach", "capturable", "differentiable"})
+
+    def _expected_state_keys(self, p: Tensor, group: dict[str, Any]) -> set[str]:
+        """The keys a stepped parameter's state holds (``step`` included).
+
+        Found from ``_init_state`` on a meta-device copy of the parameter (no
+        memory allocated); a class whose state is made elsewhere overrides this.
+        """
+        v = torch.view_as_real(p) if p.is_complex() else p
+        meta = torch.empty_like(v, device="meta")
+        keys = {"step", *self._init_state(meta, group)}
+        for t in self.grad_transforms:
+            keys.update(f"{t.key}.{k}" for k in t.init_state(meta))
+        return keys
+
+    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
+        """Raise ValueError unless ``state_dict`` is one this optimizer can step from.
+
+        Checked before anything is loaded: every saved group has this class's
+        hyperparameters (extra keys, such as a scheduler's ``initial_lr`` or
+        torch.optim's ``amsgrad``, are kept as torch does) with valid values,
+        and every saved per-parameter state has exactly the state keys this
+        optimizer makes for that parameter. So a state_dict of another
+        optimizer class fails here, not at a later ``step()`` after counters
+        moved; a torch.optim checkpoint of the same update (e.g. AdamW's
+        ``exp_avg``/``exp_avg_sq``/``step`` for OrthoAdamW) loads.
+        """
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            got = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"Invalid state_dict for {name}: got {got} (accepted: a dict with 'state' and "
+                             "'param_groups', as Optimizer.state_dict() returns)")
+        saved_by = state_dict.get(_CLASS_KEY)
+        if saved_by is not None and saved_by != _gradwise_class(type(self)):
+            name = _gradwise_class(type(self))
+            raise ValueError(f"Invalid state_dict for {type(self).__name__}: it was saved by {saved_by} (expected a "
+                             f"state_dict of {name}, or a torch.optim one with {name}'s hyperparameters and state keys)")
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(self.param_groups):
+            return  # torch's own check reports the group count
+        required = set(self.defaults) - self._OPTIONAL_GROUP_KEYS
+        ids: dict[int, Tensor] = {}  # saved index -> (current) parameter
+        for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            missing = sorted(required - set(saved))
+            if missing:
+                raise ValueError(
+                    f"Invalid state_dict for {name}: parameter group {i} lacks the hyperparameters {missing} "
+                    f"(expected {name}'s {sorted(required)}; the group holds {sorted(k for k in saved if k != 'params')}"
+                    "): is it another optimizer's state_dict?")
+            probe = {**{k: v for k, v in group.items() if k != "params"},
+                     **{k: v for k, v in saved.items() if k != "params"}}
+            try:
+                self._validate_group(probe)
+            except ValueError as e:
+                raise ValueError(f"Invalid state_dict for {name}: parameter group {i}: {e}") from None
+            for idx, p in zip(saved.get("params", ()), group["params"]):
+                ids[idx] = (p, probe)
+        for idx, st in state_dict["state"].items():
+            if idx not in ids or not st:
+                continue  # torch ignores state of unknown indices; empty state is fresh
+            p, group = ids[idx]
+            expected = self._expected_state_keys(p, group)
+            got = set(st)
+            if got != expected:
+                parts = []
+                if expected - got:
+                    parts.append(f"lacks {sorted(expected - got)}")
+                if got - expected:
+                    parts.append(f"has keys {name} does not use {sorted(got - expected)}")
+                raise ValueError(
+                    f"Invalid state_dict for {name}: the state of parameter {idx} {' and '.join(parts)} "
+                    f"(expected the keys {sorted(expected)}): is it another optimizer's state_dict, or one "
+                    "saved with other settings (e.g. amsgrad, momentum, grad_transforms)?")
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's ``state_dict``, plus the class that saved it (so another class refuses to load it)."""
+        sd = super().state_dict()
+        sd[_CLASS_KEY] = _gradwise_class(type(self))
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch.optim's ``load_state_dict``, after checking the whole state_dict (see ``_check_loadable``).
+
+        The load-state-dict pre-hooks run first (they may rewrite the
+        state_dict), then the check, then torch's load; a failing check leaves
+        the optimizer as it was.
+        """
+        state_dict = state_dict.copy()  # shallow, as torch.optim does (the pre-hooks may edit it)
+        hooks = self._optimizer_load_state_dict_pre_hooks
+        for pre_hook in hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self._check_loadable(state_dict)
+        # the pre-hooks already ran: hide them from torch's load, which would run them again
+        self._optimizer_load_state_dict_pre_hooks = type(hooks)()
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = hooks
+
     # Under torch.compile the step graph-breaks and runs eagerly: its per-tensor
     # step counters and coefficients are Python numbers, which dynamo would
     # specialize on and recompile for every step, and the fused kernels are
@@ -375,6 +504,10 @@ class GradwiseOptimizer(Optimizer):
                     if not ok:
                         raise RuntimeError(f"{type(self).__name__}(fused=True): {why}")
 
+        # every state tensor is checked against its parameter before anything (counters included) is
+        # written, so a mismatched state raises with the step untouched on both paths
+        self._check_state(work)
+
         if self.skip_nonfinite and not _all_finite([g for _, items in work for _, _, g in items]):
             for group in self.param_groups:
                 group["skipped_steps"] = group.get("skipped_steps", 0) + 1
@@ -411,6 +544,50 @@ class GradwiseOptimizer(Optimizer):
         for g_eff, params, grads, states in prepared:
             self._update(g_eff, params, grads, states)
         return loss
+
+    def _param_index(self, p: Tensor) -> int:
+        """``p``'s index in ``state_dict()["state"]`` (first appearance over the groups)."""
+        seen: dict[int, int] = {}
+        for g in self.param_groups:
+            for q in g["params"]:
+                seen.setdefault(id(q), len(seen))
+        return seen.get(id(p), -1)
+
+    def _check_state(self, work: list) -> None:
+        """Raise RuntimeError unless each gradient and state tensor fits the tensor it is stepped with.
+
+        A state tensor of more than 0 dimensions must have the (real view of
+        the) parameter's shape, dtype and device; a 0-dim one (a per-tensor
+        statistic such as SGD-SaI's ``gsnr``) its device. This is the check the
+        fused kernels make, done here for both paths before any write: a tuple
+        comparison per tensor, no host sync.
+        """
+        for _, items in work:
+            for p, v, g in items:
+                if g.shape != v.shape or g.dtype != v.dtype or g.device != v.device:
+                    raise RuntimeError(
+                        f"{type(self).__name__}.step: parameter {self._param_index(p)} has shape "
+                        f"{tuple(v.shape)}, dtype {v.dtype} on {v.device} but its gradient has shape "
+                        f"{tuple(g.shape)}, dtype {g.dtype} on {g.device} (accepted: the same as the parameter)")
+                st = self.state.get(p)
+                if not st:
+                    continue
+                for k, x in st.items():
+                    if not isinstance(x, Tensor) or k == "step":
+                        continue
+                    if x.dim() == 0 and v.dim() != 0:  # a per-tensor statistic
+                        ok = x.device == v.device
+                    else:
+                        ok = x.shape == v.shape and x.device == v.device and (
+                            x.dtype == v.dtype or not x.is_floating_point())
+                    if not ok:
+                        raise RuntimeError(
+                            f"{type(self).__name__}.step: state {k!r} of parameter {self._param_index(p)} has "
+                            f"shape {tuple(x.shape)}, dtype {x.dtype} on {x.device}, but the parameter"
+                            f"{' (stepped as its view_as_real)' if p.is_complex() else ''} has shape "
+                            f"{tuple(v.shape)}, dtype {v.dtype} on {v.device} (accepted: state of the parameter's "
+                            "shape, dtype and device; was the parameter resized, or a state_dict of other "
+                            "parameters loaded?). Nothing was changed.")
 
     def __repr__(self) -> str:
         s = super().__repr__()

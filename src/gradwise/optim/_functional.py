@@ -16,7 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "bias_corrections", "decoupled_decay_", "l2_grads", "ema_", "ema_sq_",
-    "perpendicular", "perp_factors", "radial_projection", "spike_clip", "reset_moments_", "cosine_anneal",
+    "perpendicular", "perp_factors", "radial_projection", "downscales", "spike_clip", "reset_moments_", "cosine_anneal",
 ]
 
 
@@ -55,12 +55,28 @@ def reset_moments_(tensors: list[Tensor]) -> None:
     torch._foreach_zero_(tensors)
 
 
+def downscales(tensors: list[Tensor]) -> Tensor:
+    """Per tensor, the power of two ``s <= 1`` that brings its largest magnitude below 2 (1-D, one per tensor).
+
+    Multiplying by a power of two is exact (no rounding), so a norm, dot
+    product or cosine computed on ``s * t`` and divided back by ``s`` equals
+    the one computed on ``t`` bit for bit, except that it cannot overflow:
+    ``sum((s t)^2) <= 4 numel``. Tensors already below 2 get ``s = 1`` (no change
+    at all). Non-finite tensors get ``s = 1`` (their result is non-finite anyway).
+    """
+    amax = torch.stack(torch._foreach_norm(tensors, float("inf")))
+    work = amax if amax.dtype == torch.float64 else amax.float()  # frexp lacks the 16-bit dtypes
+    _, e = torch.frexp(torch.where(torch.isfinite(work), work, torch.zeros_like(work)))
+    # below 2 rather than 1: 1/s must be representable too (2**128 is not, in float32)
+    return torch.ldexp(torch.ones_like(work), -(e - 1).clamp_min(0)).to(amax.dtype)
+
+
 PERP_NOISE = 4.0
 """A perpendicular part with ``||g_perp|| <= PERP_NOISE * sqrt(numel) * u * ||g||`` (``u`` the
 dtype's unit roundoff) is rounding noise: ``g`` is parallel to ``w`` to working precision."""
 
 
-def perp_factors(g_norms: Tensor, perp_norms: Tensor, numels: list[int], eps: float, unit: float,
+def perp_factors(g_norms: Tensor, perp_norms: Tensor, numels: list[int], eps: float | Tensor, unit: float,
                  renormalize: bool = True) -> Tensor:
     """The factor ⊥Grad multiplies ``g_perp = g - <w,g>/(<w,w>+eps) w`` by, per tensor.
 
@@ -100,17 +116,24 @@ def perpendicular(params: list[Tensor], grads: list[Tensor], eps: float = 1e-30,
     parallel to their weight) ``g_out`` is 0 (see :func:`perp_factors`); the
     authors rescale the noise to ``||g||``.
     """
-    dots = [torch.vdot(w.reshape(-1), g.reshape(-1)) for w, g in zip(params, grads)]
+    # Computed on s*g (s a power of two, see downscales) so that <w,g> and ||g||^2 cannot overflow
+    # for gradients up to the dtype's max; the result is scaled back by 1/s in the last multiply.
+    # (g_perp is linear in g, and the renormalization factor is invariant to the scale once eps is
+    # scaled with it.) For gradients below 1 in magnitude s = 1: the same operations as before.
+    s = downscales(grads)
+    scaled = torch._foreach_mul(grads, list(s.unbind()))
+    dots = [torch.vdot(w.reshape(-1), g.reshape(-1)) for w, g in zip(params, scaled)]
     sq = [torch.vdot(w.reshape(-1), w.reshape(-1)) for w in params]
     torch._foreach_add_(sq, eps)
     coef = torch._foreach_div(dots, sq)
     proj = torch._foreach_mul(params, coef)
-    out = torch._foreach_sub(grads, proj)
-    g_norm = torch.stack(torch._foreach_norm(grads))
+    out = torch._foreach_sub(scaled, proj)
+    g_norm = torch.stack(torch._foreach_norm(scaled))
     p_norm = torch.stack(torch._foreach_norm(out))
-    factors = perp_factors(g_norm, p_norm, [g.numel() for g in grads], eps,
+    factors = perp_factors(g_norm, p_norm, [g.numel() for g in grads], eps * s,  # eps scaled with g
                            torch.finfo(grads[0].dtype).eps, renormalize)
     torch._foreach_mul_(out, list(factors.unbind()))
+    torch._foreach_div_(out, list(s.unbind()))  # two multiplies: factors / s alone may overflow
     return out
 
 
@@ -134,30 +157,39 @@ def radial_projection(params: list[Tensor], grads: list[Tensor], updates: list[T
     """
     out: list[Tensor] = []
     factors: list[Tensor | float] = []
-    for w, g, u in zip(params, grads, updates):
-        if w.dim() <= 1 or w.numel() == 0:  # vectors, and empty tensors, are not projected
+    multi = [i for i, w in enumerate(params) if w.dim() > 1 and w.numel() > 0]
+    # The sums of g*g, w*g and w_hat*u are taken on s*g and r*u (s, r powers of two, exact; see
+    # downscales), so that gradients and updates up to the dtype's max cannot overflow them. The
+    # cosines are invariant to the scale (eps, which clamps the gradient's norm, is scaled with it);
+    # the projection coefficient is divided back by r. For values below 2, s = r = 1.
+    s_g = downscales([grads[i] for i in multi]).unbind() if multi else ()
+    s_u = downscales([updates[i] for i in multi]).unbind() if multi else ()
+    scales = {i: (a, b) for i, a, b in zip(multi, s_g, s_u)}
+    for i, (w, g, u) in enumerate(zip(params, grads, updates)):
+        if i not in scales:  # vectors, and empty tensors, are not projected
             out.append(u)
             factors.append(1.0)
             continue
+        sg, su = scales[i]
         n = w.size(0)
-        W, G, U = w.reshape(n, -1), g.reshape(n, -1), u.reshape(n, -1)
+        W, G, U = w.reshape(n, -1), (g * sg).reshape(n, -1), u.reshape(n, -1)
         fan_in = W.size(1)
         w_sq = (W * W).sum(1)
         g_sq = (G * G).sum(1)
         dot = (W * G).sum(1)
         # channel view; cosine_similarity clamps each norm at eps
         w_norm, g_norm = w_sq.sqrt(), g_sq.sqrt()
-        cos_c = dot.abs() / (w_norm.clamp_min(eps) * g_norm.clamp_min(eps))
+        cos_c = dot.abs() / (w_norm.clamp_min(eps) * torch.maximum(g_norm, eps * sg))
         use_c = cos_c.max() < delta / math.sqrt(fan_in)
         # layer view
         w_norm_l, g_norm_l = w_sq.sum().sqrt(), g_sq.sum().sqrt()
-        cos_l = dot.sum().abs() / (w_norm_l.clamp_min(eps) * g_norm_l.clamp_min(eps))
+        cos_l = dot.sum().abs() / (w_norm_l.clamp_min(eps) * torch.maximum(g_norm_l, eps * sg))
         use_l = cos_l < delta / math.sqrt(n * fan_in)
         # unit weights per channel, or for the whole tensor, chosen by the tests above
         scale = torch.where(use_c, w_norm + eps, w_norm_l + eps)
         Wn = W / scale.unsqueeze(1)
-        coef_c = (Wn * U).sum(1, keepdim=True)
-        coef = torch.where(use_c, coef_c, coef_c.sum())
+        coef_c = (Wn * (U * su)).sum(1, keepdim=True)
+        coef = torch.where(use_c, coef_c, coef_c.sum()) / su
         projected = torch.where(use_c | use_l, U - Wn * coef, U)
         out.append(projected.view_as(u))
         factors.append(torch.where(use_c | use_l, wd_ratio, 1.0).to(w.dtype))

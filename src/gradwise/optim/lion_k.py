@@ -138,7 +138,7 @@ class LionK(Lion):
 
     def _validate_group(self, g):
         super()._validate_group(g)
-        if g["k"] not in KS:
+        if not isinstance(g["k"], str) or g["k"] not in KS:  # (a list is unhashable: no `in` on it)
             raise ValueError(f"Invalid k: {g['k']!r} (accepted: {', '.join(repr(n) for n in KS)})")
         check_range("p", g["p"], 1.0, 2.0)
         check_range("delta", g["delta"], 0.0, lo_open=True)

@@ -286,6 +286,10 @@ class OrthoAdamW(GradwiseOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, *, perp_eps: float = 1e-30,
                  grad_transforms=(), **kwargs) -> None:
         check_range("perp_eps", perp_eps, 0.0)
+        # checked here, before the transforms are spliced behind the projection
+        if isinstance(grad_transforms, (GradTransform, str)) or not isinstance(grad_transforms, (list, tuple)):
+            raise ValueError(f"Invalid grad_transforms: {grad_transforms!r} (accepted: a list or tuple of "
+                             "GradTransform instances)")
         self._perp = PerpendicularGrad(perp_eps)
         # without further transforms the projection is done inside the update (fused when possible)
         self._inline_perp = not grad_transforms
@@ -308,11 +312,20 @@ class OrthoAdamW(GradwiseOptimizer):
             pc, pk = [], []
             if self._inline_perp:
                 e = self._perp.eps
-                wg, ww, gg = _fused.ops().perp_stats(params, grads, []).unbind(1)
-                pc = (wg / (ww + e)).tolist()  # CPU path: no device sync
-                orth = _fused.ops().perp_stats(params, grads, pc)[:, 0]
+                stats = _fused.ops().perp_stats(params, grads, [])
+                s, sg = None, grads
+                if not bool(stats.isfinite().all()):  # CPU tensor: no device sync
+                    # perp_stats sums w*g and g*g in the parameter dtype, which overflows for large
+                    # gradients: redo the sums on s*g (s a power of two, exact; see F.downscales)
+                    s = F.downscales(grads).double()
+                    sg = torch._foreach_mul(grads, list(s.to(grads[0].dtype).unbind()))
+                    stats = _fused.ops().perp_stats(params, sg, [])
+                wg, ww, gg = stats.unbind(1)
+                pc_s = wg / (ww + e)  # the projection coefficient of the gradient handed to perp_stats
+                orth = _fused.ops().perp_stats(params, sg, pc_s.tolist())[:, 0]
+                pc = (pc_s if s is None else pc_s / s).tolist()  # CPU path: no device sync
                 # the same rule as the _foreach_ path (one-element tensors, rounding-noise g_perp -> 0)
-                pk = F.perp_factors(gg.sqrt(), orth.sqrt(), [p.numel() for p in params], e,
+                pk = F.perp_factors(gg.sqrt(), orth.sqrt(), [p.numel() for p in params], e if s is None else e * s,
                                     torch.finfo(params[0].dtype).eps).tolist()
             _fused.ops().adamw_(params, grads, m, v, coef, bc2_sqrt, pc, pk, b1, b2, eps, decay)
             return

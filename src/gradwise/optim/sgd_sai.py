@@ -72,6 +72,11 @@ class SGDSaI(GradwiseOptimizer):
         self.normalize_gsnr = normalize_gsnr
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay), **kwargs)
 
+    def _expected_state_keys(self, p, group):
+        # gsnr and the buffer are made on a parameter's first step (_prepare), not by _init_state
+        keys = super()._expected_state_keys(p, group) | {"gsnr"}
+        return keys | {"momentum_buffer"} if group["momentum"] != 0 else keys
+
     def _prepare(self, items):
         # gsnr is measured on a parameter's first step, over every bucket at once so that
         # normalize_gsnr can divide by the maximum over all tensors before any update
@@ -79,8 +84,12 @@ class SGDSaI(GradwiseOptimizer):
         for group, params, grads, states in items:
             for g, st in zip(grads, states):
                 if "gsnr" not in st:
-                    sigma = g.std().nan_to_num() if g.numel() > 1 else torch.zeros((), dtype=g.dtype, device=g.device)
-                    st["gsnr"] = g.norm() / (sigma + group["eps"])
+                    # on s*g (s a power of two, exact): ||g|| and std(g) square g, which overflows for
+                    # gradients above ~1e19 in float32; the ratio is the same with eps scaled alike
+                    sc = F.downscales([g])[0]
+                    gs = g * sc
+                    sigma = gs.std().nan_to_num() if g.numel() > 1 else torch.zeros((), dtype=g.dtype, device=g.device)
+                    st["gsnr"] = gs.norm() / (sigma + group["eps"] * sc)
                     if group["momentum"] != 0:
                         st["momentum_buffer"] = g.clone(memory_format=torch.preserve_format)
                     fresh.append(st)

@@ -142,7 +142,11 @@ class StableSPAM(GradwiseOptimizer):
         grads = [torch.where(g.abs() > h, g * r, g) for g, h, r in zip(grads, hats, ratio)]
 
         # AdaGN: g <- g / ||g|| * m_norm_hat / (sqrt(v_norm_hat) + eps), where ||g|| > 0
-        norm = torch._foreach_norm(grads)
+        # ||g|| on s*g (s a power of two, exact), divided back: the sum of squares overflows float32
+        # for gradients above ~1e19, the norm itself only above the dtype's max
+        down = F.downscales(grads)
+        norm = torch._foreach_div(torch._foreach_norm(torch._foreach_mul(grads, list(down.unbind()))),
+                                  list(down.unbind()))
         gs = g1 * s
         F.ema_(m_norm, norm, gs)
         F.ema_sq_(v_norm, norm, g2)
