@@ -237,7 +237,8 @@ def test_torch_baselines_run_in_the_study(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert sorted((r["optimizer"], r["seed"]) for r in rows) == sorted((n, "4") for n in names)
     cfg = json.loads((out / "results.json").read_text())["config"]
-    assert {n: cfg["optimizers"][n]["lr_source"] for n in names} == dict.fromkeys(names, "sweep")
+    assert {n: cfg["optimizers"][n]["lr_source"] for n in names} == {
+        "SGD-momentum": "sweep", "Adafactor": "sweep", "Muon+AdamW": "class default"}  # see OPT_IN
     assert cfg["first_seed"] == 4 and cfg["versions"]["machine"]["cpu"]
     printed = capsys.readouterr().out
     assert "Muon+AdamW" in printed and "machine:" in printed
@@ -264,6 +265,11 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     assert baselines.sgd_momentum(model.parameters(), lr=0.1).param_groups[0]["momentum"] == 0.9
 
 
-def test_every_candidate_has_a_swept_learning_rate():
-    for name, load in optimizers_study.candidates().items():
-        assert optimizers_study.learning_rate(name, load())[1] == "sweep", name
+def test_every_default_candidate_has_a_swept_learning_rate():
+    known = optimizers_study.candidates()
+    default = optimizers_study.resolve(None, list(known))
+    assert set(known) - set(default) == set(optimizers_study.OPT_IN) == {"Muon+AdamW"}
+    assert optimizers_study.resolve("muon+adamw", list(known)) == ["Muon+AdamW"]  # runs when named
+    for name in default:
+        assert optimizers_study.learning_rate(name, known[name]())[1] == "sweep", name
+    assert optimizers_study.learning_rate("Muon+AdamW", known["Muon+AdamW"]()) == (0.02, "class default")
