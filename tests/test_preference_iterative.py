@@ -289,19 +289,55 @@ def test_sspo_value():
 
 
 # ---------------------------------------------------------------- SuperHF
-def test_superhf_matches_kldivloss_per_example():
+def _superhf_authors(logits, prior_logits, labels, kl_coef):
+    """The authors' finetune_language_model per example (openfeedback/superhf, src/superhf/training.py):
+    Hugging Face's shifted LM loss on ``labels`` (-100 on the prompt) plus ``kl_coef`` times the clamped
+    ``KLDivLoss(batchmean, log_target=True)`` of ``logp[i, labels[i] != -100]``, the unshifted positions."""
+    kl_loss = torch.nn.KLDivLoss(reduction="batchmean", log_target=True)
+    logp, logp_prior = torch.log_softmax(logits, 2), torch.log_softmax(prior_logits, 2)
+    out = []
+    for i in range(logits.shape[0]):
+        ce = F.cross_entropy(logits[i, :-1], labels[i, 1:], ignore_index=-100)  # what outputs.loss is
+        mask = labels[i] != -100
+        kl = torch.maximum(kl_loss(logp[i, mask, :], logp_prior[i, mask, :]), torch.tensor(0.0, dtype=D))
+        out.append(ce + kl_coef * kl)
+    return torch.stack(out)
+
+
+def test_superhf_matches_the_authors_code_loss_and_gradient():
+    """CE rows (t - 1) and KL rows (t) differ by one position; the old version took the KL on the CE rows."""
     torch.manual_seed(1)
-    pol = torch.log_softmax(torch.randn(2, 5, 7, dtype=D), -1)
-    pri = torch.log_softmax(torch.randn(2, 5, 7, dtype=D), -1)
-    lab = torch.randint(0, 7, (2, 5))
-    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    out = superhf_loss(pol, pri, lab, mask, kl_coef=0.35)
-    kl = torch.nn.KLDivLoss(reduction="batchmean", log_target=True)   # the authors' call
-    for i in range(2):
-        m = mask[i]
-        ce = F.nll_loss(pol[i, m], lab[i, m])
-        ref = ce + 0.35 * torch.clamp(kl(pol[i, m], pri[i, m]), min=0.0)
-        assert torch.allclose(out[i], ref)
+    logits = torch.randn(3, 6, 7, dtype=D, requires_grad=True)
+    prior = torch.randn(3, 6, 7, dtype=D)
+    ids = torch.randint(0, 7, (3, 6))
+    prompt_len = torch.tensor([2, 1, 4])
+    labels = ids.masked_fill(torch.arange(6)[None] < prompt_len[:, None], -100)
+    ref = _superhf_authors(logits, prior, labels, 0.35)
+    g_ref, = torch.autograd.grad(ref.sum(), logits)
+    pri = torch.log_softmax(prior, -1)
+    for call in (lambda pol: superhf_loss(pol, pri, ids, labels != -100, kl_coef=0.35),  # mask given
+                 lambda pol: superhf_loss(pol, pri, labels, kl_coef=0.35)):             # or from labels' -100
+        out = call(torch.log_softmax(logits, -1))
+        torch.testing.assert_close(out, ref)
+        g, = torch.autograd.grad(out.sum(), logits)
+        torch.testing.assert_close(g, g_ref)
+    pol = torch.log_softmax(logits, -1).detach()
+    # the test tells the two masks apart: the KL on the CE rows (previous version) is another number
+    m = labels != -100
+    kl_tok = (pri.exp() * (pri - pol)).sum(-1)
+    ce_rows = m[:, 1:]
+    kl_on_ce_rows = (kl_tok[:, :-1] * ce_rows).sum(-1) / ce_rows.sum(-1)
+    kl_authors = (kl_tok * m).sum(-1) / m.sum(-1)
+    assert not torch.allclose(kl_on_ce_rows, kl_authors, atol=1e-3)
+    # kl_coef = 0 is the plain language-modelling loss
+    lm = torch.stack([F.cross_entropy(logits[i, :-1], labels[i, 1:], ignore_index=-100) for i in range(3)])
+    torch.testing.assert_close(superhf_loss(pol, pri, labels, kl_coef=0.0), lm)
+
+
+def test_superhf_refuses_labels_outside_the_vocabulary():
+    lp = torch.log_softmax(torch.zeros(1, 3, 4), -1)
+    with pytest.raises(ValueError, match=r"Invalid labels: a completion position holds 9, outside \[0, 4\)"):
+        superhf_loss(lp, lp, torch.tensor([[-100, 1, 9]]), kl_coef=0.1)
 
 
 def test_superhf_select():
