@@ -512,3 +512,53 @@ def test_imbalance_study_smoke(tmp_path):
     for f in ("results.csv", "results.json", "per_class_recall.png"):
         assert (out / f).stat().st_size > 0
     assert "cooldown" in text and "upweight" in text
+
+
+def _dirichletcal_classwise_ece(probs, y, bins):
+    """Transcription of classwise_ECE / binary_ECE (power=1) in calib/utils/functions.py of
+    dirichletcal/experiments_neurips, the code classwise_calibration_error cites."""
+    import numpy as np
+
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.eye(probs.shape[1])[np.asarray(y)]  # label_binarize
+    out = []
+    for c in range(probs.shape[1]):
+        p, t = probs[:, c], y_true[:, c]
+        idx = np.digitize(p, np.linspace(0, 1, bins)) - 1
+        out.append(sum(np.abs(np.mean(p[idx == i]) - np.mean(t[idx == i])) * np.sum(idx == i) / len(p)
+                       for i in np.unique(idx)))
+    return float(np.mean(out))
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 3, 5, 15])
+def test_classwise_dirichletcal_binning_matches_the_cited_code(n_bins):
+    g = torch.Generator().manual_seed(n_bins)
+    probs = torch.softmax(torch.randn(200, 3, generator=g, dtype=torch.float64) * 3, 1)
+    # rows that hit the code's special cases: p = 1 exactly (its own bin) and p on a bin edge
+    probs[:3] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.25, 0.25]], dtype=torch.float64)
+    y = torch.randint(0, 3, (200,), generator=g)
+    want = _dirichletcal_classwise_ece(probs.numpy(), y.numpy(), n_bins)
+    got = classwise_calibration_error(probs, y, n_bins=n_bins, binning="dirichletcal").item()
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_classwise_default_binning_and_the_documented_mapping():
+    """Default binning, n_bins = M - 1, equals the code's bins=M where no probability is 1 or on an edge,
+    and differs where one is exactly 1 (the code gives p = 1 a bin of its own)."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(300, 4, generator=g, dtype=torch.float64), 1)
+    y = torch.randint(0, 4, (300,), generator=g)
+    for m in (4, 11, 16):
+        assert classwise_calibration_error(probs, y, n_bins=m - 1).item() == pytest.approx(
+            _dirichletcal_classwise_ece(probs.numpy(), y.numpy(), m), abs=1e-12)
+    # confidently wrong at p = 1 and right at p = 0.95: one bin in the default (0.9, 1], two in the code
+    probs[:20] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    y[:20] = 0
+    probs[20:40] = torch.tensor([0.0, 0.0, 0.05, 0.95], dtype=torch.float64)
+    y[20:40] = 3
+    assert classwise_calibration_error(probs, y, n_bins=10).item() != pytest.approx(
+        _dirichletcal_classwise_ece(probs.numpy(), y.numpy(), 11), abs=1e-6)
+    assert classwise_calibration_error(probs, y, n_bins=11, binning="dirichletcal").item() == pytest.approx(
+        _dirichletcal_classwise_ece(probs.numpy(), y.numpy(), 11), abs=1e-12)
+    with pytest.raises(ValueError, match=r"Invalid binning: 'numpy' \(accepted: 'equal_width', 'dirichletcal'\)"):
+        classwise_calibration_error(probs, y, binning="numpy")

@@ -19,6 +19,7 @@ __all__ = ["expected_calibration_error", "adaptive_calibration_error", "classwis
            "reliability_bins", "TemperatureScaler"]
 
 _NORMS = ("l1", "l2", "max")
+_BINNINGS = ("equal_width", "dirichletcal")
 _GUO = "On Calibration of Modern Neural Networks"
 _GUO_CODE = "https://github.com/gpleiss/temperature_scaling"
 
@@ -144,9 +145,10 @@ def adaptive_calibration_error(probs_or_logits: Tensor, target: Tensor, *, n_bin
           paper="Beyond temperature scaling: Obtaining well-calibrated multi-class probabilities with "
                 "Dirichlet calibration",
           year=2019, arxiv="1910.12656", code="https://github.com/dirichletcal/experiments_neurips", seed=False,
-          summary="class-wise ECE: per-class calibration error in equal-width bins, averaged over classes")
+          summary="class-wise ECE: per-class calibration error in equal-width bins, averaged over classes "
+                  "(binning='dirichletcal' reproduces the authors' bins: n_bins - 1 equal-width plus p = 1)")
 def classwise_calibration_error(probs_or_logits: Tensor, target: Tensor, *, n_bins: int = 15, norm: str = "l1",
-                                from_logits: bool | None = None) -> Tensor:
+                                from_logits: bool | None = None, binning: str = "equal_width") -> Tensor:
     r"""Class-wise expected calibration error.
 
     Paper: Kull, Perello-Nieto, Kängsepp, Silva Filho, Song, Flach, "Beyond
@@ -162,12 +164,31 @@ def classwise_calibration_error(probs_or_logits: Tensor, target: Tensor, *, n_bi
               \Bigl|\frac{1}{|B_{kb}|}\sum_{i\in B_{kb}} [y_i = k] - p_{ik}\Bigr|
 
     ``norm="l2"``/``"max"`` apply per class, then average over classes.
+
+    ``binning`` chooses the bins :math:`B_{kb}`:
+
+    * ``"equal_width"`` (default): ``n_bins`` bins :math:`(b/M, (b+1)/M]`, 0 in the first, the boundaries
+      of :func:`expected_calibration_error` (Guo et al.'s).
+    * ``"dirichletcal"``: the bins of the cited code (``binary_ECE`` / ``classwise_ECE`` in
+      ``calib/utils/functions.py`` of dirichletcal/experiments_neurips), ``np.digitize(p, np.linspace(0, 1,
+      n_bins)) - 1``: ``n_bins - 1`` equal-width bins :math:`[b/(M-1), (b+1)/(M-1))`, closed on the left,
+      plus one bin holding only :math:`p = 1`. So their ``classwise_ECE(probs, y, bins=M)`` equals
+      ``classwise_calibration_error(probs, y, n_bins=M, binning="dirichletcal")`` (tested against a
+      transcription of it), and the default binning with ``n_bins=M - 1`` gives the same number except
+      where a probability is exactly 1 or on a bin edge. Their ``power=2`` is
+      :math:`\sum_b w_b\,\mathrm{gap}_b^2` without the square root our ``norm="l2"`` takes.
     """
     _check_bins_norm(n_bins, norm)
+    if binning not in _BINNINGS:
+        raise ValueError(f"Invalid binning: {binning!r} (accepted: {', '.join(map(repr, _BINNINGS))})")
     p = _probabilities(probs_or_logits, target, from_logits)
     n, k = p.shape
     onehot = F.one_hot(target.long(), k).to(p.dtype)
-    bins = _equal_width_bins(p.float(), n_bins)                     # [N, K]
+    if binning == "dirichletcal":  # np.digitize(p, linspace(0, 1, n_bins)) - 1, edges in float64 as numpy has them
+        edges = torch.linspace(0, 1, n_bins, dtype=torch.float64, device=p.device)
+        bins = torch.bucketize(p, edges, right=True) - 1                # [N, K], in 0..n_bins-1
+    else:
+        bins = _equal_width_bins(p.float(), n_bins)                     # [N, K]
     flat = (bins + n_bins * torch.arange(k, device=p.device)).reshape(-1)
     count = torch.zeros(k * n_bins, dtype=p.dtype, device=p.device).index_add_(0, flat, torch.ones_like(p).reshape(-1))
     gap_sum = torch.zeros(k * n_bins, dtype=p.dtype, device=p.device).index_add_(0, flat, (onehot - p).reshape(-1))
