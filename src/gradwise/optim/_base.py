@@ -134,15 +134,37 @@ class GradTransform:
         return f"{type(self).__name__}({args})"
 
 
-def _all_finite(tensors: list[Tensor]) -> bool:
-    # One reduction per bucket, then a single host sync: the price of the
-    # opt-in check, as in torch.amp.GradScaler. (Testing the max-norms with
-    # isfinite, not their sum, so that large finite gradients cannot overflow
-    # into a false alarm.)
-    flags = [torch.stack(torch._foreach_norm(ts, float("inf"))).isfinite().all()
-             for ts in _bucket_lists(tensors)]
+def _finite_and_large(tensors: list[Tensor]) -> tuple[bool, bool]:
+    """Whether all tensors are finite, and whether any entry exceeds ``finfo(dtype).max ** 0.25``.
+
+    One reduction per bucket, then a single host sync: the price of the
+    opt-in check, as in torch.amp.GradScaler. (Testing the max-norms with
+    isfinite, not their sum, so that large finite gradients cannot overflow
+    into a false alarm.)
+    """
+    flags = []
+    for ts in _bucket_lists(tensors):
+        amax = torch.stack(torch._foreach_norm(ts, float("inf")))
+        flags.append(torch.stack([amax.isfinite().all(), (amax > _LARGE[ts[0].dtype]).any()]))
     dev = flags[0].device
-    return bool(torch.stack([f.to(dev) for f in flags]).all())
+    f = torch.stack([x.to(dev) for x in flags])
+    finite, large = torch.stack([f[:, 0].all(), f[:, 1].any()]).tolist()  # the one host sync
+    return bool(finite), bool(large)
+
+
+class _LargeThresholds(dict):
+    # Gradients above finfo.max ** 0.25 (1.4e9 in float32 and bfloat16, 16 in float16): the regime in
+    # which an update's squares and products can overflow although the gradient is finite.
+    def __missing__(self, dtype):
+        self[dtype] = torch.finfo(dtype).max ** 0.25
+        return self[dtype]
+
+
+_LARGE = _LargeThresholds()
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    return _finite_and_large(tensors)[0]
 
 
 # state_dict entry naming the class that saved it; torch.optim's load_state_dict ignores it
@@ -202,8 +224,13 @@ class GradwiseOptimizer(Optimizer):
         skip_nonfinite: when True, a step whose gradients hold an inf or NaN
             leaves parameters and state untouched and increments
             ``group["skipped_steps"]`` in every parameter group. Costs one host
-            sync per step. When False (default) a non-finite gradient
-            propagates as it would in ``torch.optim``.
+            sync per step. So does a step whose finite gradients are so large
+            (some entry above ``finfo(dtype).max ** 0.25``, e.g. 1.4e9 in
+            float32) that the update itself overflows into a non-finite
+            parameter: for such steps only, parameters, state and group
+            entries are copied first and put back (one more host sync). When
+            False (default) a non-finite gradient propagates as it would in
+            ``torch.optim``.
 
     Drop-in behaviour shared with ``torch.optim`` (tested against torch's own
     optimizer contract in tests/test_optim_torch_contract.py):
@@ -508,10 +535,16 @@ class GradwiseOptimizer(Optimizer):
         # written, so a mismatched state raises with the step untouched on both paths
         self._check_state(work)
 
-        if self.skip_nonfinite and not _all_finite([g for _, items in work for _, _, g in items]):
-            for group in self.param_groups:
-                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
-            return loss
+        backup = None
+        if self.skip_nonfinite:
+            finite, large = _finite_and_large([g for _, items in work for _, _, g in items])
+            if not finite:
+                self._count_skip()
+                return loss
+            if large:
+                # the update's own math may overflow with such gradients (a square, a product with
+                # 1/eps, a momentum sum near the dtype's max): keep what the step writes, to undo it
+                backup = self._backup(work)
 
         prepared = []
         for group, items in work:
@@ -543,7 +576,38 @@ class GradwiseOptimizer(Optimizer):
         self._prepare(prepared)
         for g_eff, params, grads, states in prepared:
             self._update(g_eff, params, grads, states)
+        if backup is not None and not _all_finite([v for _, items in work for _, v, _ in items]):
+            self._restore(backup)
+            self._count_skip()
         return loss
+
+    def _count_skip(self) -> None:
+        for group in self.param_groups:
+            group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+
+    def _backup(self, work: list) -> tuple[list, list, list]:
+        """Copies of what a step may write: the parameters, their state, every group's entries."""
+        params = [(v, v.clone()) for _, items in work for _, v, _ in items]
+        states = [(p, {k: (x.clone() if isinstance(x, Tensor) else x) for k, x in self.state[p].items()}
+                   if p in self.state else None) for _, items in work for p, _, _ in items]
+        groups = [(g, dict(g)) for g in self.param_groups]
+        return params, states, groups
+
+    def _restore(self, backup: tuple[list, list, list]) -> None:
+        """Put back what :meth:`_backup` copied (state made by this step is removed)."""
+        params, states, groups = backup
+        for v, saved in params:
+            v.copy_(saved)
+        for p, saved in states:
+            if saved is None:
+                self.state.pop(p, None)
+            else:
+                st = self.state[p]
+                st.clear()
+                st.update(saved)
+        for g, saved in groups:
+            g.clear()
+            g.update(saved)
 
     def _param_index(self, p: Tensor) -> int:
         """``p``'s index in ``state_dict()["state"]`` (first appearance over the groups)."""
