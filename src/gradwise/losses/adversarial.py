@@ -31,10 +31,15 @@ def score_difference_regularizer(logits: Tensor, adv_logits: Tensor, target: Ten
     """
     d = upcast(adv_logits) - upcast(logits)
     d = d - d.gather(1, target.long().clamp_min(0)[:, None])
-    sq = d.square().sum(1)
-    # sqrt with a zero (not NaN) gradient at 0
-    safe = torch.where(sq > 0, sq, torch.ones_like(sq))
-    return torch.where(sq > 0, safe.sqrt(), torch.zeros_like(sq))
+    # scaled by the row's largest |d| before squaring, so differences up to the dtype's max do not overflow the
+    # sum of squares (half-precision logits near their max, float32 ones above 1e19); sqrt with a zero (not
+    # NaN) gradient at 0; a NaN difference stays NaN (m != 0 is true for NaN)
+    m = d.abs().amax(1)
+    nonzero = m != 0
+    safe_m = torch.where(nonzero, m, torch.ones_like(m))
+    sq = (d / safe_m[:, None]).square().sum(1)
+    safe_sq = torch.where(nonzero, sq, torch.ones_like(sq))
+    return torch.where(nonzero, safe_m * safe_sq.sqrt(), torch.zeros_like(m))
 
 
 def _check_nonneg(name: str, v: float) -> float:

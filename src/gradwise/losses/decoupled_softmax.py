@@ -40,8 +40,8 @@ def decoupled_softmax_loss(logits: Tensor, targets: Tensor, *, reduction: str = 
     deterministic average (with uniform target weights); its optional
     per-label weights (``loss_weighted``) and the score temperature belong
     to the model side and are not part of this function. ``targets`` is a
-    multi-hot tensor of the shape of ``logits`` (bool, int or float; > 0 is
-    positive). Computed with two log-sum-exps over [N, L] (no loop over
+    multi-hot tensor of the shape of ``logits`` (bool, int or float, values
+    0 or 1 only: any other value raises ``ValueError``, one host sync). Computed with two log-sum-exps over [N, L] (no loop over
     positives); half-precision inputs in float32.
 
     Example::
@@ -56,6 +56,10 @@ def decoupled_softmax_loss(logits: Tensor, targets: Tensor, *, reduction: str = 
     if not torch.is_tensor(targets) or targets.shape != logits.shape:
         raise ValueError(f"Invalid targets: expected a multi-hot tensor of shape {tuple(logits.shape)}, got "
                          f"{tuple(targets.shape) if torch.is_tensor(targets) else type(targets).__name__}")
+    if targets.is_complex() or (targets.numel() and not bool(((targets == 0) | (targets == 1)).all())):
+        # any other value (2, -1, a soft 0.7) would be silently read as positive or negative
+        raise ValueError("Invalid targets: expected a multi-hot tensor of 0s and 1s (bool, int or float); got "
+                         "other values")
     x = upcast(logits)
     pos = targets > 0
     neg_inf = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)

@@ -97,8 +97,10 @@ def tcm_loss(embeddings: Tensor, labels: Tensor, *, margin_pos: float = 0.9, mar
     sim = e @ e.T
     same = labels[:, None] == labels[None, :]
     offdiag = ~torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
-    hard_pos = same & offdiag & (sim <= margin_pos)
-    hard_neg = ~same & (sim >= margin_neg)
+    # written as "not easy" so that a NaN similarity (NaN or inf embeddings) counts and the loss is NaN, as
+    # torch's losses are on NaN input, instead of dropping out of both masks and leaving a finite loss
+    hard_pos = same & offdiag & ~(sim > margin_pos)
+    hard_neg = ~same & ~(sim < margin_neg)
     zero = sim.new_zeros(())
     pos = torch.where(hard_pos, margin_pos - sim, zero).sum() / hard_pos.sum().clamp(min=1)
     neg = torch.where(hard_neg, sim - margin_neg, zero).sum() / hard_neg.sum().clamp(min=1)
