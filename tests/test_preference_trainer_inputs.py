@@ -269,3 +269,24 @@ def test_untagged_checkpoint_of_the_previous_version_loads_without_its_id_keyed_
     fresh = _trainer(ref_model=None)
     fresh.load_checkpoint(tmp_path / "v1.pt")
     assert fresh.step == 2 and fresh.ref_cache == trained.ref_cache
+
+
+def test_revision_prompts_with_bad_token_ids_are_refused():
+    from gradwise.preference import srpo_loss
+
+    def make(revision_prompt):
+        model = TinyGRULM(0)
+        return PreferenceTrainer(model, srpo_loss, torch.optim.SGD(model.parameters(), lr=0.1), progress=False,
+                                 revision_prompt=revision_prompt)
+    data = _data(2)
+    with pytest.raises(ValueError, match=r"Invalid revision_prompt: it built a prompt with token id 12; accepted: "
+                                         r"0 <= id < 10"):
+        make(12).compute_logps(data)
+    with pytest.raises(ValueError, match=r"Invalid revision_prompt: the function must return a list of token ids"):
+        make(lambda p, d: p + d + [2.5]).compute_logps(data)
+    with pytest.raises(ValueError, match=r"Invalid revision_prompt: the function must return a list of token ids"):
+        make(lambda p, d: p + d + [-100]).compute_logps(data)
+    import numpy as np
+    q = make(lambda p, d: [np.int64(t) for t in p + d] + [9]).compute_logps(data)
+    assert torch.isfinite(q["improve_w_given_l_logps"] if "improve_w_given_l_logps" in q
+                          else next(v for k, v in q.items() if k.startswith("improve_"))).all()

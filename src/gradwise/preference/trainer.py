@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import operator
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -152,9 +153,13 @@ def _revision_fn(revision_prompt) -> Callable[[list[int], list[int]], list[int]]
         if torch.is_tensor(out):
             out = out.tolist()
         try:
-            out = [int(t) for t in out]
-        except (TypeError, ValueError):
-            raise ValueError("Invalid revision_prompt: the function must return a list of token ids") from None
+            if isinstance(out, (str, bytes)) or any(isinstance(t, bool) for t in out):
+                raise TypeError
+            out = [operator.index(t) for t in out]  # ints (numpy's too); a float is refused, not truncated
+        except TypeError:
+            out = None
+        if out is None or any(t < 0 for t in out):
+            raise ValueError("Invalid revision_prompt: the function must return a list of token ids (ints >= 0)")
         if not out:
             raise ValueError("Invalid revision_prompt: the function returned no tokens")
         return out
@@ -716,6 +721,9 @@ class PreferenceTrainer:
                     if not c:
                         raise ValueError(f"Invalid max_length: {self.max_length} leaves a revised response no tokens "
                                          f"after its revision prompt of {len(p)} tokens (set max_prompt_length)")
+                    if self.vocab_size is not None and max(p) >= self.vocab_size:
+                        raise ValueError(f"Invalid revision_prompt: it built a prompt with token id {max(p)}; "
+                                         f"accepted: 0 <= id < {self.vocab_size} (the model's vocabulary)")
                     rows.append((p, c))
         ids, am, lm = _pad_rows([p + c for p, c in rows], [len(p) for p, _ in rows], self.pad_token_id)
         keys = [sequence_key(p + c, len(p)) for p, c in rows] if self.uses_reference else None
