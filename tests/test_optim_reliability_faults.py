@@ -98,12 +98,11 @@ def _reshaped(w, b, opt):
     return "parameter 0"
 
 
-def _state_dtype(w, b, opt):
-    st = opt.state[b]
-    key = next(k for k, v in st.items() if torch.is_tensor(v) and v.shape == b.shape)
-    st[key] = st[key].double()
-    w.grad, b.grad = torch.randn(6, 4), torch.randn(4)
-    return f"state '{key}' of parameter 1"
+def _param_dtype(w, b, opt):
+    # what module.double() does to a parameter: its .data replaced by another dtype, state left as it was
+    b.data = b.data.double()
+    b.grad = torch.randn(4, dtype=torch.float64)
+    return "of parameter 1 has shape (4,), dtype torch.float32"
 
 
 def _grad_shape(w, b, opt):
@@ -113,7 +112,7 @@ def _grad_shape(w, b, opt):
     return "parameter 0"
 
 
-FAULTS = {"resized-param": _resized, "reshaped-state": _reshaped, "state-dtype": _state_dtype,
+FAULTS = {"resized-param": _resized, "reshaped-state": _reshaped, "param-dtype": _param_dtype,
           "grad-shape": _grad_shape}
 
 

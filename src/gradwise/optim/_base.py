@@ -482,6 +482,7 @@ class GradwiseOptimizer(Optimizer):
             super().load_state_dict(state_dict)
         finally:
             self._optimizer_load_state_dict_pre_hooks = hooks
+            self.__dict__.pop("_optimizer_checked", None)  # the loaded state is checked in full at the next step
 
     # Under torch.compile the step graph-breaks and runs eagerly: its per-tensor
     # step counters and coefficients are Python numbers, which dynamo would
@@ -623,11 +624,24 @@ class GradwiseOptimizer(Optimizer):
         A state tensor of more than 0 dimensions must have the (real view of
         the) parameter's shape, dtype and device; a 0-dim one (a per-tensor
         statistic such as SGD-SaI's ``gsnr``) its device. This is the check the
-        fused kernels make, done here for both paths before any write: a tuple
-        comparison per tensor, no host sync.
+        fused kernels make, done here for both paths before any write, with no
+        host sync.
+
+        To keep the step cheap, a parameter is checked in full only when its
+        (data pointer, shape) differs from the last check, i.e. after its
+        ``.data`` was replaced (resized, ``module.half()``, ``module.to()``) or
+        reshaped, and for every parameter after ``load_state_dict``. A state
+        tensor replaced by hand in ``opt.state`` is not re-checked here (the
+        fused kernels and torch's ops still refuse it).
         """
+        seen = self.__dict__.get("_optimizer_checked")  # id(param) -> (data_ptr, shape) when last checked
+        if seen is None:
+            seen = self._optimizer_checked = {}  # (the _optimizer_ prefix keeps it out of pickles)
         for _, items in work:
             for p, v, g in items:
+                key = (v.data_ptr(), v.shape)
+                if seen.get(id(p)) == key:
+                    continue
                 if g.shape != v.shape or g.dtype != v.dtype or g.device != v.device:
                     raise RuntimeError(
                         f"{type(self).__name__}.step: parameter {self._param_index(p)} has shape "
@@ -652,6 +666,7 @@ class GradwiseOptimizer(Optimizer):
                             f"{tuple(v.shape)}, dtype {v.dtype} on {v.device} (accepted: state of the parameter's "
                             "shape, dtype and device; was the parameter resized, or a state_dict of other "
                             "parameters loaded?). Nothing was changed.")
+                seen[id(p)] = key
 
     def __repr__(self) -> str:
         s = super().__repr__()

@@ -28,7 +28,10 @@ class SGDSaI(GradwiseOptimizer):
         p_t = p_{t-1} * (1 - lr * wd) - lr * gsnr * b_t
 
     Faithful to the authors' ``sgd_sai.py`` (v1.0.3), including the quirk that
-    a one-element tensor gets ``gsnr = |g| / eps``. Departures, all in cases
+    a one-element tensor gets ``gsnr = |g| / eps`` (which overflows for a
+    large ``|g|``: ``skip_nonfinite=True`` skips such a step). The norm and
+    std are taken on the gradient scaled by a power of two (exact), so they
+    do not overflow for gradients up to the dtype's max. Departures, all in cases
     where the authors' code fails or misbehaves: ``momentum=0`` is plain SGD
     (the reference raises an error); a parameter whose first gradient arrives
     after the optimizer's first step gets its own gsnr then (the reference

@@ -45,7 +45,11 @@ class StableSPAM(GradwiseOptimizer):
     ``beta1_schedule_steps + 1``). ``reset_interval`` is their
     ``update_proj_gap`` (0 disables resets); ``gamma1=-1`` means ``betas[0]``.
     Limitation (the authors' too): ``nu`` holds ``||g||^2`` in the parameter
-    dtype, so in float32 a tensor's gradient norm above ~1e19 overflows it.
+    dtype, so in float32 a tensor's gradient norm above ~1e19 overflows it
+    (``nu = inf`` then scales that gradient to 0). ``||g||`` itself is taken on
+    a power-of-two downscaled gradient on the ``_foreach_`` path, so it stays
+    finite up to the dtype's max; a norm beyond it makes a non-finite step,
+    which ``skip_nonfinite=True`` skips (see GradwiseOptimizer).
     Departures: ``p.grad`` is not written (the authors clip it in place); the
     schedule follows each group's ``group["step"]``.
 
