@@ -219,3 +219,26 @@ def test_ortho_adamw_steps_a_huge_gradient_as_the_scaled_one(fused):
         steps.append([p.detach() - x for p, x in zip(params, w)])
     for a, b in zip(*steps):
         assert a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("fused", [
+    pytest.param(True, id="fused", marks=pytest.mark.xfail(strict=True, reason=FUSED_OVERFLOW["SGDP"].replace(
+        "SGDP", "AdamP") + " (for AdamP the step stays finite, but the cosine is 0 and the tensor is "
+        "projected and decayed as if scale-invariant)")),
+    pytest.param(False, id="foreach")])
+def test_adamp_steps_a_huge_gradient_as_the_scaled_one(fused):
+    # AdamP's step is invariant to the gradient's scale (up to eps), its projection decision included:
+    # a gradient with a large radial part (cosine with the weight well above delta / sqrt(dim)) is not
+    # projected at 2**60 either, where each g*g (up to ~2**124) fits float32 but their sums over a
+    # 512-wide channel do not
+    steps = []
+    for k in (1.0, 2.0 ** 60):
+        gen = torch.Generator().manual_seed(0)
+        w = torch.randn(4, 512, generator=gen)
+        g = (torch.randn(4, 512, generator=gen) + 0.5 * w).clamp(-6, 6)
+        p = torch.nn.Parameter(w.clone())
+        opt = CLASSES["AdamP"]([p], lr=1e-2, weight_decay=0.1, fused=fused)
+        p.grad = g * k
+        opt.step()
+        steps.append(p.detach() - w)
+    assert torch.allclose(steps[0], steps[1], rtol=1e-4, atol=1e-7)
