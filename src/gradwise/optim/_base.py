@@ -637,10 +637,11 @@ class GradwiseOptimizer(Optimizer):
         seen = self.__dict__.get("_optimizer_checked")  # id(param) -> (data_ptr, shape) when last checked
         if seen is None:
             seen = self._optimizer_checked = {}  # (the _optimizer_ prefix keeps it out of pickles)
+        last = seen.get
         for _, items in work:
             for p, v, g in items:
                 key = (v.data_ptr(), v.shape)
-                if seen.get(id(p)) == key:
+                if last(id(p)) == key:
                     continue
                 if g.shape != v.shape or g.dtype != v.dtype or g.device != v.device:
                     raise RuntimeError(
