@@ -171,6 +171,22 @@ def test_a_bad_argument_is_refused_naming_it(name, arg, bad):
     assert "accepted" in first, first
 
 
+# gradient transforms and optimizer wrappers are held to the same rule
+OTHER_KINDS = {m.name: (m.kind, m.load()) for m in methods(kind="grad-transform") + methods(kind="optimizer-wrapper")}
+OTHER_CASES = [(name, arg, bad) for name, (_, cls) in sorted(OTHER_KINDS.items()) for arg, d in _arguments(cls)
+               for bad in _bad_values(d) if d is not inspect.Parameter.empty]
+
+
+@pytest.mark.parametrize("name,arg,bad", OTHER_CASES, ids=[f"{n}-{a}-{b!r}" for n, a, b in OTHER_CASES])
+def test_a_bad_transform_or_wrapper_argument_is_refused_naming_it(name, arg, bad):
+    kind, cls = OTHER_KINDS[name]
+    args = ([torch.nn.Parameter(torch.randn(3, 2))],) if kind == "optimizer-wrapper" else ()
+    with pytest.raises(ValueError) as err:
+        cls(*args, **{arg: bad})
+    first = str(err.value).splitlines()[0]
+    assert re.match(rf"Invalid {re.escape(arg)}\b", first) and "accepted" in first, first
+
+
 GROUP_CASES = [(name, arg, bad) for name, arg, bad in CONSTRUCTOR_CASES
                if arg in CLASSES[name]([torch.nn.Parameter(torch.randn(2))], **CASES.get(name, {})).defaults]
 

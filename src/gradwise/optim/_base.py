@@ -34,6 +34,7 @@ from torch.optim import Optimizer
 eager_under_compile = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
 
 __all__ = ["GradwiseOptimizer", "GradTransform", "check_range", "check_int", "check_betas", "check_lr",
+           "check_transforms",
            "zeros_state", "picklable_state", "eager_under_compile", "NOT_CAPTURABLE", "NOT_DIFFERENTIABLE"]
 
 NOT_CAPTURABLE = ("gradwise's step computes per-tensor step counts, bias corrections and schedules as Python "
@@ -104,6 +105,15 @@ def check_betas(betas: Any, n: int = 2, name: str = "betas") -> None:
         raise ValueError(f"Invalid {name}: {betas!r} (accepted: a tuple of {n} floats in [0, 1))")
     for i, b in enumerate(betas):
         check_range(f"{name}[{i}]", b, 0.0, 1.0, hi_open=True)
+
+
+def check_transforms(value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is a list or tuple of :class:`GradTransform` instances."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"Invalid grad_transforms: {value!r} (accepted: a list or tuple of GradTransform instances)")
+    for t in value:
+        if not isinstance(t, GradTransform):
+            raise ValueError(f"Invalid grad_transforms entry: {t!r} (accepted: GradTransform instances)")
 
 
 def zeros_state(p: Tensor, *names: str) -> dict[str, Tensor]:
@@ -271,9 +281,7 @@ class GradwiseOptimizer(Optimizer):
         self.fused = fused
         if not isinstance(skip_nonfinite, bool):
             raise ValueError(f"Invalid skip_nonfinite: {skip_nonfinite!r} (accepted: True or False)")
-        for t in grad_transforms:
-            if not isinstance(t, GradTransform):
-                raise ValueError(f"Invalid grad_transforms entry: {t!r} (accepted: GradTransform instances)")
+        check_transforms(grad_transforms)
         self.grad_transforms = tuple(grad_transforms)
         self.skip_nonfinite = skip_nonfinite
         super().__init__(params, {**defaults, "maximize": maximize})

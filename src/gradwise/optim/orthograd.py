@@ -13,8 +13,8 @@ from torch.optim import Optimizer
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import (GradTransform, GradwiseOptimizer, check_range, eager_under_compile,
-                                  picklable_state, zeros_state)
+from gradwise.optim._base import (GradTransform, GradwiseOptimizer, check_range, check_transforms,
+                                  eager_under_compile, picklable_state, zeros_state)
 from gradwise.registry import register
 
 _PAPER = "Grokking at the Edge of Numerical Stability"
@@ -48,6 +48,8 @@ class PerpendicularGrad(GradTransform):
 
     def __init__(self, eps: float = 1e-30, renormalize: bool = True) -> None:
         check_range("eps", eps, 0.0)
+        if not isinstance(renormalize, bool):
+            raise ValueError(f"Invalid renormalize: {renormalize!r} (accepted: True or False)")
         self.eps = eps
         self.renormalize = renormalize
 
@@ -135,9 +137,7 @@ class OrthoGrad(Optimizer):
                 perp_eps = eps
         perp_eps = 1e-30 if perp_eps is None else perp_eps
         check_range("perp_eps", perp_eps, 0.0)
-        for t in grad_transforms:
-            if not isinstance(t, GradTransform):
-                raise ValueError(f"Invalid grad_transforms entry: {t!r} (accepted: GradTransform instances)")
+        check_transforms(grad_transforms)
         self.transform = PerpendicularGrad(eps=perp_eps)
         self.grad_transforms = tuple(grad_transforms)
         # per-parameter state of the grad_transforms (kept apart: the base optimizer
@@ -286,10 +286,7 @@ class OrthoAdamW(GradwiseOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, *, perp_eps: float = 1e-30,
                  grad_transforms=(), **kwargs) -> None:
         check_range("perp_eps", perp_eps, 0.0)
-        # checked here, before the transforms are spliced behind the projection
-        if isinstance(grad_transforms, (GradTransform, str)) or not isinstance(grad_transforms, (list, tuple)):
-            raise ValueError(f"Invalid grad_transforms: {grad_transforms!r} (accepted: a list or tuple of "
-                             "GradTransform instances)")
+        check_transforms(grad_transforms)  # before the transforms are spliced behind the projection
         self._perp = PerpendicularGrad(perp_eps)
         # without further transforms the projection is done inside the update (fused when possible)
         self._inline_perp = not grad_transforms
