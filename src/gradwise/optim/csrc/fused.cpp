@@ -135,7 +135,7 @@ void adabelief_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__
     if (L2) gj = gj + l2 * p[j];
     const T mj = m[j] * b1 + omb1 * gj;
     const T r = gj - mj;
-    const T sj = (s[j] * b2 + omb2 * (r * r)) + eps;
+    const T sj = (s[j] * b2 + (omb2 * r) * r) + eps;
     m[j] = mj;
     s[j] = sj;
     T use = sj;
@@ -205,7 +205,7 @@ void adamw_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, 
     T gj = g[j];
     if (PROJ) gj = (gj - pc * p[j]) * pk;
     const T mj = m[j] + omb1 * (gj - m[j]);  // lerp, as torch.optim.AdamW
-    const T vj = v[j] * b2 + omb2 * (gj * gj);
+    const T vj = v[j] * b2 + (omb2 * gj) * gj;
     m[j] = mj;
     v[j] = vj;
     p[j] = p[j] * decay + coef * (mj / (std::sqrt(vj) / q + eps));
@@ -296,7 +296,7 @@ void diffgrad_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ 
     T gj = g[j];
     if (L2) gj = gj + l2 * p[j];
     const T mj = m[j] * b1 + omb1 * gj;
-    const T vj = v[j] * b2 + omb2 * (gj * gj);
+    const T vj = v[j] * b2 + (omb2 * gj) * gj;
     const T fric = T(1) / (T(1) + fexp(-std::abs(prev[j] - gj)));
     m[j] = mj;
     v[j] = vj;
@@ -368,7 +368,7 @@ void spam_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T
       gj = gj * gj > lim ? sgn(gj) * std::sqrt(lim) : gj;
     }
     mj = mj * b1 + omb1 * gj;
-    vj = vj * b2 + omb2 * (gj * gj);
+    vj = vj * b2 + (omb2 * gj) * gj;
     m[j] = mj;
     v[j] = vj;
     p[j] = (p[j] + coef * (mj / (std::sqrt(vj) + eps))) * decay;
@@ -408,12 +408,13 @@ T absmax_range(const T* __restrict__ g, int64_t lo, int64_t hi) {
   return a;
 }
 
+// summed in double: a float32 gradient's squares overflow past |g| ~ 1.8e19 (its norm does not)
 template <typename T>
-std::array<T, 1> clipped_sq_range(const T* __restrict__ g, int64_t lo, int64_t hi, T hat, T ratio) {
-  T a = 0;
+std::array<double, 1> clipped_sq_range(const T* __restrict__ g, int64_t lo, int64_t hi, T hat, T ratio) {
+  double a = 0;
 #pragma omp simd reduction(+ : a)
   for (int64_t j = lo; j < hi; ++j) {
-    const T gj = std::abs(g[j]) > hat ? g[j] * ratio : g[j];
+    const double gj = std::abs(g[j]) > hat ? g[j] * ratio : g[j];
     a += gj * gj;
   }
   return {a};
@@ -427,7 +428,7 @@ void stablespam_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict_
   for (int64_t j = lo; j < hi; ++j) {
     const T gj = (std::abs(g[j]) > hat ? g[j] * ratio : g[j]) * factor;
     const T mj = m[j] * b1 + omb1 * gj;
-    T vj = v[j] * b2 + omb2 * (gj * gj);
+    T vj = v[j] * b2 + (omb2 * gj) * gj;
     m[j] = mj;
     v[j] = vj;
     if (AMS) {
@@ -472,9 +473,9 @@ void stablespam_(at::TensorList p, at::TensorList g, at::TensorList m, at::Tenso
       const T hat = mmax / (1 - std::pow(G3, K));
       const T ratio = hat / gmax;
       // AdaGN: EMAs of the clipped gradient's norm
-      const T sq = chunked_sum<T, 1>(n, [=](int64_t lo, int64_t hi) {
+      const double sq = chunked_sum<double, 1>(n, [=](int64_t lo, int64_t hi) {
         return clipped_sq_range<T>(gp, lo, hi, hat, ratio); })[0];
-      const T norm = std::sqrt(sq);
+      const T norm = static_cast<T>(std::sqrt(sq));
       const T G1 = g1s, G2 = g2, E = eps;
       const T mnorm = G1 * mn[0] + (1 - G1) * norm;
       const T vnorm = G2 * vn[0] + (1 - G2) * norm * norm;
@@ -563,18 +564,20 @@ struct Radial {
   }
 };
 
-// pass 1 over one row: advance the state, gather <w,g>, |w|^2, |g|^2, <w,u>
+// pass 1 over one row: advance the state, gather <w,g>, |w|^2, |g|^2, <w,u>, in double: float32
+// products and sums overflow for gradients past ~1.8e19 (the cosines they give do not)
 template <typename T, int KIND, bool NEST>
-std::array<T, 4> radial_stats_row(Radial<T, KIND, NEST> R, const T* __restrict__ p, const T* __restrict__ g,
-                                  T* __restrict__ a, T* __restrict__ b, int64_t lo, int64_t hi) {
-  T wg = 0, ww = 0, gg = 0, wu = 0;
+std::array<double, 4> radial_stats_row(Radial<T, KIND, NEST> R, const T* __restrict__ p, const T* __restrict__ g,
+                                       T* __restrict__ a, T* __restrict__ b, int64_t lo, int64_t hi) {
+  double wg = 0, ww = 0, gg = 0, wu = 0;
 #pragma omp simd reduction(+ : wg, ww, gg, wu)
   for (int64_t j = lo; j < hi; ++j) {
-    const T u = R.state_update(a, b, j, g[j]);
-    wg += p[j] * g[j];
-    ww += p[j] * p[j];
-    gg += g[j] * g[j];
-    wu += p[j] * u;
+    const double u = R.state_update(a, b, j, g[j]);
+    const double pj = p[j], gj = g[j];
+    wg += pj * gj;
+    ww += pj * pj;
+    gg += gj * gj;
+    wu += pj * u;
   }
   return {wg, ww, gg, wu};
 }
@@ -615,30 +618,30 @@ void radial_tensor(Radial<T, KIND, NEST> R, at::IntArrayRef shape, T* p, const T
   }
   const int64_t rows = shape[0], d = rows > 0 ? n / rows : 0;
   const int64_t row_grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(d, 1));
-  std::vector<std::array<T, 4>> st(rows);
+  std::vector<std::array<double, 4>> st(rows);
   at::parallel_for(0, rows, row_grain, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) st[r] = radial_stats_row<T, KIND, NEST>(R, p, g, a, b, r * d, (r + 1) * d);
   });
   // channel view: max_r |cos| < delta / sqrt(d); else layer view: |cos| < delta / sqrt(n)
-  const T E = R.eps;
-  T cmax = 0, swg = 0, sww = 0, sgg = 0, swu = 0;
+  const double E = R.eps;
+  double cmax = 0, swg = 0, sww = 0, sgg = 0, swu = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    const T wn = std::max(std::sqrt(st[r][1]), E), gn = std::max(std::sqrt(st[r][2]), E);
+    const double wn = std::max(std::sqrt(st[r][1]), E), gn = std::max(std::sqrt(st[r][2]), E);
     cmax = std::max(cmax, std::abs(st[r][0]) / (wn * gn));
     swg += st[r][0]; sww += st[r][1]; sgg += st[r][2]; swu += st[r][3];
   }
-  const bool use_c = cmax < static_cast<T>(delta / std::sqrt(static_cast<double>(d)));
-  const T cl = std::abs(swg) / (std::max(std::sqrt(sww), E) * std::max(std::sqrt(sgg), E));
-  const bool use_l = !use_c && cl < static_cast<T>(delta / std::sqrt(static_cast<double>(n)));
+  const bool use_c = cmax < delta / std::sqrt(static_cast<double>(d));
+  const double cl = std::abs(swg) / (std::max(std::sqrt(sww), E) * std::max(std::sqrt(sgg), E));
+  const bool use_l = !use_c && cl < delta / std::sqrt(static_cast<double>(n));
   std::vector<T> crow(rows, T(0));
   if (use_c) {
     for (int64_t r = 0; r < rows; ++r) {
-      const T s = std::sqrt(st[r][1]) + E;
-      crow[r] = st[r][3] / (s * s);
+      const double s = std::sqrt(st[r][1]) + E;
+      crow[r] = static_cast<T>(st[r][3] / (s * s));
     }
   } else if (use_l) {
-    const T s = std::sqrt(sww) + E;
-    std::fill(crow.begin(), crow.end(), swu / (s * s));
+    const double s = std::sqrt(sww) + E;
+    std::fill(crow.begin(), crow.end(), static_cast<T>(swu / (s * s)));
   }
   const bool proj = use_c || use_l;
   const T D = 1 - static_cast<T>(lr_wd) * static_cast<T>(proj ? wd_ratio : 1.0), C = coef;
