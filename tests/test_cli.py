@@ -32,12 +32,12 @@ def fake_registry(monkeypatch):
     registry.methods()  # import the real packages first, into the real registry
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
-    @registry.register(kind="loss", paper="Zebra Losses for Striped Data", year=2031, arxiv=None,
+    @registry.register(kind="loss", family="losses", paper="Zebra Losses for Striped Data", year=2031, arxiv=None,
                        code="https://github.com/zebra-lab/stripes", summary="a made-up loss")
     def ZebraLoss():  # noqa: N802
         pass
 
-    @registry.register(kind="optimizer", paper="Quokka: A Made-Up Optimizer", year=2032, arxiv="3201.00001",
+    @registry.register(kind="optimizer", family="optim", paper="Quokka: A Made-Up Optimizer", year=2032, arxiv="3201.00001",
                        code=None, summary="quux steps")
     class Quokka:
         pass
@@ -242,12 +242,12 @@ def only_fake_kinds(monkeypatch):
     registry.methods()
     monkeypatch.setattr(registry, "_REGISTRY", {})
 
-    @registry.register(kind="loss", paper="Zebra Losses for Striped Data", year=2031, arxiv=None, code=None,
+    @registry.register(kind="loss", family="losses", paper="Zebra Losses for Striped Data", year=2031, arxiv=None, code=None,
                        summary="a made-up loss")
     def ZebraLoss():  # noqa: N802
         pass
 
-    @registry.register(kind="optimizer", paper="Quokka: A Made-Up Optimizer", year=2032, arxiv=None, code=None,
+    @registry.register(kind="optimizer", family="optim", paper="Quokka: A Made-Up Optimizer", year=2032, arxiv=None, code=None,
                        summary="quux steps")
     class Quokka:
         pass

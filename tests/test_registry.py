@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from gradwise.registry import KINDS, methods
+from gradwise.registry import FAMILIES, KINDS, methods, register
 
 RECORDS = methods()
 
@@ -25,3 +25,33 @@ def test_record_and_docstring_cite_the_paper(m):
     if m.arxiv:
         assert re.fullmatch(r"\d{4}\.\d{4,5}", m.arxiv), m.arxiv
         assert m.arxiv in doc, f"{m.name}: docstring does not cite arXiv {m.arxiv}"
+
+
+@pytest.mark.parametrize("m", RECORDS, ids=lambda m: m.name)
+def test_family_is_the_package_the_method_lives_in(m):
+    # the folder layout follows the records: gradwise.<family>.<module>
+    assert m.family in FAMILIES
+    assert m.entry.startswith(f"gradwise.{m.family}."), (m.entry, m.family)
+    assert m in methods(family=m.family)
+
+
+def test_every_family_package_registers_something():
+    assert {m.family for m in RECORDS} == set(FAMILIES)
+
+
+def test_register_outside_a_family_package_needs_a_family():
+    def made_up():
+        """A made-up method."""
+
+    with pytest.raises(ValueError, match="not in a family package"):
+        register(kind="loss", paper="x", year=2020, arxiv=None, code=None)(made_up)
+    with pytest.raises(ValueError, match="Invalid family"):
+        register(kind="loss", paper="x", year=2020, arxiv=None, code=None, family="nope")(made_up)
+    with pytest.raises(ValueError, match="Invalid family"):
+        methods(family="nope")
+
+
+def test_info_is_read_only():
+    rec = RECORDS[0]
+    with pytest.raises(TypeError):
+        rec.info["x"] = 1  # type: ignore[index]

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from gradwise._validate import check_betas, check_int, check_range  # noqa: F401  (re-exported)
+
 # Runs a function eagerly under torch.compile (a clean graph break). torch's
 # lazy variant, which torch.optim uses too: torch._dynamo is imported on the
 # first call, not when gradwise is imported (that import takes seconds).
@@ -41,20 +43,6 @@ NOT_CAPTURABLE = ("gradwise's step computes per-tensor step counts, bias correct
                   "numbers on the host, so it cannot be captured in a CUDA graph")
 NOT_DIFFERENTIABLE = ("gradwise's update runs under torch.no_grad with in-place _foreach_ and fused-kernel "
                       "writes, which autograd cannot differentiate through")
-
-
-def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None,
-                lo_open: bool = False, hi_open: bool = False) -> None:
-    """Raise ``ValueError`` unless ``lo <= value <= hi`` (bounds optional, optionally open)."""
-    lo_s = "" if lo is None else (f"{lo} < " if lo_open else f"{lo} <= ")
-    hi_s = "" if hi is None else (f" < {hi}" if hi_open else f" <= {hi}")
-    accepted = f"{lo_s}{name}{hi_s}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
-        raise ValueError(f"Invalid {name}: {value!r} (accepted: a real number with {accepted})")
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
-          (hi is not None and (value >= hi if hi_open else value > hi))
-    if bad:
-        raise ValueError(f"Invalid {name}: {value} (accepted: {accepted})")
 
 
 def check_lr(lr: Any) -> None:
@@ -91,20 +79,6 @@ def _fusable_tensor(t: Tensor) -> tuple[bool, str]:
     if not _fused.available():
         return False, f"the compiled kernels are unavailable ({_fused.error()})"
     return True, ""
-
-
-def check_int(name: str, value: Any, lo: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an integer (not a bool) ``>= lo``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"Invalid {name}: {value!r} (accepted: an integer >= {lo})")
-
-
-def check_betas(betas: Any, n: int = 2, name: str = "betas") -> None:
-    """Each beta must lie in [0, 1)."""
-    if not isinstance(betas, (tuple, list)) or len(betas) != n:
-        raise ValueError(f"Invalid {name}: {betas!r} (accepted: a tuple of {n} floats in [0, 1))")
-    for i, b in enumerate(betas):
-        check_range(f"{name}[{i}]", b, 0.0, 1.0, hi_open=True)
 
 
 def check_transforms(value: Any) -> None:
