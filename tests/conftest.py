@@ -24,13 +24,10 @@ settings.load_profile("gradwise")
 
 
 # Tests whose results depend on how the CPU's vectorized kernels round: those that compare with stored
-# data made by the authors' code on another machine, and those that compare a fused kernel with torch's
-# ops. `.ci/run` runs them again under each ATEN_CPU_CAPABILITY the CPU offers (`-m numerics`), so a
-# machine-dependent test fails in CI rather than on a user's machine.
-_NUMERICS_MODULES = {"test_losses_fused", "test_optim_properties", "test_optim_reference_packages",
-                     "test_optim_conformance", "test_compile"}
-
-
+# data made by the authors' code on another machine (any module that reads `*_golden` data, found
+# here), and those that compare a fused kernel with torch's ops (each sets `pytestmark =
+# pytest.mark.numerics` itself). `.ci/run` runs them again under each ATEN_CPU_CAPABILITY the CPU offers
+# (`-m numerics`), so a machine-dependent test fails in CI rather than on a user's machine.
 def pytest_collection_modifyitems(config, items):
     import pytest
 
@@ -39,7 +36,7 @@ def pytest_collection_modifyitems(config, items):
         path = Path(str(item.fspath))
         if path not in sources:
             try:
-                sources[path] = path.stem in _NUMERICS_MODULES or "_golden" in path.read_text()
+                sources[path] = "_golden" in path.read_text()
             except OSError:
                 sources[path] = False
         if sources[path]:

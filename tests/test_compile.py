@@ -22,6 +22,9 @@ from gradwise._kernels import family
 from gradwise.losses import correctness_aware_loss, ldr_loss
 from optim_cases import CASES, make
 
+# compares a fused kernel or stored data with torch's ops: .ci/run repeats it per ATEN_CPU_CAPABILITY
+pytestmark = pytest.mark.numerics
+
 OPTIM_KERNELS = family("optim")
 LOSS_KERNELS = family("losses")
 

@@ -7,6 +7,9 @@ import torch
 from gradwise.losses import correctness_aware_loss, ldr
 from gradwise._kernels import family
 
+# compares a fused kernel or stored data with torch's ops: .ci/run repeats it per ATEN_CPU_CAPABILITY
+pytestmark = pytest.mark.numerics
+
 KERNELS = family("losses")
 needs_kernels = pytest.mark.skipif(not KERNELS.available(), reason=f"loss kernels unavailable: {KERNELS.error()}")
 

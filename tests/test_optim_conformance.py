@@ -12,6 +12,9 @@ import torch
 import gradwise.optim as go
 from optim_problem import make_params, run
 
+# compares a fused kernel or stored data with torch's ops: .ci/run repeats it per ATEN_CPU_CAPABILITY
+pytestmark = pytest.mark.numerics
+
 GOLDEN = torch.load(Path(__file__).parent / "data" / "optim_golden.pt", weights_only=True)
 
 # reference argument name -> gradwise argument name, per optimizer

@@ -11,6 +11,9 @@ import torch
 
 import gradwise.optim as go
 
+# compares a fused kernel or stored data with torch's ops: .ci/run repeats it per ATEN_CPU_CAPABILITY
+pytestmark = pytest.mark.numerics
+
 adabelief_pytorch = pytest.importorskip("adabelief_pytorch")
 adamp = pytest.importorskip("adamp")
 lion_pytorch = pytest.importorskip("lion_pytorch")
