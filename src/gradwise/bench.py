@@ -67,7 +67,6 @@ __all__ = ["METHODS", "REFERENCES", "Method", "tensor_specs", "run", "main"]
 
 Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
-_WD = 0.01  # weight decay used wherever both sides accept one
 
 # ---------------------------------------------------------------------------
 # What is timed
@@ -136,74 +135,28 @@ GRADWISE_ALIASES: dict[str, tuple[str, ...]] = {
     "eta_min": ("beta1_min",),
 }
 
-_ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": _WD}
+# The peers each optimizer's record names in ``info["bench"]``; a peer that is not one
+# pytorch_optimizer class has its builder here.
+_PEER_BUILDERS = {"OrthoGrad(AdamW)": _ortho_adamw}
 
-METHODS: tuple[Method, ...] = (
-    Method(
-        "AdaBelief", {**_ADAM, "eps": 1e-16, "rectify": False},
-        "AdaBelief", _po("AdaBelief"), {"weight_decouple": True},
-        # adabelief-pytorch 0.2.1 defaults to rectify=True; with it
-        # pytorch_optimizer leaves its foreach path, so both sides are timed
-        # without rectification (same algorithm; the rectified step differs
-        # only in scalar work once past the first 5 steps).
-        note="rectify=False on both sides (authors' default is True)",
-    ),
-    Method(
-        "DiffGrad", {**_ADAM, "eps": 1e-8},
-        "DiffGrad", _po("DiffGrad"), {"weight_decouple": False},
-        # The authors' diffGrad adds L2 decay to the gradient; pytorch_optimizer
-        # defaults to decoupled decay, so it is switched to coupled here.
-        note="L2 (coupled) decay as in the authors' code",
-    ),
-    Method(
-        "AdamP", {**_ADAM, "eps": 1e-8, "delta": 0.1, "wd_ratio": 0.1, "nesterov": False},
-        "AdamP", _po("AdamP"), {"weight_decouple": True},
-    ),
-    Method(
-        "SGDP", {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": _WD, "eps": 1e-8,
-                 "delta": 0.1, "wd_ratio": 0.1, "nesterov": False},
-        "SGDP", _po("SGDP"), {"weight_decouple": True},
-    ),
-    Method(
-        "Lion", {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": _WD},
-        "Lion", _po("Lion"), {"weight_decouple": True},
-    ),
-    Method(
-        "LionK", {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": _WD},
-        "Lion", _po("Lion"), {"weight_decouple": True},
-        note="peer is pytorch_optimizer's Lion (no Lion-K there)",
-    ),
-    Method(
-        "SPAM", {**_ADAM, "eps": 1e-6, "threshold": 5000, "grad_accu_steps": 1,
-                 "update_proj_gap": 500, "warmup_epoch": 50},
-        "SPAM", _po("SPAM"), {"density": 1.0},
-        # grad_accu_steps=1 (default 20) so spike clipping runs in every timed
-        # step instead of starting after the benchmark is over. density=1.0
-        # (dense update, the only kind gradwise computes): pytorch_optimizer,
-        # like the authors' code, still keeps an all-True boolean mask for
-        # every 2-D tensor and gathers/scatters through it.
-        note="clip delay 1 (default 20) so spike clipping runs in timed steps; peer density=1.0",
-    ),
-    Method(
-        "StableSPAM", {**_ADAM, "eps": 1e-8, "gamma1": 0.7, "gamma2": 0.9, "theta": 0.999,
-                       "update_proj_gap": 1000, "t_max": None},
-        "StableSPAM", _po("StableSPAM"), {},
-        # pytorch_optimizer's "foreach" StableSPAM is still a per-tensor loop
-        # (norms, max, where) but without host syncs. t_max=None: no cosine
-        # decay of beta1 (the default on both sides).
-    ),
-    Method(
-        "SGDSaI", {"lr": 1e-2, "momentum": 0.9, "weight_decay": _WD, "eps": 1e-8},
-        "SGDSaI", _po("SGDSaI"), {"weight_decouple": True},
-        # The gradient SNR is computed once, on the first step (in warm-up).
-    ),
-    Method(
-        "OrthoAdamW", {**_ADAM, "eps": 1e-8},
-        "OrthoGrad(AdamW)", _ortho_adamw, {},
-        peer_paths={"foreach": {"inner": "foreach"}, "fused": {"inner": "fused"}},
-        note="peer is pytorch_optimizer OrthoGrad(foreach=True) around torch AdamW",
-    ),
-)
+
+def _methods_from_registry() -> tuple[Method, ...]:
+    """One row per registered optimizer whose record has ``info["bench"]``, in registry order."""
+    from gradwise.registry import methods
+
+    rows = []
+    for rec in methods(kind="optimizer", family="optim"):
+        spec = rec.info.get("bench")
+        if spec is None:
+            continue
+        extra = {"peer_paths": dict(spec["peer_paths"])} if "peer_paths" in spec else {}
+        rows.append(Method(rec.name, dict(spec["kwargs"]), spec["peer"],
+                           _PEER_BUILDERS.get(spec["peer"]) or _po(spec["peer"]),
+                           dict(spec.get("peer_kwargs", {})), spec.get("note", ""), **extra))
+    return tuple(rows)
+
+
+METHODS: tuple[Method, ...] = _methods_from_registry()
 
 GRADWISE_NAMES = tuple(m.name for m in METHODS)
 

@@ -15,7 +15,16 @@ from gradwise.registry import register
           paper="AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",
           year=2020, arxiv="2010.07468",
           code="https://github.com/juntang-zhuang/Adabelief-Optimizer",
-          summary="Adam with the second moment of (g - m): large steps when the gradient agrees with its EMA")
+          summary="Adam with the second moment of (g - m): large steps when the gradient agrees with its EMA",
+          info={
+              "test_cases": {"AdaBelief": {"kwargs": dict(lr=1e-2, weight_decay=1e-2)},
+                             "AdaBelief-amsgrad": {"kwargs": dict(lr=1e-2, rectify=False, amsgrad=True)}},
+              # adabelief-pytorch 0.2.1 defaults to rectify=True; with it pytorch_optimizer leaves its
+              # foreach path, so both sides are timed without rectification (same algorithm; the
+              # rectified step differs only in scalar work once past the first 5 steps).
+              "bench": {"kwargs": {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.01, "eps": 1e-16, "rectify": False},
+                        "peer": "AdaBelief", "peer_kwargs": {"weight_decouple": True},
+                        "note": "rectify=False on both sides (authors' default is True)"}})
 class AdaBelief(GradwiseOptimizer):
     r"""AdaBelief (Zhuang et al., NeurIPS 2020, arXiv 2010.07468).
 

@@ -41,7 +41,11 @@ def _decay_projected_(params, factors, lr_wd):
 
 
 @register(kind="optimizer", paper=_PAPER, year=2021, arxiv="2006.08217", code=_CODE,
-          summary="Adam with the radial component removed from updates of scale-invariant weights")
+          summary="Adam with the radial component removed from updates of scale-invariant weights",
+          info={
+              "test_cases": {"AdamP": {"kwargs": dict(lr=1e-2, weight_decay=1e-2, nesterov=True)}},
+              "bench": {"kwargs": {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.01, "eps": 1e-8, "delta": 0.1, "wd_ratio": 0.1, "nesterov": False},
+                        "peer": "AdamP", "peer_kwargs": {"weight_decouple": True}}})
 class AdamP(GradwiseOptimizer):
     r"""AdamP (Heo et al., ICLR 2021, arXiv 2006.08217).
 
@@ -117,7 +121,12 @@ class AdamP(GradwiseOptimizer):
 
 
 @register(kind="optimizer", paper=_PAPER, year=2021, arxiv="2006.08217", code=_CODE,
-          summary="SGD with momentum and AdamP's projection for scale-invariant weights")
+          summary="SGD with momentum and AdamP's projection for scale-invariant weights",
+          info={
+              "test_cases": {"SGDP": {"kwargs": dict(lr=1e-2, momentum=0.9, weight_decay=1e-2)}},
+              "bench": {"kwargs": {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.01,
+                                    "eps": 1e-8, "delta": 0.1, "wd_ratio": 0.1, "nesterov": False},
+                        "peer": "SGDP", "peer_kwargs": {"weight_decouple": True}}})
 class SGDP(GradwiseOptimizer):
     r"""SGDP (Heo et al., ICLR 2021, arXiv 2006.08217).
 

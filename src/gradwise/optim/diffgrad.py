@@ -15,7 +15,14 @@ from gradwise.registry import register
           paper="diffGrad: An Optimization Method for Convolutional Neural Networks",
           year=2019, arxiv="1909.11015",
           code="https://github.com/shivram1987/diffGrad",
-          summary="Adam scaled per entry by a friction coefficient sigmoid(|g_{t-1} - g_t|)")
+          summary="Adam scaled per entry by a friction coefficient sigmoid(|g_{t-1} - g_t|)",
+          info={
+              "test_cases": {"DiffGrad": {"kwargs": dict(lr=1e-2, weight_decay=1e-2)}},
+              # The authors' diffGrad adds L2 decay to the gradient; pytorch_optimizer defaults to
+              # decoupled decay, so it is switched to coupled for the benchmark.
+              "bench": {"kwargs": {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.01, "eps": 1e-8},
+                        "peer": "DiffGrad", "peer_kwargs": {"weight_decouple": False},
+                        "note": "L2 (coupled) decay as in the authors' code"}})
 class DiffGrad(GradwiseOptimizer):
     r"""diffGrad (Dubey et al., IEEE TNNLS 2020, arXiv 1909.11015).
 

@@ -12,7 +12,11 @@ from gradwise.registry import register
 @register(kind="optimizer", paper="Symbolic Discovery of Optimization Algorithms", year=2023,
           arxiv="2302.06675",
           code="https://github.com/google/automl/tree/master/lion",
-          summary="Sign of an interpolated momentum: one state tensor, uniform-magnitude updates")
+          summary="Sign of an interpolated momentum: one state tensor, uniform-magnitude updates",
+          info={
+              "test_cases": {"Lion": {"kwargs": dict(lr=1e-3, weight_decay=0.1)}},
+              "bench": {"kwargs": {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.01},
+                        "peer": "Lion", "peer_kwargs": {"weight_decouple": True}}})
 class Lion(GradwiseOptimizer):
     r"""Lion, EvoLved Sign Momentum (Chen et al., NeurIPS 2023, arXiv 2302.06675).
 

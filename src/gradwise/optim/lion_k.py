@@ -81,7 +81,15 @@ KS: dict[str, tuple[Callable, Callable[[Tensor, dict], Tensor], tuple[str, ...]]
 
 @register(kind="optimizer", paper="Lion Secretly Solves Constrained Optimization: As Lyapunov Predicts",
           year=2023, arxiv="2310.05898", code=None,
-          summary="Lion with sign replaced by the gradient of a convex K (l1 = Lion, lp, l2, huber, ...)")
+          summary="Lion with sign replaced by the gradient of a convex K (l1 = Lion, lp, l2, huber, ...)",
+          info={
+              # k="lp" has no fused kernel: LionK(k="lp", fused=True) is a ValueError, so the suites
+              # run this case's fused=True configurations with the default (the _foreach_ path).
+              "test_cases": {"LionK": {"kwargs": dict(lr=1e-3, k="lp", p=1.5, weight_decay=0.1),
+                                       "fused_kernel": False}},
+              "bench": {"kwargs": {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.01},
+                        "peer": "Lion", "peer_kwargs": {"weight_decouple": True},
+                        "note": "peer is pytorch_optimizer's Lion (no Lion-K there)"}})
 class LionK(Lion):
     r"""Lion-K (Chen, Liu, Liang, Liu, ICLR 2024, arXiv 2310.05898).
 

@@ -78,7 +78,10 @@ def _accepts(cls: type, name: str) -> bool:
 
 
 @register(kind="optimizer-wrapper", paper=_PAPER, year=2025, arxiv="2501.04697", code=_CODE,
-          summary="Wraps any torch optimizer: gradients made perpendicular to the weights before its step")
+          summary="Wraps any torch optimizer: gradients made perpendicular to the weights before its step",
+          info={
+              # the wrapper's cases name the base optimizer they wrap
+              "test_cases": {"OrthoGrad": {"kwargs": dict(base_optimizer_cls=torch.optim.AdamW, lr=1e-2)}}})
 class OrthoGrad(Optimizer):
     r"""⊥Grad in front of any ``torch.optim.Optimizer`` (Prieto et al., 2025, arXiv 2501.04697).
 
@@ -250,7 +253,13 @@ class OrthoGrad(Optimizer):
 
 
 @register(kind="optimizer", paper=_PAPER, year=2025, arxiv="2501.04697", code=_CODE,
-          summary="AdamW on perpendicular gradients (⊥AdamW): grokking without weight growth")
+          summary="AdamW on perpendicular gradients (⊥AdamW): grokking without weight growth",
+          info={
+              "test_cases": {"OrthoAdamW": {"kwargs": dict(lr=1e-2, weight_decay=1e-2)}},
+              "bench": {"kwargs": {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.01, "eps": 1e-8},
+                        "peer": "OrthoGrad(AdamW)",
+                        "peer_paths": {"foreach": {"inner": "foreach"}, "fused": {"inner": "fused"}},
+                        "note": "peer is pytorch_optimizer OrthoGrad(foreach=True) around torch AdamW"}})
 class OrthoAdamW(GradwiseOptimizer):
     r"""⊥AdamW (Prieto et al., 2025, arXiv 2501.04697): AdamW fed ⊥Grad gradients.
 

@@ -13,7 +13,12 @@ from gradwise.registry import register
           paper="No More Adam: Learning Rate Scaling at Initialization is All You Need",
           year=2024, arxiv="2412.11768",
           code="https://github.com/AnonymousAlethiometer/SGD_SaI",
-          summary="Momentum SGD, each tensor's lr scaled once by its gradient signal-to-noise ratio at step 1")
+          summary="Momentum SGD, each tensor's lr scaled once by its gradient signal-to-noise ratio at step 1",
+          info={
+              "test_cases": {"SGDSaI": {"kwargs": dict(lr=1e-3)}},
+              # The gradient SNR is computed once, on the first step (in warm-up).
+              "bench": {"kwargs": {"lr": 1e-2, "momentum": 0.9, "weight_decay": 0.01, "eps": 1e-8},
+                        "peer": "SGDSaI", "peer_kwargs": {"weight_decouple": True}}})
 class SGDSaI(GradwiseOptimizer):
     r"""SGD-SaI (Xu et al., 2024, arXiv 2412.11768).
 

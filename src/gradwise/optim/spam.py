@@ -29,7 +29,19 @@ def spam_warmup_scale(t: int, reset_interval: int, warmup_steps: int) -> float:
 
 
 @register(kind="optimizer", paper=_PAPER, year=2025, arxiv="2501.06842", code=_CODE,
-          summary="Adam with spike clipping, momentum reset every reset_interval steps and cosine warm-up")
+          summary="Adam with spike clipping, momentum reset every reset_interval steps and cosine warm-up",
+          info={
+              # small reset intervals so that save/load crosses a reset
+              "test_cases": {"SPAM": {"kwargs": dict(lr=1e-2, reset_interval=7, warmup_steps=3, clip_delay=2,
+                                                     spike_threshold=50)}},
+              # grad_accu_steps=1 (default 20) so spike clipping runs in every timed step instead of
+              # starting after the benchmark is over. density=1.0 (dense update, the only kind gradwise
+              # computes): pytorch_optimizer, like the authors' code, still keeps an all-True boolean
+              # mask for every 2-D tensor and gathers/scatters through it.
+              "bench": {"kwargs": {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.01, "eps": 1e-6, "threshold": 5000, "grad_accu_steps": 1,
+                                    "update_proj_gap": 500, "warmup_epoch": 50},
+                        "peer": "SPAM", "peer_kwargs": {"density": 1.0},
+                        "note": "clip delay 1 (default 20) so spike clipping runs in timed steps; peer density=1.0"}})
 class SPAM(GradwiseOptimizer):
     r"""SPAM (Huang et al., ICLR 2025, arXiv 2501.06842).
 

@@ -14,7 +14,14 @@ from gradwise.registry import register
 @register(kind="optimizer", paper="Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
           year=2025, arxiv="2502.17055",
           code="https://github.com/TianjinYellow/StableSPAM",
-          summary="Adam after adaptive spike clipping (AdaClip) and norm scaling (AdaGN), with momentum reset")
+          summary="Adam after adaptive spike clipping (AdaClip) and norm scaling (AdaGN), with momentum reset",
+          info={
+              "test_cases": {"StableSPAM": {"kwargs": dict(lr=1e-2, reset_interval=7, beta1_schedule_steps=20)}},
+              # pytorch_optimizer's "foreach" StableSPAM is still a per-tensor loop (norms, max, where)
+              # but without host syncs. t_max=None: no cosine decay of beta1 (the default on both sides).
+              "bench": {"kwargs": {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.01, "eps": 1e-8, "gamma1": 0.7, "gamma2": 0.9, "theta": 0.999,
+                                    "update_proj_gap": 1000, "t_max": None},
+                        "peer": "StableSPAM"}})
 class StableSPAM(GradwiseOptimizer):
     r"""Stable-SPAM (Huang et al., 2025, arXiv 2502.17055).
 
