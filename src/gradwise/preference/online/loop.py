@@ -78,7 +78,7 @@ from gradwise.preference.nash_dno import dno_loss
 from gradwise.preference.nash_egpo import egpo_full_step_loss, egpo_half_step_loss
 from gradwise.preference.nash_inpo import inpo_loss
 from gradwise.preference.selfplay_spo import spo_win_rate_reward
-from gradwise.preference.trainer import PreferenceObjective, PreferenceTrainer, _revision_fn
+from gradwise.preference.trainer.training import PreferenceObjective, PreferenceTrainer, _revision_fn
 
 __all__ = ["generate", "generate_revisions", "frozen_copy", "response_logps", "sampled_kl", "PreferenceOracle",
            "build_pairs", "OnlineMethod", "online_method", "OnlinePreferenceLoop", "ONLINE_METHODS"]

@@ -1,0 +1,6 @@
+"""The preference trainer (being split into modules; see training)."""
+from __future__ import annotations
+
+from gradwise._autoexport import export_submodules
+
+__all__: list[str] = export_submodules(__name__, __path__, globals())
