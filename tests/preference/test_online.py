@@ -276,7 +276,7 @@ def test_preference_study_smoke(tmp_path):
 def test_hypo_with_several_samples_uses_the_rloo_kl_term(monkeypatch):
     # samples=3: every step draws 3 fresh responses per prompt and passes their log-probs as [B, 3], so the
     # step's loss is hypo_loss with the leave-one-out baseline on exactly those samples
-    import gradwise.preference.online.loop as online_mod
+    import gradwise.preference.online.hypo as online_mod  # the module whose step calls hypo_loss
     from gradwise.preference import hypo_loss
 
     offline = [{"prompt": [A], "chosen": [A, EOS], "rejected": [B, EOS]}] * 4

@@ -264,7 +264,7 @@ def test_srpo_hand_value_and_zero_at_solution():
 
 def test_srpo_matches_trl_pr_reimplementation_golden():
     # tests/data/srpo_golden.pt: SRPOTrainer.srpo_loss of TRL PR #1772 (tools/make_srpo_golden.py)
-    data = torch.load(Path(__file__).parent / "data" / "srpo_golden.pt", weights_only=True)
+    data = torch.load(Path(__file__).parents[1] / "data" / "srpo_golden.pt", weights_only=True)
     assert len(data["cases"]) == 4
     for c in data["cases"]:
         p, r = c["policy"], c["reference"]

@@ -1,4 +1,4 @@
-"""DPO, IPO, SLiC hinge, f-DPO, SimPO, RPO, CPL and Curry-DPO: formulas, golden values, properties."""
+"""DPO, IPO, SLiC hinge, f-DPO, SimPO, RPO and CPL: formulas, golden values, properties."""
 from __future__ import annotations
 
 import math
@@ -10,16 +10,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradwise.preference.cpl import cpl_loss
-from gradwise.preference.curry_dpo import curry_dpo_next_reference, curry_dpo_pairs, curry_dpo_schedule
-from gradwise.preference.dpo import dpo_hinge_loss, dpo_loss
-from gradwise.preference.fdpo import f_divergence_score, fdpo_loss
-from gradwise.preference.ipo import ipo_loss
-from gradwise.preference.rpo import rpo_loss
-from gradwise.preference.simpo import simpo_loss
+from gradwise.preference.objectives.cpl import cpl_loss
+from gradwise.preference.objectives.dpo import dpo_hinge_loss, dpo_loss
+from gradwise.preference.objectives.fdpo import f_divergence_score, fdpo_loss
+from gradwise.preference.objectives.ipo import ipo_loss
+from gradwise.preference.objectives.rpo import rpo_loss
+from gradwise.preference.objectives.simpo import simpo_loss
 from gradwise.registry import get
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 D64 = torch.float64
 
 
@@ -304,43 +303,6 @@ def test_f_divergence_score_capped():
 
 
 # ----------------------------------------------------------------------------------------------
-# Curry-DPO curriculum
-
-
-def test_curry_dpo_pairs_paper_example():
-    # Figure 1 of the paper: ratings R1=5 ... R4=2; (R1, R4) is the easiest pair (gap 3)
-    scores = [4.0, 5.0, 2.0, 3.5]  # best is index 1; worst index 2
-    assert curry_dpo_pairs(scores) == [(1, 2), (1, 3), (1, 0)]
-    assert curry_dpo_pairs(scores, criterion="rank_gap") == [(1, 2), (1, 3), (1, 0)]
-    allp = curry_dpo_pairs(scores, pairing="all")
-    assert len(allp) == 6 and allp[0] == (1, 2)
-    gaps = [scores[c] - scores[r] for c, r in allp]
-    assert gaps == sorted(gaps, reverse=True)
-    # rank gap orders by positions, not rating gaps: ranks 1:0, 0:1, 3:2, 2:3
-    rg = curry_dpo_pairs([10.0, 9.0, 1.0, 0.5], criterion="rank_gap", pairing="all")
-    assert rg[0] == (0, 3) and {rg[1], rg[2]} == {(0, 2), (1, 3)}
-    assert curry_dpo_pairs([3, 3, 1]) == [(0, 2)]  # equal ratings carry no preference
-
-
-def test_curry_dpo_schedule_iterative_and_flat():
-    sched = curry_dpo_schedule([[5, 3, 4, 2], [1, 2], torch.tensor([0.0, 3.0, 1.0])])
-    assert sched == [[(0, 0, 3), (1, 1, 0), (2, 1, 0)], [(0, 0, 1), (2, 1, 2)], [(0, 0, 2)]]
-    flat = curry_dpo_schedule([[5, 3, 4, 2], [1, 2]], iterative=False)
-    # one stage, globally easy to hard (gaps 3, 2, 1, 1), stable in prompt order on ties
-    assert flat == [[(0, 0, 3), (0, 0, 1), (0, 0, 2), (1, 1, 0)]]
-
-
-def test_curry_dpo_next_reference_is_frozen_copy():
-    policy = torch.nn.Linear(3, 2)
-    ref = curry_dpo_next_reference(policy)
-    assert ref is not policy and not ref.training
-    assert all(not p.requires_grad for p in ref.parameters())
-    with torch.no_grad():
-        policy.weight.add_(1.0)
-    assert not torch.equal(ref.weight, policy.weight)
-
-
-# ----------------------------------------------------------------------------------------------
 # bad arguments and registry
 
 
@@ -373,12 +335,6 @@ def _z(n=2, dtype=D64):
     (lambda: cpl_loss(torch.zeros(2, 3), torch.zeros(2, 3), alpha=-1), "alpha"),
     (lambda: cpl_loss(torch.zeros(2, 3), torch.zeros(2, 3), label=torch.ones(3)), "label"),
     (lambda: cpl_loss(torch.zeros(2, 3), torch.zeros(2, 3), chosen_mask=torch.ones(2, 4)), "chosen_mask"),
-    (lambda: curry_dpo_pairs([1.0]), "scores"),
-    (lambda: curry_dpo_pairs([1.0, float("nan")]), "scores"),
-    (lambda: curry_dpo_pairs([1.0, 2.0], criterion="length"), "criterion"),
-    (lambda: curry_dpo_pairs([1.0, 2.0], pairing="worst"), "pairing"),
-    (lambda: curry_dpo_schedule([]), "scores_per_prompt"),
-    (lambda: curry_dpo_next_reference("model"), "policy"),
 ])
 def test_bad_arguments(call, word):
     with pytest.raises(ValueError, match=word):
@@ -389,7 +345,7 @@ def test_registry_records():
     for name, arxiv, seed in [("dpo_loss", "2305.18290", False), ("ipo_loss", "2310.12036", False),
                               ("dpo_hinge_loss", "2305.10425", False), ("simpo_loss", "2405.14734", True),
                               ("fdpo_loss", "2309.16240", True), ("rpo_loss", "2405.16436", True),
-                              ("cpl_loss", "2310.13639", True), ("curry_dpo_schedule", "2403.07230", True)]:
+                              ("cpl_loss", "2310.13639", True)]:
         rec = get(name)
         assert rec.kind == "preference" and rec.arxiv == arxiv and rec.seed is seed
         assert arxiv in rec.load().__doc__

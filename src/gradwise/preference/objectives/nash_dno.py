@@ -7,7 +7,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_logps, check_positive
+from gradwise.preference._common import check_logps, check_positive
 
 __all__ = ["dno_loss"]
 
@@ -15,7 +15,8 @@ __all__ = ["dno_loss"]
 @register(kind="preference",
           paper="Direct Nash Optimization: Teaching Language Models to Self-Improve with General Preferences",
           year=2024, arxiv="2404.03715", code=None,
-          summary="DNO: regression of the log-ratio to the previous iterate onto win-rate reward differences (soft-label BCE)")
+          summary="DNO: regression of the log-ratio to the previous iterate onto win-rate reward differences (soft-label BCE)",
+          info={"online": "gradwise.preference.online.iterative:DNO"})
 def dno_loss(policy_logps_1: Tensor, policy_logps_2: Tensor,
              prev_logps_1: Tensor, prev_logps_2: Tensor,
              *, eta: float, reward_1: Tensor | None = None, reward_2: Tensor | None = None) -> Tensor:

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_nonneg
+from gradwise.preference._common import check_nonneg
 
 __all__ = ["sspo_loss"]
 

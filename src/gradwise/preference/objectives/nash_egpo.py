@@ -5,7 +5,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_logps, check_positive
+from gradwise.preference._common import check_logps, check_positive
 
 __all__ = ["egpo_half_step_loss", "egpo_full_step_loss"]
 
@@ -58,7 +58,8 @@ def egpo_half_step_loss(policy_logps: Tensor, policy_logps_prime: Tensor, ref_lo
 
 
 @register(kind="preference", paper=_PAPER, year=2025, arxiv="2503.08942", code=_CODE,
-          summary="EGPO full step: online IPO loss at theta_t against the half-step iterate's samples")
+          summary="EGPO full step: online IPO loss at theta_t against the half-step iterate's samples",
+          info={"online": "gradwise.preference.online.egpo:EGPO"})
 def egpo_full_step_loss(policy_logps: Tensor, policy_logps_prime: Tensor, ref_logps: Tensor,
                         ref_logps_prime: Tensor, pref: Tensor, pref_prime: Tensor, *, beta: float) -> Tensor:
     return _online_ipo(policy_logps, policy_logps_prime, ref_logps, ref_logps_prime, pref, pref_prime, beta)

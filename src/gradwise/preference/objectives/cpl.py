@@ -7,7 +7,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_logps, check_positive
+from gradwise.preference._common import check_logps, check_positive
 
 __all__ = ["cpl_loss"]
 

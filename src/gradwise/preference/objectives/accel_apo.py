@@ -9,7 +9,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_logps, check_nonneg, check_positive
+from gradwise.preference._common import check_logps, check_nonneg, check_positive
 
 __all__ = ["apo_extrapolated_logps", "apo_extrapolated_parameters", "apo_dpo_loss"]
 
@@ -77,7 +77,8 @@ def apo_extrapolated_parameters(curr: Mapping[str, Tensor], prev: Mapping[str, T
 
 
 @register(kind="preference", paper=_PAPER, year=2024, arxiv="2410.06293", code=None,
-          summary="APO: iterative DPO whose reference is the Nesterov-extrapolated previous iterate")
+          summary="APO: iterative DPO whose reference is the Nesterov-extrapolated previous iterate",
+          info={"online": "gradwise.preference.online.iterative:APO"})
 def apo_dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                  acc_ref_chosen_logps: Tensor, acc_ref_rejected_logps: Tensor, *, beta: float = 0.1) -> Tensor:
     r"""APO's per-iteration loss: DPO against the momentum-extrapolated reference.

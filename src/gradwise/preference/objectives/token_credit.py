@@ -6,7 +6,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_logps, check_positive
+from gradwise.preference._common import check_logps, check_positive
 
 __all__ = ["token_implicit_rewards", "cumulative_implicit_rewards"]
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_logps, check_positive
+from gradwise.preference._common import check_logps, check_positive
 
 __all__ = ["fdpo_loss", "f_divergence_score", "FDPO_DIVERGENCES"]
 

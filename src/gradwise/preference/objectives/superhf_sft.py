@@ -6,7 +6,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_nonneg
+from gradwise.preference._common import check_nonneg
 
 __all__ = ["superhf_loss", "superhf_select"]
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_logps, check_positive
+from gradwise.preference._common import check_logps, check_positive
 
 __all__ = ["dpo_loss", "dpo_hinge_loss", "dpo_margin"]
 
@@ -31,7 +31,8 @@ def dpo_margin(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_c
 
 @register(kind="preference", paper="Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
           year=2023, arxiv="2305.18290", code="https://github.com/eric-mitchell/direct-preference-optimization",
-          seed=False, summary="DPO: -log sigmoid(beta * log-ratio margin), conservative or robust label smoothing")
+          seed=False, summary="DPO: -log sigmoid(beta * log-ratio margin), conservative or robust label smoothing",
+          info={"online": "gradwise.preference.online.iterative:IterativeDPO"})
 def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
              ref_rejected_logps: Tensor, *, beta: float = 0.1, label_smoothing: float = 0.0,
              smoothing: str = "conservative") -> Tensor:

@@ -1,6 +1,8 @@
 r"""Curry-DPO: a curriculum of preference pairs built from ranked responses, easy to hard.
 
-Data preparation and the reference-model schedule only; each stage trains with :func:`dpo_loss`.
+Data preparation and the reference-model schedule only: no objective (each stage trains with
+:func:`~gradwise.preference.dpo_loss`), so it lives with the schedules. It moved here from
+``gradwise.preference.curry_dpo``, which still works with a ``DeprecationWarning``.
 """
 from __future__ import annotations
 

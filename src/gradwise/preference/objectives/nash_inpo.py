@@ -5,7 +5,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_logps, check_nonneg, check_positive
+from gradwise.preference._common import check_logps, check_nonneg, check_positive
 
 __all__ = ["inpo_loss"]
 
@@ -14,7 +14,8 @@ __all__ = ["inpo_loss"]
           paper="Iterative Nash Policy Optimization: Aligning LLMs with General Preferences via No-Regret Learning",
           year=2024, arxiv="2407.00617", code=None,
           summary="INPO: squared loss regressing the log-ratio against pi_t and pi_ref (weights (eta-tau)/eta, "
-                  "tau/eta) onto 1/(2 eta) (online mirror descent step)")
+                  "tau/eta) onto 1/(2 eta) (online mirror descent step)",
+          info={"online": "gradwise.preference.online.iterative:INPO"})
 def inpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
               prev_chosen_logps: Tensor, prev_rejected_logps: Tensor,
               ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_logps, check_nonneg, check_positive
+from gradwise.preference._common import check_logps, check_nonneg, check_positive
 
 __all__ = ["hypo_loss"]
 
@@ -14,7 +14,8 @@ __all__ = ["hypo_loss"]
 @register(kind="preference",
           paper="The Importance of Online Data: Understanding Preference Fine-tuning via Coverage",
           year=2024, arxiv="2406.01462", code=None,
-          summary="HyPO: DPO on offline pairs plus a reverse-KL penalty estimated on the policy's own samples")
+          summary="HyPO: DPO on offline pairs plus a reverse-KL penalty estimated on the policy's own samples",
+          info={"online": "gradwise.preference.online.hypo:HyPO"})
 def hypo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
               ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
               policy_online_logps: Tensor, ref_online_logps: Tensor,

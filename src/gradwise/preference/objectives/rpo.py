@@ -6,7 +6,7 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_logps, check_nonneg, check_positive
+from gradwise.preference._common import check_logps, check_nonneg, check_positive
 from .dpo import dpo_loss
 
 __all__ = ["rpo_loss"]

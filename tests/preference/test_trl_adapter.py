@@ -177,7 +177,7 @@ def test_benchmark_smoke(env, tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "preference_step.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "preference_step.py"
     spec = importlib.util.spec_from_file_location("preference_step", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
