@@ -20,30 +20,30 @@ OBJECTIVE_MODULES = ("accel_apo", "cpl", "degree_sspo", "dpo", "fdpo", "hybrid_h
 # run in a fresh interpreter: a module imported once is cached, and its second import warns no more
 _SCRIPT = r"""
 import importlib, json, sys, warnings
-old, new = sys.argv[1], sys.argv[2]
-with warnings.catch_warnings(record=True) as w:
-    warnings.simplefilter("always")
-    mod = importlib.import_module(old)
-    exec(f"from {old} import *")
-msgs = [str(x.message) for x in w if issubclass(x.category, DeprecationWarning)]
-print(json.dumps({"same": mod is importlib.import_module(new), "msgs": msgs,
-                  "names": sorted(getattr(mod, "__all__", []))}))
+out = {}
+for old, new in json.loads(sys.argv[1]):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        mod = importlib.import_module(old)
+        exec(f"from {old} import *")
+    msgs = [str(x.message) for x in w if issubclass(x.category, DeprecationWarning)]
+    out[old] = {"same": mod is importlib.import_module(new), "msgs": msgs,
+                "names": sorted(getattr(mod, "__all__", []))}
+print(json.dumps(out))
 """
 
 
-def _import_in_fresh_python(old: str, new: str) -> dict:
+def test_import_of_every_old_module_path_warns_and_gives_the_new_module():
+    moved = [(f"gradwise.preference.{m}", f"gradwise.preference.objectives.{m}") for m in OBJECTIVE_MODULES]
+    moved.append(("gradwise.preference.curry_dpo", "gradwise.schedules.curry_dpo"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", _SCRIPT, old, new], capture_output=True, text=True, env=env,
-                         timeout=120, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.parametrize("old,new", [("gradwise.preference.dpo", "gradwise.preference.objectives.dpo"),
-                                     ("gradwise.preference.curry_dpo", "gradwise.schedules.curry_dpo")])
-def test_import_of_an_old_module_path_warns_and_gives_the_new_module(old, new):
-    r = _import_in_fresh_python(old, new)
-    assert r["same"] and r["names"]
-    assert r["msgs"] and all(f"{old} is deprecated; import from {new}" in m and "0.2" in m for m in r["msgs"])
+    run = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(moved)], capture_output=True, text=True,
+                         env=env, timeout=300, check=True)
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    for old, new in moved:
+        r = result[old]
+        assert r["same"] and r["names"], old
+        assert r["msgs"] and all(f"{old} is deprecated; import from {new}" in m and "0.2" in m for m in r["msgs"])
 
 
 @pytest.mark.parametrize("name", OBJECTIVE_MODULES)
