@@ -41,7 +41,7 @@ class Area:
 
 FAULTS = "tests/test_optim_reliability_faults.py"
 RELIAB = "tests/test_optim_reliability.py"
-PT_INPUTS = "tests/test_preference_trainer_inputs.py"
+PT_INPUTS = "tests/preference/test_trainer_inputs.py"
 
 AREAS: tuple[Area, ...] = (
     Area(
@@ -131,8 +131,8 @@ AREAS: tuple[Area, ...] = (
         "`state_dict`, an optimizer's, truncated, text, another format or version) gets one clear error "
         "saying what it is and what was expected; a checkpoint resumes training identically.",
         {PT_INPUTS: None,
-         "tests/test_preference_trainer.py": ("test_checkpoint_resume_continues_identically",),
-         "tests/test_preference_trainer_extra.py": ("test_checkpoint_keeps_extra_cache_and_resumes_identically",)},
+         "tests/preference/test_trainer.py": ("test_checkpoint_resume_continues_identically",),
+         "tests/preference/test_trainer_extra.py": ("test_checkpoint_keeps_extra_cache_and_resumes_identically",)},
     ),
     Area(
         "cli", "CLI: user mistakes",

@@ -30,7 +30,7 @@ KINDS = ("optimizer", "optimizer-wrapper", "grad-transform", "loss", "metric", "
 # its entry lives in. This tuple is the one list of them: `methods()` imports each package so the
 # registry is complete no matter what the caller imported first, and the docs, the CLI and the test
 # suites derive theirs from the records.
-FAMILIES = ("optim", "losses", "preference")
+FAMILIES = ("optim", "losses", "schedules", "preference")
 _PACKAGES = tuple(f"gradwise.{f}" for f in FAMILIES)
 
 _REGISTRY: dict[str, "Method"] = {}

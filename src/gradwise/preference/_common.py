@@ -1,10 +1,14 @@
-"""Validation shared by the preference objectives."""
-from __future__ import annotations
+"""Validation shared by the preference objectives.
 
-import math
+``check_logps`` is particular to preference (sequence log-probabilities); the number checks are
+:mod:`gradwise._validate`'s, re-exported so the objectives import their checks from one place.
+"""
+from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from gradwise._validate import check_nonneg, check_positive
 
 __all__ = ["check_logps", "check_positive", "check_nonneg"]
 
@@ -25,15 +29,3 @@ def check_logps(**tensors: Tensor) -> torch.Size:
         elif t.shape != shape:
             raise ValueError(f"Invalid {name}: expected shape {tuple(shape)} (as {first}), got {tuple(t.shape)}")
     return shape
-
-
-def check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"Invalid {name}: {value!r} (accepted: a finite number > 0)")
-    return float(value)
-
-
-def check_nonneg(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"Invalid {name}: {value!r} (accepted: a finite number >= 0)")
-    return float(value)

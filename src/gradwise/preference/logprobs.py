@@ -229,7 +229,7 @@ def _completion(x, name: str, vocab_size: int | None = None) -> list[int]:
     return ids
 
 
-def _example_parts(ex: Mapping, strategy: str, vocab_size: int | None = None
+def example_parts(ex: Mapping, strategy: str, vocab_size: int | None = None
                    ) -> tuple[list[int], list[list[int]], list[tuple[int, int]]]:
     """(prompt, completions, pairs) of one example, a pair or a ranked list (token ids checked by :func:`_ids`)."""
     if not isinstance(ex, Mapping):
@@ -261,14 +261,14 @@ def example_name(ex, default: str) -> str:
 
 
 def _checked_parts(ex, strategy: str, vocab_size: int | None, name: str):
-    """:func:`_example_parts`, with a ValueError saying which example it is about."""
+    """:func:`example_parts`, with a ValueError saying which example it is about."""
     try:
-        return _example_parts(ex, strategy, vocab_size)
+        return example_parts(ex, strategy, vocab_size)
     except ValueError as err:
         raise ValueError(f"{err} [in {name}]") from None
 
 
-def _truncate(prompt: list[int], comp: list[int], max_length: int | None,
+def truncate(prompt: list[int], comp: list[int], max_length: int | None,
               max_prompt_length: int | None) -> tuple[list[int], list[int]]:
     if max_prompt_length is not None and len(prompt) > max_prompt_length:
         prompt = prompt[len(prompt) - max_prompt_length:]  # keep the end of the prompt
@@ -286,7 +286,7 @@ def sequence_key(tokens: Sequence[int], n_prompt: int) -> str:
     return h.hexdigest()
 
 
-def _pad_rows(seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_token_id: int
+def pad_rows(seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_token_id: int
               ) -> tuple[Tensor, Tensor, Tensor]:
     """Right-pad token lists into ``input_ids`` [N, T], ``attention_mask`` (long) and ``loss_mask`` (bool,
     true from ``starts[r]`` to the end of row r), with one tensor copy for all rows."""
@@ -299,7 +299,7 @@ def _pad_rows(seqs: Sequence[Sequence[int]], starts: Sequence[int], pad_token_id
     return input_ids, real.long(), loss_mask
 
 
-def _left_pack(values: Tensor, mask: Tensor, width: int | None = None) -> tuple[Tensor, Tensor]:
+def left_pack(values: Tensor, mask: Tensor, width: int | None = None) -> tuple[Tensor, Tensor]:
     """The masked positions of each row of ``values`` [N, T] (one contiguous run per row, e.g. the
     completion tokens) moved to the left: ([N, width] values, 0-padded; [N, width] mask). ``width``
     (default: the longest run, which reads it back from the device) must be at least the longest run."""
@@ -380,7 +380,7 @@ def collate_preferences(examples: Sequence[Mapping], *, pad_token_id: int, max_l
         for e, (prompt, comps, _) in enumerate(parts):
             if k >= len(comps):
                 continue
-            p, c = _truncate(prompt, comps[k], max_length, max_prompt_length)
+            p, c = truncate(prompt, comps[k], max_length, max_prompt_length)
             if len(c) == 0:
                 raise ValueError(f"Invalid example {e}: completion {k} has no tokens left after truncation to "
                                  f"max_length={max_length} (prompt has {len(p)} tokens; set max_prompt_length)")
@@ -389,7 +389,7 @@ def collate_preferences(examples: Sequence[Mapping], *, pad_token_id: int, max_l
             where[(e, k)] = len(rows)
             rows.append((p + c, len(p), key))
             row_example.append(e)
-    input_ids, attention_mask, loss_mask = _pad_rows([t for t, _, _ in rows], [n for _, n, _ in rows],
+    input_ids, attention_mask, loss_mask = pad_rows([t for t, _, _ in rows], [n for _, n, _ in rows],
                                                      pad_token_id)
     chosen, rejected, pair_example = [], [], []
     for e, (_, _, pairs) in enumerate(parts):

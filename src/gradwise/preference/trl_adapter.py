@@ -49,7 +49,7 @@ rather than silently ignored: with the adapter, the gradwise objective *is*
 the loss (f-DPO, IPO, ... are gradwise objectives).
 
 With ``objective=dpo_loss`` the loss equals TRL's ``loss_type="sigmoid"`` on
-the same batch (tests/test_preference_trl.py).
+the same batch (tests/preference/test_trl_adapter.py).
 
 Example::
 
@@ -70,7 +70,7 @@ from typing import Any
 
 import torch
 
-from gradwise.preference.logprobs import _left_pack
+from gradwise.preference.logprobs import left_pack
 from gradwise.preference.trainer import QUANTITIES, PreferenceObjective
 
 __all__ = ["trl_dpo_trainer_class", "trl_dpo_trainer", "use_gradwise_objective"]
@@ -153,7 +153,7 @@ def _compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = Fa
          "chosen_lengths": chosen_len, "rejected_lengths": rejected_len}
     used = set(obj.inputs) | set(obj.keyword_inputs)
     if used & _TOKEN_LEVEL:
-        packed, pmask = _left_pack(per_token, shift_mask)
+        packed, pmask = left_pack(per_token, shift_mask)
         q["policy_chosen_token_logps"], q["policy_rejected_token_logps"] = packed.chunk(2, dim=0)
         q["chosen_mask"], q["rejected_mask"] = pmask.chunk(2, dim=0)
     if obj.needs_reference:
