@@ -181,7 +181,7 @@ def ldr_loss(logits: Tensor, target: Tensor, *, lam: float = 10.0, margin: float
     https://github.com/Optimization-AI/ICML2023_LDR (``loss.py``: ``LDRLoss_V1``,
     ``ALDRLoss_V1``; LibAUC's history up to 2.0.1 has no LDR loss). Golden
     values in ``tests/data/ldr_golden.pt`` come from running that ``loss.py``
-    (``tools/make_ldr_golden.py``).
+    (``tools/golden/make_ldr_golden.py``).
 
     Math (scores ``s`` over ``K`` classes, label ``y``, margin ``c``, ``lam > 0``)::
 

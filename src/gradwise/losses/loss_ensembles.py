@@ -143,7 +143,7 @@ def ensloss(scores: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool = Tr
     ``ensLoss``; ``train.py``). This function follows that code (commit
     051d87d of ``losses.py``, the repository's newest file version);
     golden values in ``tests/data/ensloss_golden.pt`` come from running it
-    (``tools/make_ensloss_golden.py``).
+    (``tools/golden/make_ensloss_golden.py``).
 
     Idea: a convex loss ``phi`` is classification-calibrated iff
     ``phi'(0) < 0`` (Bartlett et al., 2006), and SGD sees ``phi`` only

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, reduce_loss
-from gradwise.losses.tcm import check_embeddings_labels
+from gradwise.losses._common import LossModule, check_embeddings_labels, reduce_loss
 from gradwise.registry import register
 
 __all__ = ["proto_triplet_loss", "ProtoTripletLoss", "icnn_loss", "ICNNLoss"]

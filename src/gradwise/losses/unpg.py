@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise.losses._common import LossModule, check_label_range, check_reduction, reduce_loss
-from gradwise.losses.tcm import check_embeddings_labels
+from gradwise.losses._common import (LossModule, check_embeddings_labels, check_label_range, check_reduction,
+                                     reduce_loss)
 from gradwise.registry import register
 
 __all__ = ["unpg_loss", "UNPGLoss", "box_and_whisker_mask"]
