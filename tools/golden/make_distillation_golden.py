@@ -3,11 +3,11 @@
 The authors' files are not part of this repository. Point REFS at a folder
 holding, with their repository paths kept:
 
-* ``CIFAR/utils.py`` of github.com/WangYZ1608/Knowledge-Distillation-via-ND
+* ``CIFAR/utils.py`` of github.com/WangYZ1608/Knowledge-Distillation-via-ND at commit fc6f3f9
   (``DirectNormLoss``: the ND loss; ``KDLoss``: plain KD),
-* ``distiller_zoo/`` and ``helper/optimizer.py`` of github.com/penghui-yang/DHKD
+* ``distiller_zoo/`` and ``helper/optimizer.py`` of github.com/penghui-yang/DHKD at commit 7976c69
   (``BinaryKL``, ``BinaryKLNorm``, ``DistillKL``, ``OptimGradAlign``),
-* ``mtard/mtard_resnet18_cifar10.py`` of github.com/zhaoshiji123/MTARD
+* ``mtard/mtard_resnet18_cifar10.py`` of github.com/zhaoshiji123/MTARD at commit 6480a1b
   (its ``kl_loss`` and the weight-update statements of its training loop,
   lifted out with ``ast`` because they live in the script's top level),
 

@@ -2,8 +2,9 @@
 
 The authors' file is not part of this repository. Point REFS at a folder
 holding their ``orthograd.py`` (from
-github.com/LucasPrietoAl/grokking-at-the-edge-of-numerical-stability) saved
-as ``orthograd_ref.py``, then run from the repository root:
+github.com/LucasPrietoAl/grokking-at-the-edge-of-numerical-stability; the
+commit it ran was not recorded, neither here nor in tests/data/README.md)
+saved as ``orthograd_ref.py``, then run from the repository root:
 
     REFS=/path/to/refs .venv/bin/python tools/golden/make_orthograd_golden.py
 

@@ -1,7 +1,8 @@
 """Golden values for the DPO family, made by running TRL 1.16's own loss code.
 
 TRL computes the DPO losses inside ``DPOTrainer._compute_loss`` (trl/trainer/dpo_trainer.py of
-trl==1.16.0). This script calls that method, unmodified, on a minimal stand-in ``self`` (beta,
+trl==1.16.0, the PyPI release of github.com/huggingface/trl; the golden data record the release,
+not a commit). This script calls that method, unmodified, on a minimal stand-in ``self`` (beta,
 loss_types, f-divergence settings, an identity accelerator, a metrics dict) and a stand-in model
 whose output carries the per-token log-probs we choose (zero outside the completion, as TRL's
 fused head gives for label -100). Reference log-probs go in as precomputed
