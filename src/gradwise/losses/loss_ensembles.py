@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor
 
+from gradwise._validate import check_real
 from gradwise.losses._common import LossModule, check_logits_target, check_reduction, reduce_loss
 from gradwise.registry import register
 
@@ -17,12 +18,6 @@ PAPER = "EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfittin
 CODE = "https://github.com/statmlben/ensLoss"
 EPS = 1e-6            # the authors' final shift: every derivative strictly negative
 MAX_SLOPE = 1.0       # the authors' clip: derivatives >= -1
-
-
-def _check_lam(lam: float) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-        raise ValueError(f"Invalid lam: {lam!r} (accepted: a finite number; 0 = lognormal, the authors' default)")
-    return float(lam)
 
 
 def _check_generator(generator) -> None:
@@ -96,7 +91,7 @@ def ensloss_derivatives(margins: Tensor, *, lam: float = 0.0, tail: bool = True,
     """
     if not torch.is_tensor(margins) or not margins.is_floating_point() or margins.dim() != 1:
         raise ValueError("Invalid margins: expected a 1-D floating-point tensor")
-    lam = _check_lam(lam)
+    lam = check_real("lam", lam)  # 0 = lognormal, the authors' default
     _check_generator(generator)
     _check_noise(noise, tuple(margins.shape))
     z = margins.detach().to(_work_dtype(margins))
@@ -204,7 +199,7 @@ def ensloss(scores: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool = Tr
         >>> ensloss(f, y, generator=torch.Generator().manual_seed(0)).backward()
     """
     _check_scores(scores)
-    lam = _check_lam(lam)
+    lam = check_real("lam", lam)  # 0 = lognormal, the authors' default
     _check_generator(generator)
     check_reduction(reduction)
     n = scores.shape[0]
@@ -266,7 +261,7 @@ def ensloss_ovr(logits: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool 
         >>> logits, y = torch.randn(8, 10, requires_grad=True), torch.randint(0, 10, (8,))
         >>> ensloss_ovr(logits, y, generator=torch.Generator().manual_seed(0)).backward()
     """
-    lam = _check_lam(lam)
+    lam = check_real("lam", lam)  # 0 = lognormal, the authors' default
     _check_generator(generator)
     check_reduction(reduction)
     check_logits_target(logits, target, ignore_index, validate=validate)

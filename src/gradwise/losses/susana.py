@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gradwise._validate import check_int, check_nonneg
 from gradwise.losses._common import LossModule, check_embeddings_labels, reduce_loss
 from gradwise.registry import register
 
@@ -24,11 +25,6 @@ def _distances(x: Tensor, y: Tensor) -> Tensor:
     """``sqrt(||x_i - y_j||^2 + 1e-6)`` (finite gradient at zero distance), differences formed exactly."""
     d = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
     return (d * d + _DIST_EPS).sqrt()
-
-
-def _check_margin(margin: float) -> None:
-    if not (margin >= 0.0 and math.isfinite(margin)):
-        raise ValueError(f"Invalid margin: {margin} (accepted: 0 <= margin < inf)")
 
 
 @register(kind="loss", paper=_PAPER, year=2023, arxiv=_ARXIV, code=_CODE,
@@ -75,7 +71,7 @@ def proto_triplet_loss(support: Tensor, support_labels: Tensor, queries: Tensor,
     if queries.shape[1] != support.shape[1]:
         raise ValueError(f"Invalid queries: expected embedding size {support.shape[1]} of support, got "
                          f"{queries.shape[1]}")
-    _check_margin(margin)
+    check_nonneg("margin", margin)
     classes, inv = torch.unique(support_labels, return_inverse=True)
     num_classes = classes.numel()
     if num_classes < 2:
@@ -166,11 +162,10 @@ def icnn_loss(embeddings: Tensor, labels: Tensor, *, k: int = 4, neighbors: int 
     """
     check_embeddings_labels(embeddings, labels, min_n=3)
     n = embeddings.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"Invalid k: {k!r} (accepted: integer >= 1)")
+    check_int("k", k, lo=1)
     k_eff = n - 2 if k + 2 >= n else k
-    p = k_eff + 1 if neighbors is None else neighbors
-    if isinstance(p, bool) or not isinstance(p, int) or not k_eff <= p <= n - 1:
+    p = k_eff + 1 if neighbors is None else check_int("neighbors", neighbors)
+    if not k_eff <= p <= n - 1:  # bounds that depend on k and the batch: said in full
         raise ValueError(f"Invalid neighbors: {neighbors!r} (accepted: integer with min(k, N-2)={k_eff} <= "
                          f"neighbors <= N-1={n - 1})")
     cdtype = torch.promote_types(embeddings.dtype, torch.float32)
