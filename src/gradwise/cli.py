@@ -292,7 +292,8 @@ def _methods_table(records, width: int):
     narrow.add_column("method", no_wrap=True)
     narrow.add_column("paper / summary")
     for m in records:
-        narrow.add_row(f"[bold]{_escape(m.name)}[/]\n{m.family}\n{m.kind}\n{m.year}" + (f"\narXiv {m.arxiv}" if m.arxiv else ""),
+        narrow.add_row(f"[bold]{_escape(m.name)}[/]\n{m.family}\n{m.kind}\n{m.year}"
+                       + (f"\narXiv {m.arxiv}" if m.arxiv else ""),
                        f"{_escape(m.paper)}\n[dim]{_escape(m.summary)}[/]")
     for table in (wide, narrow):
         if _min_width(table) <= width:

@@ -3,17 +3,22 @@
 The cases are those of torch's own cross entropy under bad input: labels out of range or of the wrong type,
 NaN and inf inputs, an empty batch, a batch whose labels are all ``ignore_index``, and half-precision inputs at
 the extremes of their range. Each loss must give, for each case, either a ``ValueError`` naming the argument, or
-the behaviour written down for it in ``EXPECTED`` below (finite, or NaN where torch's ``cross_entropy`` gives
-NaN), never an IndexError or RuntimeError from inside a kernel, and never a silently finite number for NaN input.
+the behaviour its record documents (finite, or NaN where torch's ``cross_entropy`` gives NaN), never an
+IndexError or RuntimeError from inside a kernel, and never a silently finite number for NaN input.
 
-A loss registered without an adapter in ``ADAPTERS`` fails ``test_every_registered_loss_has_an_adapter``, so a
-new loss is covered the day it is registered.
+What the suite needs to know about a loss is on its registry record, ``info["reliability"]`` (see
+:func:`adapter`): how to call it and which departures from torch's behaviour it documents, with the reason.
+Every record of kind ``loss`` must carry one (``test_every_registered_loss_has_reliability_info``), and records of
+other kinds that are losses (``correctness_aware_loss``, ``reweighted_loss``) opt in with one, so a new loss is
+covered the day it is registered.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -25,6 +30,8 @@ torch.set_num_threads(1)
 
 N, C = 6, 4  # samples, classes (also the embedding width for metric losses)
 
+LABELS = ("class", "binary", "index", "ids", "multi_hot", "none")
+
 
 @dataclass(frozen=True)
 class Adapter:
@@ -32,78 +39,79 @@ class Adapter:
     embeddings, scores) and ``y`` [N] its labels (None for losses that take none). Other inputs are built
     from fixed values of the same dtype so that a bad value in ``x`` or ``y`` is the only bad value.
     ``labels``: ``"class"`` (class indices in [0, C)), ``"binary"`` ({-1, +1}), ``"index"`` (sample indices in
-    [0, N)), ``"ids"`` (any integers naming groups, as metric losses take them) or ``"none"``;
-    ``ignore_index``: it skips label -100."""
+    [0, N)), ``"ids"`` (any integers naming groups, as metric losses take them), ``"multi_hot"`` or ``"none"``;
+    ``ignore_index``: it skips label -100; ``expected``: case -> (accepted outcomes, why)."""
 
     call: Callable
     labels: str = "class"
     ignore_index: bool = False
+    expected: dict = field(default_factory=dict)
 
 
 def _fixed(shape, dtype, seed=1):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32).to(dtype)
 
 
+# The inputs a record's ``info["reliability"]["inputs"]`` may name, in the order the loss takes them
+# (default ``("x", "labels")``): each built from the suite's ``x`` [N, C] and ``y``.
+INPUTS: dict[str, Callable] = {
+    "x": lambda x, y: x,                                       # the main input, where the bad values go
+    "labels": lambda x, y: y,                                  # the labels (their kind: ``labels``)
+    "scores": lambda x, y: x[:, 2],                            # one score per sample (binary losses)
+    "losses": lambda x, y: x[:, 2].abs(),                      # per-sample losses (reweighting)
+    "logprob": lambda x, y: torch.log_softmax(x, 1)[:, 2],     # a log-probability per sample
+    "other": lambda x, y: _fixed(x.shape, x.dtype),            # a second view / adversarial / auxiliary logits
+    "teacher": lambda x, y: _fixed(x.shape, x.dtype, seed=2),  # a teacher's logits
+    "class_matrix": lambda x, y: _fixed((C, C), x.dtype, seed=3),  # class centers or class weights
+}
+
+
+def adapter(record) -> Adapter:
+    """The suite's call of ``record`` from its ``info["reliability"]``, whose keys are all optional:
+
+    ``inputs`` (names from :data:`INPUTS`, default ``("x", "labels")``), ``labels`` (one of :data:`LABELS`,
+    default ``"class"``), ``ignore_index`` (it skips label -100), ``kwargs`` (keyword arguments of the call),
+    ``seeded`` (pass ``generator=torch.Generator().manual_seed(0)``), ``init`` (constructor arguments when the
+    record is a class; the value ``"N"`` is the suite's batch size) and ``expected`` (case -> (outcome or
+    outcomes, why): the documented departures from the default behaviour)."""
+    spec = dict(record.info["reliability"])
+    unknown = set(spec) - {"inputs", "labels", "ignore_index", "kwargs", "seeded", "init", "expected"}
+    assert not unknown, f"{record.name}: unknown reliability keys {sorted(unknown)}"
+    obj = record.load()
+    inputs = tuple(spec.get("inputs", ("x", "labels")))
+    assert set(inputs) <= set(INPUTS), f"{record.name}: inputs {inputs} (known: {sorted(INPUTS)})"
+    kwargs = dict(spec.get("kwargs", {}))
+    init = {k: N if v == "N" else v for k, v in spec.get("init", {}).items()}
+
+    def call(x, y):
+        fn = obj(**init) if inspect.isclass(obj) else obj
+        extra = {"generator": torch.Generator().manual_seed(0)} if spec.get("seeded") else {}
+        return fn(*(INPUTS[name](x, y) for name in inputs), **kwargs, **extra)
+
+    expected = {case: ({out} if isinstance(out, str) else set(out), why)
+                for case, (out, why) in spec.get("expected", {}).items()}
+    labels = spec.get("labels", "class")
+    assert labels in LABELS, f"{record.name}: labels {labels!r} (accepted: {LABELS})"
+    return Adapter(call, labels, bool(spec.get("ignore_index", False)), expected)
+
+
+def _registered_losses() -> list:
+    """Every registry record that is a loss: kind ``loss``, and records of other kinds that say how to call them."""
+    return sorted((m for m in methods() if m.kind == "loss" or "reliability" in m.info), key=lambda m: m.name)
+
+
+ADAPTERS: dict[str, Adapter] = {m.name: adapter(m) for m in _registered_losses() if "reliability" in m.info}
+
+
 def _gw(name):
     return next(m for m in methods() if m.name == name).load()
 
 
-def _teacher(x):
-    return _fixed(x.shape, x.dtype, seed=2)
-
-
-def _isogclr(x, y):
-    return _gw("ISogCLRLoss")(num_samples=N)(x, _fixed(x.shape, x.dtype), y)
-
-
-def _mtard(x, y):
-    t = _teacher(x)
-    return _gw("MTARDLoss")()(x, t, x, t)
-
-
-ADAPTERS: dict[str, Adapter] = {
-    "aldr_loss": Adapter(lambda x, y: _gw("aldr_loss")(x, y), ignore_index=True),
-    "ldr_loss": Adapter(lambda x, y: _gw("ldr_loss")(x, y), ignore_index=True),
-    "comp_sum_loss": Adapter(lambda x, y: _gw("comp_sum_loss")(x, y), ignore_index=True),
-    "coverage_classification_loss": Adapter(lambda x, y: _gw("coverage_classification_loss")(x, y),
-                                            ignore_index=True),
-    "coverage_loss": Adapter(lambda x, y: _gw("coverage_loss")(torch.log_softmax(x, 1)[:, 2]), labels="none"),
-    "decoupled_softmax_loss": Adapter(lambda x, y: _gw("decoupled_softmax_loss")(x, y), labels="multi_hot"),
-    "ensloss": Adapter(lambda x, y: _gw("ensloss")(x[:, 2], y, generator=torch.Generator().manual_seed(0)),
-                       labels="binary"),
-    "ensloss_ovr": Adapter(lambda x, y: _gw("ensloss_ovr")(x, y, generator=torch.Generator().manual_seed(0)),
-                           ignore_index=True),
-    "z_loss": Adapter(lambda x, y: _gw("z_loss")(x, y), ignore_index=True),
-    "correctness_aware_loss": Adapter(lambda x, y: _gw("correctness_aware_loss")(x, y), ignore_index=True),
-    "smooth_adversarial_comp_sum_loss": Adapter(
-        lambda x, y: _gw("smooth_adversarial_comp_sum_loss")(x, _fixed(x.shape, x.dtype), y), ignore_index=True),
-    "dhkd_loss": Adapter(lambda x, y: _gw("dhkd_loss")(x, _fixed(x.shape, x.dtype), _teacher(x), y),
-                         ignore_index=True),
-    "nd_loss": Adapter(lambda x, y: _gw("nd_loss")(x, _teacher(x), y, _fixed((C, C), x.dtype, seed=3)),
-                       ignore_index=True),
-    "unpg_loss": Adapter(lambda x, y: _gw("unpg_loss")(x, y, _fixed((C, C), x.dtype, seed=3)), ignore_index=True),
-    "tcm_loss": Adapter(lambda x, y: _gw("tcm_loss")(x, y), labels="ids"),
-    "icnn_loss": Adapter(lambda x, y: _gw("icnn_loss")(x, y, k=2), labels="ids"),
-    "proto_triplet_loss": Adapter(lambda x, y: _gw("proto_triplet_loss")(x, y, x, y), labels="ids"),
-    "amcl_loss": Adapter(lambda x, y: _gw("amcl_loss")(x, _fixed(x.shape, x.dtype), 0.5, topk=2), labels="none"),
-    "kd_loss": Adapter(lambda x, y: _gw("kd_loss")(x, _teacher(x)), labels="none"),
-    "bdkd_loss": Adapter(lambda x, y: _gw("bdkd_loss")(x, _teacher(x)), labels="none"),
-    "ISogCLRLoss": Adapter(_isogclr, labels="index"),
-    "MTARDLoss": Adapter(_mtard, labels="none"),
-    "reweighted_loss": Adapter(lambda x, y: _gw("reweighted_loss")(x[:, 2].abs()), labels="none"),
-}
-
-
-def _registered_losses() -> list[str]:
-    """Every registry record that is a loss: kind ``loss``, and functions of other kinds named ``*_loss``."""
-    return sorted(m.name for m in methods()
-                  if m.kind == "loss" or (m.family in ("losses", "data_weighting") and m.name.endswith("_loss")))
-
-
-def test_every_registered_loss_has_an_adapter():
-    missing = [n for n in _registered_losses() if n not in ADAPTERS]
-    assert not missing, f"add an Adapter for {missing} to ADAPTERS (and its EXPECTED entries if it differs)"
-    assert not [n for n in ADAPTERS if n not in _registered_losses()], "ADAPTERS names a loss not registered"
+def test_every_registered_loss_has_reliability_info():
+    missing = [m.name for m in _registered_losses() if "reliability" not in m.info]
+    assert not missing, (f"register {missing} with info={{'reliability': {{...}}}} saying how the suite calls it "
+                         "(tests/losses/test_reliability.py: adapter)")
+    assert len(ADAPTERS) >= 23  # the suite is not silently empty
 
 
 def _labels(kind: str, n: int) -> torch.Tensor | None:
@@ -200,28 +208,13 @@ DEFAULT = {
     "fp16_extremes": {"finite"}, "bf16_extremes": {"finite"},
 }
 
-_EMBEDDING = "-inf is no embedding: normalizing or measuring distances to it is NaN"
-_KL = "the KL divergence to a student log-probability of -inf where the teacher has mass is +inf"
-#: (loss, case) -> (outcomes, why): the documented departures from DEFAULT
+#: (loss, case) -> (outcomes, why): the documented departures from DEFAULT, read from the records
 EXPECTED: dict[tuple[str, str], tuple[set[str], str]] = {
-    ("ensloss", "label_float"): ({"finite"}, "float labels -1.0/+1.0 are read exactly; any other value is refused"),
-    ("decoupled_softmax_loss", "label_float"): ({"finite"}, "an integer (or bool) multi-hot target is accepted"),
-    ("aldr_loss", "neg_inf_other_class"): ({"nan"}, "its default normalization divides the logits by their L1 "
-                                                    "norm, which a -inf logit makes inf/inf"),
-    ("z_loss", "neg_inf_other_class"): ({"nan"}, "the z-score of the target logit uses the mean and deviation of "
-                                                 "all logits, undefined with a -inf one"),
-    ("ensloss_ovr", "neg_inf_other_class"): ({"nan"}, "the -inf class is a one-vs-rest margin of +inf, where the "
-                                                      "sampled surrogates are unbounded"),
-    ("smooth_adversarial_comp_sum_loss", "neg_inf_other_class"): (
-        {"nan"}, "its regularizer takes the difference of clean and adversarial score gaps, inf - inf"),
-    **{(n, "neg_inf_other_class"): ({"nan"}, _EMBEDDING) for n in (
-        "nd_loss", "unpg_loss", "tcm_loss", "icnn_loss", "proto_triplet_loss", "amcl_loss", "ISogCLRLoss")},
-    **{(n, "neg_inf_other_class"): ({"nan"}, _KL) for n in ("kd_loss", "bdkd_loss", "MTARDLoss")},
-}
+    (name, case): outcome for name, a in ADAPTERS.items() for case, outcome in a.expected.items()}
 
 
 def _cases():
-    return [(n, c) for n in _registered_losses() if n in ADAPTERS for c in CASES if _applies(n, c)]
+    return [(n, c) for n in ADAPTERS for c in CASES if _applies(n, c)]
 
 
 @pytest.mark.parametrize("name, case", _cases())
@@ -289,3 +282,44 @@ def test_decoupled_softmax_refuses_non_binary_targets():
             loss(x, bad)
     ok = torch.tensor([[True, False, True], [False, False, False]])
     torch.testing.assert_close(loss(x, ok), loss(x, ok.float()))
+
+
+# ---------------------------------------------------------------- reductions, from the same records
+
+def _takes_reduction(record) -> bool:
+    obj = record.load()
+    return "reduction" in inspect.signature(obj.__init__ if inspect.isclass(obj) else obj).parameters
+
+
+REDUCING = [n for n, m in ((m.name, m) for m in _registered_losses()) if n in ADAPTERS and _takes_reduction(m)]
+
+
+def _reduced(name: str, x, y, reduction: str):
+    record = next(m for m in methods() if m.name == name)
+    spec = {**record.info["reliability"]}
+    where = "init" if inspect.isclass(record.load()) else "kwargs"
+    spec[where] = {**spec.get(where, {}), "reduction": reduction}
+    return adapter(dataclasses.replace(record, info={"reliability": spec})).call(x, y)
+
+
+@pytest.mark.parametrize("name", REDUCING)
+def test_reductions_agree_and_ignored_samples_count_for_nothing(name):
+    """``"sum"`` is the sum and ``"mean"`` the mean over kept samples of ``"none"``; ignored samples get 0."""
+    a = ADAPTERS[name]
+    x, y = _fixed((N, C), torch.float64, seed=4), _labels(a.labels, N)
+    keep = torch.ones(N, dtype=torch.bool)
+    if a.ignore_index:
+        y = y.clone()
+        y[[1, 4]] = -100
+        keep[[1, 4]] = False
+    none, total, mean = (_reduced(name, x, y, r) for r in ("none", "sum", "mean"))
+    torch.testing.assert_close(total, none.sum())
+    if a.ignore_index:
+        assert none.shape[0] == N and (none[~keep] == 0).all()
+        torch.testing.assert_close(mean, none[keep].mean())
+    else:
+        torch.testing.assert_close(mean, none.mean())
+
+
+def test_reduction_suite_is_not_silently_empty():
+    assert len(REDUCING) >= 15 and "comp_sum_loss" in REDUCING and "ISogCLRLoss" in REDUCING

@@ -1,8 +1,9 @@
-"""Every ``nn.Module`` in gradwise.losses shows its real arguments: no ``**kwargs`` in ``__init__``, and a
+"""Every ``nn.Module`` the families define shows its real arguments: no ``**kwargs`` in ``__init__``, and a
 loss module's keyword arguments are its functional twin's, with the same names and defaults.
 
-The modules are found from the registry: every module file that registers a method is scanned for the
-``nn.Module`` classes it defines, so a new loss file is covered without editing this test.
+The modules are found from the registry: every module file that registers a method (in any family: a
+``LossModule`` twin also lives in ``gradwise.data_weighting``) is scanned for the ``nn.Module`` classes it
+defines, so a new method file is covered without editing this test.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from gradwise.losses._common import LossModule
-from gradwise.registry import methods
+from gradwise.registry import FAMILIES, methods
 
 # Keyword parameters of a functional twin that its module deliberately does not take, and why.
 EXCLUDED = {
@@ -23,13 +24,13 @@ EXCLUDED = {
 }
 
 
-def _loss_files() -> list[str]:
-    return sorted({m.entry.partition(":")[0] for m in methods() if m.entry.startswith("gradwise.losses.")})
+def _method_files() -> list[str]:
+    return sorted({m.entry.partition(":")[0] for m in methods()})
 
 
 def _module_classes() -> list[type]:
     found = []
-    for name in _loss_files():
+    for name in _method_files():
         mod = importlib.import_module(name)
         for attr, obj in vars(mod).items():
             if (isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == name
@@ -52,7 +53,7 @@ def test_the_scan_finds_every_loss_module():
             yield s
             yield from subclasses(s)
 
-    ours = {c for c in subclasses(LossModule) if c.__module__.startswith("gradwise.losses.")}
+    ours = {c for c in subclasses(LossModule) if c.__module__.startswith(tuple(f"gradwise.{f}." for f in FAMILIES))}
     assert ours and ours <= set(CLASSES), sorted(c.__name__ for c in ours - set(CLASSES))
     assert len(TWINS) >= 20  # CompSumLoss, LDRLoss, ... : the scan is not silently empty
 

@@ -80,7 +80,8 @@ def loss_reweighting_weights(per_sample_losses: Tensor, *, strategy: str = "linu
 
 
 @register(kind="sample-weighting", paper=_PAPER, year=2025, arxiv="2502.06733", code=_CODE,
-          summary="online loss-based sample reweighting: softmax of a strategy score of min-max normalised losses")
+          summary="online loss-based sample reweighting: softmax of a strategy score of min-max normalised losses",
+          info={"reliability": {"inputs": ("losses",), "labels": "none"}})
 def reweighted_loss(per_sample_losses: Tensor, *, strategy: str = "linupper", temperature: float = 1.0,
                     delta: float = 1.0, reduction: str = "mean") -> Tensor:
     r"""Batch loss with the online loss-based weights of Sow et al. (ICLR 2025, arXiv 2502.06733).

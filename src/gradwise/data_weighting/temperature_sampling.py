@@ -45,8 +45,8 @@ def class_weights(counts, temperature: float) -> Tensor:
     loss by :math:`w_i = p_i(T) / q_i` gives the same expected gradient as
     sampling with :math:`p(T)` (the paper's Theorem 1, equivalence under
     full-batch gradient descent: ``w_i = p(i; T) / p(i; 1)``, checked against
-    the paper's text, see :func:`~gradwise.schedules.cooldown_temperature`). Normalised so the mean weight over samples is 1
-    (:math:`\sum_i q_i w_i = 1`). :math:`T=1`: all ones; :math:`T\to\infty`:
+    the paper's text, see :func:`~gradwise.schedules.cooldown_temperature`). Normalised so the mean weight over
+    samples is 1 (:math:`\sum_i q_i w_i = 1`). :math:`T=1`: all ones; :math:`T\to\infty`:
     :math:`w_i \propto 1/n_i` (class-balanced loss).
     """
     c = _counts(counts)

@@ -17,11 +17,18 @@ from torch import Tensor, nn
 
 __all__ = ["REDUCTIONS", "check_reduction", "check_logits_target", "check_label_range", "check_same_shape",
            "check_probabilities", "reduce_loss", "prepare_logits_target", "upcast", "LossModule",
-           "keyword_parameters", "describe_arguments", "INT_DTYPES", "check_embeddings_labels"]
+           "keyword_parameters", "describe_arguments", "INT_DTYPES", "check_embeddings_labels",
+           "NAN_FOR_INF_EMBEDDING", "NAN_FOR_INF_STUDENT_LOGPROB"]
 
 REDUCTIONS = ("mean", "sum", "none")
 #: The integer dtypes accepted for labels and indices.
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+# Why a loss gives NaN where torch's cross entropy would not: the reasons the records' documented departures
+# (``info["reliability"]["expected"]``, read by tests/losses/test_reliability.py) share.
+NAN_FOR_INF_EMBEDDING = "-inf is no embedding: normalizing or measuring distances to it is NaN"
+NAN_FOR_INF_STUDENT_LOGPROB = ("the KL divergence to a student log-probability of -inf where the teacher has mass "
+                               "is +inf")
 
 
 def check_reduction(reduction: str) -> None:

@@ -43,7 +43,10 @@ def score_difference_regularizer(logits: Tensor, adv_logits: Tensor, target: Ten
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2304.07288", code=None,
-          summary="Comp-sum loss + nu * ||Delta_h(x') - Delta_h(x)||_2 at an adversarial x' (ADV-COMP-SUM)")
+          summary="Comp-sum loss + nu * ||Delta_h(x') - Delta_h(x)||_2 at an adversarial x' (ADV-COMP-SUM)",
+          info={"reliability": {"inputs": ("x", "other", "labels"), "ignore_index": True, "expected": {
+              "neg_inf_other_class": ("nan", "its regularizer takes the difference of clean and adversarial score "
+                                             "gaps, inf - inf")}}})
 def smooth_adversarial_comp_sum_loss(logits: Tensor, adv_logits: Tensor, target: Tensor, *, tau: float = 1.0,
                                      nu: float = 1.0, reduction: str = "mean", ignore_index: int = -100,
                                      validate: bool = True) -> Tensor:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradwise._validate import check_bool, check_choice, check_int, check_nonneg, check_positive, check_real
-from gradwise.losses._common import LossModule, reduce_loss
+from gradwise.losses._common import NAN_FOR_INF_EMBEDDING, LossModule, reduce_loss
 from gradwise.registry import register
 
 __all__ = ["amcl_loss", "AMCLLoss", "AMCLTemperature"]
@@ -42,7 +42,9 @@ def _omega(tau: Tensor, dim: float) -> Tensor:
 
 @register(kind="loss", paper="Adaptive Multi-head Contrastive Learning", year=2024, arxiv="2310.05615",
           code=_CODE,
-          summary="AMCL: sum over projection heads of a contrastive loss with per-pair temperatures, regularized")
+          summary="AMCL: sum over projection heads of a contrastive loss with per-pair temperatures, regularized",
+          info={"reliability": {"inputs": ("x", "other"), "labels": "none", "kwargs": {"tau": 0.5, "topk": 2},
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def amcl_loss(z1: Tensor, z2: Tensor, tau: Tensor | float, *, beta: float = 1e-4, negatives: str = "topk",
               topk: int = 100, omega_dim: float | None = None, reduction: str = "mean",
               validate: bool = True) -> Tensor:

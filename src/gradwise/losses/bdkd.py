@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from gradwise._validate import check_positive, check_unit
-from gradwise.losses._common import LossModule, check_reduction, reduce_loss
+from gradwise.losses._common import NAN_FOR_INF_STUDENT_LOGPROB, LossModule, check_reduction, reduce_loss
 from gradwise.losses._distill import check_pair, common_dtype, entropy_rows, kl_rows, log_softmax_t
 from gradwise.registry import register
 
@@ -27,7 +27,9 @@ def bdkd_weights(log_ps: Tensor, log_pt: Tensor, reverse_weight_uncertain: float
 
 
 @register(kind="loss", paper=PAPER, year=2022, arxiv="2212.12965", code=None,
-          summary="BD-KD student loss: per-sample mix of forward/reverse KL chosen by the student-teacher entropy gap")
+          summary="BD-KD student loss: per-sample mix of forward/reverse KL chosen by the student-teacher entropy gap",
+          info={"reliability": {"inputs": ("x", "teacher"), "labels": "none",
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_STUDENT_LOGPROB)}}})
 def bdkd_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 4.0,
               reverse_weight_uncertain: float = 1.0, reverse_weight_confident: float = 0.0,
               reduction: str = "mean") -> Tensor:

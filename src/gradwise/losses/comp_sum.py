@@ -40,7 +40,8 @@ def comp_sum_per_sample(logits: Tensor, target: Tensor, tau: float,
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2304.07288", code=None,
-          summary="Comp-sum family Phi^tau(sum exp(h_y'-h_y)): sum-exp (0), CE (1), GCE (1<tau<2), MAE (2)")
+          summary="Comp-sum family Phi^tau(sum exp(h_y'-h_y)): sum-exp (0), CE (1), GCE (1<tau<2), MAE (2)",
+          info={"reliability": {"ignore_index": True}})
 def comp_sum_loss(logits: Tensor, target: Tensor, *, tau: float = 1.0, reduction: str = "mean",
                   ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""Comp-sum loss of Mao, Mohri & Zhong (2023).

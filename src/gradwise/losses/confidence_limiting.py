@@ -69,7 +69,8 @@ def _coverage_per_sample(logp: Tensor, n: float) -> Tensor:
 
 
 @register(kind="loss", paper=PAPER, year=2025, arxiv="2502.07154", code=None,
-          summary="Direct coverage optimization: -log(1 - (1 - p)^N), the pass@N-aligned, confidence-limited CE")
+          summary="Direct coverage optimization: -log(1 - (1 - p)^N), the pass@N-aligned, confidence-limited CE",
+          info={"reliability": {"inputs": ("logprob",), "labels": "none"}})
 def coverage_loss(logprob: Tensor, *, n: float = 16, reduction: str = "mean") -> Tensor:
     r"""Direct coverage optimization (DCO) loss of Chen, Raventós, Cheng, Ganguli & Druckmann (2025).
 
@@ -128,7 +129,8 @@ class CoverageLoss(LossModule):
 
 
 @register(kind="loss", paper=PAPER, year=2025, arxiv="2502.07154", code=None,
-          summary="DCO on class logits: -log(1 - (1 - softmax(h)_y)^N)")
+          summary="DCO on class logits: -log(1 - (1 - softmax(h)_y)^N)",
+          info={"reliability": {"ignore_index": True}})
 def coverage_classification_loss(logits: Tensor, target: Tensor, *, n: float = 16, reduction: str = "mean",
                                  ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""The DCO loss of arXiv:2502.07154 with ``p = softmax(logits)_y`` (one-token answers).

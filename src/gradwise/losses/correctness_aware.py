@@ -71,7 +71,8 @@ def _use_fused(z: Tensor) -> bool:
 
 @register(kind="calibration", paper=PAPER, year=2024, arxiv="2404.13016", code=CODE,
           summary="correctness-aware calibration loss: squared gap between top confidence and correctness, "
-                  "class-balanced over correct/wrong")
+                  "class-balanced over correct/wrong",
+          info={"reliability": {"ignore_index": True}})
 def correctness_aware_loss(logits: Tensor, target: Tensor, *, balance: bool = True, reduction: str = "mean",
                            ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""Correctness-aware (CA) loss for training a post-hoc calibrator.

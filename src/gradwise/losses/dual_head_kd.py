@@ -82,7 +82,8 @@ def binary_kl_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperatur
 
 
 @register(kind="loss", paper=PAPER, year=2024, arxiv=ARXIV, code=CODE,
-          summary="DHKD: CE on the main head + BinaryKL(-Norm) on an auxiliary head, sharing the backbone")
+          summary="DHKD: CE on the main head + BinaryKL(-Norm) on an auxiliary head, sharing the backbone",
+          info={"reliability": {"inputs": ("x", "other", "teacher", "labels"), "ignore_index": True}})
 def dhkd_loss(main_logits: Tensor, aux_logits: Tensor, teacher_logits: Tensor, target: Tensor, *,
               gamma: float = 1.0, alpha: float = 1.0, temperature: float = 2.0, variant: str = "norm",
               reduction: str = "mean", ignore_index: int = -100, validate: bool = True) -> Tensor:

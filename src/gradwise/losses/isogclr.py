@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradwise._validate import check_int, check_nonneg, check_positive, check_real, check_unit
-from gradwise.losses._common import INT_DTYPES, check_reduction, reduce_loss
+from gradwise.losses._common import INT_DTYPES, NAN_FOR_INF_EMBEDDING, check_reduction, reduce_loss
 from gradwise.registry import register
 
 __all__ = ["ISogCLRLoss"]
@@ -42,7 +42,9 @@ def _check_views(z1: Tensor, z2: Tensor, index: Tensor, num_samples: int, valida
           paper="Not All Semantics are Created Equal: Contrastive Self-supervised Learning with Automatic "
                 "Temperature Individualization",
           year=2023, arxiv="2305.11965", code="https://github.com/zhqiu/contrastive-learning-iSogCLR",
-          summary="iSogCLR: robust global contrastive loss with per-sample learned temperatures (stateful)")
+          summary="iSogCLR: robust global contrastive loss with per-sample learned temperatures (stateful)",
+          info={"reliability": {"inputs": ("x", "other", "labels"), "labels": "index", "init": {"num_samples": "N"},
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 class ISogCLRLoss(nn.Module):
     r"""iSogCLR (Qiu et al., ICML 2023, arXiv 2305.11965): per-sample temperatures for contrastive learning.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from gradwise._validate import check_positive
-from gradwise.losses._common import LossModule, check_reduction, reduce_loss
+from gradwise.losses._common import NAN_FOR_INF_STUDENT_LOGPROB, LossModule, check_reduction, reduce_loss
 from gradwise.losses._distill import check_pair, common_dtype, kl_rows, log_softmax_t
 from gradwise.registry import register
 
@@ -30,7 +30,9 @@ def kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: f
 
 
 @register(kind="loss", paper=PAPER, year=2015, arxiv="1503.02531", code=None, seed=False,
-          summary="Hinton KD: T^2 KL(softmax(teacher/T) || softmax(student/T)), the base of the distillation losses")
+          summary="Hinton KD: T^2 KL(softmax(teacher/T) || softmax(student/T)), the base of the distillation losses",
+          info={"reliability": {"inputs": ("x", "teacher"), "labels": "none",
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_STUDENT_LOGPROB)}}})
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 4.0,
             reduction: str = "mean") -> Tensor:
     r"""Knowledge-distillation loss of Hinton, Vinyals & Dean (2015).

@@ -158,7 +158,8 @@ def _use_fused(x: Tensor) -> bool:
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2112.14869", code="https://github.com/Optimization-AI/ICML2023_LDR",
-          summary="LDR-KL: lam * log mean_k exp((margin*(1-e_y) + s_k - s_y)/lam) on normalized scores")
+          summary="LDR-KL: lam * log mean_k exp((margin*(1-e_y) + s_k - s_y)/lam) on normalized scores",
+          info={"reliability": {"ignore_index": True}})
 def ldr_loss(logits: Tensor, target: Tensor, *, lam: float = 10.0, margin: float = 0.1, normalize: str = "softplus",
              reduction: str = "mean", ignore_index: int = -100) -> Tensor:
     r"""Label-distributionally robust loss with KL regularization (LDR-KL), Zhu, Ying & Yang (2023).
@@ -240,7 +241,10 @@ class LDRLoss(LossModule):
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2112.14869", code="https://github.com/Optimization-AI/ICML2023_LDR",
-          summary="ALDR-KL: LDR-KL with a per-instance temperature lambda updated from the KL of the prediction")
+          summary="ALDR-KL: LDR-KL with a per-instance temperature lambda updated from the KL of the prediction",
+          info={"reliability": {"ignore_index": True, "expected": {
+              "neg_inf_other_class": ("nan", "its default normalization divides the logits by their L1 norm, which a "
+                                             "-inf logit makes inf/inf")}}})
 def aldr_loss(logits: Tensor, target: Tensor, lambdas: Tensor | None = None, *, lam: float = 10.0,
               alpha: float = 2.0, margin: float = 0.1, softplus: bool = False, reduction: str = "mean", ignore_index: int = -100,
               return_lambdas: bool = False) -> Tensor | tuple[Tensor, Tensor]:

@@ -126,7 +126,9 @@ def _check_scores(scores: Tensor) -> None:
 
 @register(kind="loss", paper=PAPER, year=2024, arxiv="2409.00908", code=CODE,
           summary="EnsLoss: per batch a random convex calibrated loss-derivative (sorted lognormal draws) "
-                  "on the margins y f(x); binary")
+                  "on the margins y f(x); binary",
+          info={"reliability": {"inputs": ("scores", "labels"), "labels": "binary", "seeded": True, "expected": {
+              "label_float": ("finite", "float labels -1.0/+1.0 are read exactly; any other value is refused")}}})
 def ensloss(scores: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool = True,
             generator: torch.Generator | None = None, noise: Tensor | None = None, reduction: str = "mean",
             validate: bool = True) -> Tensor:
@@ -224,7 +226,10 @@ class EnsLoss(LossModule):
 
 @register(kind="loss", paper=PAPER, year=2024, arxiv="2409.00908", code=CODE,
           summary="EnsLoss one-vs-rest for K classes (our extension): one random calibrated loss per batch "
-                  "applied to all N*K binary margins")
+                  "applied to all N*K binary margins",
+          info={"reliability": {"ignore_index": True, "seeded": True, "expected": {
+              "neg_inf_other_class": ("nan", "the -inf class is a one-vs-rest margin of +inf, where the sampled "
+                                             "surrogates are unbounded")}}})
 def ensloss_ovr(logits: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool = True,
                 generator: torch.Generator | None = None, noise: Tensor | None = None, reduction: str = "mean",
                 ignore_index: int = -100, validate: bool = True) -> Tensor:

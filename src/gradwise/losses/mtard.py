@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradwise._validate import check_nonneg, check_real, check_unit
-from gradwise.losses._common import check_reduction, reduce_loss, upcast
+from gradwise.losses._common import NAN_FOR_INF_STUDENT_LOGPROB, check_reduction, reduce_loss, upcast
 from gradwise.losses._distill import check_pair, common_dtype
 from gradwise.registry import register
 
@@ -93,7 +93,9 @@ class MTARDBalancer(nn.Module):
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2306.16170", code=CODE,
-          summary="MTARD: clean-teacher KD on natural + robust-teacher KD on adversarial inputs, adaptively balanced")
+          summary="MTARD: clean-teacher KD on natural + robust-teacher KD on adversarial inputs, adaptively balanced",
+          info={"reliability": {"inputs": ("x", "teacher", "x", "teacher"), "labels": "none",
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_STUDENT_LOGPROB)}}})
 class MTARDLoss(nn.Module):
     r"""Multi-teacher adversarial robustness distillation loss with its weight balancer.
 

@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from gradwise._validate import check_int
-from gradwise.losses._common import (LossModule, check_label_range, check_reduction, prepare_logits_target,
-                                     reduce_loss, upcast)
+from gradwise.losses._common import (NAN_FOR_INF_EMBEDDING, LossModule, check_label_range, check_reduction,
+                                     prepare_logits_target, reduce_loss, upcast)
 from gradwise.losses._distill import common_dtype
 from gradwise.registry import register
 
@@ -48,7 +48,9 @@ def _check_inputs(student_features: Tensor, teacher_features: Tensor, target: Te
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2305.17007", code=CODE,
-          summary="ND loss: 1 - <f_s, e_y> / max(|f_s|, |f_t|), e_y the teacher's unit class-mean embedding")
+          summary="ND loss: 1 - <f_s, e_y> / max(|f_s|, |f_t|), e_y the teacher's unit class-mean embedding",
+          info={"reliability": {"inputs": ("x", "teacher", "labels", "class_matrix"), "ignore_index": True,
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def nd_loss(student_features: Tensor, teacher_features: Tensor, target: Tensor, class_centers: Tensor, *,
             reduction: str = "mean", ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""Norm-and-direction (ND) loss of Wang et al. (2023).

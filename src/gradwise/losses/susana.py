@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gradwise._validate import check_int, check_nonneg
-from gradwise.losses._common import LossModule, check_embeddings_labels, reduce_loss
+from gradwise.losses._common import NAN_FOR_INF_EMBEDDING, LossModule, check_embeddings_labels, reduce_loss
 from gradwise.registry import register
 
 __all__ = ["proto_triplet_loss", "ProtoTripletLoss", "icnn_loss", "ICNNLoss"]
@@ -28,7 +28,9 @@ def _distances(x: Tensor, y: Tensor) -> Tensor:
 
 
 @register(kind="loss", paper=_PAPER, year=2023, arxiv=_ARXIV, code=_CODE,
-          summary="Proto-Triplet: hinge between a query's own prototype and its nearest other prototype (few-shot)")
+          summary="Proto-Triplet: hinge between a query's own prototype and its nearest other prototype (few-shot)",
+          info={"reliability": {"inputs": ("x", "labels", "x", "labels"), "labels": "ids",
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def proto_triplet_loss(support: Tensor, support_labels: Tensor, queries: Tensor, query_labels: Tensor, *,
                        margin: float = 0.5, reduction: str = "mean", validate: bool = True) -> Tensor:
     r"""Proto-Triplet loss (Mendez-Ruiz et al. 2023, arXiv 2305.09062), on one few-shot episode.
@@ -97,7 +99,9 @@ class ProtoTripletLoss(LossModule):
 
 
 @register(kind="loss", paper=_PAPER, year=2023, arxiv=_ARXIV, code=_CODE,
-          summary="ICNN: -log of an intra/inter-class nearest-neighbour separability score of an embedding set")
+          summary="ICNN: -log of an intra/inter-class nearest-neighbour separability score of an embedding set",
+          info={"reliability": {"labels": "ids", "kwargs": {"k": 2},
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def icnn_loss(embeddings: Tensor, labels: Tensor, *, k: int = 4, neighbors: int | None = None) -> Tensor:
     r"""ICNN loss (Mendez-Ruiz et al. 2023, arXiv 2305.09062): ``-log`` of the ICNN separability score.
 

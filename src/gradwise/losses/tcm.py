@@ -8,7 +8,7 @@ from torch import Tensor
 
 from gradwise._deprecation import moved_names
 from gradwise._validate import check_nonneg, check_real
-from gradwise.losses._common import LossModule, check_embeddings_labels
+from gradwise.losses._common import NAN_FOR_INF_EMBEDDING, LossModule, check_embeddings_labels
 from gradwise.losses._moved import MOVED
 from gradwise.registry import register
 
@@ -22,7 +22,8 @@ __getattr__ = moved_names(__name__, MOVED["tcm"])
 
 
 @register(kind="loss", paper=PAPER, year=2024, arxiv="2307.04047", code=CODE,
-          summary="TCM: regularizer penalizing hard positive (cos < m+) and hard negative (cos > m-) pairs")
+          summary="TCM: regularizer penalizing hard positive (cos < m+) and hard negative (cos > m-) pairs",
+          info={"reliability": {"labels": "ids", "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def tcm_loss(embeddings: Tensor, labels: Tensor, *, margin_pos: float = 0.9, margin_neg: float = 0.5,
              lambda_pos: float = 1.0, lambda_neg: float = 1.0) -> Tensor:
     r"""Threshold-Consistent Margin loss (Zhang et al., ICLR 2024, arXiv 2307.04047), a regularizer.

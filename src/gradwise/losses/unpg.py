@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradwise._validate import check_choice, check_int, check_positive, check_real
-from gradwise.losses._common import (LossModule, check_embeddings_labels, check_label_range, check_reduction,
-                                     reduce_loss)
+from gradwise.losses._common import (NAN_FOR_INF_EMBEDDING, LossModule, check_embeddings_labels, check_label_range,
+                                     check_reduction, reduce_loss)
 from gradwise.registry import register
 
 __all__ = ["unpg_loss", "UNPGLoss", "box_and_whisker_mask"]
@@ -41,7 +41,9 @@ def box_and_whisker_mask(values: Tensor, valid: Tensor, whisker: float) -> Tenso
 @register(kind="loss",
           paper="Unified Negative Pair Generation toward Well-discriminative Feature Space for Face Recognition",
           year=2022, arxiv="2203.11593", code="https://github.com/Jung-Jun-Uk/UNPG",
-          summary="UNPG: ArcFace/CosFace softmax whose negatives also include filtered sample-to-sample pairs")
+          summary="UNPG: ArcFace/CosFace softmax whose negatives also include filtered sample-to-sample pairs",
+          info={"reliability": {"inputs": ("x", "labels", "class_matrix"), "ignore_index": True,
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def unpg_loss(embeddings: Tensor, labels: Tensor, weight: Tensor, *, margin_type: str = "arcface",
               s: float = 64.0, m: float = 0.5, whisker: float = 1.5, reduction: str = "mean",
               ignore_index: int = -100, validate: bool = True) -> Tensor:

@@ -47,7 +47,10 @@ class _ZTarget(torch.autograd.Function):
 @register(kind="loss",
           paper="The Z-loss: a shift and scale invariant classification loss belonging to the Spherical Family",
           year=2016, arxiv="1604.08859", code=None,
-          summary="softplus(a (b - z_y)) / a on the z-normalized logits z = (o - mean) / std")
+          summary="softplus(a (b - z_y)) / a on the z-normalized logits z = (o - mean) / std",
+          info={"reliability": {"ignore_index": True, "expected": {
+              "neg_inf_other_class": ("nan", "the z-score of the target logit uses the mean and deviation of all "
+                                             "logits, undefined with a -inf one")}}})
 def z_loss(logits: Tensor, target: Tensor, *, a: float = 1.0, b: float | None = None, eps: float = 1e-12,
            reduction: str = "mean", ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""Z-loss of de Brébisson & Vincent (2016).
