@@ -1,6 +1,6 @@
 """Golden values for AMCL (SimCLR form, Top-k negatives), made by running the authors' v2.0 release.
 
-The authors' code is ``amcl/losses.py`` of LeiWangR/cl at commit
+The authors' code is ``amcl/losses.py`` of github.com/LeiWangR/cl at commit
 755799dbee4260d2d2efc891e9e4d2c13ea2cfe4 (the v2.0 release: ``AMCLNTXentLoss``
 with its shared ``TemperatureHead``); it imports only torch. Point ``AMCL_REF``
 at that file and run from the repository root:

@@ -1,6 +1,6 @@
 """Golden values for the SuSana losses (Proto-Triplet, ICNN), made by running the authors' code.
 
-The authors' code is ``algorithms/icnn_loss.py`` of maumruiz/FSL-Loss (commit
+The authors' code is ``algorithms/icnn_loss.py`` of github.com/maumruiz/FSL-Loss (commit
 249405f50421a2cf097a8ab4046db9cb32811164). It imports ``util.globals`` (only for
 its training glue); a stub module is installed here. Point ``SUSANA_REF`` at
 that file and run from the repository root:
