@@ -22,4 +22,4 @@ def test_generator_names_its_repository_and_commit(script):
     doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
     assert re.search(r"github\.com/[\w.-]+/[\w.-]+", doc), f"{script.name}: docstring names no repository"
     assert re.search(r"\bcommit\b|@[0-9a-f]{7}|==\d+\.\d+", doc), f"{script.name}: docstring names no commit"
-    assert f"tools/golden/{script.name}" in doc or "tests/data/" in doc, f"{script.name}: how to run it / what it writes"
+    assert f"tools/golden/{script.name}" in doc or "tests/data/" in doc, f"{script.name}: how to run it, what it writes"
