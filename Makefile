@@ -51,7 +51,7 @@ bench: test-env
 	$(BIN)/python benchmarks/loss_step.py --markdown docs/benchmarks.md
 
 docs: env
-	$(BIN)/python tools/gen_docs.py
+	$(BIN)/python tools/docs/gen_docs.py
 
 clean:
 	rm -rf $(VENV) runs build src/gradwise/*/_C*.so src/gradwise/*/_C.build.json

@@ -203,9 +203,9 @@ def test_rst_to_text_and_escape_percent():
 def test_build_parser_imports_no_method_package():
     """`gradwise --help` and `gradwise arena` stay fast: the --kind choices are resolved only when used."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    code = ("import sys; from gradwise.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('gradwise.optim', "
-            "'gradwise.losses', 'gradwise.preference'))))")
+    code = ("import sys; from gradwise.cli import build_parser; from gradwise.registry import FAMILIES; "
+            "build_parser(); print(sorted(m for m in sys.modules if m == 'torch' or "
+            "m.startswith(tuple(f'gradwise.{f}' for f in FAMILIES))))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -280,7 +280,7 @@ def test_methods_table_never_splits_a_word(width):
     assert max(len(line) for line in text.splitlines()) <= width
     printed = set(re.sub(r"[\u2500-\u257f]", " ", text).split())  # box-drawing characters out
     for m in records:
-        for field in (m.name, m.kind, str(m.year), m.paper, m.arxiv or "", m.summary):
+        for field in (m.name, m.family, m.kind, str(m.year), m.paper, m.arxiv or "", m.summary):
             missing = [w for w in field.split() if w not in printed]
             assert not missing, (width, m.name, missing)
 
@@ -305,8 +305,29 @@ def test_methods_not_implemented_shows_the_seed_list_status(wide, capsys):
 def test_methods_of_another_kind_are_named(fake_registry, wide, capsys):
     assert main(["methods", "quokka", "--kind", "loss"]) == 0
     out = capsys.readouterr().out
-    assert "No method of kind 'loss' matches 'quokka'" in out and "Quokka (optimizer)" in out
+    assert "No method of kind 'loss' matches 'quokka'" in out and "Quokka (optim, optimizer)" in out
     assert "does not implement" not in out
+
+
+def test_methods_filters_by_family_and_shows_it(fake_registry, wide, capsys):
+    assert main(["methods", "--family", "losses"]) == 0
+    out = capsys.readouterr().out
+    assert "ZebraLoss" in out and "Quokka" not in out and "│ losses" in out
+    assert all(m.name in out for m in registry.methods(family="losses"))
+    assert main(["methods", "quokka", "--family", "losses"]) == 0
+    assert "No method of family 'losses' matches 'quokka'" in capsys.readouterr().out
+    assert main(["methods", "--family", "metrics", "--kind", "optimizer"]) == 0
+    out = capsys.readouterr().out
+    assert "No method of kind 'optimizer' in family 'metrics'" in out and "metric" in out
+
+
+def test_family_choices_are_the_registry_families(capsys):
+    family_action = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["methods"]._actions
+                         if a.dest == "family")
+    assert tuple(family_action.choices) == registry.FAMILIES
+    with pytest.raises(SystemExit) as exc:
+        main(["methods", "--family", "nonsense"])
+    assert exc.value.code == 2 and "argument --family: invalid choice: 'nonsense'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- user mistakes: one line, exit 2

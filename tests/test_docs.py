@@ -16,7 +16,7 @@ URL = re.compile(r"^https?://\S+$")
 
 def test_generated_docs_are_current():
     stale = check_docs(ROOT)
-    assert not stale, f"stale generated docs {stale}: run `python tools/gen_docs.py`"
+    assert not stale, f"stale generated docs {stale}: run `python tools/docs/gen_docs.py`"
 
 
 def test_docs_are_deterministic():

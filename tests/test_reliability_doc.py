@@ -1,5 +1,5 @@
-"""docs/reliability.md is there and names what it measured: each suite tools/gen_reliability.py runs, and
-only test modules and functions that exist. (Fast: nothing is rerun; `python tools/gen_reliability.py`
+"""docs/reliability.md is there and names what it measured: each suite tools/docs/gen_reliability.py runs, and
+only test modules and functions that exist. (Fast: nothing is rerun; `python tools/docs/gen_reliability.py`
 regenerates the figures.)"""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ DOC = ROOT / "docs" / "reliability.md"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("gen_reliability", ROOT / "tools" / "gen_reliability.py")
+    spec = importlib.util.spec_from_file_location("gen_reliability", ROOT / "tools" / "docs" / "gen_reliability.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules.setdefault(spec.name, mod)  # dataclasses look their module up there
     spec.loader.exec_module(mod)  # module level: dataclasses and tables only, no torch, no pytest run
@@ -22,7 +22,7 @@ def _script():
 
 
 def _doc() -> str:
-    assert DOC.is_file(), "docs/reliability.md is missing: run `python tools/gen_reliability.py`"
+    assert DOC.is_file(), "docs/reliability.md is missing: run `python tools/docs/gen_reliability.py`"
     return DOC.read_text(encoding="utf-8")
 
 
@@ -31,7 +31,7 @@ def test_doc_names_every_suite_the_script_runs():
     suites = _script().SUITES
     assert suites
     missing = [m for m in suites if f"`{m}`" not in text]
-    assert not missing, f"docs/reliability.md does not name {missing}: run `python tools/gen_reliability.py`"
+    assert not missing, f"docs/reliability.md does not name {missing}: run `python tools/docs/gen_reliability.py`"
 
 
 def test_every_test_module_the_doc_names_exists():
@@ -47,7 +47,7 @@ def test_every_test_function_the_script_selects_exists():
             tree = ast.parse((ROOT / module).read_text(encoding="utf-8"))
             defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
             missing += [f"{module}::{f}" for f in funcs or () if f not in defined]
-    assert not missing, f"tools/gen_reliability.py selects tests that do not exist: {missing}"
+    assert not missing, f"tools/docs/gen_reliability.py selects tests that do not exist: {missing}"
 
 
 def test_doc_has_the_runs_figures_and_is_linked_from_the_readme():

@@ -1,6 +1,7 @@
 """The ``gradwise`` command line: ``methods``, ``arena`` and ``bench``.
 
-    gradwise methods [TEXT] [--kind KIND]   the registry, searched (name, title, arXiv id, code URL, ...)
+    gradwise methods [TEXT] [--kind KIND] [--family FAMILY]
+                                            the registry, searched (name, title, arXiv id, code URL, ...)
     gradwise arena [STUDY] [options]        run an arena study (default: optimizers)
     gradwise bench [args...]                speed benchmark (gradwise.bench; needs pytorch_optimizer)
 """
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 from gradwise import __version__
 from gradwise.arena import DEFAULT_STUDY, STUDIES, UsageError, load_study, positive_int
+from gradwise.registry import FAMILIES
 
 __all__ = ["main", "build_parser", "rst_to_text", "escape_percent", "print_methods"]
 
@@ -202,14 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gradwise {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("methods", help="list the registered methods (name, kind, paper, summary)",
-                       description="List registry records, filtered by TEXT and KIND. A method gradwise does not "
-                                   "have is looked up in the seed papers (docs/coverage.md).")
+    p = sub.add_parser("methods", help="list the registered methods (name, family, kind, paper, summary)",
+                       description="List registry records, filtered by TEXT, KIND and FAMILY. A method gradwise does "
+                                   "not have is looked up in the seed papers (docs/coverage.md).")
     p.add_argument("text", nargs="?", metavar="TEXT",
                    help="case-insensitive text in the name, kind, paper title, arXiv id, authors' code URL or "
                         "summary")
     p.add_argument("--kind", choices=_RegisteredKinds(), metavar="KIND",
                    help="only records of this kind, one of the kinds that have methods: %(choices)s")
+    p.add_argument("--family", choices=FAMILIES, metavar="FAMILY",
+                   help="only records of this family (the package gradwise.FAMILY they are imported from): "
+                        "%(choices)s")
 
     p = sub.add_parser("arena", help=f"run an arena study (default: {DEFAULT_STUDY})",
                        description=f"Run an arena study. STUDY defaults to {DEFAULT_STUDY!r}; "
@@ -274,20 +279,21 @@ def _methods_table(records, width: int):
 
     title = f"gradwise methods ({len(records)})"
     wide = Table(title=title)
-    for col in ("name", "kind", "year"):
+    for col in ("name", "family", "kind", "year"):
         wide.add_column(col, no_wrap=True)
     wide.add_column("paper", ratio=3)
     wide.add_column("arXiv", no_wrap=True)
     wide.add_column("summary", ratio=4)
     for m in records:
-        wide.add_row(*(Text(c) for c in (m.name, m.kind, str(m.year), m.paper, m.arxiv or "—", m.summary)))
+        wide.add_row(*(Text(c) for c in (m.name, m.family, m.kind, str(m.year), m.paper, m.arxiv or "—", m.summary)))
 
     # narrow: one column naming the method, one with its paper and (dimmed) summary
     narrow = Table(title=title, show_lines=True)
     narrow.add_column("method", no_wrap=True)
     narrow.add_column("paper / summary")
     for m in records:
-        narrow.add_row(f"[bold]{_escape(m.name)}[/]\n{m.kind}\n{m.year}" + (f"\narXiv {m.arxiv}" if m.arxiv else ""),
+        narrow.add_row(f"[bold]{_escape(m.name)}[/]\n{m.family}\n{m.kind}\n{m.year}"
+                       + (f"\narXiv {m.arxiv}" if m.arxiv else ""),
                        f"{_escape(m.paper)}\n[dim]{_escape(m.summary)}[/]")
     for table in (wide, narrow):
         if _min_width(table) <= width:
@@ -323,7 +329,7 @@ def print_methods(console, records) -> None:
     console.print(f"gradwise methods ({len(records)})")
     for m in records:  # very narrow terminals: plain wrapped text, broken at spaces
         head = Text(m.name, style="bold")
-        head.append(f"  {m.kind}  {m.year}" + (f"  arXiv {m.arxiv}" if m.arxiv else ""))
+        head.append(f"  {m.family}  {m.kind}  {m.year}" + (f"  arXiv {m.arxiv}" if m.arxiv else ""))
         console.print(head)
         console.print(Text(m.paper))
         console.print(Text(m.summary, style="dim"))
@@ -361,21 +367,25 @@ def _not_implemented(console, text: str) -> None:
         console.print(f"... and {len(hits) - 10} more in {_COVERAGE}")
 
 
-def _methods(text: str | None, kind: str | None, console=None) -> int:
+def _methods(text: str | None, kind: str | None, family: str | None = None, console=None) -> int:
     from rich.console import Console
 
     from gradwise.registry import methods
 
     console = console or Console()
-    records = methods(text, kind)
+    records = methods(text, kind, family)
     if records:
         print_methods(console, records)
-    elif text and kind and methods(text):
+    elif text and (kind or family) and methods(text):
         others = methods(text)
-        console.print(f"No method of kind {kind!r} matches {text!r}; of other kinds: "
-                      + ", ".join(f"{m.name} ({m.kind})" for m in others), highlight=False, markup=False)
+        where = " and ".join(f"{what} {value!r}" for what, value in (("kind", kind), ("family", family)) if value)
+        console.print(f"No method of {where} matches {text!r}; elsewhere: "
+                      + ", ".join(f"{m.name} ({m.family}, {m.kind})" for m in others), highlight=False, markup=False)
     elif text:
         _not_implemented(console, text)
+    elif kind and family:  # each alone has methods; together they may have none
+        console.print(f"No method of kind {kind!r} in family {family!r}; that family's kinds: "
+                      + ", ".join(sorted({m.kind for m in methods(family=family)})), highlight=False, markup=False)
     else:  # a kind is only offered when it has methods, so this is an empty registry
         console.print("no methods registered yet")
     return 0
@@ -411,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_in)
 
     if args.command == "methods":
-        return _methods(args.text, args.kind)
+        return _methods(args.text, args.kind, args.family)
     if args.command == "arena":
         from rich.console import Console
 

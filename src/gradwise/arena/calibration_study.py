@@ -101,10 +101,9 @@ def run_seed(task, cfg: Config, seed: int) -> tuple[list[dict[str, Any]], dict[s
     import torch.nn.functional as F
 
     from gradwise.arena.tasks import mlp
-    from gradwise.losses.calibration import (TemperatureScaler, adaptive_calibration_error,
-                                             classwise_calibration_error, expected_calibration_error)
-    from gradwise.losses.correctness_aware import (CorrectnessAwareCalibrator, fit_correctness_aware_calibrator,
-                                                   transformation_features)
+    from gradwise.calibration import (CorrectnessAwareCalibrator, TemperatureScaler, fit_correctness_aware_calibrator,
+                                      transformation_features)
+    from gradwise.metrics import adaptive_calibration_error, classwise_calibration_error, expected_calibration_error
 
     t0 = time.perf_counter()
     x_tr, y_tr, x_cal, y_cal = _split(task, cfg)
@@ -177,7 +176,7 @@ def _plot(path: Path, probs: dict[str, Any], y, n_bins: int, title: str,
     import matplotlib.pyplot as plt
 
     from gradwise.arena.report import fmt_ci, wrap_title
-    from gradwise.losses.calibration import reliability_bins
+    from gradwise.metrics import reliability_bins
 
     fig, axes = plt.subplots(1, len(probs), figsize=(3.8 * len(probs), 4.0), sharey=True)
     width = 1.0 / n_bins

@@ -85,8 +85,9 @@ def run(args: argparse.Namespace, console: Console) -> Path:
     from gradwise.arena import report
     from gradwise.arena.runner import torch_threads
     from gradwise.arena.tasks import digits, mlp
-    from gradwise.losses import (DualHeadKD, expected_calibration_error, bdkd_loss, bdkd_teacher_loss, binary_kl_loss, class_means, kd_loss,
+    from gradwise.losses import (DualHeadKD, bdkd_loss, bdkd_teacher_loss, binary_kl_loss, class_means, kd_loss,
                                  nd_loss)
+    from gradwise.metrics import expected_calibration_error
 
     cfg = replace(CONFIG, seeds=args.seeds, epochs=args.epochs, teacher_epochs=args.teacher_epochs)
     task = digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)

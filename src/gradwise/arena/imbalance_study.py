@@ -85,7 +85,8 @@ def run_one(task, cfg: Config, method: str, seed: int) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from gradwise.arena.tasks import mlp
-    from gradwise.losses.temperature_sampling import TemperatureSampler, class_weights, cooldown_temperature
+    from gradwise.data_weighting import TemperatureSampler, class_weights
+    from gradwise.schedules import cooldown_temperature
 
     t0 = time.perf_counter()
     idx, counts = long_tail(task.y_train, task.num_classes, cfg.ratio, seed)

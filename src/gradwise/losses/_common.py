@@ -17,9 +17,18 @@ from torch import Tensor, nn
 
 __all__ = ["REDUCTIONS", "check_reduction", "check_logits_target", "check_label_range", "check_same_shape",
            "check_probabilities", "reduce_loss", "prepare_logits_target", "upcast", "LossModule",
-           "keyword_parameters", "describe_arguments"]
+           "keyword_parameters", "describe_arguments", "INT_DTYPES", "check_embeddings_labels",
+           "NAN_FOR_INF_EMBEDDING", "NAN_FOR_INF_STUDENT_LOGPROB"]
 
 REDUCTIONS = ("mean", "sum", "none")
+#: The integer dtypes accepted for labels and indices.
+INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+# Why a loss gives NaN where torch's cross entropy would not: the reasons the records' documented departures
+# (``info["reliability"]["expected"]``, read by tests/losses/test_reliability.py) share.
+NAN_FOR_INF_EMBEDDING = "-inf is no embedding: normalizing or measuring distances to it is NaN"
+NAN_FOR_INF_STUDENT_LOGPROB = ("the KL divergence to a student log-probability of -inf where the teacher has mass "
+                               "is +inf")
 
 
 def check_reduction(reduction: str) -> None:
@@ -35,8 +44,7 @@ def check_logits_target(logits: Tensor, target: Tensor, ignore_index: int | None
                          f"{type(logits).__name__ if not torch.is_tensor(logits) else logits.dtype}")
     if logits.dim() != 2:
         raise ValueError(f"Invalid {name}: expected shape [N, C], got {tuple(logits.shape)}")
-    if not torch.is_tensor(target) or target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8,
-                                                            torch.uint8):
+    if not torch.is_tensor(target) or target.dtype not in INT_DTYPES:
         raise ValueError(f"Invalid {target_name}: expected an integer tensor of class indices of shape [N], got "
                          f"{type(target).__name__ if not torch.is_tensor(target) else target.dtype}")
     if target.shape != logits.shape[:1]:
@@ -63,6 +71,24 @@ def check_label_range(target: Tensor, num_classes: int, ignore_index: int | None
         bad = lo if lo < 0 else hi
         extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
         raise ValueError(f"Invalid {name}: label {bad} out of range (accepted: 0 <= label < {num_classes}{extra})")
+
+
+def check_embeddings_labels(embeddings: Tensor, labels: Tensor, *, name: str = "embeddings",
+                            labels_name: str = "labels", min_n: int = 1) -> None:
+    """``embeddings`` [N, D] floating, ``labels`` [N] integer class ids (no range check: ids are arbitrary)."""
+    if not torch.is_tensor(embeddings) or not embeddings.is_floating_point():
+        raise ValueError(f"Invalid {name}: expected a floating-point tensor of shape [N, D], got "
+                         f"{type(embeddings).__name__ if not torch.is_tensor(embeddings) else embeddings.dtype}")
+    if embeddings.dim() != 2:
+        raise ValueError(f"Invalid {name}: expected shape [N, D], got {tuple(embeddings.shape)}")
+    if embeddings.shape[0] < min_n:
+        raise ValueError(f"Invalid {name}: expected at least {min_n} rows, got {embeddings.shape[0]}")
+    if not torch.is_tensor(labels) or labels.dtype not in INT_DTYPES:
+        raise ValueError(f"Invalid {labels_name}: expected an integer tensor of class ids of shape [N], got "
+                         f"{type(labels).__name__ if not torch.is_tensor(labels) else labels.dtype}")
+    if labels.shape != embeddings.shape[:1]:
+        raise ValueError(f"Invalid {labels_name}: expected shape [{embeddings.shape[0]}] to match {name} "
+                         f"{tuple(embeddings.shape)}, got {tuple(labels.shape)}")
 
 
 def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:

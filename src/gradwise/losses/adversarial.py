@@ -3,15 +3,15 @@ attack that finds the adversarial point they need.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradwise._validate import check_choice, check_int, check_nonneg
 from gradwise.losses._common import LossModule, check_logits_target, check_same_shape, reduce_loss, upcast
-from gradwise.losses.comp_sum import PAPER, _check_tau, comp_sum_per_sample
+from gradwise.losses.comp_sum import PAPER, comp_sum_per_sample
 from gradwise.registry import register
 
 __all__ = ["smooth_adversarial_comp_sum_loss", "SmoothAdversarialCompSumLoss", "score_difference_regularizer",
@@ -42,14 +42,11 @@ def score_difference_regularizer(logits: Tensor, adv_logits: Tensor, target: Ten
     return torch.where(nonzero, safe_m * safe_sq.sqrt(), torch.zeros_like(m))
 
 
-def _check_nonneg(name: str, v: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ValueError(f"Invalid {name}: {v!r} (accepted: a finite number {name} >= 0)")
-    return float(v)
-
-
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2304.07288", code=None,
-          summary="Comp-sum loss + nu * ||Delta_h(x') - Delta_h(x)||_2 at an adversarial x' (ADV-COMP-SUM)")
+          summary="Comp-sum loss + nu * ||Delta_h(x') - Delta_h(x)||_2 at an adversarial x' (ADV-COMP-SUM)",
+          info={"reliability": {"inputs": ("x", "other", "labels"), "ignore_index": True, "expected": {
+              "neg_inf_other_class": ("nan", "its regularizer takes the difference of clean and adversarial score "
+                                             "gaps, inf - inf")}}})
 def smooth_adversarial_comp_sum_loss(logits: Tensor, adv_logits: Tensor, target: Tensor, *, tau: float = 1.0,
                                      nu: float = 1.0, reduction: str = "mean", ignore_index: int = -100,
                                      validate: bool = True) -> Tensor:
@@ -105,8 +102,8 @@ def smooth_adversarial_comp_sum_loss(logits: Tensor, adv_logits: Tensor, target:
         >>> x_adv = pgd_attack(model, x, y, eps=0.1, alpha=0.03, steps=5, loss_fn=reg)
         >>> smooth_adversarial_comp_sum_loss(clean, model(x_adv), y, tau=1.5, nu=1.0).backward()
     """
-    tau = _check_tau(tau)
-    nu = _check_nonneg("nu", nu)
+    tau = check_nonneg("tau", tau)
+    nu = check_nonneg("nu", nu)
     check_logits_target(logits, target, ignore_index, validate=validate)
     if not torch.is_tensor(adv_logits) or not adv_logits.is_floating_point():
         raise ValueError("Invalid adv_logits: expected a floating-point tensor of shape [N, C]")
@@ -158,12 +155,10 @@ def pgd_attack(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: Tens
         >>> model = torch.nn.Linear(4, 3); x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
         >>> x_adv = pgd_attack(model, x, y, eps=0.1, alpha=0.025, steps=10, norm="l2")
     """
-    eps = _check_nonneg("eps", eps)
-    alpha = _check_nonneg("alpha", alpha)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"Invalid steps: {steps!r} (accepted: an integer steps >= 0)")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"Invalid norm: {norm!r} (accepted: 'linf' or 'l2')")
+    eps = check_nonneg("eps", eps)
+    alpha = check_nonneg("alpha", alpha)
+    check_int("steps", steps, lo=0)
+    check_choice("norm", norm, ("linf", "l2"))
     if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() < 1:
         raise ValueError("Invalid x: expected a floating-point tensor with a batch dimension")
     if loss_fn is None:

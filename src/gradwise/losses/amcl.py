@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise.losses._common import LossModule, reduce_loss
+from gradwise._validate import check_bool, check_choice, check_int, check_nonneg, check_positive, check_real
+from gradwise.losses._common import NAN_FOR_INF_EMBEDDING, LossModule, reduce_loss
 from gradwise.registry import register
 
 __all__ = ["amcl_loss", "AMCLLoss", "AMCLTemperature"]
@@ -41,7 +42,9 @@ def _omega(tau: Tensor, dim: float) -> Tensor:
 
 @register(kind="loss", paper="Adaptive Multi-head Contrastive Learning", year=2024, arxiv="2310.05615",
           code=_CODE,
-          summary="AMCL: sum over projection heads of a contrastive loss with per-pair temperatures, regularized")
+          summary="AMCL: sum over projection heads of a contrastive loss with per-pair temperatures, regularized",
+          info={"reliability": {"inputs": ("x", "other"), "labels": "none", "kwargs": {"tau": 0.5, "topk": 2},
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def amcl_loss(z1: Tensor, z2: Tensor, tau: Tensor | float, *, beta: float = 1e-4, negatives: str = "topk",
               topk: int = 100, omega_dim: float | None = None, reduction: str = "mean",
               validate: bool = True) -> Tensor:
@@ -130,16 +133,11 @@ def amcl_loss(z1: Tensor, z2: Tensor, tau: Tensor | float, *, beta: float = 1e-4
         >>> loss = amcl_loss(z1, z2, temp(z1, z2))          # top-100 negatives, beta = 1e-4
     """
     z1, z2 = _check_views(z1, z2)
-    if negatives not in _NEGATIVES:
-        raise ValueError(f"Invalid negatives: {negatives!r} (accepted: 'max', 'topk' or 'logsumexp')")
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise ValueError(f"Invalid topk: {topk!r} (accepted: an integer topk >= 1)")
-    if not (beta >= 0.0 and math.isfinite(beta)):
-        raise ValueError(f"Invalid beta: {beta!r} (accepted: 0 <= beta < inf)")
+    check_choice("negatives", negatives, _NEGATIVES)
+    check_int("topk", topk, lo=1)
+    check_nonneg("beta", beta)
     C, N, D = z1.shape
-    dim = float(D if omega_dim is None else omega_dim)
-    if not (dim > 0 and math.isfinite(dim)):
-        raise ValueError(f"Invalid omega_dim: {omega_dim} (accepted: None or 0 < omega_dim < inf)")
+    dim = float(D) if omega_dim is None else check_positive("omega_dim", omega_dim)  # None: the embedding size
     cdtype = torch.promote_types(z1.dtype, torch.float32)
     if torch.is_tensor(tau):
         if not tau.is_floating_point():
@@ -152,8 +150,7 @@ def amcl_loss(z1: Tensor, z2: Tensor, tau: Tensor | float, *, beta: float = 1e-4
         if validate and not bool((tau > 0).all() & torch.isfinite(tau).all()):
             raise ValueError("Invalid tau: temperatures must be positive and finite")
     else:
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (0.0 < tau < math.inf):
-            raise ValueError(f"Invalid tau: {tau!r} (accepted: 0 < tau < inf, or a tensor of temperatures)")
+        tau = check_positive("tau", tau)  # or a tensor of temperatures (above)
         tau = torch.full((C, 2 * N, 2 * N), float(tau), dtype=cdtype, device=z1.device)
 
     z = F.normalize(torch.cat([z1, z2], 1).to(cdtype), dim=-1)  # [C, 2N, D]
@@ -242,16 +239,12 @@ class AMCLTemperature(nn.Module):
                  tau_max: float = 2.0, form: str = "dot", shared: bool | None = None) -> None:
         super().__init__()
         for name, v in (("dim", dim), ("num_heads", num_heads), ("hidden", hidden)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"Invalid {name}: {v!r} (accepted: integer >= 1)")
-        if not 0.0 < tau_min < tau_max < math.inf:
+            check_int(name, v, lo=1)
+        check_positive("tau_max", tau_max)
+        if not 0.0 < check_real("tau_min", tau_min) < tau_max:
             raise ValueError(f"Invalid tau_min: {tau_min} (accepted: 0 < tau_min < tau_max={tau_max} < inf)")
-        if form not in _FORMS:
-            raise ValueError(f"Invalid form: {form!r} (accepted: 'dot' or 'concat')")
-        if shared is None:
-            shared = form == "dot"
-        if not isinstance(shared, bool):
-            raise ValueError(f"Invalid shared: {shared!r} (accepted: None, True or False)")
+        check_choice("form", form, _FORMS)
+        shared = check_bool("shared", form == "dot" if shared is None else shared)  # None: shared for "dot"
         self.dim, self.num_heads, self.hidden = dim, num_heads, hidden
         self.tau_min, self.tau_max, self.form, self.shared = float(tau_min), float(tau_max), form, shared
         m = 1 if shared else num_heads

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, check_reduction, reduce_loss
-from gradwise.losses.kd import (_check_pair, _check_positive, _check_unit, _common_dtype, _entropy_rows,
-                                _kl_rows, _log_softmax_t)
+from gradwise._validate import check_positive, check_unit
+from gradwise.losses._common import NAN_FOR_INF_STUDENT_LOGPROB, LossModule, check_reduction, reduce_loss
+from gradwise.losses._distill import check_pair, common_dtype, entropy_rows, kl_rows, log_softmax_t
 from gradwise.registry import register
 
 __all__ = ["bdkd_loss", "BDKDLoss", "bdkd_teacher_loss"]
@@ -21,13 +21,15 @@ def bdkd_weights(log_ps: Tensor, log_pt: Tensor, reverse_weight_uncertain: float
                  reverse_weight_confident: float) -> Tensor:
     """Per-sample reverse-KL weight ``w_i`` from the softened log-probabilities (no grad): the entropy gap decides."""
     log_ps, log_pt = log_ps.detach(), log_pt.detach()
-    uncertain = _entropy_rows(log_ps) > _entropy_rows(log_pt)
+    uncertain = entropy_rows(log_ps) > entropy_rows(log_pt)
     return torch.where(uncertain, torch.full_like(uncertain, reverse_weight_uncertain, dtype=log_ps.dtype),
                        torch.full_like(uncertain, reverse_weight_confident, dtype=log_ps.dtype))
 
 
 @register(kind="loss", paper=PAPER, year=2022, arxiv="2212.12965", code=None,
-          summary="BD-KD student loss: per-sample mix of forward/reverse KL chosen by the student-teacher entropy gap")
+          summary="BD-KD student loss: per-sample mix of forward/reverse KL chosen by the student-teacher entropy gap",
+          info={"reliability": {"inputs": ("x", "teacher"), "labels": "none",
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_STUDENT_LOGPROB)}}})
 def bdkd_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 4.0,
               reverse_weight_uncertain: float = 1.0, reverse_weight_confident: float = 0.0,
               reduction: str = "mean") -> Tensor:
@@ -88,16 +90,16 @@ def bdkd_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: fl
         >>> loss_s = F.cross_entropy(s, y) + bdkd_loss(s, t)
         >>> loss_t = F.cross_entropy(t, y) + bdkd_teacher_loss(t, s)
     """
-    temperature = _check_positive("temperature", temperature)
-    reverse_weight_uncertain = _check_unit("reverse_weight_uncertain", reverse_weight_uncertain)
-    reverse_weight_confident = _check_unit("reverse_weight_confident", reverse_weight_confident)
+    temperature = check_positive("temperature", temperature)
+    reverse_weight_uncertain = check_unit("reverse_weight_uncertain", reverse_weight_uncertain)
+    reverse_weight_confident = check_unit("reverse_weight_confident", reverse_weight_confident)
     check_reduction(reduction)
-    _check_pair(student_logits, teacher_logits)
-    log_ps = _log_softmax_t(student_logits, temperature)
-    log_pt = _log_softmax_t(teacher_logits.detach(), temperature)
+    check_pair(student_logits, teacher_logits)
+    log_ps = log_softmax_t(student_logits, temperature)
+    log_pt = log_softmax_t(teacher_logits.detach(), temperature)
     w = bdkd_weights(log_ps, log_pt, reverse_weight_uncertain, reverse_weight_confident)
-    per = temperature ** 2 * ((1.0 - w) * _kl_rows(log_pt, log_ps) + w * _kl_rows(log_ps, log_pt))
-    return reduce_loss(per, reduction).to(_common_dtype(student_logits, teacher_logits))
+    per = temperature ** 2 * ((1.0 - w) * kl_rows(log_pt, log_ps) + w * kl_rows(log_ps, log_pt))
+    return reduce_loss(per, reduction).to(common_dtype(student_logits, teacher_logits))
 
 
 class BDKDLoss(LossModule):
@@ -119,10 +121,10 @@ def bdkd_teacher_loss(teacher_logits: Tensor, student_logits: Tensor, *, tempera
     learning. The teacher's objective is ``CE(t, y) + bdkd_teacher_loss(t, s)``.
     See :func:`bdkd_loss` (arXiv:2212.12965) for what was our reading.
     """
-    temperature = _check_positive("temperature", temperature)
+    temperature = check_positive("temperature", temperature)
     check_reduction(reduction)
-    _check_pair(teacher_logits, student_logits, "teacher_logits", "student_logits")
-    log_pt = _log_softmax_t(teacher_logits, temperature)
-    log_ps = _log_softmax_t(student_logits.detach(), temperature)
-    per = temperature ** 2 * _kl_rows(log_ps, log_pt)
-    return reduce_loss(per, reduction).to(_common_dtype(student_logits, teacher_logits))
+    check_pair(teacher_logits, student_logits, "teacher_logits", "student_logits")
+    log_pt = log_softmax_t(teacher_logits, temperature)
+    log_ps = log_softmax_t(student_logits.detach(), temperature)
+    per = temperature ** 2 * kl_rows(log_ps, log_pt)
+    return reduce_loss(per, reduction).to(common_dtype(student_logits, teacher_logits))

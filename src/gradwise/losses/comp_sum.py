@@ -3,24 +3,17 @@ sum-exponential loss through cross-entropy and generalized cross-entropy to MAE.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gradwise._validate import check_nonneg
 from gradwise.losses._common import LossModule, check_logits_target, prepare_logits_target, reduce_loss
 from gradwise.registry import register
 
 __all__ = ["comp_sum_loss", "CompSumLoss"]
 
 PAPER = "Cross-Entropy Loss Functions: Theoretical Analysis and Applications"
-
-
-def _check_tau(tau: float) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
-        raise ValueError(f"Invalid tau: {tau!r} (accepted: a finite number tau >= 0)")
-    return float(tau)
 
 
 def _phi_tau_of_logp(logp_y: Tensor, tau: float) -> Tensor:
@@ -47,7 +40,8 @@ def comp_sum_per_sample(logits: Tensor, target: Tensor, tau: float,
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2304.07288", code=None,
-          summary="Comp-sum family Phi^tau(sum exp(h_y'-h_y)): sum-exp (0), CE (1), GCE (1<tau<2), MAE (2)")
+          summary="Comp-sum family Phi^tau(sum exp(h_y'-h_y)): sum-exp (0), CE (1), GCE (1<tau<2), MAE (2)",
+          info={"reliability": {"ignore_index": True}})
 def comp_sum_loss(logits: Tensor, target: Tensor, *, tau: float = 1.0, reduction: str = "mean",
                   ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""Comp-sum loss of Mao, Mohri & Zhong (2023).
@@ -121,7 +115,7 @@ def comp_sum_loss(logits: Tensor, target: Tensor, *, tau: float = 1.0, reduction
         >>> logits, y = torch.randn(8, 10, requires_grad=True), torch.randint(0, 10, (8,))
         >>> comp_sum_loss(logits, y, tau=1.5).backward()   # generalized cross-entropy
     """
-    tau = _check_tau(tau)
+    tau = check_nonneg("tau", tau)
     check_logits_target(logits, target, ignore_index, validate=validate)
     per, mask = comp_sum_per_sample(logits, target, tau, ignore_index)
     return reduce_loss(per, reduction, mask).to(logits.dtype)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gradwise._validate import check_real
 from gradwise.losses._common import (LossModule, check_logits_target, check_reduction, prepare_logits_target,
                                      reduce_loss, upcast)
 from gradwise.registry import register
@@ -29,12 +30,6 @@ def log1mexp(x: Tensor) -> Tensor:
     x_hi = torch.where(hi, x, torch.full((), -1.0, dtype=x.dtype, device=x.device))
     x_lo = torch.where(hi, torch.full((), -1.0, dtype=x.dtype, device=x.device), x)
     return torch.where(hi, torch.log(-torch.expm1(x_hi)), torch.log1p(-torch.exp(x_lo)))
-
-
-def _check_n(n: float) -> float:
-    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n < 1:
-        raise ValueError(f"Invalid n: {n!r} (accepted: a finite number n >= 1, the pass@N budget)")
-    return float(n)
 
 
 def _branches(cond: Tensor, x: Tensor, safe_true: float, safe_false: float) -> tuple[Tensor, Tensor]:
@@ -74,7 +69,8 @@ def _coverage_per_sample(logp: Tensor, n: float) -> Tensor:
 
 
 @register(kind="loss", paper=PAPER, year=2025, arxiv="2502.07154", code=None,
-          summary="Direct coverage optimization: -log(1 - (1 - p)^N), the pass@N-aligned, confidence-limited CE")
+          summary="Direct coverage optimization: -log(1 - (1 - p)^N), the pass@N-aligned, confidence-limited CE",
+          info={"reliability": {"inputs": ("logprob",), "labels": "none"}})
 def coverage_loss(logprob: Tensor, *, n: float = 16, reduction: str = "mean") -> Tensor:
     r"""Direct coverage optimization (DCO) loss of Chen, Raventós, Cheng, Ganguli & Druckmann (2025).
 
@@ -115,7 +111,7 @@ def coverage_loss(logprob: Tensor, *, n: float = 16, reduction: str = "mean") ->
         >>> logp = torch.log(torch.tensor([0.01, 0.5, 0.99], requires_grad=True))
         >>> coverage_loss(logp, n=8, reduction="none")   # the 0.99 example costs ~0
     """
-    n = _check_n(n)
+    n = check_real("n", n, 1.0)  # the pass@N budget
     check_reduction(reduction)
     if not torch.is_tensor(logprob) or not logprob.is_floating_point():
         raise ValueError("Invalid logprob: expected a floating-point tensor of log-probabilities (<= 0)")
@@ -133,7 +129,8 @@ class CoverageLoss(LossModule):
 
 
 @register(kind="loss", paper=PAPER, year=2025, arxiv="2502.07154", code=None,
-          summary="DCO on class logits: -log(1 - (1 - softmax(h)_y)^N)")
+          summary="DCO on class logits: -log(1 - (1 - softmax(h)_y)^N)",
+          info={"reliability": {"ignore_index": True}})
 def coverage_classification_loss(logits: Tensor, target: Tensor, *, n: float = 16, reduction: str = "mean",
                                  ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""The DCO loss of arXiv:2502.07154 with ``p = softmax(logits)_y`` (one-token answers).
@@ -149,7 +146,7 @@ def coverage_classification_loss(logits: Tensor, target: Tensor, *, n: float = 1
         >>> logits, y = torch.randn(8, 10, requires_grad=True), torch.randint(0, 10, (8,))
         >>> coverage_classification_loss(logits, y, n=4).backward()
     """
-    n = _check_n(n)
+    n = check_real("n", n, 1.0)  # the pass@N budget
     check_reduction(reduction)
     check_logits_target(logits, target, ignore_index, validate=validate)
     x, tgt, mask = prepare_logits_target(logits, target, ignore_index)

@@ -12,7 +12,9 @@ __all__ = ["decoupled_softmax_loss", "DecoupledSoftmaxLoss"]
 
 @register(kind="loss", paper="Dual-Encoders for Extreme Multi-Label Classification", year=2024, arxiv="2310.10636",
           code="https://github.com/nilesh2797/DEXML",
-          summary="Each positive label's softmax over itself and all negatives, averaged over positives")
+          summary="Each positive label's softmax over itself and all negatives, averaged over positives",
+          info={"reliability": {"labels": "multi_hot", "expected": {
+              "label_float": ("finite", "an integer (or bool) multi-hot target is accepted")}}})
 def decoupled_softmax_loss(logits: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
     r"""Decoupled softmax loss of DEXML (Gupta et al., 2024).
 

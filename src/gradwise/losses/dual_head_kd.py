@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradwise._validate import check_choice, check_nonneg, check_positive
 from gradwise.losses._common import (LossModule, check_logits_target, check_reduction, prepare_logits_target,
                                      reduce_loss, upcast)
-from gradwise.losses.kd import _check_pair, _check_positive, _common_dtype
+from gradwise.losses._distill import check_pair, common_dtype
 from gradwise.registry import register
 
 __all__ = ["binary_kl_loss", "dhkd_loss", "DHKDLoss", "DualHeadKD", "dhkd_aligned_backward"]
@@ -27,12 +28,6 @@ ARXIV = "2411.08937"
 CODE = "https://github.com/penghui-yang/DHKD"
 VARIANTS = ("norm", "plain")
 _LOG2 = math.log(2.0)
-
-
-def _check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise ValueError(f"Invalid variant: {variant!r} (accepted: 'norm' or 'plain')")
-    return variant
 
 
 def binary_kl_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
@@ -78,16 +73,17 @@ def binary_kl_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperatur
     here the exact log-sigmoid (softplus) form is used, identical inside that
     range and with a non-vanishing gradient outside it.
     """
-    temperature = _check_positive("temperature", temperature)
-    _check_variant(variant)
+    temperature = check_positive("temperature", temperature)
+    check_choice("variant", variant, VARIANTS)
     check_reduction(reduction)
-    _check_pair(student_logits, teacher_logits)
+    check_pair(student_logits, teacher_logits)
     per = binary_kl_per_sample(student_logits, teacher_logits, temperature, variant)
-    return reduce_loss(per, reduction).to(_common_dtype(student_logits, teacher_logits))
+    return reduce_loss(per, reduction).to(common_dtype(student_logits, teacher_logits))
 
 
 @register(kind="loss", paper=PAPER, year=2024, arxiv=ARXIV, code=CODE,
-          summary="DHKD: CE on the main head + BinaryKL(-Norm) on an auxiliary head, sharing the backbone")
+          summary="DHKD: CE on the main head + BinaryKL(-Norm) on an auxiliary head, sharing the backbone",
+          info={"reliability": {"inputs": ("x", "other", "teacher", "labels"), "ignore_index": True}})
 def dhkd_loss(main_logits: Tensor, aux_logits: Tensor, teacher_logits: Tensor, target: Tensor, *,
               gamma: float = 1.0, alpha: float = 1.0, temperature: float = 2.0, variant: str = "norm",
               reduction: str = "mean", ignore_index: int = -100, validate: bool = True) -> Tensor:
@@ -132,13 +128,13 @@ def dhkd_loss(main_logits: Tensor, aux_logits: Tensor, teacher_logits: Tensor, t
         >>> main, aux = model(features)
         >>> dhkd_loss(main, aux, teacher_logits, y).backward()
     """
-    gamma = _check_positive("gamma", gamma, allow_zero=True)
-    alpha = _check_positive("alpha", alpha, allow_zero=True)
-    temperature = _check_positive("temperature", temperature)
-    _check_variant(variant)
+    gamma = check_nonneg("gamma", gamma)
+    alpha = check_nonneg("alpha", alpha)
+    temperature = check_positive("temperature", temperature)
+    check_choice("variant", variant, VARIANTS)
     check_reduction(reduction)
     check_logits_target(main_logits, target, ignore_index, name="main_logits", validate=validate)
-    _check_pair(aux_logits, teacher_logits, "aux_logits", "teacher_logits")
+    check_pair(aux_logits, teacher_logits, "aux_logits", "teacher_logits")
     if aux_logits.shape != main_logits.shape:
         raise ValueError(f"Invalid aux_logits: expected the shape of main_logits {tuple(main_logits.shape)}, "
                          f"got {tuple(aux_logits.shape)}")
@@ -146,7 +142,7 @@ def dhkd_loss(main_logits: Tensor, aux_logits: Tensor, teacher_logits: Tensor, t
     ce = F.cross_entropy(x, tgt, reduction="none")
     bkl = binary_kl_per_sample(aux_logits, teacher_logits, temperature, variant)
     per = gamma * ce + alpha * bkl
-    return reduce_loss(per, reduction, mask).to(_common_dtype(main_logits, aux_logits, teacher_logits))
+    return reduce_loss(per, reduction, mask).to(common_dtype(main_logits, aux_logits, teacher_logits))
 
 
 class DHKDLoss(LossModule):
@@ -212,8 +208,7 @@ class DualHeadKD(nn.Module):
                                  "nn.Linear heads)")
             if not isinstance(num_classes, int) or num_classes < 2:
                 raise ValueError(f"Invalid num_classes: {num_classes!r} (accepted: an int >= 2)")
-        if aux not in ("linear", "nonlinear"):
-            raise ValueError(f"Invalid aux: {aux!r} (accepted: 'linear' or 'nonlinear')")
+        check_choice("aux", aux, ("linear", "nonlinear"))
         self.head = head if head is not None else nn.Linear(in_features, num_classes)
         if aux_head is None:
             aux_head = nn.Linear(in_features, num_classes) if aux == "linear" else _NonLinearHead(in_features,
@@ -222,10 +217,10 @@ class DualHeadKD(nn.Module):
         self.loss_kwargs = dict(gamma=gamma, alpha=alpha, temperature=temperature, variant=variant,
                                 reduction=reduction, ignore_index=ignore_index)
         # validate the hyperparameters once
-        _check_positive("gamma", gamma, allow_zero=True)
-        _check_positive("alpha", alpha, allow_zero=True)
-        _check_positive("temperature", temperature)
-        _check_variant(variant)
+        check_nonneg("gamma", gamma)
+        check_nonneg("alpha", alpha)
+        check_positive("temperature", temperature)
+        check_choice("variant", variant, VARIANTS)
         check_reduction(reduction)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:

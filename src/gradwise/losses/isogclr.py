@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise.losses._common import check_reduction, reduce_loss
+from gradwise._validate import check_int, check_nonneg, check_positive, check_real, check_unit
+from gradwise.losses._common import INT_DTYPES, NAN_FOR_INF_EMBEDDING, check_reduction, reduce_loss
 from gradwise.registry import register
 
 __all__ = ["ISogCLRLoss"]
 
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def _check_views(z1: Tensor, z2: Tensor, index: Tensor, num_samples: int, validate: bool) -> None:
@@ -26,7 +26,7 @@ def _check_views(z1: Tensor, z2: Tensor, index: Tensor, num_samples: int, valida
         raise ValueError(f"Invalid z2: expected the shape of z1 {tuple(z1.shape)}, got {tuple(z2.shape)}")
     if z1.shape[0] < 2:
         raise ValueError(f"Invalid z1: need a batch of at least 2 pairs to have negatives, got {z1.shape[0]}")
-    if not torch.is_tensor(index) or index.dtype not in _INT_DTYPES:
+    if not torch.is_tensor(index) or index.dtype not in INT_DTYPES:
         raise ValueError("Invalid index: expected an integer tensor of dataset indices of shape [B], got "
                          f"{type(index).__name__ if not torch.is_tensor(index) else index.dtype}")
     if index.shape != z1.shape[:1]:
@@ -42,7 +42,9 @@ def _check_views(z1: Tensor, z2: Tensor, index: Tensor, num_samples: int, valida
           paper="Not All Semantics are Created Equal: Contrastive Self-supervised Learning with Automatic "
                 "Temperature Individualization",
           year=2023, arxiv="2305.11965", code="https://github.com/zhqiu/contrastive-learning-iSogCLR",
-          summary="iSogCLR: robust global contrastive loss with per-sample learned temperatures (stateful)")
+          summary="iSogCLR: robust global contrastive loss with per-sample learned temperatures (stateful)",
+          info={"reliability": {"inputs": ("x", "other", "labels"), "labels": "index", "init": {"num_samples": "N"},
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 class ISogCLRLoss(nn.Module):
     r"""iSogCLR (Qiu et al., ICML 2023, arXiv 2305.11965): per-sample temperatures for contrastive learning.
 
@@ -128,23 +130,19 @@ class ISogCLRLoss(nn.Module):
                  grad_clip: float | None = None, learn_tau: bool = True, first_visit_gamma_one: bool = True,
                  reduction: str = "mean", validate: bool = True, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"Invalid num_samples: {num_samples!r} (accepted: integer >= 1)")
-        if not 0.0 < tau_min <= tau_max:
+        check_int("num_samples", num_samples, lo=1)
+        check_positive("tau_max", tau_max)
+        if not 0.0 < check_real("tau_min", tau_min) <= tau_max:
             raise ValueError(f"Invalid tau_min: {tau_min} (accepted: 0 < tau_min <= tau_max={tau_max})")
-        if not tau_min <= tau_init <= tau_max:
+        if not tau_min <= check_real("tau_init", tau_init) <= tau_max:
             raise ValueError(f"Invalid tau_init: {tau_init} (accepted: tau_min={tau_min} <= tau_init <= "
                              f"tau_max={tau_max})")
-        if not (rho >= 0.0 and math.isfinite(rho)):
-            raise ValueError(f"Invalid rho: {rho} (accepted: 0 <= rho < inf)")
-        if not (eta >= 0.0 and math.isfinite(eta)):
-            raise ValueError(f"Invalid eta: {eta} (accepted: 0 <= eta < inf)")
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"Invalid beta: {beta} (accepted: 0 <= beta <= 1)")
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"Invalid gamma: {gamma} (accepted: 0 < gamma <= 1)")
-        if grad_clip is not None and not grad_clip > 0.0:
-            raise ValueError(f"Invalid grad_clip: {grad_clip} (accepted: None or grad_clip > 0)")
+        check_nonneg("rho", rho)
+        check_nonneg("eta", eta)
+        check_unit("beta", beta)
+        check_real("gamma", gamma, 0.0, 1.0, lo_open=True)
+        if grad_clip is not None:  # None: no clipping
+            check_real("grad_clip", grad_clip, 0.0, lo_open=True, finite=False)
         check_reduction(reduction)
         self.num_samples = num_samples
         self.tau_init, self.tau_min, self.tau_max = float(tau_init), float(tau_min), float(tau_max)

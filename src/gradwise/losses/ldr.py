@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gradwise._validate import check_choice, check_int, check_positive, check_real
 from gradwise.losses._common import LossModule, check_logits_target, check_reduction, reduce_loss, prepare_logits_target
 from gradwise.registry import register
 
@@ -17,19 +18,6 @@ __all__ = ["ldr_loss", "LDRLoss", "aldr_loss", "ALDRLoss"]
 PAPER = ("Label Distributionally Robust Losses for Multi-class Classification: Consistency, Robustness and "
          "Adaptivity")
 NORMALIZE = ("softplus", "l1", "none")
-
-
-def _num(name: str, v: float, *, positive: bool = False, nonneg: bool = False) -> float:
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-    if ok and positive:
-        ok = v > 0
-    if ok and nonneg:
-        ok = v >= 0
-    if not ok:
-        rng = f"a finite number {name} > 0" if positive else f"a finite number {name} >= 0" if nonneg else \
-            "a finite number"
-        raise ValueError(f"Invalid {name}: {v!r} (accepted: {rng})")
-    return float(v)
 
 
 def _normalize(x: Tensor, normalize: str) -> Tensor:
@@ -170,7 +158,8 @@ def _use_fused(x: Tensor) -> bool:
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2112.14869", code="https://github.com/Optimization-AI/ICML2023_LDR",
-          summary="LDR-KL: lam * log mean_k exp((margin*(1-e_y) + s_k - s_y)/lam) on normalized scores")
+          summary="LDR-KL: lam * log mean_k exp((margin*(1-e_y) + s_k - s_y)/lam) on normalized scores",
+          info={"reliability": {"ignore_index": True}})
 def ldr_loss(logits: Tensor, target: Tensor, *, lam: float = 10.0, margin: float = 0.1, normalize: str = "softplus",
              reduction: str = "mean", ignore_index: int = -100) -> Tensor:
     r"""Label-distributionally robust loss with KL regularization (LDR-KL), Zhu, Ying & Yang (2023).
@@ -181,7 +170,7 @@ def ldr_loss(logits: Tensor, target: Tensor, *, lam: float = 10.0, margin: float
     https://github.com/Optimization-AI/ICML2023_LDR (``loss.py``: ``LDRLoss_V1``,
     ``ALDRLoss_V1``; LibAUC's history up to 2.0.1 has no LDR loss). Golden
     values in ``tests/data/ldr_golden.pt`` come from running that ``loss.py``
-    (``tools/make_ldr_golden.py``).
+    (``tools/golden/make_ldr_golden.py``).
 
     Math (scores ``s`` over ``K`` classes, label ``y``, margin ``c``, ``lam > 0``)::
 
@@ -217,10 +206,9 @@ def ldr_loss(logits: Tensor, target: Tensor, *, lam: float = 10.0, margin: float
         >>> logits, y = torch.randn(8, 10, requires_grad=True), torch.randint(0, 10, (8,))
         >>> ldr_loss(logits, y, lam=1.0).backward()
     """
-    lam = _num("lam", lam, positive=True)
-    margin = _num("margin", margin)
-    if normalize not in NORMALIZE:
-        raise ValueError(f"Invalid normalize: {normalize!r} (accepted: 'softplus', 'l1' or 'none')")
+    lam = check_positive("lam", lam)
+    margin = check_real("margin", margin)
+    check_choice("normalize", normalize, NORMALIZE)
     check_reduction(reduction)
     check_logits_target(logits, target, ignore_index)
     x, tgt, mask = prepare_logits_target(logits, target, ignore_index)
@@ -253,7 +241,10 @@ class LDRLoss(LossModule):
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2112.14869", code="https://github.com/Optimization-AI/ICML2023_LDR",
-          summary="ALDR-KL: LDR-KL with a per-instance temperature lambda updated from the KL of the prediction")
+          summary="ALDR-KL: LDR-KL with a per-instance temperature lambda updated from the KL of the prediction",
+          info={"reliability": {"ignore_index": True, "expected": {
+              "neg_inf_other_class": ("nan", "its default normalization divides the logits by their L1 norm, which a "
+                                             "-inf logit makes inf/inf")}}})
 def aldr_loss(logits: Tensor, target: Tensor, lambdas: Tensor | None = None, *, lam: float = 10.0,
               alpha: float = 2.0, margin: float = 0.1, softplus: bool = False, reduction: str = "mean", ignore_index: int = -100,
               return_lambdas: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -294,9 +285,9 @@ def aldr_loss(logits: Tensor, target: Tensor, lambdas: Tensor | None = None, *, 
         >>> loss, lambdas = aldr_loss(logits, y, return_lambdas=True)
         >>> loss.backward()
     """
-    lam0 = _num("lam", lam, positive=True)
-    alpha = _num("alpha", alpha, positive=True)
-    margin = _num("margin", margin)
+    lam0 = check_positive("lam", lam)
+    alpha = check_positive("alpha", alpha)
+    margin = check_real("margin", margin)
     check_reduction(reduction)
     check_logits_target(logits, target, ignore_index)
     x, tgt, mask = prepare_logits_target(logits, target, ignore_index)
@@ -340,11 +331,10 @@ class ALDRLoss(LossModule):
                  softplus: bool = False, reduction: str = "mean", ignore_index: int = -100) -> None:
         """``num_samples``: the dataset size (one temperature per instance, all starting at ``lam``);
         the keyword arguments are :func:`aldr_loss`'s, with its defaults."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"Invalid num_samples: {num_samples!r} (accepted: an integer >= 1)")
+        check_int("num_samples", num_samples, lo=1)
         super().__init__(lam=lam, alpha=alpha, margin=margin, softplus=softplus, reduction=reduction,
                          ignore_index=ignore_index)
-        lam0 = _num("lam", lam, positive=True)
+        lam0 = check_positive("lam", lam)
         self.register_buffer("lambdas", torch.full((num_samples,), lam0))
 
     def forward(self, logits: Tensor, target: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor
 
+from gradwise._validate import check_real
 from gradwise.losses._common import LossModule, check_logits_target, check_reduction, reduce_loss
 from gradwise.registry import register
 
@@ -17,12 +18,6 @@ PAPER = "EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfittin
 CODE = "https://github.com/statmlben/ensLoss"
 EPS = 1e-6            # the authors' final shift: every derivative strictly negative
 MAX_SLOPE = 1.0       # the authors' clip: derivatives >= -1
-
-
-def _check_lam(lam: float) -> float:
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-        raise ValueError(f"Invalid lam: {lam!r} (accepted: a finite number; 0 = lognormal, the authors' default)")
-    return float(lam)
 
 
 def _check_generator(generator) -> None:
@@ -96,7 +91,7 @@ def ensloss_derivatives(margins: Tensor, *, lam: float = 0.0, tail: bool = True,
     """
     if not torch.is_tensor(margins) or not margins.is_floating_point() or margins.dim() != 1:
         raise ValueError("Invalid margins: expected a 1-D floating-point tensor")
-    lam = _check_lam(lam)
+    lam = check_real("lam", lam)  # 0 = lognormal, the authors' default
     _check_generator(generator)
     _check_noise(noise, tuple(margins.shape))
     z = margins.detach().to(_work_dtype(margins))
@@ -131,7 +126,9 @@ def _check_scores(scores: Tensor) -> None:
 
 @register(kind="loss", paper=PAPER, year=2024, arxiv="2409.00908", code=CODE,
           summary="EnsLoss: per batch a random convex calibrated loss-derivative (sorted lognormal draws) "
-                  "on the margins y f(x); binary")
+                  "on the margins y f(x); binary",
+          info={"reliability": {"inputs": ("scores", "labels"), "labels": "binary", "seeded": True, "expected": {
+              "label_float": ("finite", "float labels -1.0/+1.0 are read exactly; any other value is refused")}}})
 def ensloss(scores: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool = True,
             generator: torch.Generator | None = None, noise: Tensor | None = None, reduction: str = "mean",
             validate: bool = True) -> Tensor:
@@ -143,7 +140,7 @@ def ensloss(scores: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool = Tr
     ``ensLoss``; ``train.py``). This function follows that code (commit
     051d87d of ``losses.py``, the repository's newest file version);
     golden values in ``tests/data/ensloss_golden.pt`` come from running it
-    (``tools/make_ensloss_golden.py``).
+    (``tools/golden/make_ensloss_golden.py``).
 
     Idea: a convex loss ``phi`` is classification-calibrated iff
     ``phi'(0) < 0`` (Bartlett et al., 2006), and SGD sees ``phi`` only
@@ -204,7 +201,7 @@ def ensloss(scores: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool = Tr
         >>> ensloss(f, y, generator=torch.Generator().manual_seed(0)).backward()
     """
     _check_scores(scores)
-    lam = _check_lam(lam)
+    lam = check_real("lam", lam)  # 0 = lognormal, the authors' default
     _check_generator(generator)
     check_reduction(reduction)
     n = scores.shape[0]
@@ -229,7 +226,10 @@ class EnsLoss(LossModule):
 
 @register(kind="loss", paper=PAPER, year=2024, arxiv="2409.00908", code=CODE,
           summary="EnsLoss one-vs-rest for K classes (our extension): one random calibrated loss per batch "
-                  "applied to all N*K binary margins")
+                  "applied to all N*K binary margins",
+          info={"reliability": {"ignore_index": True, "seeded": True, "expected": {
+              "neg_inf_other_class": ("nan", "the -inf class is a one-vs-rest margin of +inf, where the sampled "
+                                             "surrogates are unbounded")}}})
 def ensloss_ovr(logits: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool = True,
                 generator: torch.Generator | None = None, noise: Tensor | None = None, reduction: str = "mean",
                 ignore_index: int = -100, validate: bool = True) -> Tensor:
@@ -266,7 +266,7 @@ def ensloss_ovr(logits: Tensor, target: Tensor, *, lam: float = 0.0, tail: bool 
         >>> logits, y = torch.randn(8, 10, requires_grad=True), torch.randint(0, 10, (8,))
         >>> ensloss_ovr(logits, y, generator=torch.Generator().manual_seed(0)).backward()
     """
-    lam = _check_lam(lam)
+    lam = check_real("lam", lam)  # 0 = lognormal, the authors' default
     _check_generator(generator)
     check_reduction(reduction)
     check_logits_target(logits, target, ignore_index, validate=validate)

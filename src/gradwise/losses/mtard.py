@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise.losses._common import check_reduction, reduce_loss, upcast
-from gradwise.losses.kd import _check_pair, _check_positive, _common_dtype
+from gradwise._validate import check_nonneg, check_real, check_unit
+from gradwise.losses._common import NAN_FOR_INF_STUDENT_LOGPROB, check_reduction, reduce_loss, upcast
+from gradwise.losses._distill import check_pair, common_dtype
 from gradwise.registry import register
 
 __all__ = ["mtard_kl", "MTARDBalancer", "MTARDLoss", "mtard_adversarial_examples"]
@@ -31,16 +32,15 @@ def mtard_kl(student_logits: Tensor, teacher_logits: Tensor, *, eps: float = 1e-
     (the code's ``1e-5``; ``eps=0`` gives the exact KL / C). ``reduction="mean"``
     is the code's ``torch.mean`` over the [N, C] matrix. No temperature (T = 1).
     """
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"Invalid eps: {eps!r} (accepted: a finite number eps >= 0)")
+    check_nonneg("eps", eps)
     check_reduction(reduction)
-    _check_pair(student_logits, teacher_logits)
+    check_pair(student_logits, teacher_logits)
     log_ps = F.log_softmax(upcast(student_logits), dim=1)
     log_pt = F.log_softmax(upcast(teacher_logits.detach()), dim=1)
     pt = log_pt.exp()
     own = torch.log(pt + eps) if eps > 0 else log_pt
     per = (pt * own - pt * log_ps).mean(dim=1)
-    return reduce_loss(per, reduction).to(_common_dtype(student_logits, teacher_logits))
+    return reduce_loss(per, reduction).to(common_dtype(student_logits, teacher_logits))
 
 
 class MTARDBalancer(nn.Module):
@@ -63,11 +63,9 @@ class MTARDBalancer(nn.Module):
 
     def __init__(self, *, lr: float = 0.025, beta: float = 1.0, init_weight_nat: float = 0.5) -> None:
         super().__init__()
-        _check_positive("lr", lr, allow_zero=True)
-        _check_positive("beta", beta, allow_zero=True)
-        if isinstance(init_weight_nat, bool) or not isinstance(init_weight_nat, (int, float)) \
-                or not 0.0 <= init_weight_nat <= 1.0:
-            raise ValueError(f"Invalid init_weight_nat: {init_weight_nat!r} (accepted: 0 <= init_weight_nat <= 1)")
+        check_nonneg("lr", lr)
+        check_nonneg("beta", beta)
+        check_unit("init_weight_nat", init_weight_nat)
         self.lr = float(lr)
         self.beta = float(beta)
         self.register_buffer("weight_nat", torch.tensor(float(init_weight_nat), dtype=torch.float64))
@@ -95,7 +93,9 @@ class MTARDBalancer(nn.Module):
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2306.16170", code=CODE,
-          summary="MTARD: clean-teacher KD on natural + robust-teacher KD on adversarial inputs, adaptively balanced")
+          summary="MTARD: clean-teacher KD on natural + robust-teacher KD on adversarial inputs, adaptively balanced",
+          info={"reliability": {"inputs": ("x", "teacher", "x", "teacher"), "labels": "none",
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_STUDENT_LOGPROB)}}})
 class MTARDLoss(nn.Module):
     r"""Multi-teacher adversarial robustness distillation loss with its weight balancer.
 
@@ -166,8 +166,7 @@ def mtard_adversarial_examples(student: nn.Module, x: Tensor, y: Tensor, *, epsi
     """
     from gradwise.losses.adversarial import pgd_attack
 
-    if isinstance(start_noise, bool) or not isinstance(start_noise, (int, float)) or not start_noise >= 0:
-        raise ValueError(f"Invalid start_noise: {start_noise!r} (accepted: a number >= 0)")
+    check_real("start_noise", start_noise, 0.0, finite=False)
     if start_noise > 0 and random_start:
         raise ValueError("Invalid random_start: True together with start_noise > 0 (pick one start; set "
                          "start_noise=0 for a uniform start in the ball)")

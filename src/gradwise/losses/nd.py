@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradwise.losses._common import (LossModule, check_label_range, check_reduction, prepare_logits_target,
-                                     reduce_loss, upcast)
-from gradwise.losses.kd import _common_dtype
+from gradwise._validate import check_int
+from gradwise.losses._common import (NAN_FOR_INF_EMBEDDING, LossModule, check_label_range, check_reduction,
+                                     prepare_logits_target, reduce_loss, upcast)
+from gradwise.losses._distill import common_dtype
 from gradwise.registry import register
 
 __all__ = ["nd_loss", "NDLoss", "class_means"]
@@ -47,7 +48,9 @@ def _check_inputs(student_features: Tensor, teacher_features: Tensor, target: Te
 
 
 @register(kind="loss", paper=PAPER, year=2023, arxiv="2305.17007", code=CODE,
-          summary="ND loss: 1 - <f_s, e_y> / max(|f_s|, |f_t|), e_y the teacher's unit class-mean embedding")
+          summary="ND loss: 1 - <f_s, e_y> / max(|f_s|, |f_t|), e_y the teacher's unit class-mean embedding",
+          info={"reliability": {"inputs": ("x", "teacher", "labels", "class_matrix"), "ignore_index": True,
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def nd_loss(student_features: Tensor, teacher_features: Tensor, target: Tensor, class_centers: Tensor, *,
             reduction: str = "mean", ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""Norm-and-direction (ND) loss of Wang et al. (2023).
@@ -101,7 +104,7 @@ def nd_loss(student_features: Tensor, teacher_features: Tensor, target: Tensor, 
     t_norm = torch.linalg.vector_norm(t, dim=1).to(s_norm.dtype)
     max_norm = torch.where(s_norm >= t_norm, s_norm, t_norm).clamp_min(torch.finfo(s_norm.dtype).tiny)
     per = 1.0 - (s * e_y).sum(dim=1) / max_norm
-    return reduce_loss(per, reduction, mask).to(_common_dtype(student_features, teacher_features))
+    return reduce_loss(per, reduction, mask).to(common_dtype(student_features, teacher_features))
 
 
 class NDLoss(LossModule):
@@ -132,8 +135,7 @@ def class_means(features: Tensor, target: Tensor, num_classes: int) -> Tensor:
     :func:`nd_loss` treats it as zero, giving loss 1 for that class).
     """
     _check_features(features, "features")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"Invalid num_classes: {num_classes!r} (accepted: a positive int)")
+    check_int("num_classes", num_classes, lo=1)
     tgt = target.long()
     sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
     sums.index_add_(0, tgt, features)

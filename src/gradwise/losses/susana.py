@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradwise.losses._common import LossModule, reduce_loss
-from gradwise.losses.tcm import check_embeddings_labels
+from gradwise._validate import check_int, check_nonneg
+from gradwise.losses._common import NAN_FOR_INF_EMBEDDING, LossModule, check_embeddings_labels, reduce_loss
 from gradwise.registry import register
 
 __all__ = ["proto_triplet_loss", "ProtoTripletLoss", "icnn_loss", "ICNNLoss"]
@@ -27,13 +27,10 @@ def _distances(x: Tensor, y: Tensor) -> Tensor:
     return (d * d + _DIST_EPS).sqrt()
 
 
-def _check_margin(margin: float) -> None:
-    if not (margin >= 0.0 and math.isfinite(margin)):
-        raise ValueError(f"Invalid margin: {margin} (accepted: 0 <= margin < inf)")
-
-
 @register(kind="loss", paper=_PAPER, year=2023, arxiv=_ARXIV, code=_CODE,
-          summary="Proto-Triplet: hinge between a query's own prototype and its nearest other prototype (few-shot)")
+          summary="Proto-Triplet: hinge between a query's own prototype and its nearest other prototype (few-shot)",
+          info={"reliability": {"inputs": ("x", "labels", "x", "labels"), "labels": "ids",
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def proto_triplet_loss(support: Tensor, support_labels: Tensor, queries: Tensor, query_labels: Tensor, *,
                        margin: float = 0.5, reduction: str = "mean", validate: bool = True) -> Tensor:
     r"""Proto-Triplet loss (Mendez-Ruiz et al. 2023, arXiv 2305.09062), on one few-shot episode.
@@ -76,7 +73,7 @@ def proto_triplet_loss(support: Tensor, support_labels: Tensor, queries: Tensor,
     if queries.shape[1] != support.shape[1]:
         raise ValueError(f"Invalid queries: expected embedding size {support.shape[1]} of support, got "
                          f"{queries.shape[1]}")
-    _check_margin(margin)
+    check_nonneg("margin", margin)
     classes, inv = torch.unique(support_labels, return_inverse=True)
     num_classes = classes.numel()
     if num_classes < 2:
@@ -102,7 +99,9 @@ class ProtoTripletLoss(LossModule):
 
 
 @register(kind="loss", paper=_PAPER, year=2023, arxiv=_ARXIV, code=_CODE,
-          summary="ICNN: -log of an intra/inter-class nearest-neighbour separability score of an embedding set")
+          summary="ICNN: -log of an intra/inter-class nearest-neighbour separability score of an embedding set",
+          info={"reliability": {"labels": "ids", "kwargs": {"k": 2},
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def icnn_loss(embeddings: Tensor, labels: Tensor, *, k: int = 4, neighbors: int | None = None) -> Tensor:
     r"""ICNN loss (Mendez-Ruiz et al. 2023, arXiv 2305.09062): ``-log`` of the ICNN separability score.
 
@@ -167,11 +166,10 @@ def icnn_loss(embeddings: Tensor, labels: Tensor, *, k: int = 4, neighbors: int 
     """
     check_embeddings_labels(embeddings, labels, min_n=3)
     n = embeddings.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"Invalid k: {k!r} (accepted: integer >= 1)")
+    check_int("k", k, lo=1)
     k_eff = n - 2 if k + 2 >= n else k
-    p = k_eff + 1 if neighbors is None else neighbors
-    if isinstance(p, bool) or not isinstance(p, int) or not k_eff <= p <= n - 1:
+    p = k_eff + 1 if neighbors is None else check_int("neighbors", neighbors)
+    if not k_eff <= p <= n - 1:  # bounds that depend on k and the batch: said in full
         raise ValueError(f"Invalid neighbors: {neighbors!r} (accepted: integer with min(k, N-2)={k_eff} <= "
                          f"neighbors <= N-1={n - 1})")
     cdtype = torch.promote_types(embeddings.dtype, torch.float32)

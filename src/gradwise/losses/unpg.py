@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradwise.losses._common import LossModule, check_label_range, check_reduction, reduce_loss
-from gradwise.losses.tcm import check_embeddings_labels
+from gradwise._validate import check_choice, check_int, check_positive, check_real
+from gradwise.losses._common import (NAN_FOR_INF_EMBEDDING, LossModule, check_embeddings_labels, check_label_range,
+                                     check_reduction, reduce_loss)
 from gradwise.registry import register
 
 __all__ = ["unpg_loss", "UNPGLoss", "box_and_whisker_mask"]
@@ -40,7 +41,9 @@ def box_and_whisker_mask(values: Tensor, valid: Tensor, whisker: float) -> Tenso
 @register(kind="loss",
           paper="Unified Negative Pair Generation toward Well-discriminative Feature Space for Face Recognition",
           year=2022, arxiv="2203.11593", code="https://github.com/Jung-Jun-Uk/UNPG",
-          summary="UNPG: ArcFace/CosFace softmax whose negatives also include filtered sample-to-sample pairs")
+          summary="UNPG: ArcFace/CosFace softmax whose negatives also include filtered sample-to-sample pairs",
+          info={"reliability": {"inputs": ("x", "labels", "class_matrix"), "ignore_index": True,
+                                 "expected": {"neg_inf_other_class": ("nan", NAN_FOR_INF_EMBEDDING)}}})
 def unpg_loss(embeddings: Tensor, labels: Tensor, weight: Tensor, *, margin_type: str = "arcface",
               s: float = 64.0, m: float = 0.5, whisker: float = 1.5, reduction: str = "mean",
               ignore_index: int = -100, validate: bool = True) -> Tensor:
@@ -98,14 +101,12 @@ def unpg_loss(embeddings: Tensor, labels: Tensor, weight: Tensor, *, margin_type
     if weight.shape[1] != embeddings.shape[1]:
         raise ValueError(f"Invalid weight: expected shape [C, {embeddings.shape[1]}] to match embeddings, got "
                          f"{tuple(weight.shape)}")
-    if margin_type not in ("arcface", "cosface"):
-        raise ValueError(f"Invalid margin_type: {margin_type!r} (accepted: 'arcface' or 'cosface')")
-    if not (s > 0 and math.isfinite(s)):
-        raise ValueError(f"Invalid s: {s} (accepted: 0 < s < inf)")
-    if not (0.0 <= m < math.pi if margin_type == "arcface" else -1.0 <= m <= 2.0):
+    check_choice("margin_type", margin_type, ("arcface", "cosface"))
+    check_positive("s", s)
+    check_real("m", m)
+    if not (0.0 <= m < math.pi if margin_type == "arcface" else -1.0 <= m <= 2.0):  # the range depends on the type
         raise ValueError(f"Invalid m: {m} (accepted: 0 <= m < pi for arcface, -1 <= m <= 2 for cosface)")
-    if not whisker >= 0.0:
-        raise ValueError(f"Invalid whisker: {whisker} (accepted: 0 <= whisker <= inf)")
+    check_real("whisker", whisker, 0.0, finite=False)  # inf: keep every negative pair
     check_reduction(reduction)
     if validate:
         check_label_range(labels, weight.shape[0], ignore_index, name="labels")
@@ -153,8 +154,8 @@ class UNPGLoss(LossModule):
                  validate: bool = True) -> None:
         """The class weights are ``[num_classes, embedding_dim]``; the keyword arguments are
         :func:`unpg_loss`'s, with its defaults."""
-        if num_classes < 1 or embedding_dim < 1:
-            raise ValueError(f"Invalid num_classes/embedding_dim: {num_classes}, {embedding_dim} (accepted: >= 1)")
+        check_int("num_classes", num_classes, lo=1)
+        check_int("embedding_dim", embedding_dim, lo=1)
         super().__init__(margin_type=margin_type, s=s, m=m, whisker=whisker, reduction=reduction,
                          ignore_index=ignore_index, validate=validate)
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gradwise._validate import check_nonneg, check_positive, check_real
 from gradwise.losses._common import LossModule, check_logits_target, prepare_logits_target, reduce_loss
 from gradwise.registry import register
 
@@ -46,7 +47,10 @@ class _ZTarget(torch.autograd.Function):
 @register(kind="loss",
           paper="The Z-loss: a shift and scale invariant classification loss belonging to the Spherical Family",
           year=2016, arxiv="1604.08859", code=None,
-          summary="softplus(a (b - z_y)) / a on the z-normalized logits z = (o - mean) / std")
+          summary="softplus(a (b - z_y)) / a on the z-normalized logits z = (o - mean) / std",
+          info={"reliability": {"ignore_index": True, "expected": {
+              "neg_inf_other_class": ("nan", "the z-score of the target logit uses the mean and deviation of all "
+                                             "logits, undefined with a -inf one")}}})
 def z_loss(logits: Tensor, target: Tensor, *, a: float = 1.0, b: float | None = None, eps: float = 1e-12,
            reduction: str = "mean", ignore_index: int = -100, validate: bool = True) -> Tensor:
     r"""Z-loss of de Brébisson & Vincent (2016).
@@ -87,12 +91,10 @@ def z_loss(logits: Tensor, target: Tensor, *, a: float = 1.0, b: float | None = 
         >>> torch.allclose(z_loss(3 * logits + 5, y), z_loss(logits, y))
         True
     """
-    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
-        raise ValueError(f"Invalid a: {a!r} (accepted: a finite number a > 0)")
-    if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b)):
-        raise ValueError(f"Invalid b: {b!r} (accepted: a finite number, or None for sqrt(C - 1))")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"Invalid eps: {eps!r} (accepted: a finite number eps >= 0)")
+    check_positive("a", a)
+    if b is not None:  # None: sqrt(C - 1)
+        check_real("b", b)
+    check_nonneg("eps", eps)
     check_logits_target(logits, target, ignore_index, validate=validate)
     x, tgt, mask = prepare_logits_target(logits, target, ignore_index)
     num_classes = x.shape[1]

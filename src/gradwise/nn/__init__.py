@@ -1,0 +1,10 @@
+"""Layers (``nn.Module`` building blocks) that a training method adds to a model: multi-sample dropout now,
+normalization and stability layers next.
+
+One method per module; each lists its public names in ``__all__`` and this package re-exports them all.
+"""
+from __future__ import annotations
+
+from gradwise._autoexport import export_submodules
+
+__all__: list[str] = export_submodules(__name__, __path__, globals())
