@@ -19,7 +19,7 @@ paths (``gradwise.preference.dpo``, ``gradwise.preference.curry_dpo``) keep work
 from __future__ import annotations
 
 from gradwise._autoexport import export_submodules
-from gradwise.preference._moved import redirect
+from gradwise._deprecation import redirect
 
 __all__: list[str] = export_submodules(__name__, __path__, globals())
 
