@@ -16,12 +16,20 @@ from torch import Tensor
 
 from gradwise.optim._functional import bias_corrections, decoupled_decay_, ema_, ema_sq_
 
-__all__ = ["step_sizes", "bc2_sqrts", "adam_denom", "adam_step_", "ema_moments_", "adamw_foreach_"]
+__all__ = ["step_sizes", "folded_step_sizes", "bc2_sqrts", "adam_denom", "adam_step_", "ema_moments_", "adamw_foreach_"]
 
 
 def step_sizes(lr: float, steps: list[int], beta1: float) -> list[float]:
     """``-lr / (1 - b1^t)`` per tensor: the signed, bias-corrected step size of the first moment."""
     return [-lr / c for c in bias_corrections(steps, beta1)]
+
+
+def folded_step_sizes(lr: float, steps: list[int], beta1: float, beta2: float, scale: float = 1.0) -> list[float]:
+    """``-lr * scale * sqrt(1 - b2^t) / (1 - b1^t)`` per tensor: the second moment's correction folded
+    into the step size (the original Adam paper's form, used by diffGrad and SPAM), with the
+    denominator ``sqrt(v) + eps``."""
+    return [-lr * scale * math.sqrt(c2) / c1
+            for c1, c2 in zip(bias_corrections(steps, beta1), bias_corrections(steps, beta2))]
 
 
 def bc2_sqrts(steps: list[int], beta2: float) -> list[float]:

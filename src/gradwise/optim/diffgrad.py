@@ -1,8 +1,6 @@
 """diffGrad: Adam whose momentum is damped where the gradient stops changing."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from gradwise.optim import _adam as A
@@ -63,9 +61,7 @@ class DiffGrad(GradwiseOptimizer):
     @staticmethod
     def _step_sizes(group, states):
         # sqrt(1 - b2^t) moves from the denominator into the step size, as in the authors' code
-        (b1, b2), steps = group["betas"], [s["step"] for s in states]
-        return [-group["lr"] * math.sqrt(c2) / c1
-                for c1, c2 in zip(F.bias_corrections(steps, b1), F.bias_corrections(steps, b2))]
+        return A.folded_step_sizes(group["lr"], [s["step"] for s in states], *group["betas"])
 
     def _step_fused(self, group, params, grads, states):
         (b1, b2), eps = group["betas"], group["eps"]

@@ -1,8 +1,6 @@
 """SPAM: Adam with spike clipping, periodic momentum reset and a warm-up after each reset."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from gradwise._validate import check_int, check_range
@@ -113,10 +111,8 @@ class SPAM(GradwiseOptimizer):
         lr, (b1, b2) = group["lr"], group["betas"]
         t, T, D = group["step"], group["reset_interval"], group["clip_delay"]
         scale = spam_warmup_scale(t, T, group["warmup_steps"])
-        steps = [s["step"] for s in states]
         if group["correct_bias"]:
-            sizes = [-lr * scale * math.sqrt(c2) / c1
-                     for c1, c2 in zip(F.bias_corrections(steps, b1), F.bias_corrections(steps, b2))]
+            sizes = A.folded_step_sizes(lr, [s["step"] for s in states], b1, b2, scale)
         else:
             sizes = [-lr * scale] * len(states)
         return sizes, t % T == 0, group["spike_threshold"] != 0 and t >= D and t % T >= D
