@@ -145,3 +145,48 @@ def test_codec_sees_every_state_entry_around_each_update():
 def test_invalid_state_codec_names_the_argument():
     with pytest.raises(ValueError, match=r"Invalid state_codec: 'bf16' \(accepted: None or a StateCodec"):
         go.AdamW([torch.nn.Parameter(torch.zeros(2))], state_codec="bf16")
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_skipped_steps_leave_the_stored_state_as_it_was(fused):
+    # skip_nonfinite with a codec: a NaN gradient changes neither parameters nor the stored state
+    ps = _params()
+    opt = go.AdaBelief(ps, lr=1e-2, rectify=False, fused=fused, skip_nonfinite=True,
+                       state_codec=BFloat16StateCodec())
+    _run(opt, ps, 3)
+    saved = copy.deepcopy(opt.state_dict()["state"])
+    before = [p.detach().clone() for p in ps]
+    for p in ps:
+        p.grad = torch.full_like(p, float("nan"))
+    opt.step()
+    for i, (p, b) in enumerate(zip(ps, before)):
+        assert torch.equal(p, b)
+        for k, x in opt.state[p].items():
+            y = saved[i][k]
+            assert (x == y) if k == "step" else (x.dtype == y.dtype == torch.bfloat16 and torch.equal(x, y)), k
+    assert opt.param_groups[0]["skipped_steps"] == 1
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_an_overflowing_step_is_undone_with_a_codec(fused):
+    # SGD-SaI's first step divides |g| by eps for a one-element tensor: inf, so the step is put back
+    w, s = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(1))
+    opt = go.SGDSaI([w, s], lr=1e-2, fused=fused, skip_nonfinite=True, state_codec=BFloat16StateCodec())
+    before = [w.detach().clone(), s.detach().clone()]
+    w.grad, s.grad = torch.full_like(w, 1e30), torch.full_like(s, 3e38)
+    opt.step()
+    assert torch.equal(w, before[0]) and torch.equal(s, before[1]) and not opt.state
+    assert opt.param_groups[0]["skipped_steps"] == 1
+
+
+def test_deepcopy_keeps_the_codec_and_the_update_transforms():
+    ps = _params()
+    opt = go.SPAM(ps, lr=1e-2, state_codec=BFloat16StateCodec(), update_transforms=[go.UpdateClip(1e-3)])
+    _run(opt, ps, 2)
+    twin = copy.deepcopy(opt)
+    assert isinstance(twin.state_codec, BFloat16StateCodec) and len(twin.update_transforms) == 1
+    qs = twin.param_groups[0]["params"]
+    _run(opt, ps, 3, start=2)
+    _run(twin, qs, 3, start=2)
+    for p, q in zip(ps, qs):
+        assert torch.equal(p, q)
