@@ -39,8 +39,8 @@ class Area:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-FAULTS = "tests/test_optim_reliability_faults.py"
-RELIAB = "tests/test_optim_reliability.py"
+FAULTS = "tests/optim/test_reliability_faults.py"
+RELIAB = "tests/optim/test_reliability.py"
 PT_INPUTS = "tests/preference/test_trainer_inputs.py"
 
 AREAS: tuple[Area, ...] = (
@@ -51,7 +51,7 @@ AREAS: tuple[Area, ...] = (
         "no step without gradients, deep copies and pickles that step like the original, deterministic "
         "and bit-identical `state_dict` round trips that load torch's format, hooks, `maximize`, tensor "
         f"`lr`, complex parameters. The details are in [optimizers.md]({OPT_DOC}#torchoptims-contract).",
-        {"tests/test_optim_torch_contract.py": None, RELIAB: None},
+        {"tests/optim/test_contract.py": None, RELIAB: None},
     ),
     Area(
         "bad-arguments", "Optimizers: bad arguments",
@@ -76,7 +76,7 @@ AREAS: tuple[Area, ...] = (
         "Each fused CPU kernel checks every tensor it is given (shape, dtype, device, layout) before it "
         "writes any, so a mismatched state raises instead of writing past a buffer; the cases run in a "
         "subprocess, so a crash would fail the test instead of ending the run.",
-        {"tests/test_optim_kernel_safety.py": None},
+        {"tests/optim/test_kernel_safety.py": None},
     ),
     Area(
         "overflow", "Optimizers: non-finite and large gradients",
@@ -84,7 +84,7 @@ AREAS: tuple[Area, ...] = (
         "finite (norms and dot products are taken on power-of-two downscaled values, or summed in double); "
         "where the math itself overflows, and for gradients holding inf or NaN, `skip_nonfinite=True` "
         "skips the step with parameters and state untouched. Without it NaNs propagate, as in torch.optim.",
-        {"tests/test_optim_reliability_overflow.py": None,
+        {"tests/optim/test_reliability_overflow.py": None,
          RELIAB: ("test_skip_nonfinite_leaves_params_and_state_untouched",
                   "test_skip_nonfinite_does_not_skip_large_finite_gradients",
                   "test_without_skip_nonfinite_nan_propagates_like_torch")},
@@ -315,7 +315,7 @@ def optimizer_figures(rec: Recorder) -> dict:
     from gradwise.registry import methods
 
     out = dict(optimizers=len(methods(kind="optimizer")), wrappers=len(methods(kind="optimizer-wrapper")))
-    contract = rec.modules.get("test_optim_torch_contract")
+    contract = rec.modules.get("optim.test_contract")
     if contract is not None:
         table = contract.TORCH_TESTS
         out.update(torch_tests=len(table), adapted=sum(not v.startswith("n/a") for v in table.values()),
@@ -417,7 +417,7 @@ def markdown(res: dict, figs: dict, meta: dict) -> str:
       + (f", in {of['configs']} configurations; of torch's {of['torch_tests']} `TestOptimRenewed` tests, "
          f"{of['adapted']} are adapted and {of['torch_tests'] - of['adapted']} do not apply (e.g. CUDA-only, "
          "tensors of 64 GB, sparse gradients, closure-only optimizers: each with its reason in "
-         "`TORCH_TESTS`, tests/test_optim_torch_contract.py)." if "torch_tests" in of else "."))
+         "`TORCH_TESTS`, tests/optim/test_contract.py)." if "torch_tests" in of else "."))
     if lf:
         w(f"- Losses: {lf['losses']} registered losses, {lf['pairs']} (loss, case) pairs: **{lf['error']}** give a "
           f"clear `ValueError`, **{lf['torch_like']}** torch's `cross_entropy`'s behaviour and "

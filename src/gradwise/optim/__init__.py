@@ -1,26 +1,20 @@
-"""Optimizers of the seed papers, each a ``torch.optim.Optimizer`` with a multi-tensor step."""
-from gradwise.optim._base import GradTransform, GradwiseOptimizer
-from gradwise.optim.adabelief import AdaBelief
-from gradwise.optim.adamp import SGDP, AdamP
-from gradwise.optim.lion import Lion
+"""Optimizers of the seed papers, each a ``torch.optim.Optimizer`` with a multi-tensor and a fused step.
 
-__all__ = ["GradwiseOptimizer", "GradTransform", "AdaBelief", "AdamP", "SGDP", "Lion"]
-from gradwise.optim.diffgrad import DiffGrad  # noqa: E402
+One method per module (``adabelief``, ``spam``, ...), each listing its public
+names in ``__all__``; this package re-exports them all, as ``losses`` and
+``preference`` do, so ``from gradwise.optim import SPAM`` works for every
+method. The shared machinery lives in private modules: the base class
+(``_base``), its state checks (``_state``), validation (``_validation``),
+finiteness checks (``_finite``), transforms (``_transforms``), the state
+codec hook (``_codec``), the multi-tensor pieces (``_functional``, ``_adam``)
+and the kernels' loader (``_fused``). The base class and the transform and
+codec interfaces are exported here too.
+"""
+from __future__ import annotations
 
-__all__ += ["DiffGrad"]
-from gradwise.optim.orthograd import OrthoAdamW, OrthoGrad, PerpendicularGrad  # noqa: E402
-from gradwise.optim.sgd_sai import SGDSaI  # noqa: E402
+from gradwise._autoexport import export_submodules
+from gradwise.optim._base import GradwiseOptimizer
+from gradwise.optim._transforms import GradTransform, UpdateTransform
 
-__all__ += ["SGDSaI", "OrthoAdamW", "OrthoGrad", "PerpendicularGrad"]
-from gradwise.optim.spam import SPAM, SpikeClip  # noqa: E402
-
-__all__ += ["SPAM", "SpikeClip"]
-from gradwise.optim.stable_spam import StableSPAM  # noqa: E402
-
-__all__ += ["StableSPAM"]
-from gradwise.optim.lion_k import LionK  # noqa: E402
-
-__all__ += ["LionK"]
-from gradwise.optim.factory import create, param_groups  # noqa: E402
-
-__all__ += ["create", "param_groups"]
+__all__: list[str] = ["GradwiseOptimizer", "GradTransform", "UpdateTransform"]
+__all__ += export_submodules(__name__, __path__, globals())

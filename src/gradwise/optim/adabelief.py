@@ -5,10 +5,14 @@ import math
 
 import torch
 
+from gradwise.optim import _adam as A
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, zeros_state
+from gradwise.optim._base import GradwiseOptimizer
+from gradwise.optim._state import zeros_state
 from gradwise.registry import register
+
+__all__ = ["AdaBelief"]
 
 
 @register(kind="optimizer",
@@ -110,19 +114,20 @@ class AdaBelief(GradwiseOptimizer):
                 plan.append((3, 0.0))
         return plan
 
-    def _update(self, group, params, grads, states):
+    def _step_fused(self, group, params, grads, states):
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        if self._use_fused(params, group):
-            steps = [s["step"] for s in states]
-            plan = self._step_plan(group, steps, F.bias_corrections(steps, b1))
-            decoupled = group["decoupled_weight_decay"]
-            decay = 1.0 - (1.0 if group["fixed_decay"] else lr) * wd if decoupled else 1.0
-            _fused.ops().adabelief_(
-                params, grads, [s["exp_avg"] for s in states], [s["exp_avg_var"] for s in states],
-                [s["max_exp_avg_var"] for s in states] if group["amsgrad"] else [],
-                [c for _, c in plan], [math.sqrt(c) for c in F.bias_corrections(steps, b2)],
-                [md for md, _ in plan], b1, b2, eps, decay, 0.0 if decoupled else wd)
-            return
+        steps = [s["step"] for s in states]
+        plan = self._step_plan(group, steps, F.bias_corrections(steps, b1))
+        decoupled = group["decoupled_weight_decay"]
+        decay = 1.0 - (1.0 if group["fixed_decay"] else lr) * wd if decoupled else 1.0
+        _fused.ops().adabelief_(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_var"] for s in states],
+            [s["max_exp_avg_var"] for s in states] if group["amsgrad"] else [],
+            [c for _, c in plan], A.bc2_sqrts(steps, b2),
+            [md for md, _ in plan], b1, b2, eps, decay, 0.0 if decoupled else wd)
+
+    def _step_foreach(self, group, params, grads, states):
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         if group["decoupled_weight_decay"]:
             F.decoupled_decay_(params, 1.0 if group["fixed_decay"] else lr, wd)
         else:
@@ -135,7 +140,6 @@ class AdaBelief(GradwiseOptimizer):
         F.ema_sq_(v, resid, b2)
         torch._foreach_add_(v, eps)
         del resid
-        bc1 = F.bias_corrections(steps, b1)
         if group["amsgrad"]:
             vmax = [s["max_exp_avg_var"] for s in states]
             torch._foreach_maximum_(vmax, v)
@@ -143,21 +147,16 @@ class AdaBelief(GradwiseOptimizer):
             vmax = v
 
         if not group["rectify"]:
-            bc2_sqrt = [math.sqrt(c) for c in F.bias_corrections(steps, b2)]
-            denom = torch._foreach_sqrt(vmax)
-            torch._foreach_div_(denom, bc2_sqrt)
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, m, denom, [-lr / c for c in bc1])
+            A.adam_step_(params, m, vmax, steps, lr, b1, b2, eps)
             return
 
         # Rectified (RAdam) step: the branch depends only on the step count.
-        plan = self._step_plan(group, steps, bc1)
+        plan = self._step_plan(group, steps, F.bias_corrections(steps, b1))
         adaptive = [(i, c) for i, (md, c) in enumerate(plan) if md == 1]
         plain = [(i, c) for i, (md, c) in enumerate(plan) if md == 2]
         if adaptive:
             idx = [i for i, _ in adaptive]
-            denom = torch._foreach_sqrt([v[i] for i in idx])
-            torch._foreach_add_(denom, eps)
+            denom = A.adam_denom([v[i] for i in idx], eps)
             torch._foreach_addcdiv_([params[i] for i in idx], [m[i] for i in idx], denom,
                                     [a for _, a in adaptive])
         if plain:

@@ -1,14 +1,17 @@
 """AdamP and SGDP: momentum optimizers that stop inflating scale-invariant weights."""
 from __future__ import annotations
 
-import math
-
 import torch
 
+from gradwise.optim import _adam as A
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, check_range, zeros_state
+from gradwise._validate import check_range
+from gradwise.optim._base import GradwiseOptimizer
+from gradwise.optim._state import zeros_state
 from gradwise.registry import register
+
+__all__ = ["AdamP", "SGDP"]
 
 _PAPER = "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights"
 _CODE = "https://github.com/clovaai/AdamP"
@@ -93,21 +96,20 @@ class AdamP(GradwiseOptimizer):
     def _init_state(self, p, group):
         return zeros_state(p, "exp_avg", "exp_avg_sq")
 
-    def _update(self, group, params, grads, states):
+    def _step_fused(self, group, params, grads, states):
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        steps = [s["step"] for s in states]
+        _fused.ops().radial_(0, params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                             A.step_sizes(lr, steps, b1), A.bc2_sqrts(steps, b2), b1, b2, eps, 0.0,
+                             group["nesterov"], group["delta"], group["wd_ratio"], lr * group["weight_decay"])
+
+    def _step_foreach(self, group, params, grads, states):
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
         steps = [s["step"] for s in states]
-        if self._use_fused(params, group):
-            _fused.ops().radial_(0, params, grads, m, v, [-lr / c for c in F.bias_corrections(steps, b1)],
-                                 [math.sqrt(c) for c in F.bias_corrections(steps, b2)], b1, b2, eps, 0.0,
-                                 group["nesterov"], group["delta"], group["wd_ratio"], lr * group["weight_decay"])
-            return
-        F.ema_(m, grads, b1)
-        F.ema_sq_(v, grads, b2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [math.sqrt(c) for c in F.bias_corrections(steps, b2)])
-        torch._foreach_add_(denom, eps)
+        A.ema_moments_(m, v, grads, b1, b2)
+        denom = A.adam_denom(v, eps, A.bc2_sqrts(steps, b2))
         if group["nesterov"]:
             num = torch._foreach_mul(m, b1)
             torch._foreach_add_(num, grads, alpha=1.0 - b1)
@@ -116,7 +118,7 @@ class AdamP(GradwiseOptimizer):
         upd = torch._foreach_div(num, denom)
         upd, factors = F.radial_projection(params, grads, upd, group["delta"], group["wd_ratio"], eps)
         _decay_projected_(params, factors, lr * group["weight_decay"])
-        torch._foreach_mul_(upd, [-lr / c for c in F.bias_corrections(steps, b1)])
+        torch._foreach_mul_(upd, A.step_sizes(lr, steps, b1))
         torch._foreach_add_(params, upd)
 
 
@@ -173,15 +175,15 @@ class SGDP(GradwiseOptimizer):
     def _init_state(self, p, group):
         return zeros_state(p, "momentum")
 
-    def _update(self, group, params, grads, states):
+    def _step_fused(self, group, params, grads, states):
+        lr, mom, n = group["lr"], group["momentum"], len(params)
+        _fused.ops().radial_(1, params, grads, [s["momentum"] for s in states], [], [-lr] * n, [1.0] * n, mom,
+                             0.0, group["eps"], group["dampening"], group["nesterov"], group["delta"],
+                             group["wd_ratio"], lr * group["weight_decay"] / (1.0 - mom))
+
+    def _step_foreach(self, group, params, grads, states):
         lr, mom = group["lr"], group["momentum"]
         buf = [s["momentum"] for s in states]
-        if self._use_fused(params, group):
-            n = len(params)
-            _fused.ops().radial_(1, params, grads, buf, [], [-lr] * n, [1.0] * n, mom, 0.0, group["eps"],
-                                 group["dampening"], group["nesterov"], group["delta"], group["wd_ratio"],
-                                 lr * group["weight_decay"] / (1.0 - mom))
-            return
         torch._foreach_mul_(buf, mom)
         torch._foreach_add_(buf, grads, alpha=1.0 - group["dampening"])
         upd = torch._foreach_add(grads, buf, alpha=mom) if group["nesterov"] else buf

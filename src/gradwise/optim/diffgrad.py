@@ -1,14 +1,16 @@
 """diffGrad: Adam whose momentum is damped where the gradient stops changing."""
 from __future__ import annotations
 
-import math
-
 import torch
 
+from gradwise.optim import _adam as A
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, zeros_state
+from gradwise.optim._base import GradwiseOptimizer
+from gradwise.optim._state import zeros_state
 from gradwise.registry import register
+
+__all__ = ["DiffGrad"]
 
 
 @register(kind="optimizer",
@@ -56,27 +58,29 @@ class DiffGrad(GradwiseOptimizer):
     def _init_state(self, p, group):
         return zeros_state(p, "exp_avg", "exp_avg_sq", "previous_grad")
 
-    def _update(self, group, params, grads, states):
-        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-        steps = [s["step"] for s in states]
-        coef = [-lr * math.sqrt(c2) / c1
-                for c1, c2 in zip(F.bias_corrections(steps, b1), F.bias_corrections(steps, b2))]
-        if self._use_fused(params, group):
-            _fused.ops().diffgrad_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                                   [s["previous_grad"] for s in states], coef, b1, b2, eps, group["weight_decay"])
-            return
+    @staticmethod
+    def _step_sizes(group, states):
+        # sqrt(1 - b2^t) moves from the denominator into the step size, as in the authors' code
+        return A.folded_step_sizes(group["lr"], [s["step"] for s in states], *group["betas"])
+
+    def _step_fused(self, group, params, grads, states):
+        (b1, b2), eps = group["betas"], group["eps"]
+        _fused.ops().diffgrad_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                               [s["previous_grad"] for s in states], self._step_sizes(group, states), b1, b2, eps,
+                               group["weight_decay"])
+
+    def _step_foreach(self, group, params, grads, states):
+        (b1, b2), eps = group["betas"], group["eps"]
         grads = F.l2_grads(grads, params, group["weight_decay"])
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
         prev = [s["previous_grad"] for s in states]
-        F.ema_(m, grads, b1)
-        F.ema_sq_(v, grads, b2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_add_(denom, eps)
+        A.ema_moments_(m, v, grads, b1, b2)
+        denom = A.adam_denom(v, eps)
         # friction coefficient sigmoid(|g_prev - g|) = 1 / (1 + exp(-|g_prev - g|))
         fric = torch._foreach_sub(prev, grads)
         torch._foreach_abs_(fric)
         torch._foreach_sigmoid_(fric)
         torch._foreach_copy_(prev, grads)
         torch._foreach_mul_(fric, m)
-        torch._foreach_addcdiv_(params, fric, denom, coef)
+        torch._foreach_addcdiv_(params, fric, denom, self._step_sizes(group, states))

@@ -6,7 +6,7 @@ The same convenience as ``timm.optim.create_optimizer_v2`` and
     from gradwise.optim import create, param_groups
 
     opt = create("spam", model, lr=1e-3, weight_decay=0.05)        # no decay on biases and norms
-    opt = create("AdamW", model, lr=3e-4, weight_decay=0.1)        # torch.optim's AdamW
+    opt = create("AdamW", model, lr=3e-4, weight_decay=0.1)        # gradwise's AdamW (torch's math)
     opt = create("orthograd", model, base_optimizer_cls="adamw", lr=1e-3)
     groups = param_groups(model, 0.05)                             # the groups, for any optimizer
 
@@ -15,11 +15,12 @@ Names are resolved case-insensitively, ignoring ``-``, ``_`` and spaces
 
 1. gradwise's optimizers and optimizer wrappers, from the registry
    (``gradwise methods --kind optimizer``), including their aliases;
-2. then ``torch.optim``'s optimizers (``"adamw"``, ``"sgd"``, ``"adafactor"``,
+2. then ``torch.optim``'s optimizers (``"adam"``, ``"sgd"``, ``"adafactor"``,
    ``"muon"``, ...), so one call site can switch between gradwise's methods and
-   the baselines a user would otherwise pick. No torch name collides with a
-   gradwise one today; should one ever, gradwise's wins, and the prefix
-   ``"torch.optim."`` (``"torch.optim.AdamW"``) always means torch's.
+   the baselines a user would otherwise pick. Where a torch name is also a
+   gradwise one (``"AdamW"``: gradwise's has torch's math and defaults),
+   gradwise's wins, and the prefix ``"torch.optim."``
+   (``"torch.optim.AdamW"``) always means torch's.
 
 An unknown name is a ``ValueError`` that lists the close matches and every
 accepted name.
@@ -278,7 +279,7 @@ def create(name: str | type[Optimizer], model: nn.Module | Iterable, *, lr: floa
 
     Args:
         name: a gradwise optimizer (``"spam"``, ``"AdaBelief"``, ``"stable_spam"``, ``"orthograd"``), a
-            ``torch.optim`` one (``"adamw"``, ``"sgd"``; ``"torch.optim.AdamW"`` forces torch's), or an
+            ``torch.optim`` one (``"adam"``, ``"sgd"``; ``"torch.optim.AdamW"`` forces torch's), or an
             ``Optimizer`` class; case-insensitive, see the module docstring.
         model: an ``nn.Module``, ``model.named_parameters()``, an iterable of parameters, or a list of
             param-group dicts (used as given).

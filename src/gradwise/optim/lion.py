@@ -5,8 +5,11 @@ import torch
 
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, zeros_state
+from gradwise.optim._base import GradwiseOptimizer
+from gradwise.optim._state import zeros_state
 from gradwise.registry import register
+
+__all__ = ["Lion"]
 
 
 @register(kind="optimizer", paper="Symbolic Discovery of Optimization Algorithms", year=2023,
@@ -52,12 +55,14 @@ class Lion(GradwiseOptimizer):
         torch._foreach_sign_(x)
         return x
 
-    def _update(self, group, params, grads, states):
+    def _step_fused(self, group, params, grads, states):
+        lr, (b1, b2) = group["lr"], group["betas"]
+        _fused.ops().lion_(params, grads, [s["exp_avg"] for s in states], lr, b1, b2,
+                           1.0 - lr * group["weight_decay"])
+
+    def _step_foreach(self, group, params, grads, states):
         lr, (b1, b2) = group["lr"], group["betas"]
         m = [s["exp_avg"] for s in states]
-        if self._use_fused(params, group):
-            _fused.ops().lion_(params, grads, m, lr, b1, b2, 1.0 - lr * group["weight_decay"])
-            return
         F.decoupled_decay_(params, lr, group["weight_decay"])
         x = torch._foreach_mul(m, b1)
         torch._foreach_add_(x, grads, alpha=1.0 - b1)

@@ -6,9 +6,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from gradwise.optim._base import GradwiseOptimizer, check_range
+from gradwise._validate import check_range
+from gradwise.optim._base import GradwiseOptimizer
 from gradwise.optim.lion import Lion
 from gradwise.registry import register
+
+__all__ = ["LionK"]
 
 
 def _where_positive(norms: list[Tensor], fn: Callable[[Tensor], Tensor]) -> list[Tensor]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,11 +10,16 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from gradwise._validate import check_range
+from gradwise.optim import _adam as A
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import (GradTransform, GradwiseOptimizer, check_range, check_transforms,
-                                  eager_under_compile, picklable_state, zeros_state)
+from gradwise.optim._base import GradwiseOptimizer, eager_under_compile
+from gradwise.optim._state import picklable_state, zeros_state
+from gradwise.optim._transforms import GradTransform, check_transforms
 from gradwise.registry import register
+
+__all__ = ["PerpendicularGrad", "OrthoGrad", "OrthoAdamW"]
 
 _PAPER = "Grokking at the Edge of Numerical Stability"
 _CODE = "https://github.com/LucasPrietoAl/grokking-at-the-edge-of-numerical-stability"
@@ -306,41 +310,36 @@ class OrthoAdamW(GradwiseOptimizer):
     def _init_state(self, p, group):
         return zeros_state(p, "exp_avg", "exp_avg_sq")
 
-    def _update(self, group, params, grads, states):
+    def _perp_factors_fused(self, params, grads):
+        """The projection coefficients and factors of ⊥Grad, from the fused ``perp_stats`` sums."""
+        e = self._perp.eps
+        stats = _fused.ops().perp_stats(params, grads, [])
+        s, sg = None, grads
+        if not bool(stats.isfinite().all()):  # CPU tensor: no device sync
+            # perp_stats sums w*g and g*g in the parameter dtype, which overflows for large
+            # gradients: redo the sums on s*g (s a power of two, exact; see F.downscales)
+            s = F.downscales(grads).double()
+            sg = torch._foreach_mul(grads, list(s.to(grads[0].dtype).unbind()))
+            stats = _fused.ops().perp_stats(params, sg, [])
+        wg, ww, gg = stats.unbind(1)
+        pc_s = wg / (ww + e)  # the projection coefficient of the gradient handed to perp_stats
+        orth = _fused.ops().perp_stats(params, sg, pc_s.tolist())[:, 0]
+        pc = (pc_s if s is None else pc_s / s).tolist()  # CPU path: no device sync
+        # the same rule as the _foreach_ path (one-element tensors, rounding-noise g_perp -> 0)
+        pk = F.perp_factors(gg.sqrt(), orth.sqrt(), [p.numel() for p in params], e if s is None else e * s,
+                            torch.finfo(params[0].dtype).eps).tolist()
+        return pc, pk
+
+    def _step_fused(self, group, params, grads, states):
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-        m = [s["exp_avg"] for s in states]
-        v = [s["exp_avg_sq"] for s in states]
         steps = [s["step"] for s in states]
-        bc2_sqrt = [math.sqrt(c) for c in F.bias_corrections(steps, b2)]
-        coef = [-lr / c for c in F.bias_corrections(steps, b1)]
-        decay = 1.0 - lr * group["weight_decay"]
-        if self._use_fused(params, group):
-            pc, pk = [], []
-            if self._inline_perp:
-                e = self._perp.eps
-                stats = _fused.ops().perp_stats(params, grads, [])
-                s, sg = None, grads
-                if not bool(stats.isfinite().all()):  # CPU tensor: no device sync
-                    # perp_stats sums w*g and g*g in the parameter dtype, which overflows for large
-                    # gradients: redo the sums on s*g (s a power of two, exact; see F.downscales)
-                    s = F.downscales(grads).double()
-                    sg = torch._foreach_mul(grads, list(s.to(grads[0].dtype).unbind()))
-                    stats = _fused.ops().perp_stats(params, sg, [])
-                wg, ww, gg = stats.unbind(1)
-                pc_s = wg / (ww + e)  # the projection coefficient of the gradient handed to perp_stats
-                orth = _fused.ops().perp_stats(params, sg, pc_s.tolist())[:, 0]
-                pc = (pc_s if s is None else pc_s / s).tolist()  # CPU path: no device sync
-                # the same rule as the _foreach_ path (one-element tensors, rounding-noise g_perp -> 0)
-                pk = F.perp_factors(gg.sqrt(), orth.sqrt(), [p.numel() for p in params], e if s is None else e * s,
-                                    torch.finfo(params[0].dtype).eps).tolist()
-            _fused.ops().adamw_(params, grads, m, v, coef, bc2_sqrt, pc, pk, b1, b2, eps, decay)
-            return
+        pc, pk = self._perp_factors_fused(params, grads) if self._inline_perp else ([], [])
+        _fused.ops().adamw_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                            A.step_sizes(lr, steps, b1), A.bc2_sqrts(steps, b2), pc, pk, b1, b2, eps,
+                            1.0 - lr * group["weight_decay"])
+
+    def _step_foreach(self, group, params, grads, states):
         if self._inline_perp:
             grads = self._perp.apply(params, grads, states, group)
-        F.decoupled_decay_(params, lr, group["weight_decay"])
-        torch._foreach_lerp_(m, grads, 1.0 - b1)
-        F.ema_sq_(v, grads, b2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, bc2_sqrt)
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, m, denom, coef)
+        A.adamw_foreach_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+                         [s["step"] for s in states], group["lr"], *group["betas"], group["eps"], group["weight_decay"])

@@ -8,6 +8,8 @@ from gradwise.optim import _fused
 from gradwise.optim._base import GradwiseOptimizer
 from gradwise.registry import register
 
+__all__ = ["SGDSaI"]
+
 
 @register(kind="optimizer",
           paper="No More Adam: Learning Rate Scaling at Initialization is All You Need",
@@ -110,14 +112,15 @@ class SGDSaI(GradwiseOptimizer):
             for g in self.param_groups:
                 g["gsnr_max"] = top
 
-    def _update(self, group, params, grads, states):
+    def _step_fused(self, group, params, grads, states):
         lr, mom = group["lr"], group["momentum"]
-        if self._use_fused(params, group):
-            # CPU tensors only on this path: reading the 0-dim gsnr is not a device sync
-            _fused.ops().sgdsai_(params, grads, [st["momentum_buffer"] for st in states] if mom != 0 else [],
-                                 [-lr * float(st["gsnr"]) for st in states],
-                                 [int(st["step"] == 1) for st in states], mom, 1.0 - lr * group["weight_decay"])
-            return
+        # CPU tensors only on this path: reading the 0-dim gsnr is not a device sync
+        _fused.ops().sgdsai_(params, grads, [st["momentum_buffer"] for st in states] if mom != 0 else [],
+                             [-lr * float(st["gsnr"]) for st in states],
+                             [int(st["step"] == 1) for st in states], mom, 1.0 - lr * group["weight_decay"])
+
+    def _step_foreach(self, group, params, grads, states):
+        lr, mom = group["lr"], group["momentum"]
         F.decoupled_decay_(params, lr, group["weight_decay"])
         if mom != 0:
             fresh = [st["step"] == 1 for st in states]

@@ -1,14 +1,18 @@
 """SPAM: Adam with spike clipping, periodic momentum reset and a warm-up after each reset."""
 from __future__ import annotations
 
-import math
-
 import torch
 
+from gradwise._validate import check_int, check_range
+from gradwise.optim import _adam as A
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradTransform, GradwiseOptimizer, check_int, check_range, zeros_state
+from gradwise.optim._base import GradwiseOptimizer
+from gradwise.optim._state import zeros_state
+from gradwise.optim._transforms import GradTransform
 from gradwise.registry import register
+
+__all__ = ["SPAM", "SpikeClip"]
 
 _PAPER = "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training"
 _CODE = "https://github.com/TianjinYellow/SPAM-Optimizer"
@@ -101,35 +105,36 @@ class SPAM(GradwiseOptimizer):
     def _init_state(self, p, group):
         return zeros_state(p, "exp_avg", "exp_avg_sq")
 
-    def _update(self, group, params, grads, states):
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    @staticmethod
+    def _schedule(group, states):
+        """(step sizes per tensor, reset now, clip now) at the group's step."""
+        lr, (b1, b2) = group["lr"], group["betas"]
         t, T, D = group["step"], group["reset_interval"], group["clip_delay"]
+        scale = spam_warmup_scale(t, T, group["warmup_steps"])
+        if group["correct_bias"]:
+            sizes = A.folded_step_sizes(lr, [s["step"] for s in states], b1, b2, scale)
+        else:
+            sizes = [-lr * scale] * len(states)
+        return sizes, t % T == 0, group["spike_threshold"] != 0 and t >= D and t % T >= D
+
+    def _step_fused(self, group, params, grads, states):
+        (b1, b2), theta = group["betas"], group["spike_threshold"]
+        sizes, reset, clip = self._schedule(group, states)
+        _fused.ops().spam_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], sizes,
+                           b1, b2, group["eps"], theta if clip else 0.0, reset, 1.0 - group["lr"] * group["weight_decay"])
+
+    def _step_foreach(self, group, params, grads, states):
+        (b1, b2), eps = group["betas"], group["eps"]
         m = [s["exp_avg"] for s in states]
         v = [s["exp_avg_sq"] for s in states]
-        scale = spam_warmup_scale(t, T, group["warmup_steps"])
-        steps = [s["step"] for s in states]
-        if group["correct_bias"]:
-            sizes = [-lr * scale * math.sqrt(c2) / c1
-                     for c1, c2 in zip(F.bias_corrections(steps, b1), F.bias_corrections(steps, b2))]
-        else:
-            sizes = [-lr * scale] * len(params)
-        reset = t % T == 0
-        theta = group["spike_threshold"]
-        clip = theta != 0 and t >= D and t % T >= D
-        if self._use_fused(params, group):
-            _fused.ops().spam_(params, grads, m, v, sizes, b1, b2, eps, theta if clip else 0.0, reset,
-                               1.0 - lr * wd)
-            return
+        sizes, reset, clip = self._schedule(group, states)
         if reset:
             F.reset_moments_(m + v)
         if clip:
-            grads = F.spike_clip(grads, v, theta)
-        F.ema_(m, grads, b1)
-        F.ema_sq_(v, grads, b2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, m, denom, sizes)
-        F.decoupled_decay_(params, lr, wd)
+            grads = F.spike_clip(grads, v, group["spike_threshold"])
+        A.ema_moments_(m, v, grads, b1, b2)
+        torch._foreach_addcdiv_(params, m, A.adam_denom(v, eps), sizes)
+        F.decoupled_decay_(params, group["lr"], group["weight_decay"])
 
 
 @register(kind="grad-transform", paper=_PAPER, year=2025, arxiv="2501.06842", code=_CODE,

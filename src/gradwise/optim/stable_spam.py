@@ -1,14 +1,17 @@
 """Stable-SPAM: SPAM with adaptive spike clipping, adaptive gradient-norm scaling and momentum reset."""
 from __future__ import annotations
 
-import math
-
 import torch
 
+from gradwise._validate import check_int, check_range
+from gradwise.optim import _adam as A
 from gradwise.optim import _functional as F
 from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer, check_int, check_range, zeros_state
+from gradwise.optim._base import GradwiseOptimizer
+from gradwise.optim._state import zeros_state
 from gradwise.registry import register
+
+__all__ = ["StableSPAM"]
 
 
 @register(kind="optimizer", paper="Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
@@ -105,20 +108,20 @@ class StableSPAM(GradwiseOptimizer):
             st[name] = torch.zeros((), dtype=p.dtype, device=p.device)
         return st
 
-    def _update(self, group, params, grads, states):
-        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-        g1, g2, g3 = group["gamma1"], group["gamma2"], group["gamma3"]
-        t = group["step"]
-        T = group["beta1_schedule_steps"]
+    @staticmethod
+    def _schedule(group, states):
+        """(beta1 scale s, step counts of the statistics, step counts of the moments), after this step's reset.
+
+        The momentum reset of a reset step happens here, before either update path runs.
+        """
+        t, T = group["step"], group["beta1_schedule_steps"]
         s = F.cosine_anneal(1.0, group["beta1_min"], t, T + 1) if T is not None else 1.0
         k_stats = [st["step"] for st in states]  # clipping/norm statistics use the pre-reset count
-        m = [st["exp_avg"] for st in states]
-        v = [st["exp_avg_sq"] for st in states]
         steps = list(k_stats)
         R = group["reset_interval"]
         if R and t % R == 0:
             if group["paper_reset"]:
-                F.reset_moments_(m + v)
+                F.reset_moments_([st["exp_avg"] for st in states] + [st["exp_avg_sq"] for st in states])
             else:
                 # authors' order: this step runs on the old moments with k = 1,
                 # later steps on fresh zeros with k counting from 1
@@ -127,17 +130,33 @@ class StableSPAM(GradwiseOptimizer):
                     st["exp_avg"] = torch.zeros_like(st["exp_avg"])
                     st["exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
                     st["step"] = 1
+        return s, k_stats, steps
+
+    def _step_fused(self, group, params, grads, states):
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        g1, g2, g3 = group["gamma1"], group["gamma2"], group["gamma3"]
+        # the moments are read after _schedule: a reset of the authors' kind leaves this step's old ones here
+        m = [st["exp_avg"] for st in states]
+        v = [st["exp_avg_sq"] for st in states]
+        s, k_stats, steps = self._schedule(group, states)
+        _fused.ops().stablespam_(params, grads, m, v, [st["max_exp_avg_sq"] for st in states] if group["amsgrad"] else [],
+                                 [st["m_max_t"] for st in states], [st["m_norm_t"] for st in states],
+                                 [st["v_norm_t"] for st in states], [float(k) for k in k_stats],
+                                 [float(k) for k in steps], lr, b1 * s, b2, eps, g1 * s, g2, g3,
+                                 1.0 - lr * group["weight_decay"])
+
+    def _step_foreach(self, group, params, grads, states):
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        g1, g2, g3 = group["gamma1"], group["gamma2"], group["gamma3"]
+        m = [st["exp_avg"] for st in states]
+        v = [st["exp_avg_sq"] for st in states]
+        s, k_stats, steps = self._schedule(group, states)
         b1s = b1 * s
         vmax = [st["max_exp_avg_sq"] for st in states] if group["amsgrad"] else []
         # per-tensor AdaClip/AdaGN statistics: 0-dim tensors, updated in place
         m_max = [st["m_max_t"] for st in states]
         m_norm = [st["m_norm_t"] for st in states]
         v_norm = [st["v_norm_t"] for st in states]
-        if self._use_fused(params, group):
-            _fused.ops().stablespam_(params, grads, m, v, vmax, m_max, m_norm, v_norm, [float(k) for k in k_stats],
-                                     [float(k) for k in steps], lr, b1s, b2, eps, g1 * s, g2, g3,
-                                     1.0 - lr * group["weight_decay"])
-            return
 
         F.decoupled_decay_(params, lr, group["weight_decay"])
         # statistics updated with _foreach ops; bias corrections are Python
@@ -175,7 +194,4 @@ class StableSPAM(GradwiseOptimizer):
         if vmax:
             torch._foreach_maximum_(vmax, v)
             v = vmax
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [math.sqrt(c2) for c2 in F.bias_corrections(steps, b2)])
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, m, denom, [-lr / c1 for c1 in F.bias_corrections(steps, b1s)])
+        A.adam_step_(params, m, v, steps, lr, b1s, b2, eps)

@@ -32,8 +32,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau, StepLR
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import gradwise.optim as go
-from gradwise.optim import _fused
-from gradwise.optim._base import GradwiseOptimizer
+from gradwise.optim import GradwiseOptimizer
 from gradwise.registry import methods
 from optim_cases import CASES, NO_FUSED_KERNEL, WRAPPER_CASES
 
@@ -49,7 +48,7 @@ TORCH_TESTS = {
     "test_param_group_with_lrscheduler_goes_right_direction": "test_param_group_with_lrscheduler_goes_right_direction",
     "test_tensor_lr": "test_tensor_lr",
     "test_rosenbrock_sparse": "n/a: sparse gradients are refused with a RuntimeError before any state is written "
-                              "(test_optim_reliability.py::test_sparse_gradient_is_rejected); the dense "
+                              "(tests/optim/test_reliability.py::test_sparse_gradient_is_rejected); the dense "
                               "Rosenbrock descent is test_rosenbrock_goes_right_direction",
     "test_complex": "test_complex",
     "test_complex_2d": "test_complex_2d",
@@ -66,7 +65,7 @@ TORCH_TESTS = {
     "test_fused_large_tensor": "n/a: 2**32-element tensors (64 GB)",
     "test_fused_does_not_step_if_foundinf": "n/a: CUDA-only, and about torch's grad_scale/found_inf protocol "
                                             "for GradScaler, which gradwise's kernels do not take; gradwise's "
-                                            "own skip_nonfinite is tested in test_optim_reliability.py",
+                                            "own skip_nonfinite is tested in tests/optim/test_reliability.py",
     "test_cpu_load_state_dict": "n/a: for non-CPU devices only (loading a CPU checkpoint into a CUDA fused "
                                 "optimizer); test_load_tensor_step loads torch-format state on CPU",
     "test_param_groups_weight_decay": "test_param_groups_weight_decay",
@@ -330,7 +329,7 @@ def test_foreach_flag(cfg, monkeypatch):
     for t in range(3):
         _fill_grads(ref, t)
         opt.step()
-    calls = _count_kernel_calls(monkeypatch)
+    calls = _count_fused_calls(monkeypatch, cfg.cls)
     for foreach in (True, False):
         params = [Parameter(t.detach().clone()) for t in _wb(torch.float64)[:2]]
         opt = build(cfg, params, foreach=foreach)
@@ -632,22 +631,22 @@ def test_fused_true_is_checked_before_any_math(cfg):
     assert torch.equal(p32, before) and not any(opt.state.values())
 
 
-def _count_kernel_calls(monkeypatch):
+def _count_fused_calls(monkeypatch, cls):
+    """Calls of the class's fused hook (gradwise's kernels, or torch's own for AdamW)."""
     calls = []
-    real = _fused.ops
+    real = cls._step_fused
 
-    class Spy:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(real(), name)
+    def spy(self, *args):
+        calls.append(type(self).__name__)
+        return real(self, *args)
 
-    monkeypatch.setattr(_fused, "ops", lambda: Spy())
+    monkeypatch.setattr(cls, "_step_fused", spy)
     return calls
 
 
 @pytest.mark.parametrize("cfg", [c for c in CONFIG_IDS if "fused" in _paths(c.values[0])])
 def test_fused_key_in_a_param_group_is_honoured(cfg, monkeypatch):
-    calls = _count_kernel_calls(monkeypatch)
+    calls = _count_fused_calls(monkeypatch, cfg.cls)
     a, b = Parameter(torch.randn(4, 3)), Parameter(torch.randn(4, 3))
     opt = build(cfg, [{"params": [a], "fused": False}])
     _fill_grads([a], 0)

@@ -15,7 +15,7 @@ from optim_problem import make_params, run
 # compares a fused kernel or stored data with torch's ops: .ci/run repeats it per ATEN_CPU_CAPABILITY
 pytestmark = pytest.mark.numerics
 
-GOLDEN = torch.load(Path(__file__).parent / "data" / "optim_golden.pt", weights_only=True)
+GOLDEN = torch.load(Path(__file__).parent.parent / "data" / "optim_golden.pt", weights_only=True)
 
 # reference argument name -> gradwise argument name, per optimizer
 RENAME = {
@@ -54,7 +54,7 @@ def test_matches_authors_code(case, fused):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
-ORTHO = torch.load(Path(__file__).parent / "data" / "orthograd_golden.pt", weights_only=True)
+ORTHO = torch.load(Path(__file__).parent.parent / "data" / "orthograd_golden.pt", weights_only=True)
 
 
 @pytest.mark.parametrize("case", ORTHO, ids=_case_id)

@@ -13,7 +13,7 @@ shapes = st.lists(st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple)
 
 # optimizers whose step size does not grow with the gradient's scale (AdaBelief only unrectified:
 # its rectified warm-up takes momentum-SGD steps)
-NORMALIZED = ["AdaBelief-amsgrad", "DiffGrad", "AdamP", "Lion", "LionK", "SPAM", "StableSPAM", "OrthoAdamW"]
+NORMALIZED = ["AdaBelief-amsgrad", "DiffGrad", "AdamP", "Lion", "LionK", "SPAM", "StableSPAM", "OrthoAdamW", "AdamW"]
 
 
 def _params(shape_list, dtype, seed):

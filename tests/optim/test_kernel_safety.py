@@ -92,7 +92,7 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def outcomes():
-    code = _SCRIPT.format(tests=str(Path(__file__).parent))
+    code = _SCRIPT.format(tests=str(Path(__file__).parent.parent))
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"the subprocess died (exit {run.returncode}): {run.stderr[-2000:]}"
     return json.loads(run.stdout.strip().splitlines()[-1])

@@ -51,7 +51,9 @@ def test_every_registered_optimizer_resolves_by_its_name_in_any_case():
 
 
 def test_torch_optim_names_fall_through():
-    assert resolve("adamw") is torch.optim.AdamW
+    # gradwise's AdamW (torch.optim.AdamW's math) wins over torch's; the torch.optim. prefix means torch's
+    assert resolve("adamw") is go.AdamW and resolve("torch.optim.AdamW") is torch.optim.AdamW
+    assert resolve("adam") is torch.optim.Adam
     assert resolve("SGD") is torch.optim.SGD
     assert resolve("torch.optim.Adafactor") is torch.optim.Adafactor
     assert resolve(torch.optim.RMSprop) is torch.optim.RMSprop
