@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradwise.arena import UsageError, baselines, calibration_study, optimizers_study, report
+from gradwise.arena import UsageError, baselines, calibration_study, optimizers_study, report, results
 from gradwise.arena.report import Rank
 from gradwise.arena.runner import RunResult
 from gradwise.cli import main
@@ -166,7 +166,7 @@ def test_out_cannot_be_written(tmp_path, capsys, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(report.tempfile, "mkdtemp", refuse)  # what an unwritable parent folder does
+    monkeypatch.setattr(results.tempfile, "mkdtemp", refuse)  # what an unwritable parent folder does
     assert _arena(tmp_path / "new") == 2
     assert "Permission denied" in _one_line_error(capsys)
     assert not (tmp_path / "new").exists()
