@@ -239,7 +239,7 @@ def test_torch_baselines_run_in_the_study(tmp_path, capsys):
     cfg = json.loads((out / "results.json").read_text())["config"]
     assert {n: cfg["optimizers"][n]["lr_source"] for n in names} == {
         "SGD-momentum": "sweep", "Adafactor": "sweep", "Muon+AdamW": "class default"}  # see OPT_IN
-    assert cfg["first_seed"] == 4 and cfg["versions"]["machine"]["cpu"]
+    assert cfg["first_seed"] == 4 and json.loads((out / "results.json").read_text())["versions"]["machine"]["cpu"]
     printed = capsys.readouterr().out
     assert "Muon+AdamW" in printed and "machine:" in printed
 

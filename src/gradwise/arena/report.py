@@ -22,6 +22,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from gradwise.arena.optimizers_study import RUN_FIELDS
 from gradwise.arena.plots import LINE_STYLES, MARKERS, PALETTE, curve_styles, plot_curves, robust_log_ylim, wrap_title
 from gradwise.arena.results import (OUT_ACCEPTS, ResultsFolder, json_safe, machine, machine_line, progress,
                                     results_dir, results_folder, versions, write_csv, write_json)
@@ -35,7 +36,7 @@ __all__ = ["json_safe", "Summary", "summarize", "leaderboard", "results_dir", "r
            "tie_ranks", "rank_summaries", "rank_label", "fmt_ci", "compare_rankings", "CI_LEVEL", "CI_NOTE",
            "RANK_NOTE", "progress", "versions", "machine", "machine_line", "write_csv", "write_json",
            "curve_styles", "robust_log_ylim", "wrap_title", "DASH", "OUT_ACCEPTS", "PALETTE", "LINE_STYLES",
-           "MARKERS", "RUN_FIELDS"]
+           "MARKERS", "RUN_FIELDS", "write_curves"]
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -120,8 +121,14 @@ def leaderboard(summary: Sequence[Summary], *, target_loss: float, title: str,
     return Group(table, Text("\n".join(caption), style="dim"))
 
 
-RUN_FIELDS = ("optimizer", "seed", "lr", "steps", "eval_acc", "eval_loss", "final_train_loss",
-               "steps_to_target", "wall_s", "diverged")
+
+def write_curves(path: Path, results: Sequence[RunResult]) -> None:
+    """``curves.csv``: the full-batch training loss at each measured step of each run."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("optimizer", "seed", "step", "train_loss"))
+        for r in results:
+            w.writerows((r.optimizer, r.seed, s, loss) for s, loss in zip(r.curve_steps, r.curve_loss))
 
 
 def write_results(out: Path, *, study: str, config: dict[str, Any], results: Sequence[RunResult],
@@ -133,11 +140,7 @@ def write_results(out: Path, *, study: str, config: dict[str, Any], results: Seq
         w.writerow(RUN_FIELDS)
         for r in results:
             w.writerow(["" if getattr(r, k) is None else getattr(r, k) for k in RUN_FIELDS])
-    with open(out / "curves.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(("optimizer", "seed", "step", "train_loss"))
-        for r in results:
-            w.writerows((r.optimizer, r.seed, s, loss) for s, loss in zip(r.curve_steps, r.curve_loss))
+    write_curves(out / "curves.csv", results)
     doc = {
         "study": study,
         "created": datetime.now().isoformat(timespec="seconds"),
