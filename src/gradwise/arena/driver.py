@@ -44,7 +44,8 @@ def run_study(study: Study, cfg: Any, methods: list[str], *, out: str | Path | N
         cfg = study.adjust(cfg)
     first = getattr(cfg, "first_seed", 0)
     with results_folder(out) as folder:
-        run = Run(cfg=cfg, task=study.setup(cfg, tuple(methods)), methods=tuple(methods), seeds=tuple(range(first, first + cfg.seeds)))
+        run = Run(cfg=cfg, task=study.setup(cfg, tuple(methods)), methods=tuple(methods),
+                  seeds=tuple(range(first, first + cfg.seeds)))
         start = time.perf_counter()
         rows = train_all(study, run, console)
         total_s = time.perf_counter() - start
@@ -150,7 +151,8 @@ def write_outputs(out: Path, study: Study, run: Run, rows: list[Any], summary: l
     from gradwise.arena.results import versions, write_csv, write_json
 
     records = run.references + [study.record(r) if study.record is not None else r for r in rows]
-    fields = study.csv_fields or [k for k in records[0] if k not in study.csv_skip]
+    # default columns: every key of any record (first seen first), but csv_skip
+    fields = study.csv_fields or [k for k in dict.fromkeys(k for r in records for k in r) if k not in study.csv_skip]
     write_csv(out / "results.csv", records, fields)
     if study.write_files is not None:
         study.write_files(out, run, rows, summary, title)

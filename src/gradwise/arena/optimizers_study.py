@@ -248,8 +248,8 @@ STUDY = register_study(Study(
     select=Selection("optimizers", "optimizer names", ignore_case=True,
                      default_text="all gradwise optimizers and the torch.optim baselines but " + ", ".join(OPT_IN)
                      + ", which runs only when named: slow on CPU"),
-    setup=_setup, run_one=_run_one, key="optimizer", summarize=_summarize, title=_title, notes=_notes,
-    columns=_columns, record=_record,
+    setup=_setup, run_one=_run_one, key="optimizer", name_key="name", summarize=_summarize, title=_title,
+    notes=_notes,    columns=_columns, record=_record,
     csv_fields=RUN_FIELDS,
     config_extra=_config_extra, write_files=_write_files, outputs=("curves.csv", "loss_curves.png"),
     smoke=("--seeds", "1", "--steps", "5", "--optimizers", "AdamW"),

@@ -29,7 +29,8 @@ def _accepted(err: ValueError) -> str:
     return tail[:-1] if sep and tail.endswith(")") else text
 
 
-def value_type(name: str, kind: type, at_least: float | None = None, below: float | None = None) -> Callable[[str], Any]:
+def value_type(name: str, kind: type, at_least: float | None = None,
+               below: float | None = None) -> Callable[[str], Any]:
     """An argparse ``type`` for an ``int`` or ``float`` option named ``name``: the text parsed, then
     checked with :func:`~gradwise._validate.check_int` / :func:`~gradwise._validate.check_real`
     (finite, ``at_least <= value < below``); refused as "expected <what is accepted>, got '<text>'"."""
