@@ -46,7 +46,7 @@ class Config:
     target_loss: float = 0.01     # "steps to target" threshold on that loss
     threads: int = 1              # one thread is as fast as two for this model size
     first_seed: int = option(0, "run seeds S..S+N-1 instead of 0..N-1: a second seed set checks that the ranking "
-                                "does not depend on the seeds", at_least=0)
+                                "does not depend on the seeds", at_least=0, metavar="S")
 
 
 CONFIG = Config()

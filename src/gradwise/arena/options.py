@@ -100,6 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser, study: Any) -> None:
     for f in option_fields(study.config):
         meta = f.metadata
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
+                            metavar=meta.get("metavar"),
                             type=value_type(f.name, hints[f.name], meta.get("at_least"), meta.get("below")),
                             help=f"{meta['help']} (default {f.default})")
     parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")

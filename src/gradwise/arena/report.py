@@ -32,8 +32,8 @@ from gradwise.arena.stats import (CI_LEVEL, CI_NOTE, DASH, RANK_NOTE, Rank, comp
                                   tie_ranks)
 
 __all__ = ["json_safe", "Summary", "summarize", "leaderboard", "results_dir", "results_folder", "ResultsFolder",
-           "write_results", "plot_curves", "mean_std", "mean_std_fields", "mean_ci", "t_quantile", "mean_ci_fields", "Rank",
-           "tie_ranks", "rank_summaries", "rank_label", "fmt_ci", "compare_rankings", "CI_LEVEL", "CI_NOTE",
+           "write_results", "plot_curves", "mean_std", "mean_std_fields", "mean_ci", "t_quantile", "mean_ci_fields",
+           "Rank", "tie_ranks", "rank_summaries", "rank_label", "fmt_ci", "compare_rankings", "CI_LEVEL", "CI_NOTE",
            "RANK_NOTE", "progress", "versions", "machine", "machine_line", "write_csv", "write_json",
            "curve_styles", "robust_log_ylim", "wrap_title", "DASH", "OUT_ACCEPTS", "PALETTE", "LINE_STYLES",
            "MARKERS", "RUN_FIELDS", "write_curves"]

@@ -34,15 +34,17 @@ class UsageError(ValueError):
     """A bad request from the user (unknown name, bad option); the CLI prints it without a traceback."""
 
 
-def option(default: Any, help: str, *, at_least: float | None = None, below: float | None = None) -> Any:
+def option(default: Any, help: str, *, at_least: float | None = None, below: float | None = None,
+           metavar: str | None = None) -> Any:
     """A config field that is also a command-line option ``--<field-name>`` (underscores as dashes).
 
     ``help`` is the option's help (the default is appended); ``at_least`` and
     ``below`` bound the value (``at_least <= value < below``), checked by
-    :mod:`gradwise._validate` when the command line is parsed. Fields made
+    :mod:`gradwise._validate` when the command line is parsed; ``metavar``
+    names the value in the help (default: the option's name). Fields made
     with plain ``dataclasses.field`` or a bare default are not options.
     """
-    return field(default=default, metadata={"help": help, "at_least": at_least, "below": below})
+    return field(default=default, metadata={"help": help, "at_least": at_least, "below": below, "metavar": metavar})
 
 
 @dataclass(frozen=True)
