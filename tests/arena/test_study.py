@@ -67,6 +67,8 @@ def test_old_import_paths_keep_working():
                    "imbalance_study", "preference_study"):
         m = importlib.import_module(f"gradwise.arena.{module}")
         assert isinstance(m.HELP, str) and m.CONFIG == m.Config() and callable(m.add_arguments) and callable(m.run)
+    with pytest.warns(DeprecationWarning, match=r"load_study\(name\).HELP is deprecated; use load_study\(name\).help"):
+        assert load_study("imbalance").HELP == load_study("imbalance").help  # load_study returned the module
     p = argparse.ArgumentParser()
     add_seeds_argument(p, 3)
     add_out_argument(p)

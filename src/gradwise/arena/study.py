@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,13 @@ class Study:
             raise TypeError(f"study {self.name!r}: config must be a dataclass, got {self.config!r}")
         if self.summarize is None and not (self.summary_keys and self.rank_on):
             raise TypeError(f"study {self.name!r}: give summary_keys and rank_on, or a summarize function")
+
+    @property
+    def HELP(self) -> str:  # noqa: N802 -- the old module attribute, read through load_study(name)
+        """Deprecated: ``load_study`` returned the study's module, whose one-line help was ``HELP``."""
+        warnings.warn("load_study(name).HELP is deprecated; use load_study(name).help (load_study returns the "
+                      "Study record); removal planned after version 0.2", DeprecationWarning, stacklevel=2)
+        return self.help
 
     def add_arguments(self, parser: Any) -> None:
         """Add the study's options to an ``argparse`` parser (see :mod:`gradwise.arena.options`)."""
