@@ -115,11 +115,15 @@ class Study:
     the methods, unranked), or replaces ``run_one`` by ``run_seed(run, seed) ->
     rows`` (the calibration study: one model per seed, every method on it).
     Runs go method by method, each over the seeds, unless ``seeds_outer``
-    (seed by seed; ``seed_setup`` needs it).
+    (seed by seed; ``seed_setup`` needs it). ``adjust(cfg)``, if given, makes
+    the config that runs and is recorded (the preference study caps its
+    iterations at its steps).
 
     What is reported: ``summarize(run, rows)`` gives one row
     per method (default: ``{name_key: method, "runs": n, <key>_mean/_std/_ci for
-    each of summary_keys}`` ranked on ``rank_on`` with tied ranks); the
+    each of summary_keys}`` ranked on ``rank_on`` with tied ranks; ``key``
+    names a run row's method field, ``name_key`` a summary row's; a summary
+    row whose ``rank`` is None is a reference, shown dimmed and unranked); the
     leaderboard shows a rank column, then ``columns`` (or ``columns(run)``, when
     a header or cell depends on the config); ``notes`` is printed
     under it with the machine. Files: ``results.csv`` (``csv_fields``, or every
