@@ -152,7 +152,7 @@ def test_arena_help_shows_every_study_line_as_written(capsys, wide):
     out = _help(["arena", "--help"], capsys)
     assert not _RST.search(out), out  # the noisy-labels line printed a Python dict ("40%" reached argparse)
     for name in STUDIES:
-        assert _flat(rst_to_text(load_study(name).HELP)) in _flat(out), name
+        assert _flat(rst_to_text(load_study(name).help)) in _flat(out), name
 
 
 @pytest.mark.parametrize("study", list(STUDIES))
@@ -162,28 +162,29 @@ def test_each_study_help_is_plain_text(study, capsys):
     assert f"Study {study}:" in out  # the docstring's first line, markup removed
 
 
-def _fake_study(monkeypatch, **attrs):
-    """The CLI's study table holding one made-up study module."""
-    module = types.ModuleType("fake_study")
-    module.__dict__.update(attrs)
-    monkeypatch.setattr(cli, "STUDIES", {"fake": "fake_study"})
-    monkeypatch.setattr(cli, "load_study", lambda name: module)
-
-
 def test_study_help_with_percent_signs_and_rest_markup(monkeypatch, capsys, wide):
-    def add_arguments(parser):
-        parser.add_argument("--rate", type=float, default=0.4,
-                            help="keep 50% of ``rate`` (default %(default)s; see :func:`~gradwise.losses.kd_loss`)")
+    from dataclasses import dataclass
 
-    _fake_study(monkeypatch, HELP="drops 40% of the labels of :class:`~torch.nn.Linear`",
-                __doc__="Study ``fake``: uses :class:`gradwise.optim.Lion` and **bold** *words*, 100%.\n\n"
-                        "Methods::\n\n* ``one`` -- the first;\n* ``two`` -- the second, on a\n  continued line.\n",
-                add_arguments=add_arguments)
+    from gradwise.arena import study as study_registry
+    from gradwise.arena.study import Column, Study, option
+
+    @dataclass(frozen=True)
+    class Config:
+        rate: float = option(0.4, "keep 50% of ``rate`` (see :func:`~gradwise.losses.kd_loss`)")
+        seeds: int = 1
+
+    fake = Study(name="fake", help="drops 40% of the labels of :class:`~torch.nn.Linear`", config=Config,
+                 description="Study ``fake``: uses :class:`gradwise.optim.Lion` and **bold** *words*, 100%.\n\n"
+                             "Methods::\n\n* ``one`` -- the first;\n* ``two`` -- the second, on a\n  continued line.\n",
+                 methods=lambda: ("one", "two"), run_one=lambda run, m, seed, shared: {"method": m, "x": 1.0},
+                 summary_keys=("x",), rank_on="x", title=lambda run, rows: "t",
+                 columns=(Column("method", lambda s: s["method"]),), outputs=(), smoke=())
+    monkeypatch.setitem(study_registry._STUDIES, "fake", fake)
     top = _help(["arena", "--help"], capsys)
     assert "drops 40% of the labels of Linear" in _flat(top) and "option_strings" not in top
     out = _help(["arena", "fake", "--help"], capsys)
     assert "Study fake: uses gradwise.optim.Lion and bold words, 100%." in _flat(out)
-    assert "keep 50% of rate (default 0.4; see kd_loss)" in _flat(out)
+    assert "keep 50% of rate (see kd_loss) (default 0.4)" in _flat(out)
     assert "Methods:\n" in out and "::" not in out
     lines = out.splitlines()  # list items keep their own lines instead of running into one paragraph
     assert "* one -- the first;" in lines
@@ -354,8 +355,6 @@ _BAD_BY_OPTION = {
 
 
 def _bad_cases():
-    from gradwise.arena import positive_int
-
     cases = []
     for study, parser in _study_parsers().items():
         for action in parser._actions:
@@ -364,7 +363,7 @@ def _bad_cases():
             opt = action.option_strings[-1]
             bad = _BAD_BY_OPTION.get((study, opt))
             if bad is None:
-                assert action.type in (positive_int, cli._COUNT), \
+                assert getattr(action.type, "accepted", None) == "an integer >= 1", \
                     f"{study} {opt}: add its bad values to _BAD_BY_OPTION"
                 bad = _BAD_COUNTS
             cases += [(study, opt, v) for v in bad]
@@ -382,8 +381,9 @@ def _run_cli(argv, capsys):
 @pytest.fixture
 def no_study_runs(monkeypatch):
     """A study that gets past argument checking fails the test instead of running."""
-    for name in STUDIES:
-        monkeypatch.setattr(load_study(name), "run", lambda args, console: pytest.fail(f"ran with {args}"))
+    from gradwise.arena import driver
+
+    monkeypatch.setattr(driver, "run_from_args", lambda study, args, console: pytest.fail(f"ran with {args}"))
 
 
 def test_every_study_option_with_a_bad_value_is_one_line_and_exit_2(capsys, no_study_runs):
@@ -399,8 +399,10 @@ def test_every_study_option_with_a_bad_value_is_one_line_and_exit_2(capsys, no_s
 
 def test_named_examples_from_the_issue(capsys, no_study_runs):
     for argv, says in (
-        (["arena", "--seeds", "0"], "argument --seeds: expected a positive integer (1, 2, ...), got '0'"),
-        (["arena", "optimizers", "--steps", "-1"], "argument --steps: expected a positive integer (1, 2, ...), got '-1'"),
+        (["arena", "--seeds", "0"], "argument --seeds: expected an integer >= 1, got '0'"),
+        (["arena", "optimizers", "--steps", "-1"], "argument --steps: expected an integer >= 1, got '-1'"),
+        (["arena", "noisy-labels", "--noise", "0.9"],
+         "argument --noise: expected a finite number with 0.0 <= noise < 0.9, got '0.9'"),
         (["arena", "optimizers", "--optimizers", "nope"], "argument --optimizers: unknown 'nope'; accepted: "
                                                           "comma-separated optimizer names from AdamW,"),
         (["arena", "no-such-study"], "argument STUDY: invalid choice: 'no-such-study' (choose from 'optimizers'"),
@@ -413,22 +415,22 @@ def test_named_examples_from_the_issue(capsys, no_study_runs):
 
 
 def test_good_values_still_reach_the_study(monkeypatch, capsys):
+    from gradwise.arena import driver
+
     seen = {}
-    module = load_study("noisy-labels")
-    monkeypatch.setattr(module, "run", lambda args, console: seen.update(vars(args)))
+    monkeypatch.setattr(driver, "run_from_args", lambda study, args, console: seen.update(vars(args), study=study.name))
     assert main(["arena", "noisy-labels", "--seeds", "2", "--noise", "0.25", "--losses", "CE,LDR-KL"]) == 0
-    assert seen["seeds"] == 2 and seen["noise"] == 0.25 and seen["losses"] == "CE,LDR-KL"
-    module = load_study("optimizers")
-    monkeypatch.setattr(module, "run", lambda args, console: seen.update(vars(args)))
-    assert main(["arena", "--optimizers", "adamw,lion", "--first-seed", "0"]) == 0
-    assert seen["optimizers"] == "adamw,lion" and seen["first_seed"] == 0
+    assert seen["study"] == "noisy-labels" and seen["seeds"] == 2 and seen["noise"] == 0.25
+    assert seen["losses"] == ["CE", "LDR-KL"]  # resolved while parsing
+    assert main(["arena", "--optimizers", "adamw,lion,ADAMW", "--first-seed", "0"]) == 0
+    assert seen["study"] == "optimizers" and seen["optimizers"] == ["AdamW", "Lion"] and seen["first_seed"] == 0
 
 
 def test_usage_error_from_a_study_is_one_line(monkeypatch, capsys):
-    from gradwise.arena import UsageError
+    from gradwise.arena import UsageError, driver
 
-    def refuse(args, console):
+    def refuse(study, args, console):
         raise UsageError("--out runs/x: the folder is not writable")
-    monkeypatch.setattr(load_study("imbalance"), "run", refuse)
+    monkeypatch.setattr(driver, "run_from_args", refuse)
     rc, err = _run_cli(["arena", "imbalance"], capsys)
     assert rc == 2 and err == "gradwise arena imbalance: error: --out runs/x: the folder is not writable\n"

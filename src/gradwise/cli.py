@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 import textwrap
 from collections.abc import Sequence
 
 from gradwise import __version__
-from gradwise.arena import DEFAULT_STUDY, STUDIES, UsageError, load_study, positive_int
+from gradwise.arena import DEFAULT_STUDY, UsageError, load_study, studies
 from gradwise.registry import FAMILIES
 
 __all__ = ["main", "build_parser", "rst_to_text", "escape_percent", "print_methods"]
@@ -110,91 +109,14 @@ def _plain_help(parser: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- option values
 # A user mistake is one line (`prog: error: argument --x: ...`) and exit status 2, never a traceback or a
-# usage block. Study modules declare their options with plain argparse types; the checks below are
-# applied to those options here, so every study's bad values get a message naming what is accepted.
+# usage block. A study's options are generated from its config (gradwise.arena.options), whose types
+# refuse a bad value while parsing, with a message naming what is accepted.
 
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, with a usage error printed as one line and exit status 2."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
-
-
-def _int_at_least(lo: int, what: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < lo:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-    parse.__name__ = what
-    return parse
-
-
-def _number(lo: float, hi: float | None, what: str):
-    """A finite float with ``lo <= x`` and, with ``hi``, ``x < hi``."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < lo or (hi is not None and value >= hi):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-    parse.__name__ = what
-    return parse
-
-
-def _names(known, what: str, *, ignore_case: bool, empty_ok: bool):
-    """A comma-separated list of names from ``known()``, matched as the study matches them (``ignore_case``;
-    ``empty_ok``: an empty list means all); returns the text unchanged, for the study to resolve."""
-    def parse(text: str) -> str:
-        names = known()
-        fold = str.lower if ignore_case else str
-        valid = {fold(n) for n in names}
-        parts = [t.strip() for t in text.split(",") if t.strip()]
-        unknown = [t for t in parts if fold(t) not in valid]
-        if unknown or not (parts or empty_ok):
-            said = f"unknown {', '.join(map(repr, unknown))}" if unknown else "no names"
-            raise argparse.ArgumentTypeError(f"{said}; accepted: comma-separated {what} from {', '.join(names)}")
-        return text
-    parse.__name__ = what
-    return parse
-
-
-def _optimizer_names() -> list[str]:
-    from gradwise.arena.optimizers_study import candidates
-
-    return list(candidates())
-
-
-def _loss_names() -> list[str]:
-    from gradwise.arena.noisy_labels_study import LOSSES
-
-    return list(LOSSES)
-
-
-_COUNT = _int_at_least(1, "a positive integer (1, 2, ...)")
-# by option type, then by (study, option dest) where a study accepts only part of the type's values
-_BY_TYPE = {positive_int: _COUNT, int: _int_at_least(-(1 << 62), "an integer"),
-            float: _number(-math.inf, None, "a finite number")}
-_BY_OPTION = {
-    ("optimizers", "first_seed"): _int_at_least(0, "an integer >= 0"),
-    ("optimizers", "optimizers"): _names(_optimizer_names, "optimizer names", ignore_case=True, empty_ok=False),
-    ("noisy-labels", "noise"): _number(0.0, 0.9, "a noise rate with 0 <= rate < 0.9"),
-    ("noisy-labels", "losses"): _names(_loss_names, "loss names", ignore_case=False, empty_ok=True),
-    ("imbalance", "ratio"): _number(1.0, None, "a finite ratio >= 1"),
-}
-
-
-def _check_values(study: str, parser: argparse.ArgumentParser) -> None:
-    """Give each option of ``study`` a type that refuses bad values with a message naming what is accepted."""
-    for action in parser._actions:
-        check = _BY_OPTION.get((study, action.dest)) or _BY_TYPE.get(action.type)
-        if check is not None:
-            action.type = check
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,16 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("arena", help=f"run an arena study (default: {DEFAULT_STUDY})",
                        description=f"Run an arena study. STUDY defaults to {DEFAULT_STUDY!r}; "
                                    "`gradwise arena STUDY --help` shows its options.")
-    studies = p.add_subparsers(dest="study", metavar="STUDY")
-    for name in STUDIES:
-        module = load_study(name)
-        description = rst_to_text((module.__doc__ or "").strip())
+    study_parsers = p.add_subparsers(dest="study", metavar="STUDY")
+    for name, study in studies().items():  # the registered studies
+        description = rst_to_text((study.description or "").strip())
         if "%(prog)" in description:  # argparse %-formats a description only when it names %(prog)
             description = escape_percent(description)
-        sp = studies.add_parser(name, help=escape_percent(rst_to_text(module.HELP)), description=description,
-                                formatter_class=_DocFormatter)
-        module.add_arguments(sp)
-        _check_values(name, sp)
+        sp = study_parsers.add_parser(name, help=escape_percent(rst_to_text(study.help)), description=description,
+                                      formatter_class=_DocFormatter)
+        study.add_arguments(sp)
         _plain_help(sp)
 
     sub.add_parser("bench", help="speed benchmark of the optimizers (arguments go to gradwise.bench)",

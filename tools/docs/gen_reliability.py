@@ -151,7 +151,7 @@ AREAS: tuple[Area, ...] = (
         "An arena study writes its CSV, JSON and plots into a temporary folder renamed into place at the "
         "end, so a failed or interrupted run leaves no results folder and a rerun replaces an earlier one "
         "whole (never mixing old and new files); an unusable `--out` is a one-line error.",
-        {"tests/test_arena_report.py": ("test_out_is_a_file", "test_out_cannot_be_written",
+        {"tests/arena/test_report.py": ("test_out_is_a_file", "test_out_cannot_be_written",
                                         "test_out_in_a_read_only_place", "test_out_keeps_the_users_other_files",
                                         "test_a_failed_run_leaves_no_results_folder",
                                         "test_rerun_replaces_an_earlier_results_folder_whole",

@@ -1,64 +1,44 @@
 """The arena: studies that put gradwise's methods side by side on CPU-sized tasks.
 
-A study is a module in this package with
+A study is a module ``gradwise/arena/<name>_study.py`` that describes itself in
+a :class:`~gradwise.arena.study.Study` record (its config dataclass, what one
+run trains, the leaderboard's columns, its plot) and registers it with
+:func:`~gradwise.arena.study.register_study`; :mod:`gradwise.arena.driver`
+runs every study the same way, and ``gradwise arena`` lists the registered
+studies. Study modules keep heavy imports (torch, matplotlib) inside
+functions so that ``gradwise --help`` stays fast.
 
-* ``HELP: str`` -- one line for ``gradwise arena --help``;
-* ``add_arguments(parser: argparse.ArgumentParser) -> None`` -- its options;
-* ``run(args: argparse.Namespace, console: rich.console.Console) -> pathlib.Path``
-  -- runs the study, prints its report and returns the results folder.
-
-Study modules keep heavy imports (torch, matplotlib) inside functions so that
-``gradwise --help`` stays fast. Add a study by adding a module and a line to
-``STUDIES``.
+Layout: ``study`` (the record and registry), ``options`` (command-line
+options from the config), ``driver`` (seeds x methods, summary, leaderboard,
+files), ``stats`` (intervals, tied ranks), ``results`` (the results folder,
+CSV/JSON, the machine), ``plots`` (styles, y-limits), ``report`` (the
+optimizers study's summary and the re-exports of the three before),
+``runner``/``tasks``/``baselines`` (what the optimizers study trains).
 """
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from gradwise.arena.study import (DEFAULT_STUDY, Column, Run, Selection, Study, StudyTable, UsageError, ci_column,
+                                  load_study, option, register_study, studies)
 
-__all__ = ["STUDIES", "DEFAULT_STUDY", "UsageError", "load_study", "positive_int", "add_seeds_argument",
-           "add_out_argument"]
+__all__ = ["STUDIES", "DEFAULT_STUDY", "UsageError", "load_study", "studies", "register_study", "Study", "Run",
+           "Column", "Selection", "option", "ci_column", "positive_int", "add_seeds_argument", "add_out_argument"]
 
-
-class UsageError(ValueError):
-    """A bad request from the user (unknown name, bad option); the CLI prints it without a traceback."""
-
-
-# study name -> module path; the order here is the order in `gradwise arena --help`.
-STUDIES: dict[str, str] = {
-    "optimizers": "gradwise.arena.optimizers_study",
-    "noisy-labels": "gradwise.arena.noisy_labels_study",
-    "distillation": "gradwise.arena.distillation_study",
-    "calibration": "gradwise.arena.calibration_study",
-    "imbalance": "gradwise.arena.imbalance_study",
-    "preference": "gradwise.arena.preference_study",
-}
-DEFAULT_STUDY = "optimizers"
+# name -> Study, from the registry (the default study first); filled on first use.
+STUDIES = StudyTable()
 
 
 def positive_int(text: str) -> int:
-    """argparse type for counts (seeds, steps, epochs)."""
-    import argparse
+    """argparse type for counts (seeds, steps, epochs): an integer >= 1."""
+    from gradwise.arena.options import value_type
 
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+    return value_type("value", int, at_least=1)(text)
 
 
 def add_seeds_argument(parser, default: int) -> None:
-    """``--seeds N``: the study runs seeds 0..N-1."""
+    """``--seeds N``: the study runs seeds 0..N-1 (for hand-written parsers; studies get it from their config)."""
     parser.add_argument("--seeds", type=positive_int, default=default, help=f"seeds 0..N-1 (default {default})")
 
 
 def add_out_argument(parser) -> None:
-    """``--out DIR``: the results folder (see :func:`gradwise.arena.report.results_dir`)."""
+    """``--out DIR``: the results folder (see :func:`gradwise.arena.results.results_folder`)."""
     parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
-
-
-def load_study(name: str) -> ModuleType:
-    """The module implementing study ``name``."""
-    try:
-        return importlib.import_module(STUDIES[name])
-    except KeyError:
-        raise UsageError(f"unknown study {name!r}; choose from: {', '.join(STUDIES)}") from None

@@ -21,18 +21,15 @@ all on the standardized 8x8 image; seeded per run.
 """
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gradwise.arena import add_out_argument, add_seeds_argument, positive_int
+from gradwise.arena.stats import CI_NOTE, RANK_NOTE
+from gradwise.arena.study import Column, Run, Study, ci_column, option, register_study
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-__all__ = ["HELP", "Config", "CONFIG", "add_arguments", "run", "run_seed"]
+__all__ = ["HELP", "Config", "CONFIG", "STUDY", "add_arguments", "run", "run_seed"]
 
 HELP = "post-hoc calibration on digits: raw MLP vs temperature scaling vs correctness-aware calibrator"
 
@@ -47,28 +44,21 @@ class Config:
     split_seed: int = 0
     hidden: tuple[int, ...] = (128, 128)
     batch_size: int = 64
-    epochs: int = 60
+    epochs: int = option(60, "training epochs of the MLP", at_least=1)
     lr: float = 1e-3               # Adam
-    seeds: int = 3
+    seeds: int = option(3, "seeds 0..N-1", at_least=1)
     n_bins: int = 15
     noise: float = 0.5             # std of the noise view (standardized units)
     top_k: int = 4                 # calibrator features: top-k classes x 3 views
-    ca_epochs: int = 300           # authors: 10 epochs of ~50 Adam steps at lr 1e-4 on ImageNet-val;
-    ca_lr: float = 1e-3            # one full batch an epoch here, so more epochs and a larger lr
+    # authors: 10 epochs of ~50 Adam steps at lr 1e-4 on ImageNet-val; one full batch an epoch here, so more
+    # epochs and a larger lr
+    ca_epochs: int = option(300, "training epochs of the correctness-aware calibrator", at_least=1)
+    ca_lr: float = 1e-3
     ca_init_temperature: float = 1.0  # start from the identity calibrator (see CorrectnessAwareCalibrator)
     threads: int = 1
 
 
 CONFIG = Config()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_seeds_argument(parser, CONFIG.seeds)
-    parser.add_argument("--epochs", type=positive_int, default=CONFIG.epochs,
-                        help=f"training epochs of the MLP (default {CONFIG.epochs})")
-    parser.add_argument("--ca-epochs", type=positive_int, default=CONFIG.ca_epochs,
-                        help=f"training epochs of the correctness-aware calibrator (default {CONFIG.ca_epochs})")
-    add_out_argument(parser)
 
 
 def _views(x, gen, noise: float):
@@ -154,17 +144,6 @@ def run_seed(task, cfg: Config, seed: int) -> tuple[list[dict[str, Any]], dict[s
     return rows, {k: v.softmax(1) for k, v in outs.items()}
 
 
-def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per method: mean, std and 95% t-interval of each metric over seeds; ranked on ECE (lower is better)."""
-    from gradwise.arena.report import mean_ci_fields, rank_summaries
-
-    out = []
-    for m in METHODS:
-        rs = [r for r in rows if r["method"] == m]
-        out.append({"method": m, "runs": len(rs), **mean_ci_fields(rs, (*METRICS, "temperature"))})
-    return rank_summaries(out, "ece", higher_is_better=False)
-
-
 def _plot(path: Path, probs: dict[str, Any], y, n_bins: int, title: str,
           ece: dict[str, tuple[float, float]]) -> list[str]:
     """Reliability diagrams of the test predictions pooled over seeds; each panel's ECE is ``ece[name]``
@@ -201,53 +180,53 @@ def _plot(path: Path, probs: dict[str, Any], y, n_bins: int, title: str,
     return [ax.get_title() for ax in axes]
 
 
-def run(args: argparse.Namespace, console: Console) -> Path:
-    import torch
-    from rich.table import Table
-
-    from gradwise.arena import report
-    from gradwise.arena.runner import torch_threads
+def _task(cfg: Config, methods: tuple[str, ...]):
     from gradwise.arena.tasks import digits
 
-    cfg = replace(CONFIG, seeds=args.seeds, epochs=args.epochs, ca_epochs=getattr(args, "ca_epochs", CONFIG.ca_epochs))
-    task = digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
-    with report.results_folder(args.out) as folder:
-        out = folder.tmp
-        rows: list[dict[str, Any]] = []
-        pooled: dict[str, list] = {m: [] for m in METHODS}
-        with torch_threads(cfg.threads), report.progress(console) as bar:
-            job = bar.add_task("calibration", total=cfg.seeds)
-            for seed in range(cfg.seeds):
-                bar.update(job, description=f"seed {seed}")
-                r, probs = run_seed(task, cfg, seed)
-                rows += r
-                for m in METHODS:
-                    pooled[m].append(probs[m])
-                bar.advance(job)
+    return digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
 
-        summary = _summary(rows)
-        title = (f"calibration on digits: MLP 64-{'-'.join(map(str, cfg.hidden))}-10, {cfg.epochs} epochs, "
-                 f"{len(task.y_eval)} test samples, {cfg.seeds} seed(s)")
-        table = Table(title=title, title_justify="left")
-        table.add_column("rank", justify="right", no_wrap=True)
-        table.add_column("method", no_wrap=True)
-        for col in ("ECE", "adaptive ECE", "classwise ECE", "accuracy", "NLL", "mean T"):
-            table.add_column(col, justify="right", no_wrap=True)
-        for s in summary:
-            table.add_row(report.rank_label(report.Rank(s["rank"], s["tied"])), s["method"],
-                          *(report.fmt_ci(s[k + "_mean"], s[k + "_ci"]) for k in METRICS),
-                          f"{s['temperature_mean']:.2f}")
-        console.print(table)
-        console.print(f"[dim]best first by ECE ({cfg.n_bins} equal-width bins, mean over seeds); {report.CI_NOTE}; "
-                      f"{report.RANK_NOTE} (ranked on ECE); calibrators fitted on a held-out calibration split\n"
-                      f"{report.machine_line()}[/dim]")
 
-        probs = {m: torch.cat(v) for m, v in pooled.items()}
-        _plot(out / "reliability.png", probs, task.y_eval.repeat(cfg.seeds), cfg.n_bins,
-              f"reliability on the digits test split: bins pooled over {cfg.seeds} seed(s); panel ECE: mean ± 95% "
-              "interval over seeds, as in the table", {s["method"]: (s["ece_mean"], s["ece_ci"]) for s in summary})
-        report.write_csv(out / "results.csv", rows, list(rows[0]))
-        report.write_json(out / "results.json", {"study": "calibration", "config": asdict(cfg), "summary": summary,
-                                                 "runs": rows, "versions": report.versions()})
-        console.print(f"results: {folder.final}/ (results.csv, results.json, reliability.png)")
-    return folder.final
+def _run_seed(run: Run, seed: int) -> list[dict[str, Any]]:
+    """One seed's rows; its test probabilities are pooled over seeds for the reliability diagrams."""
+    rows, probs = run_seed(run.task, run.cfg, seed)
+    pooled = run.state.setdefault("pooled", {m: [] for m in METHODS})
+    for m in METHODS:
+        pooled[m].append(probs[m])
+    return rows
+
+
+def _title(run: Run, rows: list[dict[str, Any]]) -> str:
+    cfg = run.cfg
+    return (f"calibration on digits: MLP 64-{'-'.join(map(str, cfg.hidden))}-10, {cfg.epochs} epochs, "
+            f"{len(run.task.y_eval)} test samples, {cfg.seeds} seed(s)")
+
+
+def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
+    return (f"best first by ECE ({run.cfg.n_bins} equal-width bins, mean over seeds); {CI_NOTE}; "
+            f"{RANK_NOTE} (ranked on ECE); calibrators fitted on a held-out calibration split")
+
+
+def _write_plot(out: Path, run: Run, rows: list[dict[str, Any]], summary: list[dict[str, Any]], title: str) -> None:
+    import torch
+
+    cfg = run.cfg
+    probs = {m: torch.cat(v) for m, v in run.state["pooled"].items()}
+    _plot(out / "reliability.png", probs, run.task.y_eval.repeat(cfg.seeds), cfg.n_bins,
+          f"reliability on the digits test split: bins pooled over {cfg.seeds} seed(s); panel ECE: mean ± 95% "
+          "interval over seeds, as in the table", {s["method"]: (s["ece_mean"], s["ece_ci"]) for s in summary})
+
+
+STUDY = register_study(Study(
+    name="calibration", help=HELP, description=__doc__, config=Config, methods=lambda: METHODS,
+    setup=_task, run_seed=_run_seed,
+    summary_keys=(*METRICS, "temperature"), rank_on="ece", higher_is_better=False,  # per method, over seeds
+    title=_title, notes=_notes,
+    columns=(Column("method", lambda s: s["method"], "left"), ci_column("ECE", "ece"),
+             ci_column("adaptive ECE", "adaptive_ece"), ci_column("classwise ECE", "classwise_ece"),
+             ci_column("accuracy", "accuracy"), ci_column("NLL", "nll"),
+             Column("mean T", lambda s: f"{s['temperature_mean']:.2f}")),
+    write_files=_write_plot, outputs=("reliability.png",),
+    smoke=("--seeds", "1", "--epochs", "2", "--ca-epochs", "2"),
+))
+# the study's entry points, as before the driver
+add_arguments, run = STUDY.add_arguments, STUDY.run

@@ -17,20 +17,17 @@ Methods (all: the same MLP, Adam, ``steps`` minibatches of ``batch_size``):
 """
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gradwise.arena import add_out_argument, add_seeds_argument, positive_int
+from gradwise.arena.stats import CI_NOTE, RANK_NOTE
+from gradwise.arena.study import Column, Run, Study, ci_column, option, register_study
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-__all__ = ["HELP", "Config", "CONFIG", "METHODS", "add_arguments", "run", "run_one", "long_tail"]
+__all__ = ["HELP", "Config", "CONFIG", "METHODS", "STUDY", "add_arguments", "run", "run_one", "long_tail"]
 
 HELP = "long-tailed digits: plain vs upsampling vs upweighting vs Cooldown temperature sampling"
 METHODS = ("plain", "upsample", "upweight", "cooldown")
@@ -40,28 +37,19 @@ METHODS = ("plain", "upsample", "upweight", "cooldown")
 class Config:
     test_fraction: float = 0.25
     split_seed: int = 0
-    ratio: float = 50.0          # head / tail class count
+    ratio: float = option(50.0, "imbalance ratio head/tail", at_least=1.0)  # head / tail class count
     hidden: tuple[int, ...] = (128, 128)
     batch_size: int = 64
-    steps: int = 1000
+    steps: int = option(1000, "optimizer steps per run", at_least=1)
     lr: float = 1e-3             # Adam
     t_start: float = 5.0         # Cooldown's initial temperature (the paper's)
     t_end: float = 1.0
     cooldown_start: float = 0.5
-    seeds: int = 3
+    seeds: int = option(3, "seeds 0..N-1", at_least=1)
     threads: int = 1
 
 
 CONFIG = Config()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_seeds_argument(parser, CONFIG.seeds)
-    parser.add_argument("--steps", type=positive_int, default=CONFIG.steps,
-                        help=f"optimizer steps per run (default {CONFIG.steps})")
-    parser.add_argument("--ratio", type=float, default=CONFIG.ratio,
-                        help=f"imbalance ratio head/tail (default {CONFIG.ratio:g})")
-    add_out_argument(parser)
 
 
 def long_tail(y, num_classes: int, ratio: float, seed: int):
@@ -145,54 +133,36 @@ def _plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def run(args: argparse.Namespace, console: Console) -> Path:
-    from rich.table import Table
-
-    from gradwise.arena import report
-    from gradwise.arena.runner import torch_threads
+def _task(cfg: Config, methods: tuple[str, ...]):
     from gradwise.arena.tasks import digits
 
-    cfg = replace(CONFIG, seeds=args.seeds, steps=args.steps, ratio=getattr(args, "ratio", CONFIG.ratio))
-    if not cfg.ratio >= 1:
-        from gradwise.arena import UsageError
-        raise UsageError(f"--ratio must be >= 1, got {cfg.ratio}")
-    task = digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
-    with report.results_folder(args.out) as folder:
-        out = folder.tmp
-        rows: list[dict[str, Any]] = []
-        with torch_threads(cfg.threads), report.progress(console) as bar:
-            job = bar.add_task("imbalance", total=len(METHODS) * cfg.seeds)
-            for m in METHODS:
-                for seed in range(cfg.seeds):
-                    bar.update(job, description=f"{m} seed {seed}")
-                    rows.append(run_one(task, cfg, m, seed))
-                    bar.advance(job)
+    return digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
 
-        keys = ("balanced_acc", "worst_class_acc", "tail_acc", "head_acc")
-        summary = []
-        for m in METHODS:
-            rs = [r for r in rows if r["method"] == m]
-            summary.append({"method": m, "runs": len(rs), **report.mean_ci_fields(rs, (*keys, "wall_s"))})
-        report.rank_summaries(summary, "balanced_acc")
-        counts = rows[0]["train_counts"]
-        title = (f"imbalance on digits: long tail ratio {cfg.ratio:g} (train counts {counts[0]}..{counts[-1]}, "
-                 f"{sum(counts)} samples), MLP, {cfg.steps} steps × batch {cfg.batch_size}, {cfg.seeds} seed(s)")
-        table = Table(title=title, title_justify="left")
-        table.add_column("rank", justify="right", no_wrap=True)
-        table.add_column("method", no_wrap=True)
-        for col in ("balanced acc", "worst class", "tail 3 classes", "head 3 classes", "s/run"):
-            table.add_column(col, justify="right", no_wrap=True)
-        for s in summary:
-            table.add_row(report.rank_label(report.Rank(s["rank"], s["tied"])), s["method"],
-                          *(report.fmt_ci(s[k + "_mean"], s[k + "_ci"]) for k in keys), f"{s['wall_s_mean']:.2f}")
-        console.print(table)
-        console.print("[dim]best first by balanced test accuracy (mean per-class recall); "
-                      f"{report.CI_NOTE}; {report.RANK_NOTE} (ranked on balanced accuracy); "
-                      f"cooldown: T={cfg.t_start:g}, then T={cfg.t_end:g} for the last "
-                      f"{1 - cfg.cooldown_start:.0%} of steps\n{report.machine_line()}[/dim]")
-        _plot(out / "per_class_recall.png", rows, title)
-        report.write_csv(out / "results.csv", rows, [k for k in rows[0] if k not in ("per_class", "train_counts")])
-        report.write_json(out / "results.json", {"study": "imbalance", "config": asdict(cfg), "summary": summary,
-                                                 "runs": rows, "versions": report.versions()})
-        console.print(f"results: {folder.final}/ (results.csv, results.json, per_class_recall.png)")
-    return folder.final
+
+def _title(run: Run, rows: list[dict[str, Any]]) -> str:
+    cfg, counts = run.cfg, rows[0]["train_counts"]
+    return (f"imbalance on digits: long tail ratio {cfg.ratio:g} (train counts {counts[0]}..{counts[-1]}, "
+            f"{sum(counts)} samples), MLP, {cfg.steps} steps × batch {cfg.batch_size}, {cfg.seeds} seed(s)")
+
+
+def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
+    cfg = run.cfg
+    return ("best first by balanced test accuracy (mean per-class recall); "
+            f"{CI_NOTE}; {RANK_NOTE} (ranked on balanced accuracy); "
+            f"cooldown: T={cfg.t_start:g}, then T={cfg.t_end:g} for the last {1 - cfg.cooldown_start:.0%} of steps")
+
+
+STUDY = register_study(Study(
+    name="imbalance", help=HELP, description=__doc__, config=Config, methods=lambda: METHODS,
+    setup=_task, run_one=lambda run, method, seed, _: run_one(run.task, run.cfg, method, seed),
+    summary_keys=("balanced_acc", "worst_class_acc", "tail_acc", "head_acc", "wall_s"), rank_on="balanced_acc",
+    title=_title, notes=_notes,
+    columns=(Column("method", lambda s: s["method"], "left"), ci_column("balanced acc", "balanced_acc"),
+             ci_column("worst class", "worst_class_acc"), ci_column("tail 3 classes", "tail_acc"),
+             ci_column("head 3 classes", "head_acc"), Column("s/run", lambda s: f"{s['wall_s_mean']:.2f}")),
+    csv_skip=("per_class", "train_counts"),
+    write_files=lambda out, run, rows, summary, title: _plot(out / "per_class_recall.png", rows, title),
+    outputs=("per_class_recall.png",), smoke=("--seeds", "1", "--steps", "5"),
+))
+# the study's entry points, as before the driver
+add_arguments, run = STUDY.add_arguments, STUDY.run

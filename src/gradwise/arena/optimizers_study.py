@@ -14,21 +14,18 @@ CONFIG.target_loss, and wall time.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
-from gradwise.arena import UsageError, add_out_argument, add_seeds_argument, positive_int
+from gradwise.arena.stats import CI_NOTE, DASH, RANK_NOTE
+from gradwise.arena.study import Column, Run, Selection, Study, UsageError, ci_column, option, register_study
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-__all__ = ["HELP", "Config", "CONFIG", "LRS", "BASELINES", "OPT_IN", "candidates", "resolve", "learning_rate",
-           "add_arguments", "run"]
+__all__ = ["HELP", "Config", "CONFIG", "LRS", "BASELINES", "OPT_IN", "STUDY", "candidates", "resolve", "learning_rate",
+           "RUN_FIELDS", "add_arguments", "run"]
 
 HELP = ("every gradwise optimizer vs torch.optim's AdamW, SGD with momentum, Adafactor and Muon: "
         "an MLP on scikit-learn's digits")
@@ -36,18 +33,20 @@ HELP = ("every gradwise optimizer vs torch.optim's AdamW, SGD with momentum, Ada
 
 @dataclass(frozen=True)
 class Config:
-    """What every run of the study shares (the CLI may override steps and seeds)."""
+    """What every run of the study shares (the CLI may override steps, seeds and the first seed)."""
 
     task: str = "digits"
     test_fraction: float = 0.25   # stratified, fixed by split_seed
     split_seed: int = 0
     hidden: tuple[int, ...] = (128, 128)  # 64 -> 128 -> 128 -> 10, GELU
     batch_size: int = 128
-    steps: int = 1000
-    seeds: int = 5                # why 5: docs/arena.md, "How many seeds"
+    steps: int = option(1000, "optimizer steps per run", at_least=1)
+    seeds: int = option(5, "seeds 0..N-1", at_least=1)  # why 5: docs/arena.md, "How many seeds"
     eval_every: int = 5           # full-batch training loss is measured this often
     target_loss: float = 0.01     # "steps to target" threshold on that loss
     threads: int = 1              # one thread is as fast as two for this model size
+    first_seed: int = option(0, "run seeds S..S+N-1 instead of 0..N-1: a second seed set checks that the ranking "
+                                "does not depend on the seeds", at_least=0, metavar="S")
 
 
 CONFIG = Config()
@@ -149,63 +148,111 @@ def learning_rate(name: str, cls: type) -> tuple[float, str]:
     return float(param.default), "class default"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The study's command-line options."""
-    parser.add_argument("--optimizers", metavar="A,B,C",
-                        help="comma-separated optimizer names (default: all gradwise optimizers and the torch.optim "
-                             "baselines but " + ", ".join(OPT_IN) + ", which runs only when named: slow on CPU)")
-    add_seeds_argument(parser, CONFIG.seeds)
-    parser.add_argument("--first-seed", type=int, default=0, metavar="S",
-                        help="run seeds S..S+N-1 instead of 0..N-1 (default 0): a second seed set checks "
-                             "that the ranking does not depend on the seeds")
-    parser.add_argument("--steps", type=positive_int, default=CONFIG.steps,
-                        help=f"optimizer steps per run (default {CONFIG.steps})")
-    add_out_argument(parser)
+# what results.csv and results.json keep of each run (a RunResult)
+RUN_FIELDS = ("optimizer", "seed", "lr", "steps", "eval_acc", "eval_loss", "final_train_loss", "steps_to_target",
+              "wall_s", "diverged")
 
 
-def run(args: argparse.Namespace, console: Console) -> Path:
-    """Run the study, print the leaderboard and write results; return the results folder."""
-    from gradwise.arena import report
-    from gradwise.arena.runner import train, torch_threads
+class _Setup(NamedTuple):
+    """The study's task and, per optimizer, its class and (learning rate, where it came from)."""
+
+    data: Any
+    classes: dict[str, type]
+    lrs: dict[str, tuple[float, str]]
+
+
+def _setup(cfg: Config, names: tuple[str, ...]) -> _Setup:
     from gradwise.arena.tasks import digits
 
-    cfg = replace(CONFIG, steps=args.steps, seeds=args.seeds)
-    first = getattr(args, "first_seed", 0)
-    if first < 0:
-        raise UsageError(f"--first-seed must be >= 0, got {first}")
-    seeds = range(first, first + cfg.seeds)
     known = candidates()
-    names = resolve(args.optimizers, list(known))
     classes = {n: known[n]() for n in names}
     lrs = {n: learning_rate(n, classes[n]) for n in names}
-    task = digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
+    return _Setup(digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed), classes, lrs)
 
-    with report.results_folder(args.out) as folder:
-        results = []
-        with torch_threads(cfg.threads), report.progress(console) as bar:
-            job = bar.add_task("optimizers", total=len(names) * cfg.seeds)
-            for name in names:
-                for seed in seeds:
-                    bar.update(job, description=f"{name} seed {seed}")
-                    results.append(train(task, name, classes[name], lr=lrs[name][0], seed=seed, steps=cfg.steps,
-                                         batch_size=cfg.batch_size, hidden=cfg.hidden,
-                                         eval_every=cfg.eval_every, target_loss=cfg.target_loss))
-                    bar.advance(job)
 
-        summary = report.summarize(results)
-        untuned = {n for n, (_, src) in lrs.items() if src != "sweep"}
-        seed_text = f"{cfg.seeds} seed(s)" if first == 0 else f"seeds {first}..{first + cfg.seeds - 1}"
-        title = (f"optimizers on digits: MLP 64-{'-'.join(map(str, cfg.hidden))}-10, "
-                 f"{cfg.steps} steps × batch {cfg.batch_size}, {seed_text}")
-        console.print(report.leaderboard(summary, target_loss=cfg.target_loss, title=title, untuned=untuned))
-        config: dict[str, Any] = {
-            **asdict(cfg),
-            "first_seed": first,
-            "optimizers": {n: {"entry": BASELINES.get(n) or f"{classes[n].__module__}:{classes[n].__qualname__}",
-                               "lr": lrs[n][0], "lr_source": lrs[n][1]} for n in names},
-            "versions": report.versions(),
-        }
-        report.plot_curves(folder.tmp / "loss_curves.png", results, target_loss=cfg.target_loss, title=title)
-        report.write_results(folder.tmp, study="optimizers", config=config, results=results, summary=summary)
-        console.print(f"results: {folder.final}/ (results.csv, curves.csv, results.json, loss_curves.png)")
-    return folder.final
+def _run_one(run: Run, name: str, seed: int, shared: None) -> Any:
+    from gradwise.arena import runner  # looked up at call time: tests replace runner.train
+
+    cfg, task = run.cfg, run.task
+    return runner.train(task.data, name, task.classes[name], lr=task.lrs[name][0], seed=seed, steps=cfg.steps,
+                        batch_size=cfg.batch_size, hidden=cfg.hidden, eval_every=cfg.eval_every,
+                        target_loss=cfg.target_loss)
+
+
+def _summarize(run: Run, results: list[Any]) -> list[dict[str, Any]]:
+    from gradwise.arena.report import summarize
+
+    return [asdict(s) for s in summarize(results)]
+
+
+def _untuned(run: Run) -> set[str]:
+    return {n for n, (_, src) in run.task.lrs.items() if src != "sweep"}
+
+
+def _columns(run: Run) -> tuple[Column, ...]:
+    untuned = _untuned(run)
+
+    def name(s: dict[str, Any]) -> str:
+        return s["name"] + (f" [red]diverged {s['diverged']}/{s['runs']}[/red]" if s["diverged"] else "")
+
+    def steps(s: dict[str, Any]) -> str:
+        return DASH if s["steps_to_target"] is None else f"{s['steps_to_target']:.0f} ({s['reached']}/{s['runs']})"
+
+    return (Column("optimizer", name, "left"),
+            Column("lr", lambda s: f"{s['lr']:.3g}" + ("*" if s["name"] in untuned else "")),
+            ci_column("test acc", "acc"), Column(f"steps to ≤{run.cfg.target_loss:g}", steps),
+            Column("final loss", lambda s: f"{s['final_train_loss_mean']:.2e}"),
+            Column("s/run", lambda s: f"{s['wall_s_mean']:.2f}"))
+
+
+def _title(run: Run, results: list[Any]) -> str:
+    cfg = run.cfg
+    seed_text = (f"{cfg.seeds} seed(s)" if cfg.first_seed == 0
+                 else f"seeds {cfg.first_seed}..{cfg.first_seed + cfg.seeds - 1}")
+    return (f"optimizers on digits: MLP 64-{'-'.join(map(str, cfg.hidden))}-10, "
+            f"{cfg.steps} steps × batch {cfg.batch_size}, {seed_text}")
+
+
+def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
+    target = run.cfg.target_loss
+    lines = ["best first by mean test accuracy; " + CI_NOTE,
+             RANK_NOTE + " (ranked on test accuracy)",
+             f"steps: first step with full-batch training loss ≤ {target:g}, mean over the seeds",
+             "  that got there (how many got there)",
+             "final loss: full-batch training loss after the last step, mean over seeds"]
+    if any(s["name"] in _untuned(run) for s in summary):
+        lines.append("* lr not swept: the optimizer's default")
+    return "\n".join(lines)
+
+
+def _config_extra(run: Run) -> dict[str, Any]:
+    classes, lrs = run.task.classes, run.task.lrs
+    return {"optimizers": {n: {"entry": BASELINES.get(n) or f"{classes[n].__module__}:{classes[n].__qualname__}",
+                               "lr": lrs[n][0], "lr_source": lrs[n][1]} for n in run.methods}}
+
+
+def _write_files(out: Path, run: Run, results: list[Any], summary: list[dict[str, Any]], title: str) -> None:
+    from gradwise.arena.report import plot_curves, write_curves
+
+    write_curves(out / "curves.csv", results)
+    plot_curves(out / "loss_curves.png", results, target_loss=run.cfg.target_loss, title=title)
+
+
+def _record(result: Any) -> dict[str, Any]:
+    return {k: getattr(result, k) for k in RUN_FIELDS}
+
+
+STUDY = register_study(Study(
+    name="optimizers", help=HELP, description=__doc__, config=Config, methods=lambda: list(candidates()),
+    default_methods=lambda: [k for k in candidates() if k not in OPT_IN],
+    select=Selection("optimizers", "optimizer names", ignore_case=True,
+                     default_text="all gradwise optimizers and the torch.optim baselines but " + ", ".join(OPT_IN)
+                     + ", which runs only when named: slow on CPU"),
+    setup=_setup, run_one=_run_one, key="optimizer", name_key="name", summarize=_summarize, title=_title,
+    notes=_notes,    columns=_columns, record=_record,
+    csv_fields=RUN_FIELDS,
+    config_extra=_config_extra, write_files=_write_files, outputs=("curves.csv", "loss_curves.png"),
+    smoke=("--seeds", "1", "--steps", "5", "--optimizers", "AdamW"),
+))
+# the study's entry points, as before the driver
+add_arguments, run = STUDY.add_arguments, STUDY.run

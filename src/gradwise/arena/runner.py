@@ -13,7 +13,7 @@ from torch import nn
 
 from gradwise.arena.tasks import Task, mlp
 
-__all__ = ["RunResult", "train", "torch_threads"]
+__all__ = ["RunResult", "train", "torch_threads", "batches"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -53,7 +53,7 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> torch.Tensor:
+def batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> torch.Tensor:
     """Index tensor of shape (steps, batch_size): shuffled epochs laid end to end."""
     if batch_size >= n:
         return torch.arange(n).expand(steps, n)
@@ -81,7 +81,7 @@ def train(task: Task, name: str, make_optimizer: OptimizerFactory, *, lr: float,
     torch.manual_seed(seed)
     model = mlp(task.num_features, task.num_classes, hidden)
     gen = torch.Generator().manual_seed(seed)
-    batches = _batches(len(task.y_train), batch_size, steps, gen)
+    order = batches(len(task.y_train), batch_size, steps, gen)
     opt = make_optimizer(model.parameters(), lr=lr)
 
     start = time.perf_counter()
@@ -89,7 +89,7 @@ def train(task: Task, name: str, make_optimizer: OptimizerFactory, *, lr: float,
     reached: int | None = None
     diverged = False
     for step in range(1, steps + 1):
-        idx = batches[step - 1]
+        idx = order[step - 1]
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(task.x_train[idx]), task.y_train[idx]).backward()
         opt.step()

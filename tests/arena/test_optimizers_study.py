@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gradwise import registry
-from gradwise.arena import STUDIES, UsageError, load_study, optimizers_study, report
+from gradwise.arena import STUDIES, Study, UsageError, load_study, optimizers_study, report
 from gradwise.arena.runner import RunResult, train
 from gradwise.arena.tasks import digits
 from gradwise.cli import main
@@ -36,7 +36,8 @@ def _run_arena(tmp_path, *extra: str) -> tuple[list[dict], dict]:
 def test_every_study_has_the_interface():
     for name in STUDIES:
         study = load_study(name)
-        assert isinstance(study.HELP, str) and callable(study.add_arguments) and callable(study.run)
+        assert isinstance(study, Study) and study.name == name
+        assert isinstance(study.help, str) and callable(study.add_arguments) and callable(study.run)
     with pytest.raises(UsageError):
         load_study("no-such-study")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradwise.arena import UsageError, baselines, calibration_study, optimizers_study, report
+from gradwise.arena import UsageError, baselines, calibration_study, optimizers_study, report, results
 from gradwise.arena.report import Rank
 from gradwise.arena.runner import RunResult
 from gradwise.cli import main
@@ -166,7 +166,7 @@ def test_out_cannot_be_written(tmp_path, capsys, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(report.tempfile, "mkdtemp", refuse)  # what an unwritable parent folder does
+    monkeypatch.setattr(results.tempfile, "mkdtemp", refuse)  # what an unwritable parent folder does
     assert _arena(tmp_path / "new") == 2
     assert "Permission denied" in _one_line_error(capsys)
     assert not (tmp_path / "new").exists()
@@ -239,7 +239,7 @@ def test_torch_baselines_run_in_the_study(tmp_path, capsys):
     cfg = json.loads((out / "results.json").read_text())["config"]
     assert {n: cfg["optimizers"][n]["lr_source"] for n in names} == {
         "SGD-momentum": "sweep", "Adafactor": "sweep", "Muon+AdamW": "class default"}  # see OPT_IN
-    assert cfg["first_seed"] == 4 and cfg["versions"]["machine"]["cpu"]
+    assert cfg["first_seed"] == 4 and json.loads((out / "results.json").read_text())["versions"]["machine"]["cpu"]
     printed = capsys.readouterr().out
     assert "Muon+AdamW" in printed and "machine:" in printed
 
