@@ -10,8 +10,13 @@
 // (gradwise/losses/_fakes.py) serve torch.compile's fake tensors.
 #pragma once
 
-#include <ATen/ATen.h>
+// The few ATen headers the kernels use, not <ATen/ATen.h> (all of torch's operators): every kernel
+// file parses this header, and ATen.h alone more than doubles a file's compile time.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>

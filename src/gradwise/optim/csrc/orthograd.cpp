@@ -2,6 +2,8 @@
 // Conventions, checks and shared helpers: common.h.
 #include "common.h"
 
+#include <ATen/ops/zeros.h>
+
 namespace gradwise::optim {
 namespace {
 
