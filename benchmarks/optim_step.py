@@ -10,11 +10,12 @@ conv, linear, bias and norm tensors, ~160 tensors and ~4M float32 parameters;
 the same amount of work; the timing method is the harness's (interleaved
 rounds after warm-up, medians, paired ratios).
 
-The rows come from the registry: one per optimizer whose record has
-``info["bench"]`` (``kwargs``, ``peer``, ``peer_kwargs``, ``note``,
-``peer_paths``). A peer is a ``pytorch_optimizer`` class by name, one of the
-builders in ``PEER_BUILDERS``, or ``torch.optim.<Name>`` (built as
-``torch.optim.<Name>(params, **kwargs)``). What this script adds to the harness:
+The rows come from the registry (``optim_rows.py``): one per optimizer whose
+record has ``info["bench"]`` (``kwargs``, ``peer``, ``peer_kwargs``, ``note``,
+``peer_paths``, ``max_ratio_adam``). A peer is a ``pytorch_optimizer`` class by
+name, one of the builders in ``optim_rows.PEER_BUILDERS``, or
+``torch.optim.<Name>`` (built as ``torch.optim.<Name>(params, **kwargs)``).
+What this script adds to the harness:
 
 * the gradients are restored from a pristine copy before every step, outside
   the timed region: several optimizers (SPAM's spike clipping, StableSPAM's
