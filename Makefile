@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Compiles the native kernels (one library per family, setup.py) against the torch installed above:
 # an isolated build would install its own unpinned torch. Nothing compiles later, at import or step.
-KERNEL_SOURCES := setup.py src/gradwise/_kernels.py $(wildcard src/gradwise/*/csrc/*.cpp)
+KERNEL_SOURCES := setup.py src/gradwise/_kernels.py $(wildcard src/gradwise/*/csrc/*)
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(KERNEL_SOURCES)
 	$(BIN)/pip install -q --no-build-isolation -e .
 	$(BIN)/python -c "from gradwise._kernels import FAMILIES; [print(f) for f in FAMILIES.values() if f.load() or 1]"

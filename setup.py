@@ -1,7 +1,8 @@
 """Builds gradwise's native CPU kernels at install time (metadata lives in pyproject.toml).
 
-One shared library per kernel family (src/gradwise/_kernels.py lists them),
-compiled against the torch already installed. Install without build isolation
+One shared library per kernel family (src/gradwise/_kernels.py lists them), from
+every ``csrc/*.cpp`` of the family, compiled against the torch already installed
+(ninja compiles a family's files in parallel). Install without build isolation
 (``pip install --no-build-isolation -e .``, as the Makefile does): an isolated
 build would install its own, unpinned torch (a multi-GB CUDA build) and build
 against that. Without torch or without a compiler the install still succeeds,
@@ -30,21 +31,23 @@ else:
     spec.loader.exec_module(kernels)
 
     for fam in kernels.FAMILIES.values():
-        src = fam.source.relative_to(HERE)
-        ext_modules.append(CppExtension(f"gradwise.{fam.name}._C", [str(src)],
+        # headers as `depends`: an edited common.h rebuilds every file of its family
+        ext_modules.append(CppExtension(f"gradwise.{fam.name}._C", [str(p.relative_to(HERE)) for p in fam.sources],
+                                        depends=[str(p.relative_to(HERE)) for p in fam.headers],
                                         extra_compile_args=kernels.CFLAGS, extra_link_args=kernels.LDFLAGS))
 
     class BuildKernels(BuildExtension):
         """Builds each family and records what it was built from beside the library.
 
         One family after the other: torch's ninja-based build writes one build.ninja per build folder,
-        so building the extensions in parallel (build_ext --parallel) races on it.
+        so building the extensions in parallel (build_ext --parallel) races on it; within a family,
+        ninja compiles the files in parallel.
         """
 
         @staticmethod
         def _record(ext, folder):
             fam = kernels.FAMILIES[ext.name.split(".")[1]]
-            (Path(folder) / "_C.build.json").write_text(json.dumps(kernels.build_record(fam.source), indent=1) + "\n")
+            (Path(folder) / "_C.build.json").write_text(json.dumps(fam.build_record(), indent=1) + "\n")
 
         def build_extension(self, ext):
             super().build_extension(ext)

@@ -16,20 +16,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-try:
-    import gradwise  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+if str(Path(__file__).resolve().parent) not in sys.path:  # harness.py sits beside this script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch
-import torch.nn.functional as F
+import harness  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 TARGET = 1.5
 
@@ -50,44 +47,31 @@ def cases() -> tuple[list[tuple[str, object]], list[str]]:
     return out, notes
 
 
-def machine() -> str:
-    from gradwise.docsections import machine_description
-
-    return machine_description()
-
-
 def run(n: int, c: int, rounds: int, reps: int, warmup: int = 3, seed: int = 0) -> dict:
     todo, notes = cases()
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(n, c, generator=gen) * 3).requires_grad_(True)
     y = torch.randint(0, c, (n,), generator=gen)
 
-    def step(fn) -> float:
+    def clear() -> None:
         x.grad = None
-        t0 = time.perf_counter()
-        fn(x, y).backward()
-        return time.perf_counter() - t0
 
-    for _ in range(warmup):
-        for _, fn in todo:
-            step(fn)
-    times: dict[str, list[float]] = {name: [] for name, _ in todo}
-    rng = random.Random(seed)
-    for _ in range(rounds):
-        order = [item for item in todo for _ in range(reps)]
-        rng.shuffle(order)
-        for name, fn in order:
-            times[name].append(step(fn))
-    base = statistics.median(times["F.cross_entropy"])
+    # warm-up rounds of one step of every loss, then rounds of `reps` steps of every loss, all shuffled together
+    cands = {name: harness.Candidate(name, lambda fn=fn: fn(x, y).backward(), clear) for name, fn in todo}
+    harness.interleave(cands, rounds=rounds, steps=reps, warmup=warmup, seed=seed, mode="shuffled", notes=notes)
+    timed = {name: cand.samples_ms for name, cand in cands.items() if not cand.error}
+    base = statistics.median(timed["F.cross_entropy"])
     rows = []
     for name, _ in todo:
-        med = statistics.median(times[name])
-        rows.append(dict(name=name, ms=1e3 * med, ratio=med / base,
+        if name not in timed:
+            continue
+        med = statistics.median(timed[name])
+        rows.append(dict(name=name, ms=med, ratio=med / base,
                          verdict="" if name == "F.cross_entropy" else ("PASS" if med / base <= TARGET else "MISS")))
-    return dict(rows=rows, notes=notes, n=n, c=c, rounds=rounds, reps=reps, warmup=warmup, machine=machine(),
-                torch=torch.__version__, threads=torch.get_num_threads(), python=platform.python_version(),
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                loadavg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+    return dict(rows=rows, notes=notes, n=n, c=c, rounds=rounds, reps=reps, warmup=warmup,
+                machine=harness.machine_description(), torch=torch.__version__, threads=torch.get_num_threads(),
+                python=platform.python_version(), date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                loadavg=harness.load_average())
 
 
 def to_markdown(res: dict) -> str:
@@ -107,11 +91,10 @@ def to_markdown(res: dict) -> str:
         f"{TARGET} (PASS/MISS); glibc malloc keeps freed memory (MALLOC_MMAP_THRESHOLD_, "
         "MALLOC_TRIM_THRESHOLD_) so that page faults of fresh 16 MB tensors do not dominate the timings",
         "",
-        "| loss | ms | ratio to F.cross_entropy | target |",
-        "|---|---:|---:|---|",
+        *harness.markdown_table(("loss", "ms", "ratio to F.cross_entropy", "target"),
+                                ((r["name"], f"{r['ms']:.2f}", f"{r['ratio']:.2f}", r["verdict"]) for r in res["rows"]),
+                                left=(0, 3)),
     ]
-    for r in res["rows"]:
-        lines.append(f"| {r['name']} | {r['ms']:.2f} | {r['ratio']:.2f} | {r['verdict']} |")
     for note in res["notes"]:
         lines += ["", f"Note: {note}."]
     return "\n".join(lines) + "\n"
@@ -138,20 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--c", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--markdown", type=Path, default=None, metavar="PATH")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH")
+    harness.add_output_args(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    harness.apply_threads(args.threads)
     res = run(args.n, args.c, args.rounds, args.reps)
     for r in res["rows"]:
         print(f"{r['name']:28s} {r['ms']:8.2f} ms  x{r['ratio']:.2f}  {r['verdict']}")
     for note in res["notes"]:
         print("note:", note)
-    from gradwise.docsections import save_results
-
-    save_results(res, json_path=args.json, markdown_path=args.markdown, section="loss_step", markdown=to_markdown(res))
+    harness.save(res, args, "loss_step", to_markdown(res))
     return 0
 
 

@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
-import gc
-import os
 import platform
 import random
 import statistics
@@ -42,61 +39,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-try:
-    import gradwise  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+if str(Path(__file__).resolve().parent) not in sys.path:  # harness.py sits beside this script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch
+import harness  # noqa: E402
+import torch  # noqa: E402
 
 TARGET = 1.3
 LOSS_TOL = 1e-5
-
-
-def machine() -> str:
-    from gradwise.docsections import machine_description
-
-    return machine_description()
-
-
-# --------------------------------------------------------------------------- memory
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-class PeakRSS:
-    """Rise of the peak resident set size over a phase (Linux: VmHWM reset via clear_refs)."""
-
-    def __init__(self) -> None:
-        self.base = None
-        self.ok = False
-
-    def start(self) -> None:
-        gc.collect()
-        try:  # give freed heap memory back, so the phase's peak is its own
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            self.ok = True
-        except OSError:
-            self.ok = False
-        self.base = _status_kb("VmRSS")
-
-    def stop(self) -> float | None:
-        """MiB by which the peak RSS rose above the RSS at start()."""
-        hwm = _status_kb("VmHWM")
-        if not self.ok or hwm is None or self.base is None:
-            return None
-        return (hwm - self.base) / 1024
 
 
 # --------------------------------------------------------------------------- setup
@@ -183,7 +133,7 @@ def run(args) -> dict:
         state["gw_t"] = time.perf_counter()
         gw.train(gw_data, steps=gw.step + k)
 
-    peak = PeakRSS()
+    peak = harness.PeakRSS()
 
     class Interleave(TrainerCallback):
         def on_train_begin(self, a, s, c, **kw):
@@ -246,11 +196,11 @@ def run(args) -> dict:
     return dict(
         rows=res_rows, ratio=ratio, mean_ratio=res_rows[0]["mean_pairs_per_s"] / res_rows[1]["mean_pairs_per_s"],
         verdict="PASS" if ratio >= TARGET else "MISS", first_loss_gradwise=gw_first, first_loss_trl=trl_first,
-        first_loss_diff=diff, last_loss_gradwise=gw.history[-1]["loss"], machine=machine(),
+        first_loss_diff=diff, last_loss_gradwise=gw.history[-1]["loss"], machine=harness.machine_description(),
         torch=torch.__version__, trl=trl_pkg.__version__, transformers=transformers.__version__,
         threads=torch.get_num_threads(), python=platform.python_version(),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"), loadavg_start=args.loadavg,
-        loadavg_end=os.getloadavg()[0], n_params=n_params, vocab=args.vocab, d_model=args.d_model,
+        loadavg_end=harness.load_average(), n_params=n_params, vocab=args.vocab, d_model=args.d_model,
         layers=args.layers, heads=args.heads, pairs_per_step=B, steps=args.steps, warmup=args.warmup,
         block=args.block, prompt_words=args.prompt_words, completion_words=args.completion_words,
         beta=args.beta, lr=args.lr, dataset_pairs=len(env["ds"]),
@@ -287,12 +237,11 @@ def to_markdown(res: dict) -> str:
         "malloc_trim) over each trainer's first timed block, one trainer at a time: what its steps allocate beyond "
         "the resident models and optimizer state",
         "",
-        "| trainer | median ms/step | pairs/s (median) | pairs/s (mean) | peak RSS rise MiB |",
-        "|---|---:|---:|---:|---:|",
+        *harness.markdown_table(
+            ("trainer", "median ms/step", "pairs/s (median)", "pairs/s (mean)", "peak RSS rise MiB"),
+            ((r["name"], f"{r['ms']:.2f}", f"{r['pairs_per_s']:.1f}", f"{r['mean_pairs_per_s']:.1f}",
+              "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}") for r in res["rows"])),
     ]
-    for r in res["rows"]:
-        mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}"
-        lines.append(f"| {r['name']} | {r['ms']:.2f} | {r['pairs_per_s']:.1f} | {r['mean_pairs_per_s']:.1f} | {mem} |")
     lines += ["", f"- **{res['verdict']}** PreferenceTrainer / TRL DPOTrainer throughput: {res['ratio']:.2f}x "
                   f"(median; {res['mean_ratio']:.2f}x on means); target >= {TARGET}x"]
     return "\n".join(lines) + "\n"
@@ -313,17 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tmp", default="/tmp/gradwise-preference-bench")
-    p.add_argument("--markdown", type=Path, default=None, metavar="PATH")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH")
+    harness.add_output_args(p)
     args = p.parse_args(argv)
     for name in ("pairs_per_step", "steps", "block"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.loadavg = os.getloadavg()[0]
+    harness.apply_threads(args.threads)
+    args.loadavg = harness.load_average()
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -338,9 +284,7 @@ def main(argv: list[str] | None = None) -> int:
           f"|diff| {res['first_loss_diff']:.1e}")
     print(f"throughput ratio gradwise/TRL: {res['ratio']:.2f}x (mean {res['mean_ratio']:.2f}x)  target >= {TARGET}x: "
           f"{res['verdict']}   load average {res['loadavg_start']:.1f} -> {res['loadavg_end']:.1f}")
-    from gradwise.docsections import save_results
-
-    save_results(res, json_path=args.json, markdown_path=args.markdown, section="preference_step", markdown=to_markdown(res))
+    harness.save(res, args, "preference_step", to_markdown(res))
     return 0
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-import gradwise
 from gradwise import cli, registry
 from gradwise.arena import STUDIES, load_study
 from gradwise.cli import escape_percent, main, print_methods, rst_to_text
@@ -109,10 +108,12 @@ def test_methods_no_match(fake_registry, capsys):
 
 
 def _fake_bench(monkeypatch, main_fn):
-    module = types.ModuleType("gradwise.bench")
+    # `gradwise bench` runs benchmarks/optim_step.py of the checkout; a made-up script stands in for it
+    from gradwise import _benchmarks
+
+    module = types.ModuleType("optim_step")
     module.main = main_fn
-    monkeypatch.setitem(sys.modules, "gradwise.bench", module)
-    monkeypatch.setattr(gradwise, "bench", module, raising=False)
+    monkeypatch.setattr(_benchmarks, "load", lambda script: module if script == "optim_step" else None)
 
 
 def test_bench_delegates_its_arguments(monkeypatch):
@@ -130,6 +131,23 @@ def test_bench_without_pytorch_optimizer_is_a_clear_error(monkeypatch, capsys):
     assert main(["bench"]) == 2
     err = capsys.readouterr().err
     assert "pytorch_optimizer" in err and "gradwise[bench]" in err
+
+
+def test_bench_from_an_installation_without_the_benchmarks_folder_is_one_line_and_exit_2(monkeypatch, capsys):
+    from gradwise import _benchmarks
+
+    monkeypatch.setattr(_benchmarks, "benchmarks_dir", lambda: None)
+    assert main(["bench", "--small"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gradwise bench: error: the benchmarks are not part of this "
+                                                   "installation") and "benchmarks/" in err
+
+
+def test_bench_finds_the_checkouts_benchmarks_folder():
+    from gradwise import _benchmarks
+
+    folder = _benchmarks.benchmarks_dir()
+    assert folder is not None and (folder / "optim_step.py").is_file() and folder.parent.joinpath("src").is_dir()
 
 
 # --------------------------------------------------------------------------- help text is plain text

@@ -3,7 +3,7 @@
     gradwise methods [TEXT] [--kind KIND] [--family FAMILY]
                                             the registry, searched (name, title, arXiv id, code URL, ...)
     gradwise arena [STUDY] [options]        run an arena study (default: optimizers)
-    gradwise bench [args...]                speed benchmark (gradwise.bench; needs pytorch_optimizer)
+    gradwise bench [args...]                speed benchmark (benchmarks/optim_step.py of a source checkout)
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         study.add_arguments(sp)
         _plain_help(sp)
 
-    sub.add_parser("bench", help="speed benchmark of the optimizers (arguments go to gradwise.bench)",
+    sub.add_parser("bench", help="speed benchmark of the optimizers (arguments go to benchmarks/optim_step.py)",
                    add_help=False)
     return parser
 
@@ -312,19 +312,20 @@ def _methods(text: str | None, kind: str | None, family: str | None = None, cons
 
 
 def _bench(argv: list[str]) -> int:
-    """Delegate to ``gradwise.bench.main(argv)``, with a clear message if its peer library is missing."""
+    """Run ``benchmarks/optim_step.py``'s ``main(argv)`` (a source checkout's); one line and exit 2 without it."""
+    from gradwise._benchmarks import BenchmarksNotFound, load
+
     def missing_peer(err: ModuleNotFoundError) -> bool:
         return (err.name or "").split(".")[0] == "pytorch_optimizer"
 
     try:
-        from gradwise import bench
-        rc = bench.main(argv)
+        rc = load("optim_step").main(argv)
+    except BenchmarksNotFound as err:
+        print(f"gradwise bench: error: {err}", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as err:
         if missing_peer(err):
             print(f"gradwise bench: error: {_BENCH_MISSING}", file=sys.stderr)
-            return 2
-        if err.name == "gradwise.bench":
-            print("gradwise bench: error: gradwise.bench is not part of this installation", file=sys.stderr)
             return 2
         raise
     return rc if isinstance(rc, int) else 0

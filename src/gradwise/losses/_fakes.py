@@ -1,8 +1,11 @@
 """Fake (meta) implementations of the loss kernels, for ``torch.compile``.
 
 They give each output's shape and dtype from the inputs', as the CPU kernels
-in ``losses/csrc/losses.cpp`` allocate them. Registered by
+in ``losses/csrc/*.cpp`` allocate them. Registered by
 :mod:`gradwise._kernels` once the library is loaded.
+
+:data:`FAKES` names one fake per operator that the family's ``csrc/*.cpp`` define; a test checks
+that the two agree, so a new kernel comes with its fake.
 """
 from __future__ import annotations
 
@@ -31,8 +34,15 @@ def _top_confidence_backward_fake(z, lse, pred, conf, g):
     return torch.empty_like(z, memory_format=torch.contiguous_format)
 
 
+# operator name (in torch.ops.gradwise_losses) -> its fake implementation
+FAKES = {
+    "ldr_softplus": _ldr_softplus_fake,
+    "top_confidence_forward": _top_confidence_forward_fake,
+    "top_confidence_backward": _top_confidence_backward_fake,
+}
+
+
 def register() -> None:
     """Register the fakes (called once after loading)."""
-    torch.library.register_fake(f"{_NS}::ldr_softplus")(_ldr_softplus_fake)
-    torch.library.register_fake(f"{_NS}::top_confidence_forward")(_top_confidence_forward_fake)
-    torch.library.register_fake(f"{_NS}::top_confidence_backward")(_top_confidence_backward_fake)
+    for name, fake in FAKES.items():
+        torch.library.register_fake(f"{_NS}::{name}")(fake)

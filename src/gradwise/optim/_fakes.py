@@ -5,6 +5,9 @@ memory. The in-place update kernels return nothing (their mutations are
 declared in the schemas, ``Tensor(a!)[]``), so their fakes only check what the
 real kernels check; ``perp_stats`` returns one float64 row of three sums per
 tensor. Registered by :mod:`gradwise._kernels` once the library is loaded.
+
+:data:`FAKES` names one fake per operator that the family's ``csrc/*.cpp`` define; a test checks
+that the two agree, so a new kernel comes with its fake.
 """
 from __future__ import annotations
 
@@ -35,8 +38,11 @@ def _perp_stats_fake(w, g, c):
     return w[0].new_empty((len(w), 3), dtype=torch.float64) if w else torch.empty((0, 3), dtype=torch.float64)
 
 
+# operator name (in torch.ops.gradwise_fused) -> its fake implementation
+FAKES = {**{name: _update_fake(name) for name in _UPDATES}, "perp_stats": _perp_stats_fake}
+
+
 def register() -> None:
     """Register the fakes (idempotent per process: called once after loading)."""
-    for name in _UPDATES:
-        torch.library.register_fake(f"{_NS}::{name}")(_update_fake(name))
-    torch.library.register_fake(f"{_NS}::perp_stats")(_perp_stats_fake)
+    for name, fake in FAKES.items():
+        torch.library.register_fake(f"{_NS}::{name}")(fake)

@@ -1,4 +1,4 @@
-"""The optimizers' fused CPU kernels (``optim/csrc/fused.cpp``, ``torch.ops.gradwise_fused``).
+"""The optimizers' fused CPU kernels (``optim/csrc/*.cpp``, ``torch.ops.gradwise_fused``).
 
 Built at install into ``gradwise/optim/_C*.so`` and loaded on first use; see
 :mod:`gradwise._kernels` for when they compile at run time instead, and the

@@ -1,46 +1,9 @@
-// Fused CPU kernels for gradwise's losses (their own library, gradwise/losses/_C*.so;
-// see gradwise/_kernels.py). Each works row by row: a row of logits stays
-// in cache while the several passes a loss needs run over it, so memory is
-// read once forward and once backward, where composing torch ops makes 10-20
-// passes over the [N, C] tensor.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// LDR-KL on softplus-normalized scores (gradwise.losses.ldr_loss): per-row loss and gradient in one pass.
+// Shared helpers: common.h.
+#include "common.h"
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <limits>
-#include <optional>
-#include <vector>
-
-// vector versions of exp/log1p from glibc's libmvec (see fused.cpp)
-extern "C" {
-#pragma omp declare simd notinbranch
-double exp(double) noexcept;
-#pragma omp declare simd notinbranch
-float expf(float) noexcept;
-#pragma omp declare simd notinbranch
-double log1p(double) noexcept;
-#pragma omp declare simd notinbranch
-float log1pf(float) noexcept;
-}
-
+namespace gradwise::losses {
 namespace {
-
-inline float vexp(float x) { return expf(x); }
-inline double vexp(double x) { return exp(x); }
-inline float vlog1p(float x) { return log1pf(x); }
-inline double vlog1p(double x) { return log1p(x); }
-
-template <typename T>
-T expsum_row(const T* __restrict__ u, int64_t c, T shift) {
-  T z = 0;
-#pragma omp simd reduction(+ : z)
-  for (int64_t k = 0; k < c; ++k) z += vexp(u[k] - shift);
-  return z;
-}
 
 // exp(v) for v <= 0 (both exps of the LDR kernel have such arguments).
 // double: libm. float: 2^k e^r with |r| <= ln2/2 (Cody-Waite split of ln2)
@@ -225,84 +188,13 @@ std::vector<at::Tensor> ldr_softplus(const at::Tensor& x_, const at::Tensor& y_,
   return {loss};
 }
 
-// ---- top-label confidence max_k softmax(z)_k (correctness-aware calibration loss)
-template <typename T>
-T rowmax(const T* __restrict__ z, int64_t c, int64_t* arg) {
-  T mx = z[0];
-  int64_t a = 0;
-  for (int64_t k = 1; k < c; ++k)  // first maximum, as torch.max
-    if (z[k] > mx) { mx = z[k]; a = k; }
-  *arg = a;
-  return mx;
-}
-
-// conf_i, argmax_i, lse_i
-std::vector<at::Tensor> top_confidence_forward(const at::Tensor& z_) {
-  TORCH_CHECK(z_.dim() == 2 && z_.size(1) > 0 && z_.device().is_cpu(), "top_confidence_forward: CPU [N, C>0]");
-  auto z = z_.contiguous();
-  const int64_t n = z.size(0), c = z.size(1);
-  auto conf = at::empty({n}, z.options()), lse = at::empty({n}, z.options());
-  auto pred = at::empty({n}, z.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "top_confidence_forward", [&] {
-    using T = scalar_t;
-    const T* zp = z.data_ptr<T>();
-    T *cp = conf.data_ptr<T>(), *lp = lse.data_ptr<T>();
-    int64_t* pp = pred.data_ptr<int64_t>();
-    at::parallel_for(0, n, std::max<int64_t>(1, 4096 / c), [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        const T* zr = zp + i * c;
-        const T mx = rowmax<T>(zr, c, pp + i);
-        const T sum = expsum_row<T>(zr, c, mx);
-        cp[i] = T(1) / sum;
-        lp[i] = mx + std::log(sum);
-      }
-    });
-  });
-  return {conf, pred, lse};
-}
-
-template <typename T>
-void top_conf_backward_row(const T* __restrict__ zr, T* __restrict__ gr, int64_t c, T lse, T coef) {
-#pragma omp simd
-  for (int64_t k = 0; k < c; ++k) gr[k] = -coef * vexp(zr[k] - lse);
-}
-
-// d conf_i / d z_ik = conf_i ([k = pred_i] - softmax(z_i)_k)
-at::Tensor top_confidence_backward(const at::Tensor& z_, const at::Tensor& lse_, const at::Tensor& pred_,
-                                   const at::Tensor& conf_, const at::Tensor& g_) {
-  auto z = z_.contiguous();
-  auto lse = lse_.contiguous(), conf = conf_.contiguous(), g = g_.to(z.scalar_type()).contiguous();
-  auto pred = pred_.to(at::kLong).contiguous();
-  const int64_t n = z.size(0), c = z.size(1);
-  auto grad = at::empty_like(z);
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "top_confidence_backward", [&] {
-    using T = scalar_t;
-    const T *zp = z.data_ptr<T>(), *lp = lse.data_ptr<T>(), *cp = conf.data_ptr<T>(), *gp = g.data_ptr<T>();
-    const int64_t* pp = pred.data_ptr<int64_t>();
-    T* op = grad.data_ptr<T>();
-    at::parallel_for(0, n, std::max<int64_t>(1, 4096 / c), [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        const T coef = gp[i] * cp[i];
-        top_conf_backward_row<T>(zp + i * c, op + i * c, c, lp[i], coef);
-        op[i * c + pp[i]] += coef;
-      }
-    });
-  });
-  return grad;
-}
-
 }  // namespace
+}  // namespace gradwise::losses
 
-// Schemas (with their mutations) here, CPU kernels below: kept apart so that the fake
-// implementations registered from Python serve torch.compile's fake tensors.
-TORCH_LIBRARY(gradwise_losses, m) {
-  m.def("top_confidence_forward(Tensor z) -> Tensor[]");
-  m.def("top_confidence_backward(Tensor z, Tensor lse, Tensor pred, Tensor conf, Tensor g) -> Tensor");
+TORCH_LIBRARY_FRAGMENT(gradwise_losses, m) {
   m.def("ldr_softplus(Tensor x, Tensor y, float lam, float margin, bool need_grad, Tensor? row_scale) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(gradwise_losses, CPU, m) {
-  m.impl("top_confidence_forward", &top_confidence_forward);
-  m.impl("top_confidence_backward", &top_confidence_backward);
-  m.impl("ldr_softplus", &ldr_softplus);
+  m.impl("ldr_softplus", &gradwise::losses::ldr_softplus);
 }
