@@ -106,11 +106,6 @@ GRADWISE_ALIASES: dict[str, tuple[str, ...]] = {
 # Peers that are neither one pytorch_optimizer class nor one torch.optim class, by the name records use.
 PEER_BUILDERS: dict[str, Builder] = {"OrthoGrad(AdamW)": _ortho_adamw}
 
-# Target (c) for optimizers whose record does not carry ``max_ratio_adam`` yet (the issue-4 targets);
-# a record's own value wins. To be removed once the records carry it.
-_ADAM_TARGETS_PENDING_IN_RECORDS = {"AdaBelief": 1.3, "DiffGrad": 1.3}
-
-
 def methods_from_registry(family: str = "optim") -> tuple[Method, ...]:
     """One row per registered optimizer of ``family`` whose record has ``info["bench"]``, in registry order."""
     from gradwise.registry import methods
@@ -129,7 +124,7 @@ def methods_from_registry(family: str = "optim") -> tuple[Method, ...]:
             build = PEER_BUILDERS.get(peer) or _po(peer)
         if "peer_paths" in spec:
             extra["peer_paths"] = {k: dict(v) for k, v in spec["peer_paths"].items()}
-        target = spec.get("max_ratio_adam", _ADAM_TARGETS_PENDING_IN_RECORDS.get(rec.name))
+        target = spec.get("max_ratio_adam")
         rows.append(Method(rec.name, dict(spec["kwargs"]), peer, build, rec.load,
                            peer_kwargs=dict(spec.get("peer_kwargs", {})), note=spec.get("note", ""),
                            max_ratio_adam=target, **extra))

@@ -31,9 +31,8 @@ OPTIMIZERS = sorted(m.name for m in methods(kind="optimizer"))
 CLASSES = {m.name: m.load() for m in methods(kind="optimizer")}
 F32_MAX_LOG10 = math.log10(3e38)
 
-# Fused kernels (optim/csrc/fused.cpp, the lead engineer's) whose own sums overflow; tracked, not edited here.
 # Fused kernels that overflowed where the math does not: none since their sums of squares and dot
-# products are accumulated in double (csrc/fused.cpp: radial_stats_row, clipped_sq_range). A kernel
+# products are accumulated in double (optim/csrc/adamp.cpp's radial statistics, stable_spam.cpp's norm). A kernel
 # found to overflow again goes here, with the sum that does, and its cases become strict xfails.
 FUSED_OVERFLOW: dict[str, str] = {}
 

@@ -38,7 +38,7 @@ class _TopConfidence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z):
         ctx.fused = _use_fused(z)
-        if ctx.fused:  # one read of z (losses/csrc/losses.cpp)
+        if ctx.fused:  # one read of z (losses/csrc/correctness_aware.cpp)
             conf, pred, lse = torch.ops.gradwise_losses.top_confidence_forward(z)
         else:
             top, pred = z.max(dim=1)

@@ -84,7 +84,7 @@ class _LDRSoftplus(torch.autograd.Function):
 
 
 class _LDRSoftplusFused(torch.autograd.Function):
-    """:class:`_LDRSoftplus` computed by the fused CPU kernel (``losses/csrc/losses.cpp``), per-row losses.
+    """:class:`_LDRSoftplus` computed by the fused CPU kernel (``losses/csrc/ldr.cpp``), per-row losses.
 
     Same math and gradient. When the logits need a gradient, the kernel writes
     ``dloss_i/dx_i`` during the forward, while each row is in cache (it depends

@@ -28,7 +28,9 @@ __all__ = ["AdaBelief"]
               # rectified step differs only in scalar work once past the first 5 steps).
               "bench": {"kwargs": {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.01, "eps": 1e-16, "rectify": False},
                         "peer": "AdaBelief", "peer_kwargs": {"weight_decouple": True},
-                        "note": "rectify=False on both sides (authors' default is True)"}})
+                        "note": "rectify=False on both sides (authors' default is True)",
+                        # target (c) of docs/benchmarks.md: at most 1.3x torch Adam(foreach)
+                        "max_ratio_adam": 1.3}})
 class AdaBelief(GradwiseOptimizer):
     r"""AdaBelief (Zhuang et al., NeurIPS 2020, arXiv 2010.07468).
 

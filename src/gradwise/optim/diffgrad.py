@@ -24,7 +24,9 @@ __all__ = ["DiffGrad"]
               # decoupled decay, so it is switched to coupled for the benchmark.
               "bench": {"kwargs": {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.01, "eps": 1e-8},
                         "peer": "DiffGrad", "peer_kwargs": {"weight_decouple": False},
-                        "note": "L2 (coupled) decay as in the authors' code"}})
+                        "note": "L2 (coupled) decay as in the authors' code",
+                        # target (c) of docs/benchmarks.md: at most 1.3x torch Adam(foreach)
+                        "max_ratio_adam": 1.3}})
 class DiffGrad(GradwiseOptimizer):
     r"""diffGrad (Dubey et al., IEEE TNNLS 2020, arXiv 1909.11015).
 
