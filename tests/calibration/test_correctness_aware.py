@@ -9,16 +9,10 @@ import torch
 from gradwise.calibration import (CorrectnessAwareCalibrator, fit_correctness_aware_calibrator,
                                   transformation_features)
 from gradwise.losses import correctness_aware_loss
+from loss_inputs import calibration_case as _random_case
 
 
 DATA = Path(__file__).parents[1] / "data"
-
-
-def _random_case(seed, n=500, c=7, scale=2.5, acc=0.6):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, c, generator=g, dtype=torch.float64) * scale
-    y = torch.where(torch.rand(n, generator=g) < acc, logits.argmax(1), torch.randint(0, c, (n,), generator=g))
-    return logits, y
 
 
 def test_ca_calibrator_training_matches_authors_code():

@@ -3,16 +3,10 @@ import torch
 import torch.nn.functional as F
 
 import gradwise.losses as L
+from loss_inputs import logits_target as _data
 
 
 f64 = torch.float64
-
-
-def _data(n=12, c=7, seed=0, scale=2.0, dtype=f64):
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(n, c, generator=g, dtype=f64) * scale).to(dtype)
-    y = torch.randint(0, c, (n,), generator=g)
-    return x, y
 
 
 def _p_y(x, y):

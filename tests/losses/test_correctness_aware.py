@@ -7,13 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradwise.losses import CorrectnessAwareLoss, correctness_aware_loss
-
-
-def _random_case(seed, n=500, c=7, scale=2.5, acc=0.6):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, c, generator=g, dtype=torch.float64) * scale
-    y = torch.where(torch.rand(n, generator=g) < acc, logits.argmax(1), torch.randint(0, c, (n,), generator=g))
-    return logits, y
+from loss_inputs import calibration_case as _random_case
 
 
 # ---------------------------------------------------------------- correctness-aware loss

@@ -8,16 +8,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gradwise.losses import ICNNLoss, ProtoTripletLoss, icnn_loss, proto_triplet_loss
+from loss_inputs import finite as _finite
 
 
 DATA = Path(__file__).parents[1] / "data"
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LOW_PRECISION = (torch.float32, torch.bfloat16)
 F64 = torch.float64
-
-
-def _finite(t):
-    return bool(torch.isfinite(t).all())
 
 
 def _d(a, b):

@@ -8,15 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gradwise.losses import TCMLoss, tcm_loss
+from loss_inputs import finite as _finite
 
 
 DATA = Path(__file__).parents[1] / "data"
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LOW_PRECISION = (torch.float32, torch.bfloat16)
-
-
-def _finite(t):
-    return bool(torch.isfinite(t).all())
 
 
 # ----------------------------------------------------------------------------------------------- TCM + OPIS
