@@ -188,7 +188,7 @@ class LossModule(nn.Module):
     is defined; ``forward(*tensors)`` calls the function with them. A subclass
     that needs more (a buffer, a parameter) writes its own ``__init__`` with
     explicit keyword arguments and calls ``super().__init__(**hyperparameters)``;
-    tests/test_losses_signatures.py checks that every twin matches its function.
+    tests/losses/test_signatures.py checks that every twin matches its function.
     """
 
     function: Callable[..., Tensor]

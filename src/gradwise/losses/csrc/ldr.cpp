@@ -48,7 +48,7 @@ __attribute__((always_inline)) inline void softplus_sigmoid(double x, double& sp
 // u = 2^k (1 + f), f in [sqrt(1/2) - 1, sqrt(2) - 1], P a degree-8 fit of
 // log1p(f)/f (Chebyshev least squares, relative error 2.7e-8; softplus and
 // sigmoid within 3 ulp in float on a dense grid); sigmoid(x) = 1/u for x >= 0 and t/u below. Tested against
-// F.softplus/torch.sigmoid in tests/test_losses_fused.py.
+// F.softplus/torch.sigmoid in tests/losses/test_fused.py.
 __attribute__((always_inline)) inline void softplus_sigmoid(float x, float& sp, float& sg) {
   const float t = vexp(-(x < 0.0f ? -x : x));
   const float u = 1.0f + t;
