@@ -39,6 +39,7 @@ def cases() -> tuple[list[tuple[str, object]], list[str]]:
     out.append(("comp_sum_loss(tau=1.5)", lambda x, y: L.comp_sum_loss(x, y, tau=1.5)))
     out.append(("ldr_loss", lambda x, y: L.ldr_loss(x, y)))
     out.append(("z_loss", lambda x, y: L.z_loss(x, y)))
+    out.append(("stablemax_cross_entropy", lambda x, y: L.stablemax_cross_entropy(x, y)))
     ca = getattr(L, "correctness_aware_loss", None)
     if ca is None:
         notes.append("correctness_aware_loss is not exported by gradwise.losses yet: skipped")

@@ -34,11 +34,23 @@ def _top_confidence_backward_fake(z, lse, pred, conf, g):
     return torch.empty_like(z, memory_format=torch.contiguous_format)
 
 
+def _stablemax_ce_forward_fake(x, target):
+    _check_logits("stablemax_ce_forward", x)
+    n = x.shape[0]
+    return [x.new_empty((n,)), x.new_empty((n,)), x.new_empty((n,))]
+
+
+def _stablemax_ce_backward_fake(x, target, s_t, rest, g):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 # operator name (in torch.ops.gradwise_losses) -> its fake implementation
 FAKES = {
     "ldr_softplus": _ldr_softplus_fake,
     "top_confidence_forward": _top_confidence_forward_fake,
     "top_confidence_backward": _top_confidence_backward_fake,
+    "stablemax_ce_forward": _stablemax_ce_forward_fake,
+    "stablemax_ce_backward": _stablemax_ce_backward_fake,
 }
 
 
