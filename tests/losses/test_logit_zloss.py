@@ -81,3 +81,15 @@ def test_compiles():
     x = _logits(4, 8).float()
     fn = torch.compile(L.output_logit_z_loss, backend="eager", fullgraph=True)
     torch.testing.assert_close(fn(x, coef=1e-4), L.output_logit_z_loss(x, coef=1e-4))
+
+
+def test_as_t5x_adds_it_to_the_per_token_cross_entropy():
+    # transcribed from t5x's losses.cross_entropy_with_logits (read in the code index, not run): per token,
+    # loss = -sum(onehot * (logits - logsumexp)) + z_loss * logsumexp^2
+    x = _logits(2, 3, 6)
+    y = torch.randint(0, 6, (2, 3), generator=torch.Generator().manual_seed(1))
+    log_z = torch.logsumexp(x, -1)
+    t5x = -(torch.nn.functional.one_hot(y, 6) * (x - log_z[..., None])).sum(-1) + 1e-4 * log_z ** 2
+    ce = torch.nn.functional.cross_entropy(x.flatten(0, 1), y.flatten(), reduction="none").reshape(2, 3)
+    torch.testing.assert_close(ce + L.output_logit_z_loss(x, reduction="none"), t5x)
+    torch.testing.assert_close(ce.mean() + L.output_logit_z_loss(x), t5x.mean())

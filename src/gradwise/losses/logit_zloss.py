@@ -31,8 +31,10 @@ def output_logit_z_loss(logits: Tensor, mask: Tensor | None = None, *, coef: flo
     divergence"), which takes it from PaLM (Chowdhery et al., 2022,
     arXiv:2204.02311, §5 "Training setup", "Loss function"). No official code
     for either paper; the closest released code is t5x's
-    ``cross_entropy_with_logits`` (https://github.com/google-research/t5x),
-    not run here.
+    ``losses.cross_entropy_with_logits`` (https://github.com/google-research/t5x),
+    read (not run) here: per token ``loss = -sum(targets * log_softmax) +
+    z_loss * log_z^2`` with ``log_z = logsumexp(logits)``, reduced with the
+    cross-entropy afterwards; the tests transcribe it.
 
     **Not** :func:`gradwise.losses.z_loss`, the 2016 "Z-loss" of de Brébisson
     & Vincent (arXiv:1604.08859), a standalone classification loss on
