@@ -76,6 +76,11 @@ def lr_sensitivity(final_losses_by_lr, *, initial_loss: float,
         lr_range: ``(a, b)`` to keep only rates with ``a <= lr <= b``
             (default: every rate given).
 
+    Checked against: the formula as §2.2 states it, quoted (with the
+    ``l_0`` cap and the ``[a, b] = [3e-4, 3e-1]`` range) by secondary sources;
+    the paper's own HTML text was not readable in this project's search
+    store (only page openings), so the tests transcribe that formula.
+
     Returns a 0-dim float64 tensor (0 when every run reaches the same loss).
     Where it departs from the paper: the best loss ``l*`` is taken over the
     capped losses, which changes nothing unless every run is worse than

@@ -76,7 +76,10 @@ class QKNormAttention(nn.Module):
     the attention collapses to one-hot (near-zero entropy); with it ``|z_ij|``
     is at most ``sqrt(d_h) * max|gamma_q| * max|gamma_k|``.
 
-    Choices where the papers leave room: ``eps=1e-6`` and no LN bias
+    The paper's full text was not readable in this project's search store
+    (only page openings and secondary notes: "LayerNorm applied to the
+    queries and keys", logits ``<q_i, k_j> / sqrt(d_h)``), so the LN's
+    details below are our choices. Choices where the papers leave room: ``eps=1e-6`` and no LN bias
     (``norm_bias=False``): Flax's LayerNorm default eps, and NanoDO's
     bias-free layernorms (after PaLM); Dehghani et al.'s LN on queries and
     keys is also bias-free. Set ``norm_bias=True``/``eps=1e-5`` for torch's
