@@ -1,5 +1,8 @@
 """Z-loss (de Brébisson & Vincent, 2016): a shift- and scale-invariant
 classification loss of the spherical family.
+
+Not PaLM's auxiliary ``coef * log^2 Z`` "z-loss" of language models (Chowdhery et al., 2022; Wortsman et al.,
+2023): that one is :func:`gradwise.losses.output_logit_z_loss`.
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ class _ZTarget(torch.autograd.Function):
                                              "logits, undefined with a -inf one")}}})
 def z_loss(logits: Tensor, target: Tensor, *, a: float = 1.0, b: float | None = None, eps: float = 1e-12,
            reduction: str = "mean", ignore_index: int = -100, validate: bool = True) -> Tensor:
-    r"""Z-loss of de Brébisson & Vincent (2016).
+    r"""Z-loss of de Brébisson & Vincent (2016) (not PaLM's ``log^2 Z`` penalty: see :func:`output_logit_z_loss`).
 
     Paper: "The Z-loss: a shift and scale invariant classification loss
     belonging to the Spherical Family", Alexandre de Brébisson, Pascal Vincent,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from gradwise._validate import check_range
 from gradwise.optim import _adam as A
 from gradwise.optim._base import GradwiseOptimizer
 from gradwise.optim._state import zeros_state
@@ -53,18 +54,78 @@ class AdamW(GradwiseOptimizer):
         eps: added to the denominator (default 1e-8).
         weight_decay: decoupled decay coefficient (default 1e-2).
         amsgrad: use the running maximum of ``v`` (default False).
+        independent_weight_decay: decay independent of the learning rate's
+            size, scaled only by the schedule (default False: torch's rule); see below.
+        peak_lr: the ``eta`` of independent decay (default None: the group's
+            ``lr`` when the group is added, before any scheduler has changed it).
         maximize, fused, foreach, grad_transforms, update_transforms,
         state_codec, skip_nonfinite: see :class:`GradwiseOptimizer`.
+
+    Independent weight decay (``independent_weight_decay=True``): Wortsman
+    et al., "Small-scale proxies for large-scale Transformer training
+    instabilities", 2023, arXiv:2309.14322, §3.2.2, after Loshchilov &
+    Hutter's recommendation. With ``Delta`` the Adam update, ``eta`` the peak
+    learning rate and ``s_t = lr_t / eta`` the schedule's factor at step t,
+    torch's (and optax's) rule decays by ``s_t * eta * lambda``, so a larger
+    learning rate also decays more; independent decay removes ``eta``::
+
+        default:      p <- p - s_t * eta * (Delta + lambda p)
+        independent:  p <- p - s_t * eta * Delta - s_t * lambda p
+
+    i.e. the step above with ``wd = lambda / eta`` (how the authors' NanoDO,
+    https://github.com/google-deepmind/nanodo commit 10aefde,
+    ``optimizer.py``, implements its ``independent_weight_decay``: it passes
+    ``weight_decay / peak_learning_rate`` to ``optax.adamw``). Both paths
+    (``_foreach_`` and torch's fused kernel) get that ``wd``, so they stay
+    the same computation. ``eta`` is ``peak_lr`` (per group), by default the
+    group's ``lr`` when the optimizer (or ``add_param_group``) receives it:
+    pass ``peak_lr`` when a scheduler changes ``lr`` before that (e.g.
+    ``OneCycleLR``, which starts below its peak). ``lambda`` is
+    ``weight_decay``, so values are on the paper's scale (around 1e-4), not
+    torch's (1e-2, times ``lr``): the default ``weight_decay=1e-2`` with
+    independent decay shrinks weights by 1% a step at the peak.
 
     Example::
 
         opt = AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+        opt = AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4, independent_weight_decay=True)
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, **kwargs) -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 independent_weight_decay: bool = False, peak_lr: float | None = None, **kwargs) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      independent_weight_decay=independent_weight_decay, peak_lr=peak_lr),
                          **kwargs)
+
+    # torch.optim.AdamW's state_dicts lack these: they load as torch's rule
+    _OPTIONAL_GROUP_KEYS = GradwiseOptimizer._OPTIONAL_GROUP_KEYS | {"independent_weight_decay", "peak_lr"}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("independent_weight_decay", False)
+            group.setdefault("peak_lr", None)
+
+    def _validate_group(self, group):
+        super()._validate_group(group)
+        if group.get("peak_lr") is not None:
+            check_range("peak_lr", group["peak_lr"], 0.0, lo_open=True)
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group.get("independent_weight_decay") and group.get("peak_lr") is None:
+            group["peak_lr"] = float(group["lr"])  # eta: the lr as given, before any scheduler
+
+    @staticmethod
+    def _decay(group) -> float:
+        """The coefficient the step multiplies by ``lr``: ``lambda``, or ``lambda / eta`` for independent decay."""
+        wd = group["weight_decay"]
+        if not group.get("independent_weight_decay", False):
+            return wd
+        peak = group.get("peak_lr")
+        return wd / (peak if peak is not None else group.get("initial_lr", group["lr"]))
 
     def _init_state(self, p, group):
         return zeros_state(p, "exp_avg", "exp_avg_sq", *(("max_exp_avg_sq",) if group["amsgrad"] else ()))
@@ -90,7 +151,7 @@ class AdamW(GradwiseOptimizer):
         # torch's kernel reads each step count from a float32 tensor (already advanced, as here)
         steps = [torch.tensor(float(s["step"]), dtype=torch.float32) for s in states]
         torch._fused_adamw_(*work, steps, amsgrad=amsgrad, lr=group["lr"], beta1=b1, beta2=b2,
-                            weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                            weight_decay=self._decay(group), eps=group["eps"], maximize=False,
                             grad_scale=None, found_inf=None)  # maximize: the base negated the gradients
         for i in odd:
             for ts, ws in zip(lists, work):
@@ -101,4 +162,4 @@ class AdamW(GradwiseOptimizer):
         A.adamw_foreach_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                          [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
                          [s["step"] for s in states], group["lr"], *group["betas"], group["eps"],
-                         group["weight_decay"])
+                         self._decay(group))

@@ -1,0 +1,133 @@
+"""AttentionLogitMonitor: its values against direct computations on small models (nn.MultiheadAttention in
+every projection layout, masks, QKNormAttention), hook removal, errors."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gradwise.metrics import AttentionLogitMonitor, attention_logits
+from gradwise.nn import QKNormAttention
+from gradwise.registry import get
+
+torch.manual_seed(0)
+
+
+def _identity_mha(e, h, **kw):
+    """q = k = v = x (identity projections, no bias): the logits are plain x_i . x_j / sqrt(d_h) per head."""
+    mha = nn.MultiheadAttention(e, h, bias=False, **kw)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([torch.eye(e)] * 3))
+    return mha
+
+
+def test_identity_projection_gives_the_hand_computed_logit():
+    e, h = 8, 2
+    mha = _identity_mha(e, h, batch_first=True)
+    x = torch.randn(3, 5, e)
+    with AttentionLogitMonitor(mha) as mon:
+        mha(x, x, x)
+    dh = e // h
+    direct = max((x[..., s:s + dh] @ x[..., s:s + dh].transpose(1, 2)).abs().max().item() / math.sqrt(dh)
+                 for s in range(0, e, dh))
+    assert mon.history == {"MultiheadAttention": [pytest.approx(direct, rel=1e-5)]}
+
+
+def _direct_mha(mha, query, key, blocked=None):
+    """Transcription of nn.MultiheadAttention's logits from its weights (sequence-first inputs)."""
+    e, h = mha.embed_dim, mha.num_heads
+    dh = e // h
+    wq, wk = ((mha.in_proj_weight[:e], mha.in_proj_weight[e:2 * e]) if mha.in_proj_weight is not None
+              else (mha.q_proj_weight, mha.k_proj_weight))
+    bq, bk = (mha.in_proj_bias[:e], mha.in_proj_bias[e:2 * e]) if mha.in_proj_bias is not None else (0, 0)
+    q = (query.transpose(0, 1) @ wq.T + bq).reshape(query.shape[1], query.shape[0], h, dh).permute(0, 2, 1, 3)
+    k = (key.transpose(0, 1) @ wk.T + bk).reshape(key.shape[1], key.shape[0], h, dh).permute(0, 2, 1, 3)
+    z = (q @ k.transpose(-1, -2) / math.sqrt(dh)).abs()
+    if blocked is not None:
+        z = z.masked_fill(blocked, -1.0)
+    return z.max().item()
+
+
+def test_transformer_encoder_per_layer_values_and_causal_mask():
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    x = torch.randn(6, 2, 16)
+    causal = nn.Transformer.generate_square_subsequent_mask(6)
+    inputs = {}
+    for i, lay in enumerate(model.layers):
+        lay.self_attn.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0].detach()))
+    with AttentionLogitMonitor(model) as mon:
+        model(x, mask=causal, is_causal=True)
+    blocked = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    for i, lay in enumerate(model.layers):
+        got = mon.latest[f"layers.{i}.self_attn"]
+        assert got == pytest.approx(_direct_mha(lay.self_attn, inputs[i], inputs[i], blocked), rel=1e-5)
+        # the causal mask matters here: unmasked, the maximum may be larger, never smaller
+        assert _direct_mha(lay.self_attn, inputs[i], inputs[i]) >= got - 1e-6
+    assert mon.max() == max(mon.latest.values())
+
+
+def test_separate_projections_kdim_bias_kv_and_padding():
+    mha = nn.MultiheadAttention(8, 2, kdim=5, vdim=3, add_bias_kv=True)
+    q, k, v = torch.randn(4, 2, 8), torch.randn(6, 2, 5), torch.randn(6, 2, 3)
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[0, :3] = True
+    with AttentionLogitMonitor(mha) as mon:
+        mha(q, k, v, key_padding_mask=pad)
+    # transcribed: the bias_k key is appended (never masked)
+    e, dh = 8, 4
+    qq = (q.transpose(0, 1) @ mha.q_proj_weight.T + mha.in_proj_bias[:e]).reshape(2, 4, 2, dh).transpose(1, 2)
+    kk = (k.transpose(0, 1) @ mha.k_proj_weight.T + mha.in_proj_bias[e:2 * e])
+    kk = torch.cat([kk, mha.bias_k.reshape(1, 1, e).expand(2, 1, e)], 1).reshape(2, 7, 2, dh).transpose(1, 2)
+    z = (qq @ kk.transpose(-1, -2) / math.sqrt(dh)).abs()
+    blocked = torch.cat([pad, torch.zeros(2, 1, dtype=torch.bool)], 1)[:, None, None, :]
+    assert mon.latest["MultiheadAttention"] == pytest.approx(z.masked_fill(blocked, -1).max().item(), rel=1e-5)
+
+
+def test_qknorm_attention_through_its_project_qk():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = QKNormAttention(16, 2, batch_first=True)
+            self.b = QKNormAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.b(self.a(x, x, x)[0], key=x, value=x, need_weights=False)[0]
+
+    net = Net()
+    with torch.no_grad():
+        for m in (net.a, net.b):
+            m.q_proj.weight.mul_(100)
+    x = torch.randn(2, 5, 16)
+    with AttentionLogitMonitor(net) as mon:
+        net(x)
+    h1 = net.a(x, x, x)[0]
+    for name, (qin, kin) in {"a": (x, x), "b": (h1, x)}.items():
+        q, k = getattr(net, name).project_qk(qin, kin)
+        assert mon.latest[name] == pytest.approx(attention_logits(q, k).abs().max().item(), rel=1e-5)
+        assert mon.latest[name] <= math.sqrt(8) + 1e-4  # qk-layernorm's bound at unit LN scale
+
+
+def test_hooks_removed_on_close_and_every():
+    mha = _identity_mha(8, 2)
+    x = torch.randn(4, 2, 8)
+    mon = AttentionLogitMonitor(mha, every=2)
+    for _ in range(5):
+        mha(x, x, x)
+    assert len(mon.history["MultiheadAttention"]) == 3  # calls 1, 3, 5
+    mon.close()
+    assert not mha._forward_pre_hooks
+    mha(x, x, x)
+    assert len(mon.history["MultiheadAttention"]) == 3
+    mon.reset()
+    assert mon.history == {"MultiheadAttention": []} and math.isnan(mon.max())
+
+
+def test_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="Invalid model"):
+        AttentionLogitMonitor(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="Invalid model"):
+        AttentionLogitMonitor("model")
+    with pytest.raises(ValueError, match="Invalid every"):
+        AttentionLogitMonitor(_identity_mha(4, 1), every=0)
+    assert get("AttentionLogitMonitor").kind == "metric"
