@@ -1,5 +1,5 @@
-"""Layers (``nn.Module`` building blocks) that a training method adds to a model: multi-sample dropout now,
-normalization and stability layers next.
+"""Layers (``nn.Module`` building blocks) that a training method adds to a model: multi-sample dropout,
+qk-layernorm attention, a transformer block with Pre-, Post- or Peri-LN placement and a small LM built on it.
 
 One method per module; each lists its public names in ``__all__`` and this package re-exports them all.
 """
