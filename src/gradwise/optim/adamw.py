@@ -148,8 +148,12 @@ class AdamW(GradwiseOptimizer):
             for ts in work:
                 if ts:
                     ts[i] = ts[i].contiguous()
-        # torch's kernel reads each step count from a float32 tensor (already advanced, as here)
-        steps = [torch.tensor(float(s["step"]), dtype=torch.float32) for s in states]
+        # torch's kernel reads (never writes) each step count from a float32 tensor, already advanced as
+        # here: one tensor per distinct count, not one per parameter per step
+        by_count: dict[float, torch.Tensor] = {}
+        for count in {float(s["step"]) for s in states}:
+            by_count[count] = torch.tensor(count, dtype=torch.float32)
+        steps = [by_count[float(s["step"])] for s in states]
         torch._fused_adamw_(*work, steps, amsgrad=amsgrad, lr=group["lr"], beta1=b1, beta2=b2,
                             weight_decay=self._decay(group), eps=group["eps"], maximize=False,
                             grad_scale=None, found_inf=None)  # maximize: the base negated the gradients
