@@ -43,7 +43,7 @@ class SkipCalibration(nn.Module):
 
 @register(kind="module",
           paper="ScaleLong: Towards More Stable Training of Diffusion Model via Scaling Network Long Skip Connection",
-          year=2023, arxiv="2310.13545", code="https://github.com/sail-sg/ScaleLong @4ca368c",
+          year=2023, arxiv="2310.13545", code="https://github.com/sail-sg/ScaleLong",
           aliases=("scalelong",),
           summary="scales a UNet's long skip connections by kappa^i (CS) or a learned calibration module (LS)")
 class LongSkipScaling(nn.Module):

@@ -81,7 +81,7 @@ def _shapes_of(target: nn.Module | Mapping[str, Sequence[int]], names: Sequence[
 
 
 @register(kind="module", paper="Magnitude Invariant Parametrizations Improve Hypernetwork Learning", year=2023,
-          arxiv="2304.07645", code="https://github.com/JJGO/hyperlight @a3e2108", aliases=("mip",),
+          arxiv="2304.07645", code="https://github.com/JJGO/hyperlight", aliases=("mip",),
           summary="hypernetwork with constant-norm input encoding and output added to independent parameters")
 class MIPHyperNet(nn.Module):
     r"""An MLP hypernetwork that predicts the parameters of a target network, with MIP's two pieces.
