@@ -1,7 +1,10 @@
 """Forward + backward time of ScaleLong's skip scaling, the MIP hypernetwork and OutputScale, each against its
 closest plain-torch equivalent, as ratios of medians measured interleaved in one process.
 
-    OMP_NUM_THREADS=1 python benchmarks/issue10_layers.py [--rounds 15] [--steps 5] [--threads 1]
+    OMP_NUM_THREADS=1 python tools/bench/issue10_layers.py [--rounds 15] [--steps 5] [--threads 1]
+
+It lives outside benchmarks/ (whose scripts are a fixed set that save their results) and uses that folder's
+harness for the interleaved timing; its rows are meant for the layer benchmark there.
 
 Shapes (small, realistic):
 * ScaleLong: 6 long skips of a UViT-like net, [32, 65, 256] each; a step scales them (CS, or LS with one
@@ -19,10 +22,10 @@ import statistics
 import sys
 from pathlib import Path
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # harness.py sits beside this script
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-if str(Path(__file__).resolve().parents[1] / "src") not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[2]
+for folder in (ROOT / "benchmarks", ROOT / "src"):  # the harness, and gradwise from a checkout
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 import harness  # noqa: E402
 import torch  # noqa: E402
