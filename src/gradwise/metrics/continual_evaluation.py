@@ -183,7 +183,7 @@ def continual_metrics(acc: Tensor, current_task, windows: Sequence[int] = (10, 1
 
 @register(kind="metric", paper="Continual evaluation for lifelong learning: Identifying the stability gap",
           year=2023, arxiv="2205.13452",
-          code="https://github.com/Mattdl/ContinualEvaluation @7ffa3689af3aecb2b724b0cb13ef7da83bd87d90",
+          code="https://github.com/Mattdl/ContinualEvaluation/tree/7ffa3689af3aecb2b724b0cb13ef7da83bd87d90",
           summary="callback evaluating every k steps on each seen task; min-ACC, WC-ACC, windowed forgetting, "
                   "stability gap")
 class ContinualEvaluator(TrainingCallback):

@@ -68,7 +68,7 @@ def match_units(corr: Tensor, method: str = "bipartite") -> tuple[Tensor, Tensor
 
 @register(kind="metric", paper="Convergent Learning: Do different neural networks learn the same representations?",
           year=2016, arxiv="1511.07543",
-          code="https://github.com/yixuanli/convergent_learning @2ab72f873c47b37c06f286f97ea47d4bd806eb6a",
+          code="https://github.com/yixuanli/convergent_learning/tree/2ab72f873c47b37c06f286f97ea47d4bd806eb6a",
           summary="unit correlation matrix between two nets, bipartite (Hungarian) and semi-matching, mean "
                   "matched correlation")
 def neuron_alignment(acts_a: Tensor, acts_b: Tensor, method: str = "bipartite") -> Tensor:
