@@ -80,21 +80,20 @@ def test_bad_records():
         final_average_accuracy(acc, torch.tensor([1.0]))
 
 
-def digits_tasks():
-    from sklearn.datasets import load_digits
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x, dtype=torch.float32) / 16
-    y = torch.tensor(y)
+def cluster_tasks():
+    # two tasks of 5 classes each (0-4, then 5-9), Gaussian clusters around random centres in 64 dimensions
+    g = torch.Generator().manual_seed(0)
+    centres = 2 * torch.randn(10, 64, generator=g)
     tasks = []
-    for classes in (range(0, 5), range(5, 10)):
-        keep = (y >= classes[0]) & (y <= classes[-1])
-        tasks.append((x[keep], y[keep]))
+    for classes in (torch.arange(0, 5), torch.arange(5, 10)):
+        y = classes[torch.randint(0, 5, (400,), generator=g)]
+        tasks.append((centres[y] + torch.randn(400, 64, generator=g), y))
     return tasks
 
 
 def test_evaluator_on_a_training_loop():
     torch.manual_seed(0)
-    tasks = digits_tasks()
+    tasks = cluster_tasks()
     eval_loaders = [[(xt[i:i + 100], yt[i:i + 100]) for i in range(0, 200, 100)] for xt, yt in tasks]
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
