@@ -1,0 +1,84 @@
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from gradwise.metrics import HessianTraceCallback, call_callbacks, hessian_trace
+
+
+def tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    return model, (x, y)
+
+
+def ce(model, batch):
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+def exact_trace(model, batch):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(theta):
+        parts, i = {}, 0
+        for n, s in zip(names, shapes):
+            parts[n] = theta[i:i + s.numel()].reshape(s)
+            i += s.numel()
+        return nn.functional.cross_entropy(functional_call(model, parts, (batch[0],)), batch[1])
+    return torch.autograd.functional.hessian(f, flat).diagonal().sum()
+
+
+def test_unbiased_against_the_exact_trace():
+    model, batch = tiny()
+    exact = exact_trace(model, batch)
+    samples = hessian_trace(model, ce, batch, n_samples=2000, generator=torch.Generator().manual_seed(1),
+                            return_samples=True)
+    stderr = samples.std() / samples.numel() ** 0.5
+    assert abs(samples.mean() - exact) < 4 * stderr  # unbiased: the mean is within 4 standard errors
+    assert stderr < 0.1 * exact.abs()  # and the test is not vacuous
+    assert not any(p.grad is not None for p in model.parameters())
+
+
+def test_exact_for_a_diagonal_hessian_and_seeded():
+    w = nn.Parameter(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    holder = nn.Module()
+    holder.w = w
+    a = torch.tensor([2.0, 5.0, -1.0], dtype=torch.float64)
+
+    def quad(model, batch):
+        return 0.5 * (a * model.w ** 2).sum()  # Hessian diag(a): v^T H v = tr H for every Rademacher v
+    t = hessian_trace(holder, quad, None, n_samples=3)
+    assert float(t) == pytest.approx(6.0)
+    model, batch = tiny()
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(hessian_trace(model, ce, batch, 4, g1), hessian_trace(model, ce, batch, 4, g2))
+
+
+def test_callback_on_a_training_loop():
+    model, batch = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    cb = HessianTraceCallback(ce, batch, every=2, n_samples=20)
+    for step in range(5):
+        loss = ce(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        call_callbacks([cb], "on_step", step, model=model, loss=loss)
+    assert [s for s, _ in cb.history] == [0, 2, 4]
+    gen = torch.Generator().manual_seed(0)
+    assert cb.latest == pytest.approx(float(hessian_trace(model, ce, batch, 20, gen)))
+
+
+def test_bad_input():
+    model, batch = tiny()
+    with pytest.raises(ValueError, match="n_samples"):
+        hessian_trace(model, ce, batch, n_samples=0)
+    with pytest.raises(ValueError, match="model"):
+        hessian_trace(lambda x: x, ce, batch)
+    with pytest.raises(ValueError, match="loss_fn"):
+        hessian_trace(model, lambda m, b: m(b[0]), batch)
+    with pytest.raises(ValueError, match="generator"):
+        hessian_trace(model, ce, batch, generator=0)
