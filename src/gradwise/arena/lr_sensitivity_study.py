@@ -47,13 +47,15 @@ class Config:
     lr_min: float = option(1e-3, "smallest learning rate of the grid", at_least=1e-8)
     lr_max: float = option(1.0, "largest learning rate of the grid", at_least=1e-8)
     lrs: int = option(7, "learning rates, log-spaced from lr_min to lr_max", at_least=1)
-    steps: int = option(250, "optimizer steps per run", at_least=1)
+    steps: int = option(120, "optimizer steps per run", at_least=1)
     probe_lr: float = option(1e-2, "the LR (nearest in the grid) whose hidden states are reported", at_least=1e-8)
+    probe_lr_high: float = option(0.3, "a second, high LR (nearest in the grid) whose hidden states are reported",
+                                  at_least=1e-8)
     seeds: int = option(1, "seeds 0..N-1", at_least=1)
-    d_model: int = 64
+    d_model: int = 32
     n_heads: int = 4
     n_layers: int = 4
-    seq_len: int = 64
+    seq_len: int = 32
     batch_size: int = 16
     warmup_fraction: float = 0.1
     weight_decay: float = 1e-4   # independent: decay per step lr_t / lr_peak * 1e-4
@@ -233,19 +235,25 @@ def run_one(run: Run, config: str, seed: int) -> dict[str, Any]:
     losses = [r["loss"] for r in runs]
     capped = [x if math.isfinite(x) and x < l0 else l0 for x in losses]
     best = min(range(len(lrs)), key=lambda i: capped[i])
-    probe = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / cfg.probe_lr)))
-    var = runs[probe]["variance"]
+    def nearest(lr: float) -> int:
+        return min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / lr)))
+
+    probe, high = nearest(cfg.probe_lr), nearest(cfg.probe_lr_high)
+    var, var_hi = runs[probe]["variance"], runs[high]["variance"]
     return {"method": config, "seed": seed, "initial_loss": l0,
             "lr_sensitivity": float(lr_sensitivity(dict(zip(lrs, losses)), initial_loss=l0)),
             "best_loss": capped[best], "best_lr": lrs[best], "diverged": sum(not math.isfinite(x) for x in losses),
             "max_logit_top": runs[-1]["max_logit"], "probe_lr": lrs[probe],
             "var_first": var[1], "var_last": var[-1], "var_growth": var[-1] / var[1],
+            "probe_lr_high": lrs[high], "var_last_hi": var_hi[-1], "var_growth_hi": var_hi[-1] / var_hi[1],
             **{_key(lr): x for lr, x in zip(lrs, losses)},
             "lrs": lrs, "losses": losses, "max_logits": [r["max_logit"] for r in runs], "variances": var,
+            "variances_hi": var_hi,
             "wall_s": time.perf_counter() - t0}
 
 
-_KEYS = ("lr_sensitivity", "best_loss", "max_logit_top", "var_last", "var_growth", "wall_s")
+_KEYS = ("lr_sensitivity", "best_loss", "max_logit_top", "var_last", "var_growth", "var_last_hi", "var_growth_hi",
+         "wall_s")
 
 
 def _summarize(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -261,12 +269,16 @@ def _num(x: float, fmt: str = ".3f") -> str:
 
 def _columns(run: Run) -> tuple[Column, ...]:
     lrs = lr_grid(run.cfg)
+    lo = min(lrs, key=lambda lr: abs(math.log(lr / run.cfg.probe_lr)))
+    hi = min(lrs, key=lambda lr: abs(math.log(lr / run.cfg.probe_lr_high)))
     return (Column("config", lambda s: s["method"], "left"),
             Column("LR sens.", lambda s: _num(s["lr_sensitivity_mean"])),
             *(Column(f"{lr:g}", (lambda k: lambda s: _num(s[k + "_mean"]))(_key(lr))) for lr in lrs),
             Column(f"max logit @{lrs[-1]:g}", lambda s: _num(s["max_logit_top_mean"], ".3g")),
-            Column("Var(x_L)", lambda s: _num(s["var_last_mean"], ".3g")),
-            Column("Var(x_L)/Var(x_1)", lambda s: _num(s["var_growth_mean"], ".3g")),
+            Column(f"Var(x_L) @{lo:g}", lambda s: _num(s["var_last_mean"], ".3g")),
+            Column("/Var(x_1)", lambda s: _num(s["var_growth_mean"], ".3g")),
+            Column(f"Var(x_L) @{hi:g}", lambda s: _num(s["var_last_hi_mean"], ".3g")),
+            Column("/Var(x_1) ", lambda s: _num(s["var_growth_hi_mean"], ".3g")),
             Column("s", lambda s: f"{s['wall_s_mean']:.0f}"))
 
 
@@ -280,11 +292,12 @@ def _title(run: Run, rows: list[dict[str, Any]]) -> str:
 def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
     cfg = run.cfg
     probe = min(lr_grid(cfg), key=lambda lr: abs(math.log(lr / cfg.probe_lr)))
+    high = min(lr_grid(cfg), key=lambda lr: abs(math.log(lr / cfg.probe_lr_high)))
     return ("ranked on LR sensitivity (Wortsman et al. 2023: mean over the grid of min(loss, l0) - best loss, "
             "a diverged run 'div' counts as l0, the loss at initialization; lower is flatter); "
             f"{RANK_NOTE}; max logit: largest |q.k|/sqrt(d_h) over layers during training at the top LR; "
-            f"Var(x_L), Var(x_L)/Var(x_1): hidden-state variance at the last block's output (and over the first "
-            f"block's) at LR {probe:g}, the Peri-LN diagnostic")
+            f"Var(x_L), /Var(x_1): hidden-state variance at the last block's output (and its ratio to the first "
+            f"block's) at LR {probe:g} and at LR {high:g}, the Peri-LN diagnostic")
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], methods: tuple[str, ...], title: str) -> None:
@@ -297,7 +310,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], methods: tuple[str, ...], titl
     from gradwise.arena.plots import curve_styles, wrap_title
 
     styles = curve_styles(methods)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.8))
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
         if not rs:
@@ -312,14 +325,16 @@ def _plot(path: Path, rows: list[dict[str, Any]], methods: tuple[str, ...], titl
         axes[1].plot(lrs, logits, label=m, lw=1.4, **st)
         var = np.nanmean(np.array([r["variances"] for r in rs], dtype=float), 0)
         axes[2].plot(np.arange(len(var)), var, label=m, lw=1.4, **st)
+        var_hi = np.nanmean(np.array([r["variances_hi"] for r in rs], dtype=float), 0)
+        axes[3].plot(np.arange(len(var_hi)), var_hi, label=m, lw=1.4, **st)
     axes[0].axhline(l0, color="grey", lw=0.8, ls=":", label="loss at init (diverged runs)")
     axes[0].set(xscale="log", xlabel="peak learning rate", ylabel="held-out loss (capped at init)",
                 title="final loss vs LR")
     axes[1].set(xscale="log", yscale="log", xlabel="peak learning rate", ylabel="max |attention logit|",
                 title="attention logit growth (max over training)")
-    probe = rows[0]["probe_lr"]
-    axes[2].set(yscale="log", xlabel="depth l (x_0 = block input)", ylabel="Var(x_l)",
-                title=f"hidden-state variance across depth at LR {probe:g}")
+    for ax, key in ((axes[2], "probe_lr"), (axes[3], "probe_lr_high")):
+        ax.set(yscale="log", xlabel="depth l (x_0 = block input)", ylabel="Var(x_l)",
+               title=f"hidden-state variance across depth at LR {rows[0][key]:g}")
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
@@ -335,7 +350,7 @@ STUDY = register_study(Study(
     select=Selection("configs", "configurations", default_text=", ".join(DEFAULT_CONFIGS)),
     setup=_setup, run_one=lambda run, method, seed, _: run_one(run, method, seed),
     summarize=_summarize, rank_on="lr_sensitivity", higher_is_better=False, title=_title, notes=_notes,
-    columns=_columns, csv_skip=("lrs", "losses", "max_logits", "variances"),
+    columns=_columns, csv_skip=("lrs", "losses", "max_logits", "variances", "variances_hi"),
     write_files=lambda out, run, rows, summary, title: _plot(out / "lr_sensitivity.png", rows, run.methods, title),
     outputs=("lr_sensitivity.png",),
     smoke=("--seeds", "1", "--steps", "3", "--lrs", "2", "--configs", "pre,peri+qk+z"),
