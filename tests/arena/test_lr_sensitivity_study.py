@@ -85,9 +85,9 @@ def test_bad_config_is_refused_before_training():
 
 @pytest.mark.slow
 def test_headline_at_defaults(tmp_path):
-    """At the defaults: pre-LN without qk-layernorm has the steepest LR curve of the pre-LN family and its
-    attention logits grow far more at the top LR than with qk-layernorm; Peri-LN's hidden-state variance
-    at the probe LR stays below Pre-LN's growth across depth."""
+    """At the defaults (what docs/study_lr_sensitivity.md reports): qk-layernorm flattens Pre-LN's LR curve a
+    little and cuts its attention-logit growth at the top LR by orders of magnitude; Peri-LN has the flattest
+    curve and, at the high probe LR, hidden states orders of magnitude smaller than Pre-LN's."""
     from rich.console import Console
 
     from gradwise.arena.driver import run_study
@@ -100,4 +100,5 @@ def test_headline_at_defaults(tmp_path):
     sens = {m: s["lr_sensitivity_mean"] for m, s in summary.items()}
     assert sens["pre+qk"] < sens["pre"]
     assert summary["pre+qk"]["max_logit_top_mean"] < summary["pre"]["max_logit_top_mean"] / 10
-    assert summary["peri"]["var_growth_mean"] < summary["pre"]["var_growth_mean"]
+    assert sens["peri"] == min(sens.values())
+    assert summary["peri"]["var_last_hi_mean"] < summary["pre"]["var_last_hi_mean"] / 1000
