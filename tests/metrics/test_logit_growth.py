@@ -131,3 +131,29 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="Invalid every"):
         AttentionLogitMonitor(_identity_mha(4, 1), every=0)
     assert get("AttentionLogitMonitor").kind == "metric"
+
+
+def test_causal_transformer_lm_blocks_read_through_project_qk_with_the_future_masked():
+    """gradwise.nn.TransformerLM's attention (causal by construction, no is_causal argument): the monitor
+    leaves out the logits of future keys, and reads qk-normalized ones when qk_norm=True."""
+    from gradwise.nn import TransformerLM
+
+    future = torch.ones(8, 8, dtype=torch.bool).triu(1)
+    for qk_norm in (False, True):
+        for seed in range(20):  # the first model whose largest logit is a future one, so the mask matters
+            torch.manual_seed(seed)
+            lm = TransformerLM(11, 16, 2, 2, 8, norm="pre", qk_norm=qk_norm, init_std=0.5)
+            ids = torch.randint(0, 11, (1, 8))
+            h = lm.blocks[0].attn_in_norm(lm.embed(ids))
+            z = attention_logits(*lm.blocks[0].attn.project_qk(h, h)).abs()
+            want = z.masked_fill(future, -1).max().item()
+            if z.max().item() > want:
+                break
+        else:
+            raise AssertionError("no seed put the largest logit in the future")
+        with AttentionLogitMonitor(lm) as mon:
+            lm(ids)
+        assert sorted(mon.latest) == ["blocks.0.attn", "blocks.1.attn"]
+        assert mon.latest["blocks.0.attn"] == pytest.approx(want, rel=1e-5)
+        if qk_norm:
+            assert want <= math.sqrt(8) + 1e-4

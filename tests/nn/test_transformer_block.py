@@ -189,6 +189,7 @@ def test_torch_compile_runs_the_block_and_matches_eager(norm, backend):
     ({"norm_layer": "batchnorm"}, "norm_layer"), ({"norm_layer": lambda d: 1.0}, "norm_layer"),
     ({"dropout": 1.0}, "dropout"), ({"attn_dropout": -0.1}, "attn_dropout"), ({"causal": 1}, "causal"),
     ({"activation": "tanh"}, "activation"), ({"n_heads": 3}, "n_heads"), ({"d_ff": 0}, "d_ff"),
+    ({"qk_norm": "yes"}, "qk_norm"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, arg):
     args = {"d_model": D, "n_heads": H, "d_ff": FF, **kwargs}
@@ -207,3 +208,62 @@ def test_record_is_a_module_citing_the_paper():
     rec = get("PeriLN")
     assert rec.kind == "module" and rec.arxiv == "2502.02732" and rec.code is None and rec.family == "nn"
     assert rec.load() is TransformerBlock
+
+
+# ------------------------------------------------------------ qk-layernorm (Wortsman et al. 2023, §3.1.1)
+
+@pytest.mark.parametrize("norm", ["pre", "peri"])
+def test_qk_norm_block_attention_equals_qknorm_attention_with_the_same_weights(norm):
+    """The block's qk-layernorm is gradwise.nn.QKNormAttention's: same projections, same LNs -> same output."""
+    from gradwise.nn import QKNormAttention
+
+    blk = _block(norm, qk_norm=True)
+    with torch.no_grad():
+        blk.attn.q_norm.weight.copy_(torch.rand(D // H) + 0.5)
+        blk.attn.k_norm.weight.copy_(torch.rand(D // H) + 0.5)
+    ref = QKNormAttention(D, H, batch_first=True)
+    with torch.no_grad():
+        for lin, w, b in zip((ref.q_proj, ref.k_proj, ref.v_proj), blk.attn.qkv.weight.split(D),
+                             blk.attn.qkv.bias.split(D)):
+            lin.weight.copy_(w)
+            lin.bias.copy_(b)
+        ref.out_proj.weight.copy_(blk.attn.out.weight)
+        ref.out_proj.bias.copy_(blk.attn.out.bias)
+        ref.q_norm.weight.copy_(blk.attn.q_norm.weight)
+        ref.k_norm.weight.copy_(blk.attn.k_norm.weight)
+    x = torch.randn(B, T, D)
+    h = blk.attn_in_norm(x)
+    got = blk.attn(h)
+    want = ref(h, h, h, need_weights=False, is_causal=True)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_qk_norm_bounds_the_attention_logits_where_plain_attention_does_not():
+    """With huge query/key weights the plain block's logits blow up; qk-layernorm caps them at
+    sqrt(d_h) * max|g_q| * max|g_k| (here sqrt(d_h), unit LN scales)."""
+    x = torch.randn(B, T, D)
+    for qk_norm in (False, True):
+        blk = TransformerBlock(D, H, FF, norm="pre", qk_norm=qk_norm)
+        with torch.no_grad():
+            blk.attn.qkv.weight[:2 * D].mul_(100)
+        q, k = blk.attn.project_qk(x, x)
+        zmax = (q @ k.transpose(-1, -2) / math.sqrt(D // H)).abs().max().item()
+        if qk_norm:
+            assert zmax <= math.sqrt(D // H) + 1e-4
+            assert blk.attn.q_norm.bias is None and blk.attn.q_norm.weight.shape == (D // H,)
+        else:
+            assert zmax > 10 * math.sqrt(D // H)
+    assert "qk_norm=True" in repr(blk)
+
+
+def test_peri_output_norms_sit_on_the_branch_so_the_residual_path_is_an_identity():
+    """Peri-LN's output norm (position B) is applied before the residual add: with both output norms
+    silenced (scale 0, shift 0) the block returns its input unchanged; a norm after the add (position C)
+    would return zeros instead."""
+    blk = _block("peri")
+    with torch.no_grad():
+        for n in (blk.attn_out_norm, blk.mlp_out_norm):
+            n.weight.zero_()
+            n.bias.zero_()
+    x = torch.randn(B, T, D)
+    torch.testing.assert_close(blk(x), x)

@@ -97,7 +97,9 @@ class AttentionLogitMonitor:
     The hook binds the call's arguments to the layer's ``forward`` signature,
     so positional and keyword calls both work; logits where the call's
     ``attn_mask``/``key_padding_mask`` (bool True, or float ``-inf``) or
-    ``is_causal`` (without a mask) forbid attention are left out, the
+    ``is_causal`` (without a mask; for a call without an ``is_causal``
+    argument, the module's ``causal`` attribute, as the self-attention of
+    :class:`gradwise.nn.TransformerBlock` has) forbid attention are left out, the
     maximum is over batch, heads, queries and allowed keys. Everything runs
     under ``torch.no_grad`` and reads one number per layer and call
     (``.item()``: a host sync; use ``every`` to record one call in ``every``).
@@ -180,7 +182,9 @@ class AttentionLogitMonitor:
                 q, k = _mha_qk(module, query, key)
             z = attention_logits(q.float(), k.float()).abs()
             if self.use_masks:
-                blocked = _blocked(bound.get("attn_mask"), bound.get("key_padding_mask"),
-                                   bool(bound.get("is_causal", False)), q, k)
+                # a self-attention that is causal by construction (gradwise.nn.TransformerBlock's, with a
+                # ``causal`` attribute and no is_causal argument) masks the future too
+                causal = bound.get("is_causal", getattr(module, "causal", False))
+                blocked = _blocked(bound.get("attn_mask"), bound.get("key_padding_mask"), bool(causal), q, k)
                 z = z.masked_fill(blocked, float("-inf")) if blocked is not None else z
             return float(z.max().item()) if z.numel() else float("nan")

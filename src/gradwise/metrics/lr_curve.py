@@ -79,7 +79,10 @@ def lr_sensitivity(final_losses_by_lr, *, initial_loss: float,
     Checked against: the formula as §2.2 states it, quoted (with the
     ``l_0`` cap and the ``[a, b] = [3e-4, 3e-1]`` range) by secondary sources;
     the paper's own HTML text was not readable in this project's search
-    store (only page openings), so the tests transcribe that formula.
+    store (only page openings; checked again for issue 10: the stored
+    introduction confirms "LR sensitivity measures the deviation from
+    optimal performance when varying LR across orders of magnitude", the
+    §2.2 formula itself is not in the store), so the tests transcribe it.
 
     Returns a 0-dim float64 tensor (0 when every run reaches the same loss).
     Where it departs from the paper: the best loss ``l*`` is taken over the

@@ -39,7 +39,9 @@ class HiddenStateProbe:
     ``probe.last()`` the last row of each as a tensor. Recording reads the tensors only (no autograd
     graph, no change to the outputs). Departure: the paper plots these over training for models of
     up to 3.2B parameters; which elements it averages over is not spelled out beyond "hidden state
-    variance", so the probe reports all three statistics.
+    variance", so the probe reports all three statistics (the paper's method and appendix sections were not readable
+    in this project's search store; its abstract and overviews state the claim: Pre-LN's hidden-state
+    variance grows with depth, "massive activations", Peri-LN's grows far less).
 
     Example::
 

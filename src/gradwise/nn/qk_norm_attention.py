@@ -77,9 +77,12 @@ class QKNormAttention(nn.Module):
     is at most ``sqrt(d_h) * max|gamma_q| * max|gamma_k|``.
 
     The paper's full text was not readable in this project's search store
-    (only page openings and secondary notes: "LayerNorm applied to the
-    queries and keys", logits ``<q_i, k_j> / sqrt(d_h)``), so the LN's
-    details below are our choices. Choices where the papers leave room: ``eps=1e-6`` and no LN bias
+    (checked again for issue 10: the ``pages`` corpus holds the ar5iv/arXiv
+    abstract and introduction and secondary notes quoting §3.1.1: "LayerNorm
+    applied to the queries and keys", logits ``<q_i, k_j> / sqrt(d_h)``),
+    and NanoDO at commit 10aefde (read, not run) has no qk-layernorm option
+    at all, so the LN's details below are our choices.
+    :class:`gradwise.nn.TransformerBlock` (``qk_norm=True``) uses the same LN. Choices where the papers leave room: ``eps=1e-6`` and no LN bias
     (``norm_bias=False``): Flax's LayerNorm default eps, and NanoDO's
     bias-free layernorms (after PaLM); Dehghani et al.'s LN on queries and
     keys is also bias-free. Set ``norm_bias=True``/``eps=1e-5`` for torch's

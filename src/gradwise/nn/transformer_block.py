@@ -35,17 +35,36 @@ def make_norm(norm_layer: str | Callable[[int], nn.Module], d_model: int) -> nn.
 
 class _SelfAttention(nn.Module):
     """Multi-head self-attention with one fused q/k/v projection laid out as ``nn.MultiheadAttention``'s
-    ``in_proj`` (rows q, k, v), scaled dot-product attention, and an output projection."""
+    ``in_proj`` (rows q, k, v), optional qk-layernorm, scaled dot-product attention, and an output projection."""
 
-    def __init__(self, d_model: int, n_heads: int, attn_dropout: float, causal: bool, bias: bool) -> None:
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float, causal: bool, bias: bool,
+                 qk_norm: bool = False) -> None:
         super().__init__()
         self.n_heads, self.attn_dropout, self.causal = n_heads, attn_dropout, causal
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
+        dh = d_model // n_heads
+        # qk-layernorm as gradwise.nn.QKNormAttention does it: one LN over each head's d_h features for the
+        # queries, one for the keys, scale shared across heads, no bias, eps 1e-6 (see that class for why)
+        self.q_norm = nn.LayerNorm(dh, eps=1e-6, bias=False) if qk_norm else None
+        self.k_norm = nn.LayerNorm(dh, eps=1e-6, bias=False) if qk_norm else None
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def project_qk(self, query: Tensor, key: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-head ``(q, k)`` [B, H, L, d_h] (after qk-layernorm if any, before the 1/sqrt(d_h) scale): the
+        protocol :class:`gradwise.metrics.AttentionLogitMonitor` reads. Self-attention: ``key`` is ignored."""
+        q, k, _ = self._qkv(query)
+        return q, k
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self._qkv(x)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0,
                                            is_causal=self.causal)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
@@ -94,6 +113,25 @@ class TransformerBlock(nn.Module):
     With ``norm="pre"`` or ``"post"``, ``activation="relu"`` and no dropout the block computes what
     ``nn.TransformerEncoderLayer(norm_first=norm == "pre")`` computes (a test checks it).
 
+    ``qk_norm=True`` adds qk-layernorm (Wortsman et al., "Small-scale proxies for large-scale Transformer
+    training instabilities", arXiv 2309.14322, §3.1.1, after Dehghani et al. 2023) to the attention: a
+    LayerNorm over each head's :math:`d_h` features of the queries and of the keys before their dot
+    product, exactly as :class:`~gradwise.nn.QKNormAttention` does it (scale shared across heads, no bias,
+    ``eps=1e-6``; a test checks the two agree). ``block.attn.project_qk(x, x)`` returns the per-head
+    queries and keys, so :class:`~gradwise.metrics.AttentionLogitMonitor` records the block's attention
+    logits (causal ones: the future is left out).
+
+    Checked against (2025-issue 10 review): the paper's full method section was again not readable in
+    this project's search store (the ``pages`` corpus holds the arXiv HTML's abstract and introduction,
+    the ICML poster text and third-party overviews). What those pages state and this block follows:
+    Peri-LN "places normalization layer peripherally around sublayers", normalizing "both sub-layer
+    inputs and outputs", i.e. positions A and B of the paper's Figure 2 (C, after the residual addition,
+    is Post-LN's). One third-party review (jaehun.me) describes the output norm as sitting *after* the
+    residual addition; that contradicts both the overview of Figure 2 and the same review's own variance
+    recursion :math:`\mathrm{Var}(x_{l+1}) \approx \mathrm{Var}(x_l) + \beta_0` (a norm after the addition would
+    keep the variance at 1), so the block keeps the output norm on the branch, before the addition, as
+    Gemma 2 and OLMo 2 do; a test checks the residual path is an identity.
+
     Attributes: ``attn``, ``mlp``, and the norms ``attn_in_norm``/``mlp_in_norm`` (A),
     ``attn_out_norm``/``mlp_out_norm`` (B), ``attn_res_norm``/``mlp_res_norm`` (C), ``None`` where
     the placement has none.
@@ -114,7 +152,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, d_model: int, n_heads: int, d_ff: int, norm: str = "peri",
                  norm_layer: str | Callable[[int], nn.Module] = nn.LayerNorm, dropout: float = 0.0,
                  attn_dropout: float = 0.0, causal: bool = True, activation: str = "gelu",
-                 bias: bool = True) -> None:
+                 bias: bool = True, qk_norm: bool = False) -> None:
         super().__init__()
         check_int("d_model", d_model, lo=1)
         check_int("n_heads", n_heads, lo=1)
@@ -127,9 +165,10 @@ class TransformerBlock(nn.Module):
         check_bool("causal", causal)
         check_choice("activation", activation, tuple(_ACTIVATIONS))
         check_bool("bias", bias)
+        check_bool("qk_norm", qk_norm)
         self.d_model, self.n_heads, self.d_ff, self.norm = d_model, n_heads, d_ff, norm
-        self.causal, self.activation = causal, activation
-        self.attn = _SelfAttention(d_model, n_heads, float(attn_dropout), causal, bias)
+        self.causal, self.activation, self.qk_norm = causal, activation, qk_norm
+        self.attn = _SelfAttention(d_model, n_heads, float(attn_dropout), causal, bias, qk_norm)
         self.mlp = _MLP(d_model, d_ff, activation, bias)
         self.dropout = nn.Dropout(dropout)
         has_in, has_out, has_res = norm in ("pre", "peri"), norm == "peri", norm == "post"
@@ -156,4 +195,4 @@ class TransformerBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, d_ff={self.d_ff}, norm={self.norm!r}, "
-                f"causal={self.causal}, activation={self.activation!r}")
+                f"causal={self.causal}, activation={self.activation!r}, qk_norm={self.qk_norm}")

@@ -42,6 +42,13 @@ class TransformerLM(nn.Module):
     * ``"post"``: embedding norm off, final norm off: every Post-LN block already ends in a norm,
       :math:`x_L = \mathrm{Norm}(\cdot)` (Vaswani et al. 2017; Xiong et al. 2020's Post-LN).
 
+    ``qk_norm=True`` gives every block qk-layernorm (see :class:`~gradwise.nn.TransformerBlock`; Wortsman et
+    al., arXiv 2309.14322, §3.1.1), the configuration the arena's ``lr-sensitivity`` study compares.
+
+    Not verified: the paper's text on the embedding and final norms (its method section was not readable
+    in this project's search store; only the abstract, introduction and overviews were), so the per-placement
+    defaults below are our reading of common practice, not a checked transcription.
+
     Departures and choices the paper leaves open: learned absolute position embeddings (``max_seq_len``
     of them) rather than the rotary embeddings of the paper's Megatron-LM models, so a tiny model
     needs no extra machinery; weights :math:`\mathcal N(0, 0.02^2)`, biases zero, norms at scale 1
@@ -57,7 +64,7 @@ class TransformerLM(nn.Module):
                  d_ff: int | None = None, norm: str = "peri",
                  norm_layer: str | Callable[[int], nn.Module] = nn.LayerNorm, dropout: float = 0.0,
                  embed_norm: bool | None = None, final_norm: bool | None = None, tie_weights: bool = False,
-                 activation: str = "gelu", bias: bool = True, init_std: float = 0.02) -> None:
+                 activation: str = "gelu", bias: bool = True, init_std: float = 0.02, qk_norm: bool = False) -> None:
         super().__init__()
         check_int("vocab_size", vocab_size, lo=1)
         check_int("n_layers", n_layers, lo=1)
@@ -70,7 +77,8 @@ class TransformerLM(nn.Module):
         self.init_std = check_real("init_std", init_std, 0.0, lo_open=True)
         self.vocab_size, self.max_seq_len, self.norm = vocab_size, max_seq_len, norm
         self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads, d_ff, norm=norm, norm_layer=norm_layer,
-                                                     dropout=dropout, causal=True, activation=activation, bias=bias)
+                                                     dropout=dropout, causal=True, activation=activation, bias=bias,
+                                                     qk_norm=qk_norm)
                                     for _ in range(n_layers))
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(max_seq_len, d_model)
