@@ -238,7 +238,7 @@ def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
     cfg = run.cfg
     return ("best first by final test accuracy; steps to 90%/99% test: median over the seeds that reached it "
             f"(reached/runs), recorded every {cfg.log_every} steps; SC: fraction of train samples in Softmax "
-            "Collapse (float32) at the end, max SC over the run; zero loss: fraction of train samples whose own "
+            "Collapse (float32) at the end (max_sc in results.csv: its peak over the run); zero loss: fraction of train samples whose own "
             f"loss is exactly 0; softmax-wd: weight decay {cfg.weight_decay:g}; {CI_NOTE}; {RANK_NOTE}")
 
 
