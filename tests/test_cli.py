@@ -369,6 +369,11 @@ _BAD_BY_OPTION = {
     ("noisy-labels", "--noise"): ["0.9", "-0.1", "nan", "inf", "x"],
     ("noisy-labels", "--losses"): ["nope", "CE,nope", "ce"],
     ("imbalance", "--ratio"): ["0.5", "nan", "inf", "-3", "x"],
+    ("grokking", "--p"): ["1", "0", "x", "2.5"],
+    ("grokking", "--train-fraction"): ["0", "1", "1.5", "nan", "x"],
+    ("grokking", "--lr"): ["-1", "nan", "inf", "x"],
+    ("grokking", "--weight-decay"): ["-1", "nan", "inf", "x"],
+    ("grokking", "--methods"): ["nope", "softmax,nope"],
 }
 
 
