@@ -374,6 +374,11 @@ _BAD_BY_OPTION = {
     ("lr-sensitivity", "--lr-max"): ["0", "-1", "nan", "x"],
     ("lr-sensitivity", "--probe-lr"): ["0", "-0.1", "nan", "x"],
     ("lr-sensitivity", "--probe-lr-high"): ["0", "-0.1", "nan", "x"],
+    ("grokking", "--p"): ["1", "0", "x", "2.5"],
+    ("grokking", "--train-fraction"): ["0", "1", "1.5", "nan", "x"],
+    ("grokking", "--lr"): ["-1", "nan", "inf", "x"],
+    ("grokking", "--weight-decay"): ["-1", "nan", "inf", "x"],
+    ("grokking", "--methods"): ["nope", "softmax,nope"],
 }
 
 

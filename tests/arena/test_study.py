@@ -64,7 +64,7 @@ def test_old_import_paths_keep_working():
                  "write_results", "CI_NOTE", "RANK_NOTE"):
         assert hasattr(report, name), name
     for module in ("optimizers_study", "noisy_labels_study", "distillation_study", "calibration_study",
-                   "imbalance_study", "preference_study"):
+                   "imbalance_study", "preference_study", "grokking_study"):
         m = importlib.import_module(f"gradwise.arena.{module}")
         assert isinstance(m.HELP, str) and m.CONFIG == m.Config() and callable(m.add_arguments) and callable(m.run)
     with pytest.warns(DeprecationWarning, match=r"load_study\(name\).HELP is deprecated; use load_study\(name\).help"):
