@@ -145,7 +145,7 @@ def test_compiles_and_matches_eager():
     pad = torch.zeros(3, 4, dtype=torch.bool)
     pad[2, 2:] = True
     a, b = PowerNorm(8, warmup_iters=2), PowerNorm(8, warmup_iters=2)
-    fn = torch.compile(b, backend="aot_eager", fullgraph=False)
+    fn = torch.compile(b, backend="aot_eager")
     for _ in range(4):
         xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         ya, yb = a(xa, pad), fn(xb, pad)

@@ -48,10 +48,10 @@ class Config:
     layers: int = 2
     d_ff: int = 128
     batch_size: int = option(32, "sequences per batch", at_least=2)
-    steps: int = option(1500, "optimizer steps per run", at_least=1)
-    warmup: int = option(150, "learning-rate warm-up steps (also PowerNorm's warmup_iters)", at_least=0)
+    steps: int = option(800, "optimizer steps per run", at_least=1)
+    warmup: int = option(100, "learning-rate warm-up steps (also PowerNorm's warmup_iters)", at_least=0)
     lr: float = option(2e-3, "peak learning rate", at_least=1e-6)
-    eval_every: int = 150
+    eval_every: int = 100
     eval_batches: int = 16
     seeds: int = option(3, "seeds 0..N-1", at_least=1)
     threads: int = 1

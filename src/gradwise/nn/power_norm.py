@@ -90,7 +90,7 @@ class _PowerNormFn(torch.autograd.Function):
 
 
 @register(kind="module", paper="PowerNorm: Rethinking Batch Normalization in Transformers", year=2020,
-          arxiv="2003.07845", code="https://github.com/sIncerass/powernorm @9ea6226a3203d5d6fcee07a5c6dec38ec6bc5e9f",
+          arxiv="2003.07845", code="https://github.com/sIncerass/powernorm/tree/9ea6226a3203d5d6fcee07a5c6dec38ec6bc5e9f",
           aliases=("powernorm", "mask_powernorm"),
           summary="batch normalization for transformers: running quadratic mean, no centring, approximate backward")
 class PowerNorm(nn.Module):
