@@ -369,6 +369,10 @@ _BAD_BY_OPTION = {
     ("noisy-labels", "--noise"): ["0.9", "-0.1", "nan", "inf", "x"],
     ("noisy-labels", "--losses"): ["nope", "CE,nope", "ce"],
     ("imbalance", "--ratio"): ["0.5", "nan", "inf", "-3", "x"],
+    ("powernorm", "--max-len"): ["1", "0", "x", "1.5"],
+    ("powernorm", "--batch-size"): ["1", "0", "x", "2.5"],
+    ("powernorm", "--warmup"): ["-1", "x", "0.5"],
+    ("powernorm", "--lr"): ["0", "-1", "nan", "inf", "x"],
 }
 
 
