@@ -211,7 +211,7 @@ def run_one(cfg: Config, method: str, seed: int) -> dict[str, Any]:
     tail = losses[-max(1, cfg.steps // 10):]
     return {"method": method, "seed": seed, "eval_acc": final, "train_acc": train_right / max(train_total, 1),
             "train_loss": sum(tail) / len(tail) if finite else float("nan"),
-            "fluctuation": sum(fluct) / len(fluct) if fluct else float("nan"),
+            "fluctuation": sum(fluct) / len(fluct) if fluct else None,  # None: LayerNorm has no batch statistic
             "curve": curve, "losses": losses, "wall_s": time.perf_counter() - t0}
 
 
@@ -252,6 +252,23 @@ def _plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
+def _summarize(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The driver's summary, plus the fluctuation's mean and interval for the norms that have a batch statistic."""
+    from gradwise.arena.driver import summarize_rows
+    from gradwise.arena.stats import mean_ci_fields
+
+    out = summarize_rows(STUDY, rows, run.methods)
+    for s in out:
+        mine = [r for r in rows if r["method"] == s["method"] and r["fluctuation"] is not None]
+        s.update(mean_ci_fields(mine, ("fluctuation",)) if mine else
+                 {"fluctuation_mean": None, "fluctuation_std": None, "fluctuation_ci": None})
+    return out
+
+
+def _fluct_cell(s: dict[str, Any]) -> str:
+    return "—" if s["fluctuation_mean"] is None else ci_column("", "fluctuation", 3).cell(s)
+
+
 def _check(cfg: Config, methods: tuple[str, ...]) -> None:
     if cfg.min_len > cfg.max_len:
         raise UsageError(f"Invalid --min-len: {cfg.min_len} (accepted: at most --max-len, {cfg.max_len})")
@@ -274,11 +291,11 @@ def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
 STUDY = register_study(Study(
     name="powernorm", help=HELP, description=__doc__, config=Config, methods=lambda: METHODS,
     setup=_check, run_one=lambda run, method, seed, _: run_one(run.cfg, method, seed),
-    summary_keys=("eval_acc", "train_acc", "train_loss", "fluctuation", "wall_s"), rank_on="eval_acc",
+    summary_keys=("eval_acc", "train_acc", "train_loss", "wall_s"), rank_on="eval_acc", summarize=_summarize,
     title=_title, notes=_notes,
     columns=(Column("method", lambda s: s["method"], "left"), ci_column("eval token acc", "eval_acc"),
              ci_column("train acc", "train_acc"), ci_column("train loss", "train_loss"),
-             ci_column("fluctuation", "fluctuation", 3), Column("s/run", lambda s: f"{s['wall_s_mean']:.1f}")),
+             Column("fluctuation", _fluct_cell), Column("s/run", lambda s: f"{s['wall_s_mean']:.1f}")),
     csv_skip=("curve", "losses"),
     write_files=lambda out, run, rows, summary, title: _plot(out / "powernorm_curves.png", rows, title),
     outputs=("powernorm_curves.png",),
