@@ -157,8 +157,9 @@ class PowerNorm(nn.Module):
     backward keeps ``x^2`` besides the scaled input (one more activation than
     their autograd graph) so that it needs fewer passes over the data.
 
-    Speed (``benchmarks/layer_step.py``, docs/benchmarks.md): pure torch ops, about
-    twice ``nn.BatchNorm1d``'s fused kernel on the same tokens on a CPU.
+    Speed (``benchmarks/layer_step.py``, docs/benchmarks.md): pure torch ops,
+    2.35x ``nn.BatchNorm1d``'s fused kernel on the same tokens (T=128, B=32,
+    C=256, forward + backward, one CPU thread): over the 1.3x target.
 
     Example::
 
