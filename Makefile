@@ -49,6 +49,7 @@ test: test-env
 bench: test-env
 	$(BIN)/python benchmarks/optim_step.py --markdown docs/benchmarks.md
 	$(BIN)/python benchmarks/loss_step.py --markdown docs/benchmarks.md
+	$(BIN)/python benchmarks/layer_step.py --markdown docs/benchmarks.md
 
 docs: env
 	$(BIN)/python tools/docs/gen_docs.py

@@ -379,6 +379,10 @@ _BAD_BY_OPTION = {
     ("grokking", "--lr"): ["-1", "nan", "inf", "x"],
     ("grokking", "--weight-decay"): ["-1", "nan", "inf", "x"],
     ("grokking", "--methods"): ["nope", "softmax,nope"],
+    ("powernorm", "--max-len"): ["1", "0", "x", "1.5"],
+    ("powernorm", "--batch-size"): ["1", "0", "x", "2.5"],
+    ("powernorm", "--warmup"): ["-1", "x", "0.5"],
+    ("powernorm", "--lr"): ["0", "-1", "nan", "inf", "x"],
 }
 
 
