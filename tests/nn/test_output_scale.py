@@ -37,6 +37,21 @@ def test_centered_output_is_zero_at_init_and_scaled_difference_after():
     assert set(m.state_dict()) >= {"initial.p0", "model.0.weight"}
 
 
+def test_batch_norm_statistics_are_updated_once_per_call():
+    torch.manual_seed(0)
+    net, ref = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8)), nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+    ref.load_state_dict(net.state_dict())
+    m = OutputScale(net, alpha=2.0)
+    x, _ = _data()
+    for _ in range(2):
+        m(x)
+        ref(x)
+    assert int(net[1].num_batches_tracked) == 2
+    torch.testing.assert_close(net[1].running_mean, ref[1].running_mean)
+    torch.testing.assert_close(net[1].running_var, ref[1].running_var)
+    assert torch.equal(m.eval()(x), torch.zeros(32, 8))  # weights unchanged: eval output is still centered
+
+
 def test_gradient_of_the_output_is_alpha_times_the_models():
     net = _net()
     x, _ = _data()

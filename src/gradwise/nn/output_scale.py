@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradwise._validate import check_bool, check_positive, check_real
+from gradwise._validate import check_bool, check_positive
 from gradwise.registry import register
 
 __all__ = ["OutputScale", "output_scale_lr"]
@@ -58,8 +58,9 @@ class OutputScale(nn.Module):
     ``center=True`` snapshots the parameters when wrapped (:meth:`recenter` snapshots again) and evaluates the
     wrapped model at them under ``torch.no_grad`` in every forward (a second forward pass; ``center=False``
     skips it, giving :math:`\alpha f_\theta(x)`, the notebook's non-centered variant). The snapshot uses the
-    model's current buffers and mode, so the output is zero at the snapshot only for a deterministic model
-    (no dropout; batch norm in eval mode or with the same batch).
+    model's current mode and a copy of its buffers (so batch-norm running statistics are updated once per
+    call, by the real pass), so the output is zero at the snapshot only for a deterministic model (no
+    dropout; batch norm in eval mode or with the same batch).
 
     Example::
 
@@ -73,7 +74,7 @@ class OutputScale(nn.Module):
         if not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: expected an nn.Module, got {type(model).__name__}")
         self.model = model
-        self.alpha = check_real("alpha", alpha, 0.0, None, lo_open=True)
+        self.alpha = check_positive("alpha", alpha)
         self.center = check_bool("center", center)
         self._names = [n for n, _ in model.named_parameters()]
         self.initial = nn.Module()  # theta_0 as buffers: saved in state_dict, not trained, not in parameters()
@@ -96,12 +97,14 @@ class OutputScale(nn.Module):
         return {n: getattr(self.initial, f"p{i}") for i, n in enumerate(self._names)}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.model(*args, **kwargs)
         if not self.center:
-            return out * self.alpha
+            return self.model(*args, **kwargs) * self.alpha
         with torch.no_grad():
-            out0 = torch.func.functional_call(self.model, self.initial_parameters(), args, kwargs)
-        return (out - out0) * self.alpha
+            # copies of the buffers: the centering pass must not update batch-norm running statistics a second
+            # time; it runs first, so both passes see the same buffers
+            buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+            out0 = torch.func.functional_call(self.model, {**self.initial_parameters(), **buffers}, args, kwargs)
+        return (self.model(*args, **kwargs) - out0) * self.alpha
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, center={self.center}"
