@@ -57,6 +57,15 @@ def test_exact_for_a_diagonal_hessian_and_seeded():
     assert torch.equal(hessian_trace(model, ce, batch, 4, g1), hessian_trace(model, ce, batch, 4, g2))
 
 
+def test_zero_for_a_loss_linear_in_some_or_all_parameters():
+    lin = nn.Linear(3, 1).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    assert float(hessian_trace(lin, lambda m, b: m(b).sum(), x, n_samples=3)) == 0.0  # linear: H = 0
+    # the bias enters linearly (no graph in its gradient), the weight quadratically: tr H = 2 * sum(x^2)
+    t = hessian_trace(lin, lambda m, b: (m.weight ** 2 * (b ** 2).sum(0)).sum() + m.bias.sum(), x, n_samples=2)
+    assert float(t) == pytest.approx(2 * float((x ** 2).sum()))
+
+
 def test_callback_on_a_training_loop():
     model, batch = tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.3)

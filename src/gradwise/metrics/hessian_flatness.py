@@ -66,7 +66,11 @@ def hessian_trace(model: nn.Module, loss_fn: Callable, batch, n_samples: int = 1
                          f"{tuple(loss.shape) if torch.is_tensor(loss) else ''} (accepted: a scalar tensor that "
                          "depends on params)")
     grads = torch.autograd.grad(loss.reshape(()), params, create_graph=True, allow_unused=True)
-    pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+    # a gradient without a graph does not depend on the parameters: its Hessian blocks are 0
+    pairs = [(p, g) for p, g in zip(params, grads) if g is not None and g.requires_grad]
+    if not pairs:
+        samples = torch.zeros(n_samples, dtype=loss.dtype, device=loss.device)
+        return samples if return_samples else samples.mean()
     values = []
     for start in range(0, n_samples, _CHUNK):
         m = min(_CHUNK, n_samples - start)
@@ -74,7 +78,8 @@ def hessian_trace(model: nn.Module, loss_fn: Callable, batch, n_samples: int = 1
         # m Hessian-vector products in one batched backward (vmap over the probes)
         hvs = torch.autograd.grad([g for _, g in pairs], [p for p, _ in pairs], grad_outputs=vs,
                                   retain_graph=True, allow_unused=True, is_grads_batched=True)
-        values.append(sum((v * hv).flatten(1).sum(1) for v, hv in zip(vs, hvs) if hv is not None))
+        values.append(sum(((v * hv).flatten(1).sum(1) for v, hv in zip(vs, hvs) if hv is not None),
+                          torch.zeros(m, dtype=loss.dtype, device=loss.device)))
     samples = torch.cat(values).detach()
     return samples if return_samples else samples.mean()
 
