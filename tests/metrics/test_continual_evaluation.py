@@ -98,6 +98,7 @@ def test_evaluator_on_a_training_loop():
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     ev = ContinualEvaluator(eval_loaders, every=2)
+    every_task = ContinualEvaluator(eval_loaders, every=3, skip_unseen_tasks=False)
     step = 0
     for k, (xt, yt) in enumerate(tasks):
         for i in range(6):
@@ -106,7 +107,7 @@ def test_evaluator_on_a_training_loop():
             opt.zero_grad()
             loss.backward()
             opt.step()
-            call_callbacks([ev], "on_step", step, model=model, loss=loss, task=k)
+            call_callbacks([ev, every_task], "on_step", step, model=model, loss=loss, task=k)
             step += 1
     ev.on_eval(step, model=model, task=1)  # after the last step too
     assert model.training  # evaluation restored the training mode
@@ -122,6 +123,10 @@ def test_evaluator_on_a_training_loop():
     m = ev.metrics()
     assert m["avg_min_acc"] == pytest.approx(float(acc[0, 3:].min()))
     assert ev.history[-1][1]["wc_acc"] == pytest.approx(m["wc_acc"])
+    for e in (ev, every_task):  # the per-step values kept as it goes are the functions' on the whole record
+        for key, fn in (("avg_min_acc", avg_min_acc), ("wc_acc", wc_acc)):
+            full = fn(e.accuracy, e.current_task).tolist()
+            assert [h[1][key] for h in e.history] == pytest.approx(full, nan_ok=True), key
 
 
 def test_evaluator_bad_input():

@@ -228,6 +228,7 @@ class ContinualEvaluator(TrainingCallback):
         self._columns: list[Tensor] = []
         self._tasks: list[int] = []
         self._steps: list[int] = []
+        self._min = torch.full((len(self.eval_loaders),), torch.inf, dtype=torch.float64)  # running min-ACC
 
     def _check_task(self, task) -> int:
         if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < len(self.eval_loaders):
@@ -272,9 +273,17 @@ class ContinualEvaluator(TrainingCallback):
         self._columns.append(column)
         self._tasks.append(task)
         self._steps.append(int(step))
-        acc, cur = self.accuracy, self.current_task
-        self.record(step, {"acc": column.tolist(), "avg_min_acc": float(avg_min_acc(acc, cur)[-1]),
-                           "wc_acc": float(wc_acc(acc, cur)[-1])})
+        # this step's avg-min-ACC and WC-ACC from the running per-task minima (as min_acc_per_task and
+        # wc_acc compute them on the whole record), so a long run costs O(T) per evaluation, not O(T * S)
+        tasks = torch.arange(column.numel())
+        before = self._min
+        self._min = torch.minimum(before, torch.where(torch.isfinite(column) & (tasks != task), column, torch.inf))
+        mins = torch.where(torch.isfinite(self._min), self._min, torch.nan)
+        others = torch.where(tasks < task, mins, torch.where(torch.isfinite(before), before, torch.nan))
+        others = torch.where(tasks == task, torch.nan, others)
+        counted = torch.isfinite(others)
+        wc = (column[task] + torch.where(counted, others, 0.0).sum()) / (1 + counted.sum())
+        self.record(step, {"acc": column.tolist(), "avg_min_acc": float(torch.nanmean(mins)), "wc_acc": float(wc)})
         return column
 
     @property
