@@ -26,6 +26,8 @@ def test_bad_input():
         opposing_signal_groups(torch.ones(3, 1), x)
     with pytest.raises(ValueError, match="targets"):
         OpposingSignalTracker(torch.ones(3, 2), torch.ones(4))
+    with pytest.raises(ValueError, match="Invalid inputs: shape \\(0, 2\\)"):
+        OpposingSignalTracker(torch.ones(0, 2), torch.ones(0))
 
 
 def test_tracker_on_a_training_loop():

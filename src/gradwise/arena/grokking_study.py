@@ -6,8 +6,8 @@ arXiv 2501.04697); setup from the authors' ``grokking_experiments.py`` and ``uti
 
 * task: ``(a + b) mod p`` for every pair ``a, b < p``, input the two one-hot vectors
   concatenated (``2p`` features), a random ``train_fraction`` of the ``p^2`` pairs for
-  training (``int(train_fraction * p^2)`` of them, drawn per seed as their ``random_split``
-  under ``torch.manual_seed(seed)``), the rest for test;
+  training (``int(train_fraction * p^2)`` of them, as their ``random_split`` takes, but drawn
+  per seed with the study's own generator, so the pairs differ from theirs), the rest for test;
 * model: ReLU MLP ``2p -> 200 -> 200 -> p`` without biases (so positively homogeneous: the
   naive-loss-minimization direction is the weights), float32, full batch, one step per epoch;
 * optimizer: ``torch.optim.AdamW`` with their script's ``eps=1e-25``, ``beta2=0.99`` (softmax

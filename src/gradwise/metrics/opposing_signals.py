@@ -82,6 +82,9 @@ class OpposingSignalTracker(TrainingCallback):
         self.k = check_int("k", k, 1)
         if not torch.is_tensor(inputs) or not torch.is_tensor(targets) or inputs.shape[0] != targets.shape[0]:
             raise ValueError("Invalid targets: (accepted: tensors inputs and targets with the same first dimension)")
+        if inputs.dim() == 0 or inputs.shape[0] == 0:
+            raise ValueError(f"Invalid inputs: shape {tuple(inputs.shape)} (accepted: a probe set of at least one "
+                             "sample, [N, ...] with N >= 1)")
         if loss_fn is not None and not callable(loss_fn):
             raise ValueError(f"Invalid loss_fn: {loss_fn!r} (accepted: None or a callable (output, target) -> "
                              "per-sample losses)")

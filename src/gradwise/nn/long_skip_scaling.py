@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gradwise._validate import check_bool, check_choice, check_int, check_real
+from gradwise._validate import check_bool, check_choice, check_int, check_positive
 from gradwise.registry import register
 
 __all__ = ["LongSkipScaling", "SkipCalibration"]
@@ -90,7 +90,7 @@ class LongSkipScaling(nn.Module):
         super().__init__()
         self.num_skips = check_int("num_skips", num_skips, lo=1)
         self.mode = check_choice("mode", mode, MODES)
-        self.kappa = check_real("kappa", kappa, 0.0, None, lo_open=True)
+        self.kappa = check_positive("kappa", kappa)
         self.share = check_bool("share", share)
         self.calibration: nn.ModuleList | None = None
         if mode == "ls":
