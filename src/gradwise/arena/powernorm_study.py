@@ -134,22 +134,32 @@ def build_model(cfg: Config, method: str):
     return Net()
 
 
-def _first_norm_fluctuation(model, method: str, x, pad) -> float | None:
+def _running_statistic(model, method: str):
+    """A copy of the first layer's first norm's running statistic (None for LayerNorm)."""
+    n1 = model.layers[0].n1
+    if method == "batchnorm":
+        return n1.bn.running_var.detach().clone()
+    if method == "powernorm":
+        return n1.pn.running_phi.detach().flatten().clone()
+    return None
+
+
+def _first_norm_fluctuation(model, method: str, x, pad, running) -> float | None:
     """|batch statistic - running statistic| / running statistic, channel mean, of the first layer's first norm
-    on input ``x`` (the paper's Fig. 2 quantity, relative). None for LayerNorm (no batch statistic)."""
+    on input ``x`` (the paper's Fig. 2 quantity, relative), ``running`` taken before this batch updated it
+    (:func:`_running_statistic`). BatchNorm's batch variance is the unbiased one, the one its running
+    variance averages. None for LayerNorm (no batch statistic)."""
     import torch
 
-    n1 = model.layers[0].n1
     valid = ~pad.t()
     if method == "batchnorm":
         xv = x[valid]
-        batch, running = xv.var(0, unbiased=False), n1.bn.running_var
+        batch = xv.var(0, unbiased=True)
     elif method == "powernorm":
-        pn = n1.pn
-        g = pn.group_num
+        g = model.layers[0].n1.pn.group_num
         xg = x.reshape(*x.shape[:2], g, -1)
         xs = (xg * torch.rsqrt((xg * xg).mean(-1, keepdim=True) + 1e-5)).reshape(x.shape)
-        batch, running = (xs[valid] ** 2).mean(0), pn.running_phi.flatten()
+        batch = (xs[valid] ** 2).mean(0)
     else:
         return None
     return float(((batch - running).abs() / running).mean())
@@ -170,7 +180,9 @@ def run_one(cfg: Config, method: str, seed: int) -> dict[str, Any]:
     eval_gen = torch.Generator().manual_seed(999_999)  # one held-out set for every method and seed
     eval_set = [make_batch(cfg, cfg.batch_size, eval_gen) for _ in range(cfg.eval_batches)]
     captured = {}
-    hook = model.layers[0].n1.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args))
+    # the norm's input, and its running statistic before the batch updates it
+    hook = model.layers[0].n1.register_forward_pre_hook(
+        lambda m, args: captured.update(x=args, running=_running_statistic(model, method)))
 
     def evaluate() -> float:
         model.eval()
@@ -200,7 +212,7 @@ def run_one(cfg: Config, method: str, seed: int) -> dict[str, Any]:
             train_total += int(keep.sum())
         if step >= cfg.steps // 2:
             with torch.no_grad():
-                f = _first_norm_fluctuation(model, method, captured["x"][0].detach(), pad)
+                f = _first_norm_fluctuation(model, method, captured["x"][0].detach(), pad, captured["running"])
             if f is not None:
                 fluct.append(f)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
