@@ -28,15 +28,15 @@ def _check_x(name: str, x, groups: int, *channel_tensors) -> None:
 def _power_norm_forward_fake(x, weight, bias, running_phi, iters, pad_mask, eps, alpha_fwd, warmup_iters, groups):
     _check_x("power_norm_forward", x, groups, weight, bias, running_phi)
     t, b, c = x.shape
-    return [torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((t * b, groups)),
-            x.new_empty((3, c))]
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((t * b, groups)),
+            x.new_empty((3, c)))
 
 
 def _power_norm_backward_fake(grad_y, x, r, stats, weight, ema_gz, alpha_bkw, groups):
     _check_x("power_norm_backward", x, groups, weight, ema_gz)
     torch._check(grad_y.shape == x.shape, lambda: "power_norm_backward: grad_y must have x's shape")
     c = x.shape[2]
-    return [torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((c,)), x.new_empty((c,))]
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((c,)), x.new_empty((c,))
 
 
 def _power_norm_eval_fake(x, weight, bias, running_phi, eps, groups):

@@ -28,6 +28,8 @@ inline T sum_squares(const T* __restrict__ x, int64_t n) {
   return s;
 }
 
+using Three = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
 // checks shared by the three operators
 void check_input(const char* op, const at::Tensor& x, int64_t groups) {
   TORCH_CHECK(x.defined() && x.dim() == 3, op, ": x must be (T, B, C), got shape ",
@@ -119,10 +121,10 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   }
 }
 
-std::vector<at::Tensor> power_norm_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                           at::Tensor& running_phi, const at::Tensor& iters,
-                                           const std::optional<at::Tensor>& pad_mask, double eps, double alpha_fwd,
-                                           int64_t warmup_iters, int64_t groups) {
+// (y, r, stats): stats holds s, rsqrt(var + eps) and the sum over all rows of xs^2, for the backward
+Three power_norm_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& running_phi,
+                         const at::Tensor& iters, const std::optional<at::Tensor>& pad_mask, double eps,
+                         double alpha_fwd, int64_t warmup_iters, int64_t groups) {
   constexpr const char* op = "power_norm_forward";
   check_input(op, x, groups);
   const int64_t t_len = x.size(0), b_len = x.size(1), c = x.size(2);
@@ -141,7 +143,7 @@ std::vector<at::Tensor> power_norm_forward(const at::Tensor& x, const at::Tensor
   const int64_t n = t_len * b_len, g_num = groups, cg = c / groups;
   auto y = at::empty_like(x);
   auto r = at::empty({n, g_num}, x.options());
-  auto stats = at::empty({3, c}, x.options());  // s, rsqrt(var + eps), sum over all rows of xs^2
+  auto stats = at::empty({3, c}, x.options());
   const int64_t it = iters.data_ptr<int64_t>()[0];
   const bool* pm = masked ? pad_mask->data_ptr<bool>() : nullptr;
 
@@ -208,9 +210,9 @@ void backward_impl(const at::Tensor& grad_y, const at::Tensor& x, const at::Tens
   }
 }
 
-std::vector<at::Tensor> power_norm_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& r,
-                                            const at::Tensor& stats, const at::Tensor& weight, at::Tensor& ema_gz,
-                                            double alpha_bkw, int64_t groups) {
+// (dL/dx, dL/dweight, dL/dbias); updates ema_gz
+Three power_norm_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& r, const at::Tensor& stats,
+                          const at::Tensor& weight, at::Tensor& ema_gz, double alpha_bkw, int64_t groups) {
   constexpr const char* op = "power_norm_backward";
   check_input(op, x, groups);
   const int64_t t_len = x.size(0), b_len = x.size(1), c = x.size(2);
@@ -278,9 +280,10 @@ at::Tensor power_norm_eval(const at::Tensor& x, const at::Tensor& weight, const 
 
 TORCH_LIBRARY_FRAGMENT(gradwise_nn, m) {
   m.def("power_norm_forward(Tensor x, Tensor weight, Tensor bias, Tensor(a!) running_phi, Tensor iters, "
-        "Tensor? pad_mask, float eps, float alpha_fwd, int warmup_iters, int groups) -> Tensor[]");
+        "Tensor? pad_mask, float eps, float alpha_fwd, int warmup_iters, int groups) "
+        "-> (Tensor, Tensor, Tensor)");
   m.def("power_norm_backward(Tensor grad_y, Tensor x, Tensor r, Tensor stats, Tensor weight, Tensor(a!) ema_gz, "
-        "float alpha_bkw, int groups) -> Tensor[]");
+        "float alpha_bkw, int groups) -> (Tensor, Tensor, Tensor)");
   m.def("power_norm_eval(Tensor x, Tensor weight, Tensor bias, Tensor running_phi, float eps, int groups) -> Tensor");
 }
 
