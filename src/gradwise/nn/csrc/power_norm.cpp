@@ -140,7 +140,7 @@ Three power_norm_forward(const at::Tensor& x, const at::Tensor& weight, const at
     TORCH_CHECK(pad_mask->dim() == 2 && pad_mask->size(0) == b_len && pad_mask->size(1) == t_len, op,
                 ": pad_mask must be (B, T) = (", b_len, ", ", t_len, "), got shape ", pad_mask->sizes());
   }
-  const int64_t n = t_len * b_len, g_num = groups, cg = c / groups;
+  const int64_t n = t_len * b_len, g_num = groups;
   auto y = at::empty_like(x);
   auto r = at::empty({n, g_num}, x.options());
   auto stats = at::empty({3, c}, x.options());
@@ -220,7 +220,7 @@ Three power_norm_backward(const at::Tensor& grad_y, const at::Tensor& x, const a
   check_dense(op, "grad_y", grad_y, dt);
   TORCH_CHECK(grad_y.sizes() == x.sizes(), op, ": grad_y must have x's shape ", x.sizes(), ", got ",
               grad_y.sizes());
-  const int64_t n = t_len * b_len, g_num = groups, cg = c / groups;
+  const int64_t n = t_len * b_len, g_num = groups;
   check_dense(op, "r", r, dt);
   TORCH_CHECK(r.dim() == 2 && r.size(0) == n && r.size(1) == g_num, op, ": r must be (T*B, groups) = (", n, ", ",
               g_num, "), got shape ", r.sizes());
@@ -264,12 +264,12 @@ at::Tensor power_norm_eval(const at::Tensor& x, const at::Tensor& weight, const 
                            const at::Tensor& running_phi, double eps, int64_t groups) {
   constexpr const char* op = "power_norm_eval";
   check_input(op, x, groups);
-  const int64_t t_len = x.size(0), b_len = x.size(1), c = x.size(2);
+  const int64_t c = x.size(2);
   const auto dt = x.scalar_type();
   check_channels(op, "weight", weight, dt, c);
   check_channels(op, "bias", bias, dt, c);
   check_channels(op, "running_phi", running_phi, dt, c);
-  const int64_t n = t_len * b_len, g_num = groups, cg = c / groups;
+  const int64_t g_num = groups;
   auto y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(dt, op, [&] { eval_impl<scalar_t>(x, weight, bias, running_phi, y, eps, g_num); });
   return y;
