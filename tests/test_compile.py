@@ -27,6 +27,7 @@ pytestmark = pytest.mark.numerics
 
 OPTIM_KERNELS = family("optim")
 LOSS_KERNELS = family("losses")
+NN_KERNELS = family("nn")
 
 
 @pytest.fixture(autouse=True)
@@ -149,6 +150,27 @@ def test_every_loss_kernel_passes_opcheck(dtype):
     torch.library.opcheck(ops.top_confidence_forward.default, (x,), test_utils=utils)
     torch.library.opcheck(ops.top_confidence_backward.default, (x, lse, pred, conf, torch.rand(7, dtype=dtype)),
                           test_utils=utils)
+
+
+@pytest.mark.skipif(not NN_KERNELS.available(), reason=f"nn kernels unavailable: {NN_KERNELS.error()}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_every_nn_kernel_passes_opcheck(dtype, masked):
+    g = torch.Generator().manual_seed(0)
+    t, b, c = 5, 3, 8
+    x = torch.randn(t, b, c, generator=g, dtype=dtype)
+    w, bias = torch.rand(c, generator=g, dtype=dtype) + 0.5, torch.randn(c, generator=g, dtype=dtype)
+    phi, ema = torch.rand(1, c, 1, 1, generator=g, dtype=dtype) + 0.5, torch.randn(1, c, 1, 1, generator=g, dtype=dtype)
+    iters = torch.tensor([3])
+    pad = (torch.rand(b, t, generator=g) < 0.3) if masked else None
+    ops = NN_KERNELS.ops()
+    utils = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    fwd = (x, w, bias, phi, iters, pad, 1e-5, 0.9, 2, 2)
+    torch.library.opcheck(ops.power_norm_forward.default, fwd, test_utils=utils)
+    _, r, stats = ops.power_norm_forward(*fwd)
+    bwd = (torch.randn(t, b, c, generator=g, dtype=dtype), x, r, stats, w, ema, 0.9, 2)
+    torch.library.opcheck(ops.power_norm_backward.default, bwd, test_utils=utils)
+    torch.library.opcheck(ops.power_norm_eval.default, (x, w, bias, phi, 1e-5, 2), test_utils=utils)
 
 
 # ---- losses inside a compiled training step -----------------------------------------------------------------------

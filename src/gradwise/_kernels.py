@@ -1,12 +1,12 @@
 """gradwise's native CPU kernels: one shared library per family, built at install.
 
 A family (``optim``: the optimizers' fused steps, ``losses``: row-wise loss
-kernels) is a folder ``<family>/csrc/``: one ``.cpp`` per kernel or small group
+kernels, ``nn``: layers' forward and backward) is a folder ``<family>/csrc/``: one ``.cpp`` per kernel or small group
 of kernels and a shared ``common.h`` (the tensor checks, the parallel and
 vectorized helpers). Every ``.cpp`` there is compiled into the family's library
 (found by glob: adding a kernel is adding a file); each registers its own
 operators with ``TORCH_LIBRARY_FRAGMENT`` under the family's namespace
-(``torch.ops.gradwise_fused``, ``torch.ops.gradwise_losses``), and the family's
+(``torch.ops.gradwise_fused``, ``torch.ops.gradwise_losses``, ``torch.ops.gradwise_nn``), and the family's
 ``_fakes.py`` gives their fake implementations for ``torch.compile`` (registered
 in Python once the library is loaded). Adding a family is one entry of
 :data:`FAMILIES`, a ``csrc/`` folder and a ``_fakes.py``.
@@ -254,6 +254,7 @@ class KernelFamily:
 FAMILIES: dict[str, KernelFamily] = {
     "optim": KernelFamily("optim", "gradwise_fused", "adamw_"),
     "losses": KernelFamily("losses", "gradwise_losses", "ldr_softplus"),
+    "nn": KernelFamily("nn", "gradwise_nn", "power_norm_forward"),
 }
 
 

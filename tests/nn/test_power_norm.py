@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradwise.nn import PowerNorm
+from gradwise._kernels import family
+from gradwise.nn import PowerNorm, power_norm
 from gradwise.registry import get
 from numerics import assert_close_to_stored
 
@@ -33,10 +34,17 @@ def _replay(case):
         yield "eval", dict(y=m(case["eval"]["x"], pad_mask=case["eval"]["pad_mask"]))
 
 
+@pytest.mark.parametrize("path", ["fused", "torch"])
 @pytest.mark.parametrize("case", GOLDEN["cases"], ids=[c["name"] for c in GOLDEN["cases"]])
-def test_matches_authors_mask_powernorm(case):
+def test_matches_authors_mask_powernorm(case, path, monkeypatch):
     """Every step's output, gradients and buffers, across the warm-up boundary, then eval mode. float64 within a
-    few ulps of the stored values; float32 within a loose relative tolerance (a chain of reductions)."""
+    few ulps of the stored values; float32 within a loose relative tolerance (a chain of reductions). Both the
+    kernels (nn/csrc/power_norm.cpp, where built) and the torch ops."""
+    if path == "fused":
+        if not family("nn").available():
+            pytest.skip(f"nn kernels unavailable: {family('nn').error()}")
+    else:
+        monkeypatch.setattr(power_norm, "_use_fused", lambda *args: False)
     f64 = case["dtype"] == torch.float64
     assert case["steps"]["x"].shape[0] > case["warmup_iters"] + 1  # the case does cross the boundary
     for s, ours in _replay(case):

@@ -89,6 +89,45 @@ class _PowerNormFn(torch.autograd.Function):
         return gx, grad_w, grad_b, None, None, None, None, None, None, None, None, None
 
 
+class _PowerNormFusedFn(torch.autograd.Function):
+    """:class:`_PowerNormFn` as two kernels (``nn/csrc/power_norm.cpp``): the forward reads ``x`` twice during
+    warm-up (once after it) and the backward reads ``x`` and ``dL/dy`` once. It saves ``x`` and the per-token
+    group scale instead of the scaled input and ``x^2``, and takes ``pad_mask`` (B, T) as it is."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_phi, ema_gz, iters, pad_mask, eps, afwd, abkw, warmup_iters, groups):
+        y, r, stats = torch.ops.gradwise_nn.power_norm_forward(x, weight, bias, running_phi, iters, pad_mask, eps,
+                                                               afwd, warmup_iters, groups)
+        ctx.save_for_backward(x, r, stats, weight)
+        ctx.ema_gz, ctx.abkw, ctx.groups = ema_gz, abkw, groups
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, r, stats, weight = ctx.saved_tensors
+        gx, grad_w, grad_b = torch.ops.gradwise_nn.power_norm_backward(gy.contiguous(), x, r, stats, weight,
+                                                                       ctx.ema_gz, ctx.abkw, ctx.groups)
+        return gx, grad_w, grad_b, None, None, None, None, None, None, None, None, None
+
+
+def _use_fused(x: Tensor, tensors: list[Tensor], iters: Tensor, pad_mask: Tensor | None) -> bool:
+    """Whether the kernels take this call: CPU float32/float64, every parameter and buffer of ``x``'s dtype on
+    the CPU and contiguous (the kernels check that and would raise), not while compiling (the torch path
+    traces, and the compiler fuses it)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t.device.type != "cpu" or t.dtype != x.dtype or not t.is_contiguous() for t in tensors):
+        return False
+    if iters.device.type != "cpu" or iters.dtype != torch.long or (pad_mask is not None and
+                                                                    pad_mask.device.type != "cpu"):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    from gradwise._kernels import family
+
+    return family("nn").available()
+
+
 @register(kind="module", paper="PowerNorm: Rethinking Batch Normalization in Transformers", year=2020,
           arxiv="2003.07845", code="https://github.com/sIncerass/powernorm/tree/9ea6226a3203d5d6fcee07a5c6dec38ec6bc5e9f",
           aliases=("powernorm", "mask_powernorm"),
@@ -151,15 +190,21 @@ class PowerNorm(nn.Module):
     a ``torch.where`` on ``iters`` instead of ``iters.item()`` (no host sync);
     the batch statistic is a masked sum instead of boolean indexing (no
     data-dependent shape); the three steps run in one autograd function whose
-    backward differentiates the group scaling by hand (fewer passes); the
+    backward differentiates the group scaling by hand (fewer passes: on CPU in
+    float32/float64 two kernels, ``nn/csrc/power_norm.cpp``); the
     unused ``affine`` and ``is_encoder`` arguments are dropped. Their group
-    scaling's eps is fixed at 1e-5 whatever ``eps`` is; so is ours. The
-    backward keeps ``x^2`` besides the scaled input (one more activation than
-    their autograd graph) so that it needs fewer passes over the data.
+    scaling's eps is fixed at 1e-5 whatever ``eps`` is; so is ours. The torch
+    path's backward keeps ``x^2`` besides the scaled input (one more activation
+    than their autograd graph) so that it needs fewer passes over the data.
 
-    Speed (``benchmarks/layer_step.py``, docs/benchmarks.md): pure torch ops,
-    2.35x ``nn.BatchNorm1d``'s fused kernel on the same tokens (T=128, B=32,
-    C=256, forward + backward, one CPU thread): over the 1.3x target.
+    Speed (``benchmarks/layer_step.py``, T=128, B=32, C=256, forward +
+    backward, one CPU thread): on CPU in float32/float64 the forward and the
+    backward are one kernel each (the forward reads ``x`` twice during
+    warm-up, once after; the backward reads ``x`` and ``dL/dy`` once), about
+    0.95x ``nn.BatchNorm1d`` on the same tokens, with or without ``pad_mask``
+    (target 1.3x). Elsewhere, under ``torch.compile`` and with ``GRADWISE_FUSED=0``
+    the torch ops run (2.35x BatchNorm1d on CPU). The kernels save ``x`` and
+    the per-token group scale rather than the scaled input and ``x^2``.
 
     Example::
 
@@ -196,16 +241,26 @@ class PowerNorm(nn.Module):
         if two_d:
             x = x.unsqueeze(0)
         t, b, c = x.shape
-        valid = None
-        if pad_mask is not None:
-            if pad_mask.dtype != torch.bool or pad_mask.shape != (b, t):
-                raise ValueError(f"Invalid pad_mask: {pad_mask.dtype} of shape {tuple(pad_mask.shape)} (accepted: "
-                                 f"torch.bool of shape (B, T) = ({b}, {t}), True at padding)")
-            valid = ~pad_mask.t()
+        if pad_mask is not None and (pad_mask.dtype != torch.bool or pad_mask.shape != (b, t)):
+            raise ValueError(f"Invalid pad_mask: {pad_mask.dtype} of shape {tuple(pad_mask.shape)} (accepted: "
+                             f"torch.bool of shape (B, T) = ({b}, {t}), True at padding)")
+        fused = _use_fused(x, [self.weight, self.bias, self.running_phi, self.ema_gz], self.iters, pad_mask)
         if self.training:
             self.iters.add_(1)
-            y = _PowerNormFn.apply(x, self.weight, self.bias, self.running_phi, self.ema_gz, self.iters, valid,
-                                   self.eps, self.alpha_fwd, self.alpha_bkw, self.warmup_iters, self.group_num)
+            if fused:
+                pad = None if pad_mask is None else pad_mask.contiguous()
+                y = _PowerNormFusedFn.apply(x.contiguous(), self.weight, self.bias, self.running_phi, self.ema_gz,
+                                            self.iters, pad, self.eps, self.alpha_fwd, self.alpha_bkw,
+                                            self.warmup_iters, self.group_num)
+            else:
+                valid = None if pad_mask is None else ~pad_mask.t()
+                y = _PowerNormFn.apply(x, self.weight, self.bias, self.running_phi, self.ema_gz, self.iters, valid,
+                                       self.eps, self.alpha_fwd, self.alpha_bkw, self.warmup_iters, self.group_num)
+        elif fused and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or
+                                                         self.bias.requires_grad)):
+            # eval without autograd (inference): one kernel pass; with autograd the torch ops below differentiate
+            y = torch.ops.gradwise_nn.power_norm_eval(x.contiguous(), self.weight, self.bias, self.running_phi,
+                                                      self.eps, self.group_num)
         else:
             g = self.group_num
             xg = x.reshape(t, b, g, c // g)
