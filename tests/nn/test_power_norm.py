@@ -146,21 +146,74 @@ def test_registered():
     assert rec.kind == "module" and rec.arxiv == "2003.07845" and "sIncerass/powernorm" in rec.code
 
 
-def test_compiles_and_matches_eager():
+@pytest.mark.parametrize("warmup", [2, 1, 0])
+def test_compiles_and_matches_eager(warmup):
+    # warmup 0 and 1: the first compiled call is already past warm-up (wrong weight grads and ema_gz were seen
+    # there when the training step was traced)
     torch._dynamo.reset()
     torch.manual_seed(3)
     x = torch.randn(4, 3, 8)
     pad = torch.zeros(3, 4, dtype=torch.bool)
     pad[2, 2:] = True
-    a, b = PowerNorm(8, warmup_iters=2), PowerNorm(8, warmup_iters=2)
+    a, b = PowerNorm(8, warmup_iters=warmup), PowerNorm(8, warmup_iters=warmup)
     fn = torch.compile(b, backend="aot_eager")
+    w = torch.randn(4, 3, 8)
     for _ in range(4):
         xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         ya, yb = a(xa, pad), fn(xb, pad)
-        ya.sum().backward()
-        yb.sum().backward()
+        (ya * w).sum().backward()
+        (yb * w).sum().backward()
         torch.testing.assert_close(yb, ya)
         torch.testing.assert_close(xb.grad, xa.grad)
+        torch.testing.assert_close(b.weight.grad, a.weight.grad)
+        torch.testing.assert_close(b.bias.grad, a.bias.grad)
     for k, v in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[k], v)
+    a.eval(), b.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fn(x, pad), a(x, pad))
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("path", ["fused", "torch"])
+def test_an_all_padding_batch_leaves_the_running_statistic_unchanged(path, monkeypatch):
+    if path == "torch":
+        monkeypatch.setattr(power_norm, "_use_fused", lambda *args: False)
+    norm = PowerNorm(8, warmup_iters=3)
+    norm(torch.randn(5, 2, 8)).sum().backward()
+    phi = norm.running_phi.clone()
+    for _ in range(4):  # inside warm-up and after it
+        x = torch.randn(5, 2, 8, requires_grad=True)
+        norm(x, pad_mask=torch.ones(2, 5, dtype=torch.bool)).sum().backward()
+        torch.testing.assert_close(norm.running_phi, phi, rtol=1e-6, atol=0)
+        assert torch.isfinite(x.grad).all() and torch.isfinite(norm.ema_gz).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_leaves_warmup_on_time(dtype):
+    # 10002 is not a float16/bfloat16 number: the step count must not be compared in the input's dtype
+    norm = PowerNorm(8).to(dtype)
+    norm.iters.fill_(10_001)
+    norm.running_phi.fill_(100.0)
+    y = norm(torch.randn(6, 4, 8, dtype=dtype))
+    assert y.dtype == dtype
+    assert float(y.detach().float().std()) < 0.3  # normalized by running_phi = 100, not by the batch statistic (std 1)
+
+
+def test_bad_dtype_empty_batch_and_double_backward_are_refused():
+    norm = PowerNorm(8)
+    with pytest.raises(ValueError, match=r"Invalid x: dtype torch.float16 \(accepted: the layer's dtype"):
+        norm(torch.randn(3, 2, 8, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"Invalid x: dtype torch.int64"):
+        norm(torch.ones(3, 2, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"Invalid x: shape \(0, 3, 8\) has no positions"):
+        norm(torch.randn(0, 3, 8))
+    assert torch.equal(norm.running_phi, torch.ones(1, 8, 1, 1)) and int(norm.iters) == 0  # untouched
+    for fused in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            if not fused:
+                mp.setattr(power_norm, "_use_fused", lambda *args: False)
+            x = torch.randn(3, 2, 8, requires_grad=True)
+            (g,) = torch.autograd.grad(norm(x).pow(2).sum(), x, create_graph=True)
+            with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+                g.sum().backward()

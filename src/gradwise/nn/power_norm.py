@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from gradwise._validate import check_int, check_positive, check_unit
 from gradwise.registry import register
@@ -31,6 +32,7 @@ class _PowerNormFn(torch.autograd.Function):
         r = inv.sqrt()
         # sums of the scaled inputs' squares xs^2 = x^2 * inv, over the valid tokens (the batch statistic) and
         # over all tokens (for the backward pass), in one pass over x^2
+        phi = running_phi.reshape(c)
         if valid is None:
             sums = torch.einsum("ngk,ng->gk", x2, inv)
             var = (sums / n).reshape(c)
@@ -38,11 +40,13 @@ class _PowerNormFn(torch.autograd.Function):
         else:
             v = valid.reshape(n, 1).to(x.dtype)
             sums = torch.einsum("ngk,ngj->gjk", x2, torch.stack((inv * v, inv), -1))
-            var = (sums[:, 0] / v.sum()).reshape(c)
+            count = v.sum()
+            # a batch with no valid position has no statistic: it takes running_phi's (which then stays
+            # unchanged) instead of the authors' 0 / 0 = nan, which would poison running_phi for good
+            var = torch.where(count > 0, sums[:, 0].reshape(c) / count.clamp(min=1), phi.to(x.dtype))
             sq_all = sums[:, 1].reshape(c)
         xs = (xg * r.unsqueeze(-1)).reshape(t, b, c)
-        phi = running_phi.reshape(c)
-        it = iters.to(x.dtype)
+        it = iters.to(torch.float64)  # a step count: float16/bfloat16 cannot hold 10001
         used = torch.where(it <= warmup_iters, var, phi.to(x.dtype))        # batch statistic during warm-up
         s = torch.rsqrt(used + eps)
         with torch.no_grad():
@@ -55,6 +59,7 @@ class _PowerNormFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the approximate backward has no derivative of its own
     def backward(ctx, gy):
         # written to allocate few (N, C) tensors: on CPU each fresh one costs more than a read pass
         xs, x2, inv, weight, s, sv, sq_all = ctx.saved_tensors
@@ -103,6 +108,7 @@ class _PowerNormFusedFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy):
         x, r, stats, weight = ctx.saved_tensors
         gx, grad_w, grad_b = torch.ops.gradwise_nn.power_norm_backward(gy.contiguous(), x, r, stats, weight,
@@ -196,14 +202,21 @@ class PowerNorm(nn.Module):
     scaling's eps is fixed at 1e-5 whatever ``eps`` is; so is ours. The torch
     path's backward keeps ``x^2`` besides the scaled input (one more activation
     than their autograd graph) so that it needs fewer passes over the data.
+    A batch whose positions are all padding has no statistic: it uses
+    ``running_phi`` and leaves it unchanged (theirs divides 0 by 0 and fills
+    ``running_phi`` with NaN for good). The backward is not differentiable
+    again (``once_differentiable``: double backward raises). Under
+    ``torch.compile`` the training step runs eagerly (a graph break): it
+    updates buffers inside an autograd function, which compiled graphs did
+    not reproduce; eval mode compiles.
 
     Speed (``benchmarks/layer_step.py``, T=128, B=32, C=256, forward +
     backward, one CPU thread): on CPU in float32/float64 the forward and the
     backward are one kernel each (the forward reads ``x`` twice during
     warm-up, once after; the backward reads ``x`` and ``dL/dy`` once), about
     0.95x ``nn.BatchNorm1d`` on the same tokens, with or without ``pad_mask``
-    (target 1.3x). Elsewhere, under ``torch.compile`` and with ``GRADWISE_FUSED=0``
-    the torch ops run (2.35x BatchNorm1d on CPU). The kernels save ``x`` and
+    (target 1.3x). Elsewhere and with ``GRADWISE_FUSED=0`` the torch ops run
+    (2.35x BatchNorm1d on CPU). The kernels save ``x`` and
     the per-token group scale rather than the scaled input and ``x^2``.
 
     Example::
@@ -233,30 +246,42 @@ class PowerNorm(nn.Module):
         return (f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "
                 f"warmup_iters={self.warmup_iters}, group_num={self.group_num}")
 
+    def _train_step(self, x: Tensor, pad_mask: Tensor | None) -> Tensor:
+        self.iters.add_(1)
+        if _use_fused(x, [self.weight, self.bias, self.running_phi, self.ema_gz], self.iters, pad_mask):
+            pad = None if pad_mask is None else pad_mask.contiguous()
+            return _PowerNormFusedFn.apply(x.contiguous(), self.weight, self.bias, self.running_phi, self.ema_gz,
+                                           self.iters, pad, self.eps, self.alpha_fwd, self.alpha_bkw,
+                                           self.warmup_iters, self.group_num)
+        valid = None if pad_mask is None else ~pad_mask.t()
+        return _PowerNormFn.apply(x, self.weight, self.bias, self.running_phi, self.ema_gz, self.iters, valid,
+                                  self.eps, self.alpha_fwd, self.alpha_bkw, self.warmup_iters, self.group_num)
+
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         two_d = x.dim() == 2
         if x.dim() not in (2, 3) or x.shape[-1] != self.num_features:
             raise ValueError(f"Invalid x: shape {tuple(x.shape)} (accepted: (T, B, {self.num_features}) or "
                              f"(B, {self.num_features}))")
+        if x.dtype != self.weight.dtype:
+            raise ValueError(f"Invalid x: dtype {x.dtype} (accepted: the layer's dtype, {self.weight.dtype}; convert "
+                             "the layer with .to(dtype))")
         if two_d:
             x = x.unsqueeze(0)
         t, b, c = x.shape
+        if t * b == 0:
+            raise ValueError(f"Invalid x: shape {tuple(x.shape)} has no positions (accepted: T >= 1 and B >= 1)")
         if pad_mask is not None and (pad_mask.dtype != torch.bool or pad_mask.shape != (b, t)):
             raise ValueError(f"Invalid pad_mask: {pad_mask.dtype} of shape {tuple(pad_mask.shape)} (accepted: "
                              f"torch.bool of shape (B, T) = ({b}, {t}), True at padding)")
-        fused = _use_fused(x, [self.weight, self.bias, self.running_phi, self.ema_gz], self.iters, pad_mask)
-        if self.training:
-            self.iters.add_(1)
-            if fused:
-                pad = None if pad_mask is None else pad_mask.contiguous()
-                y = _PowerNormFusedFn.apply(x.contiguous(), self.weight, self.bias, self.running_phi, self.ema_gz,
-                                            self.iters, pad, self.eps, self.alpha_fwd, self.alpha_bkw,
-                                            self.warmup_iters, self.group_num)
-            else:
-                valid = None if pad_mask is None else ~pad_mask.t()
-                y = _PowerNormFn.apply(x, self.weight, self.bias, self.running_phi, self.ema_gz, self.iters, valid,
-                                       self.eps, self.alpha_fwd, self.alpha_bkw, self.warmup_iters, self.group_num)
-        elif fused and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or
+        if self.training and torch.compiler.is_compiling():
+            # Eager under torch.compile: the step updates buffers inside an autograd function (running_phi in
+            # its forward, ema_gz in its backward), which compiled graphs did not reproduce (wrong weight grads
+            # and ema_gz past warm-up); a graph break keeps it exact. (Wrapped here, not as a decorator: that
+            # would import torch._dynamo, 2 s, with gradwise.nn.)
+            y = torch.compiler.disable(self._train_step)(x, pad_mask)
+        elif self.training:
+            y = self._train_step(x, pad_mask)
+        elif _use_fused(x, [self.weight, self.bias, self.running_phi, self.ema_gz], self.iters, pad_mask) and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or
                                                          self.bias.requires_grad)):
             # eval without autograd (inference): one kernel pass; with autograd the torch ops below differentiate
             y = torch.ops.gradwise_nn.power_norm_eval(x.contiguous(), self.weight, self.bias, self.running_phi,

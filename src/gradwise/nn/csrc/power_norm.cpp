@@ -2,7 +2,7 @@
 // x of shape (T, B, C) seen as N = T*B contiguous rows of C channels in G groups of cg = C / G.
 //
 //   r      = (mean_{group} x^2 + 1e-5)^-1/2 per row and group        xs = x r
-//   var_c  = sum_{valid rows} xs_c^2 / #valid                        (pad_mask: (B, T), True at padding)
+//   var_c  = sum_{valid rows} xs_c^2 / #valid, running_phi_c if none (pad_mask: (B, T), True at padding)
 //   s      = rsqrt((iters <= warmup ? var : running_phi) + eps)        y = bias + xs (s weight)
 //   backward (k = 1 - alpha_bkw, sv = rsqrt(var + eps), ema = ema_gz before this step):
 //   u      = gy weight sv - xs k ema s sv                            gx = r (u - xs mean_{group}(u xs))
@@ -95,7 +95,9 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   }
   const T tc = T(count), ti = T(it), a = T(alpha_fwd), a1 = T(1 - alpha_fwd);
   for (int64_t k = 0; k < c; ++k) {
-    const T var = T(valid_sum[k]) / tc;  // 0 / 0 = nan when every position is padding, as in torch
+    // a batch with no valid position has no statistic: it takes running_phi's (which then stays unchanged)
+    // instead of the authors' 0 / 0 = nan, which would poison running_phi for good
+    const T var = count ? T(valid_sum[k]) / tc : phi[k];
     const T used = it <= warmup_iters ? var : phi[k];
     sp[k] = T(1) / std::sqrt(used + T(eps));
     sp[c + k] = T(1) / std::sqrt(var + T(eps));
