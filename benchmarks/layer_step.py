@@ -178,7 +178,7 @@ ROWS: list[Row] = [
     Row('TransformerBlock(norm="pre")', "nn.TransformerEncoderLayer(norm_first=True)", transformer_block("pre")),
     Row('LongSkipScaling(mode="cs"), one skip', "x * constant", long_skip_scaling("cs")),
     Row('LongSkipScaling(mode="ls"), one skip', "x * constant", long_skip_scaling("ls"), like_for_like=False),
-    Row("MIPHyperNet (cos|sin, additive)", "plain MLP hypernetwork", mip_hypernet),
+    Row("MIPHyperNet (cos-sin encoding, additive)", "plain MLP hypernetwork", mip_hypernet),
     Row("OutputScale(center=False)", "the bare MLP", output_scale(False)),
     Row("OutputScale(center=True)", "the bare MLP", output_scale(True), like_for_like=False),
 ]
