@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradwise._validate import check_bool, check_int
+from gradwise.metrics._hf_attention import HFAttentionTap, hf_attention_layers, hf_max_logit
 from gradwise.registry import register
 
 __all__ = ["AttentionLogitMonitor", "attention_logits"]
@@ -92,7 +93,29 @@ class AttentionLogitMonitor:
       its per-head queries and keys [B, H, L, d_h] before the ``1/sqrt(d_h)``
       scale, as :class:`gradwise.nn.QKNormAttention` does (there: after the
       layernorms). This is duck typing, so metrics need not import ``nn``;
-      a Hugging Face or custom attention joins by growing such a method.
+      a custom attention joins by growing such a method; or
+    * a Hugging Face transformers attention layer (tested on transformers
+      5.25 with Llama, GQA and RoPE included, and GPT-2): a module with a
+      ``config`` whose ``forward`` dispatches through
+      ``ALL_ATTENTION_FUNCTIONS``, named by its module path (e.g.
+      ``model.layers.0.self_attn``). For as long as the monitor is open, the
+      layers' configs point ``_attn_implementation`` at a wrapper registered
+      with ``AttentionInterface`` (and ``AttentionMaskInterface``, with the
+      original's mask function) as ``"gradwise_logit_monitor:<original>"``;
+      it reads the call's ``query``/``key`` (after RoPE and any cache, key
+      heads repeated per query head for GQA) and ``scaling``, then calls the
+      original implementation with the same arguments, so outputs and
+      gradients are bit-identical. The maximum is over the keys the mask HF
+      passes allows (bool True; additive float above ``finfo.min / 2``; no
+      mask: causal under sdpa when ``is_causal``, all keys under eager).
+      :meth:`close` restores each config's implementation. Supported
+      implementations: ``"eager"`` and ``"sdpa"`` (others raise ValueError:
+      flash attention's packed/2D masks and flex attention's BlockMasks are
+      not read). Caveats: code that compares ``config._attn_implementation``
+      to a name sees the private one while open (e.g. GPT-2's eager
+      ``reorder_and_upcast_attn`` path then runs the plain eager function);
+      gradient checkpointing re-runs attention in backward, which counts as
+      calls; transformers is only imported by a model that already has it.
 
     The hook binds the call's arguments to the layer's ``forward`` signature,
     so positional and keyword calls both work; logits where the call's
@@ -106,10 +129,10 @@ class AttentionLogitMonitor:
     Caveat: ``nn.TransformerEncoderLayer``'s inference fast path (eval mode,
     no grad) bypasses ``self_attn.forward`` and so its hooks.
 
-    Attributes: ``history`` (name -> list of recorded maxima, one per
+    Attributes (the same for every kind of layer): ``history`` (name -> list of recorded maxima, one per
     recorded call), ``latest`` (name -> last value), :meth:`max` (the
     largest latest value), :meth:`reset`, :meth:`close` (removes every
-    hook; also on leaving a ``with`` block).
+    hook and restores the HF configs; also on leaving a ``with`` block).
 
     Example::
 
@@ -128,15 +151,29 @@ class AttentionLogitMonitor:
         self.history: dict[str, list[float]] = {}
         self._calls: dict[str, int] = {}
         self._handles = []
+        hf_layers = hf_attention_layers(model)
+        if hf_layers:  # first: its checks may raise, with nothing hooked yet
+            names = {id(m): name for name, m in hf_layers}
+            self._handles.append(HFAttentionTap(hf_layers, lambda module, *call: self._hf_record(names[id(module)],
+                                                                                              module, *call)))
+            for name, _ in hf_layers:
+                self._track(name)
+        hf_modules = set(names) if hf_layers else set()
         for name, module in model.named_modules():
+            if id(module) in hf_modules:
+                continue
             if isinstance(module, nn.MultiheadAttention) or callable(getattr(module, "project_qk", None)):
                 name = name or type(module).__name__
-                self.history[name] = []
-                self._calls[name] = 0
+                self._track(name)
                 self._handles.append(module.register_forward_pre_hook(self._hook(name), with_kwargs=True))
         if not self._handles:
-            raise ValueError(f"Invalid model: {type(model).__name__} has no nn.MultiheadAttention and no module "
-                             "with a project_qk(query, key) method (accepted: a model with attention layers)")
+            raise ValueError(f"Invalid model: {type(model).__name__} has no nn.MultiheadAttention, no module "
+                             "with a project_qk(query, key) method and no Hugging Face transformers attention "
+                             "(accepted: a model with attention layers)")
+
+    def _track(self, name: str) -> None:
+        self.history[name] = []
+        self._calls[name] = 0
 
     @property
     def latest(self) -> dict[str, float]:
@@ -163,12 +200,20 @@ class AttentionLogitMonitor:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _due(self, name: str) -> bool:
+        self._calls[name] += 1
+        return not (self._calls[name] - 1) % self.every
+
+    def _hf_record(self, name: str, module: nn.Module, query: Tensor, key: Tensor, mask: Any, kwargs: dict,
+                   implementation: str) -> None:
+        if self._due(name):
+            self.history[name].append(hf_max_logit(query, key, mask, kwargs, implementation, module,
+                                                   self.use_masks))
+
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            self._calls[name] += 1
-            if (self._calls[name] - 1) % self.every:
-                return
-            self.history[name].append(self._measure(module, args, kwargs))
+            if self._due(name):
+                self.history[name].append(self._measure(module, args, kwargs))
         return hook
 
     def _measure(self, module: nn.Module, args: tuple, kwargs: dict) -> float:
