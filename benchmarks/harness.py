@@ -380,6 +380,19 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write all results as JSON")
 
 
+# glibc serves each multi-MB tensor from a fresh mmap and unmaps it on free, so every step pays thousands of
+# page faults per tensor, and how many depends on what ran before (glibc adapts its threshold): ratios then
+# swing by 2x between runs. Keeping freed memory in the heap, as PyTorch's caching allocators do on GPU,
+# removes that noise for every candidate and peer alike.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+
+
+def reexec_with_malloc_env() -> None:
+    """Re-run this script with :data:`MALLOC_ENV` set (Linux, once: a no-op when it is already set)."""
+    if sys.platform.startswith("linux") and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+
 def apply_threads(threads: int | None) -> None:
     """``torch.set_num_threads(threads)`` when given."""
     if threads is not None:

@@ -16,7 +16,6 @@ A new layer is one ``Row`` in ``ROWS`` (and, if its peer is new, one entry in ``
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -270,14 +269,9 @@ def to_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# As loss_step.py: glibc would serve each multi-MB activation from a fresh mmap, and page faults would then
-# dominate and swing the timings; keeping freed memory in the heap treats every layer and peer alike.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
-
-
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.platform.startswith("linux") and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    if argv is None:
+        harness.reexec_with_malloc_env()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     d = Shape()
     p.add_argument("--t", type=int, default=d.t)

@@ -14,7 +14,6 @@ its ratio to the median of ``F.cross_entropy``. Target: ratio <= 1.5
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -101,22 +100,9 @@ def to_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# glibc serves each 16 MB tensor from a fresh mmap and unmaps it on free, so
-# every step pays ~4k page faults per tensor, and how many depends on what ran
-# before (glibc adapts its threshold): ratios then swing by 2x between runs.
-# Keeping freed memory in the heap, as PyTorch's caching allocators do on GPU,
-# removes that noise for every loss alike, F.cross_entropy included.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
-
-
-def _reexec_with_malloc_env() -> None:
-    if sys.platform.startswith("linux") and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
-
-
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
-        _reexec_with_malloc_env()
+        harness.reexec_with_malloc_env()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--c", type=int, default=1000)
