@@ -2,7 +2,8 @@ r"""The loss-curve law with learning-rate annealing of Tissue, Wang and Wang (ar
 
 Paper: Howe Tissue, Venus Wang, Lu Wang, "Scaling Law with Learning Rate Annealing", arXiv 2408.11029.
 
-The law (abstract and §3, "Theory") predicts the validation loss at every step ``s`` of a run from its
+The law (as the paper's abstract and the ICLR 2025 review page state it, and as gradwise's issue 11
+spells out S1 and S2; the paper's method section could not be read here) predicts the validation loss at every step ``s`` of a run from its
 learning-rate schedule alone::
 
     L(s) = L0 + A * S1(s) ** (-alpha) - C * S2(s)
@@ -10,9 +11,9 @@ learning-rate schedule alone::
     S1(s) = sum_{i=1..s} eta_i                                  (forward area: area under the LR curve)
     S2(s) = sum_{i=1..s} m_i,   m_i = lam * m_{i-1} + (eta_{i-1} - eta_i)   (annealing area, momentum form)
 
-``lam`` is the momentum's decay factor (0.999 by default here, the value the paper recommends; its
-range of use is 0.99 to 0.999). Once ``(L0, A, alpha, C)`` are fitted on one or two curves (the paper
-fits a constant and a cosine run) the law predicts the curve of any other schedule (WSD, multi-step,
+``lam`` is the momentum's decay factor (0.999 by default here, as the issue gives it; the value the
+paper recommends is not verified against its text). Once ``(L0, A, alpha, C)`` are fitted on one or
+two curves the law predicts the curve of any other schedule (WSD, multi-step,
 re-warmup) with the same model, data, batch size and peak LR.
 
 Departures (see :class:`AnnealingLaw`): the ``eta_0`` of the first step is ``lrs[0]`` unless
@@ -103,15 +104,15 @@ def _steps_index(steps: Any, n: int) -> np.ndarray:
           summary="LR-annealing loss law L(s) = L0 + A*S1^-alpha - C*S2 (forward area, momentum annealing "
                   "area): fit on one or two curves, predict the loss curve of any LR schedule")
 class AnnealingLaw:
-    r"""Fit and apply ``L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s)`` (Tissue et al. 2024, arXiv 2408.11029, §3).
+    r"""Fit and apply ``L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s)`` (Tissue et al. 2024, arXiv 2408.11029).
 
     ``S1`` and ``S2`` are :func:`annealing_areas` of the schedule (decay factor ``decay``, 0.999 by
     default). :meth:`fit` takes one or more curves ``(lrs, steps, losses)`` (``lrs`` the full per-step
     schedule from step 1, ``steps`` the 1-based steps where ``losses`` were measured) and fits the four
     parameters jointly on all of them; :meth:`predict` returns the predicted loss curve of any schedule.
 
-    Fit: as the paper (following Chinchilla's fitting), a Huber loss (``huber_delta``, 1e-3 by
-    default) on the residuals ``log(predicted) - log(observed)``, minimized with
+    Fit: as the issue describes the paper's (unverified against its text: δ is this library's choice),
+    a Huber loss (``huber_delta``, 1e-3 by default) on the residuals ``log(predicted) - log(observed)``, minimized with
     ``scipy.optimize.minimize(method="L-BFGS-B")`` under bounds (``L0, A, C >= 0``, ``0 < alpha <= 5``)
     from several starts; the best end point wins. The starts here are a grid of ``alpha`` values, each
     completed by the linear least-squares fit of ``(L0, A, C)`` at that ``alpha`` (the law is linear in
