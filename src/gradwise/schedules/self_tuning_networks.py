@@ -211,20 +211,23 @@ class StnHyperparameters(nn.Module):
         return out
 
 
-def _batches(source: Iterable[Any]) -> Iterator[Any]:
+def _batches(source: Iterable[Any], name: str) -> Iterator[Any]:
     """Batches from ``source``, starting over when a re-iterable source (a list, a DataLoader) runs out."""
     if not isinstance(source, Iterable):
-        raise TypeError(f"Invalid data: {type(source).__name__} (accepted: an iterable of (inputs, targets))")
+        raise TypeError(f"Invalid {name}: {type(source).__name__} (accepted: an iterable of (inputs, targets))")
     if iter(source) is source:  # an iterator: it ends when it ends
-        yield from source
-        return
+        return source
+    return _restarting(source, name)
+
+
+def _restarting(source: Iterable[Any], name: str) -> Iterator[Any]:
     while True:
         empty = True
         for batch in source:
             empty = False
             yield batch
         if empty:
-            raise ValueError("Invalid data: the iterable yields no batch")
+            raise ValueError(f"Invalid {name}: the iterable yields no batch")
 
 
 @register(kind="schedule", paper=PAPER, year=2019, arxiv="1903.03088", code=CODE,
@@ -296,7 +299,8 @@ class SelfTuningTrainer:
         if augment is not None and not callable(augment):
             raise TypeError(f"Invalid augment: {augment!r} (accepted: a callable (x, hvalues) -> x, or None)")
         self.loss_fn, self.augment = loss_fn, augment
-        self._train_batches, self._val_batches = _batches(train_data), _batches(val_data)
+        self._train_batches = _batches(train_data, "train_data")
+        self._val_batches = _batches(val_data, "val_data")
         self.train_steps_done = 0
         self.valid_steps_done = 0
         self.schedule: list[dict[str, float]] = []
