@@ -229,6 +229,8 @@ def test_bad_arguments_raise():
         SelfTuningTrainer(model, hp, data, data, torch.optim.SGD([hp.htensor], lr=0.1))
     with pytest.raises(ValueError, match="train_steps"):
         SelfTuningTrainer(model, hp, data, data, opt, train_steps=0)
+    with pytest.raises(ValueError, match="scale_optimizer"):
+        SelfTuningTrainer(model, hp, data, data, opt, scale_optimizer=torch.optim.Adam([hp.hscale]))
     with pytest.raises(ValueError, match="entropy_weight"):
         SelfTuningTrainer(model, hp, data, data, opt, entropy_weight=-1.0)
     with pytest.raises(TypeError, match="train_data"):
@@ -238,8 +240,8 @@ def test_bad_arguments_raise():
 
 
 def test_on_digits_the_validation_loss_falls_and_the_dropout_rate_rises():
-    """A 64-64-10 STN MLP on 300 digits (it overfits): the tuned dropout rate climbs from 0.05, as the paper
-    reports for small training sets, and the validation loss falls; one schedule entry per hyperparameter step."""
+    """A 64-64-10 STN MLP on 300 digits (it overfits them): the validation loss falls, the tuned dropout rate
+    climbs from 0.05, and the schedule has one entry per hyperparameter step."""
     from sklearn.datasets import load_digits
 
     torch.set_num_threads(1)

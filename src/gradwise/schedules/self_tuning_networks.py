@@ -243,7 +243,7 @@ class SelfTuningTrainer:
     ``train_data`` / ``val_data``: iterables of ``(inputs, targets)`` (a list or DataLoader starts over when it
     runs out; an iterator ends the run). ``optimizer``: the elementary optimizer, over ``model``'s parameters
     (theirs: SGD, lr 0.01, momentum 0.9). ``hyper_optimizer``: over ``hparams.htensor`` (default theirs, Adam lr
-    3e-3); ``scale_optimizer``: over ``hparams.hscale``, used when ``tune_scales`` (default Adam lr 3e-3).
+    3e-3); ``scale_optimizer``: over ``hparams.hscale``, only with ``tune_scales=True`` (default Adam lr 3e-3).
     ``entropy_weight``: ``tau`` (theirs 1e-5). ``loss_fn(outputs, targets)``: both losses (cross-entropy).
     ``augment(x, hvalues)``: hyperparameter-driven augmentation, applied to training batches only.
 
@@ -288,6 +288,9 @@ class SelfTuningTrainer:
         self.model, self.hparams, self.optimizer = model, hparams, optimizer
         self.tune_scales = check_bool("tune_scales", tune_scales)
         self.hyper_optimizer = hyper_optimizer or torch.optim.Adam([hparams.htensor], lr=3e-3)
+        if scale_optimizer is not None and not tune_scales:
+            raise ValueError("Invalid scale_optimizer: given with tune_scales=False (accepted: None, or an "
+                             "optimizer over hparams.hscale with tune_scales=True)")
         self.scale_optimizer = scale_optimizer
         if tune_scales and scale_optimizer is None:
             self.scale_optimizer = torch.optim.Adam([hparams.hscale], lr=3e-3)
