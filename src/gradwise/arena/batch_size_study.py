@@ -98,11 +98,12 @@ def run_one(cfg: Config, task: Any, method: str, seed: int) -> dict[str, Any]:
     train_s = 0.0
     next_eval = n
     curve: list[tuple[int, int, float, int, float]] = []   # (samples, iterations, train s, batch, test acc)
-    batches: list[tuple[int, int]] = []  # (samples before the step, the controller's size after it)
+    batches: list[tuple[int, int]] = []  # (samples before the step, the batch size it drew: the last may be cut)
     while seen < budget:
         for idx in sampler:
             if seen >= budget:
                 break
+            batches.append((seen, ctrl.batch_size))
             t0 = time.perf_counter()
             x, y = task.x_train[idx], task.y_train[idx]
             loss = F.cross_entropy(model(x), y)
@@ -114,7 +115,6 @@ def run_one(cfg: Config, task: Any, method: str, seed: int) -> dict[str, Any]:
             else:
                 ctrl.update()
             train_s += time.perf_counter() - t0
-            batches.append((seen, ctrl.batch_size))
             seen += len(idx)
             steps += 1
             if seen >= next_eval or seen >= budget:
