@@ -61,6 +61,20 @@ def test_interval_and_model_path():
         ctrl.update()
 
 
+def test_a_one_sample_batch_skips_the_due_test_and_counts_the_iteration():
+    """The remainder of an epoch can be one sample: no variance, so no test (the size is kept), by both paths."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    x, y = torch.randn(1, 3, dtype=torch.float64), torch.randint(0, 2, (1,))
+    ctrl = AdaptiveBatchSize("norm", 0.05, initial=4, max_batch_size=100)
+    assert ctrl.update(model=model, loss_fn=nn.functional.cross_entropy, inputs=x, targets=y) == 4
+    assert ctrl.steps == 1 and ctrl.last_suggestion is None
+    assert ctrl.update(_noisy_grads(1, 1.0)) == 4 and ctrl.steps == 2
+    # the next two-sample batch is tested again
+    assert ctrl.update(_noisy_grads(2, 1.0)) == min(100, max(4, math.ceil(norm_test(_noisy_grads(2, 1.0), 0.05))))
+    assert ctrl.last_suggestion is not None
+
+
 def test_state_dict_round_trip():
     ctrl = AdaptiveBatchSize("norm", 0.1, initial=8, max_batch_size=1000, test_interval=2)
     ctrl.update(_noisy_grads(8, 2.0))

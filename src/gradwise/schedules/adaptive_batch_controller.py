@@ -45,6 +45,13 @@ __all__ = ["AdaptiveBatchSize", "GrowingBatchSampler", "accumulation_chunks"]
 TESTS = ("norm", "inner_product", "orthogonality", "augmented")
 
 
+def _batch_of(grads: Sequence[Tensor] | Mapping[str, Tensor]) -> int:
+    """The batch dimension of the first per-sample gradient (2 when it cannot be read: the test then says why)."""
+    items = list(grads.values()) if isinstance(grads, Mapping) else list(grads) if isinstance(grads, Sequence) else []
+    first = items[0] if items else None
+    return int(first.shape[0]) if isinstance(first, Tensor) and first.dim() >= 1 else 2
+
+
 class AdaptiveBatchSize:
     r"""AdAdaGrad's batch-size controller: a test on per-sample gradients says how large the next batch is.
 
@@ -115,6 +122,8 @@ class AdaptiveBatchSize:
 
         Give either ``grads`` (per-sample gradients, ``[B, *param_shape]`` tensors) or ``model``, ``loss_fn``,
         ``inputs`` and ``targets``; neither is needed when the call is not due (and both are ignored then).
+        A batch of one sample (the remainder at the end of an epoch) has no sample variance: the due test is
+        skipped and the size kept (the call still counts as an iteration).
         """
         model_args = (model, loss_fn, inputs, targets)
         if grads is not None and any(a is not None for a in model_args):
@@ -127,7 +136,11 @@ class AdaptiveBatchSize:
             if any(a is None for a in model_args):
                 raise ValueError("Invalid arguments: the test is due, so give grads (per-sample gradients) or "
                                  "all of model, loss_fn, inputs and targets")
+            if isinstance(inputs, Tensor) and inputs.dim() >= 1 and inputs.shape[0] < 2:
+                return self.batch_size  # one sample has no variance: the test is skipped (see update's docstring)
             grads = per_sample_grads(model, loss_fn, inputs, targets)
+        elif _batch_of(grads) < 2:
+            return self.batch_size
         suggestion = self.suggest(grads)
         self.last_suggestion = suggestion
         self.batch_size = min(self.max_batch_size, max(self.batch_size, math.ceil(suggestion)))
