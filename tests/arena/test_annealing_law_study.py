@@ -16,7 +16,7 @@ from gradwise.cli import main
 from gradwise.schedules import AnnealingLaw
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TINY = ["--steps", "80", "--eval-every", "4", "--warmup-steps", "8", "--d-model", "16", "--n-layers", "1"]
+TINY = ["--seeds", "1", "--steps", "80", "--eval-every", "4", "--warmup-steps", "8", "--d-model", "16", "--n-layers", "1"]
 
 
 def test_schedules_share_the_warmup_and_differ_as_named():
@@ -123,11 +123,18 @@ def test_study_is_registered_with_its_smoke_line():
 
 
 @pytest.mark.slow
-def test_default_run_fits_its_own_curves_closely(tmp_path):
-    """At the defaults (what docs/study_annealing_law.md reports): in-sample fits within 2% MAPE."""
+def test_default_run_headline(tmp_path):
+    """At the defaults (what docs/study_annealing_law.md reports), per seed: the law fits the curves it saw
+    within 5% MAPE, the two-curve fit orders the four final losses as measured and predicts the unseen
+    schedules better than the one-curve fit."""
+    torch.set_num_threads(1)
     out = tmp_path / "run"
     assert main(["arena", "annealing-law", "--out", str(out)]) == 0
-    (row,) = json.loads((out / "results.json").read_text())["runs"]
-    for fit, fit_on in FITS.items():
-        for s in fit_on:
-            assert row[f"mape_{fit}_{s}"] < 2.0
+    rows = json.loads((out / "results.json").read_text())["runs"]
+    assert len(rows) == CONFIG.seeds
+    for row in rows:
+        for fit, fit_on in FITS.items():
+            for s in fit_on:
+                assert row[f"mape_{fit}_{s}"] < 5.0
+        assert row["pairs_2"] == 6
+        assert row["mape_2_unseen"] < row["mape_1_unseen"]

@@ -69,7 +69,7 @@ class Config:
                                     below=1.0)
     wsd_decay_fraction: float = option(0.2, "WSD's linear decay: the last fraction of the steps", at_least=0.01,
                                        below=1.0)
-    step_factor: float = option(0.316, "the step schedule multiplies the LR by this at 50%% and 75%% of the steps",
+    step_factor: float = option(0.316, "the step schedule multiplies the LR by this at 50% and 75% of the steps",
                                 at_least=1e-6, below=1.0)
     decay: float = option(0.999, "the annealing law's momentum decay lambda of S2", at_least=0.0, below=1.0)
     d_model: int = option(32, "model width", at_least=4)
@@ -295,7 +295,7 @@ def _ci(s: dict[str, Any], key: str, fmt: str) -> str:
     mean, ci = s[key + "_mean"], s.get(key + "_ci")
     if ci is None or not math.isfinite(ci):
         return _fmt(mean, fmt)
-    return f"{_fmt(mean, fmt)} ± {_fmt(ci, fmt)}"
+    return f"{_fmt(mean, fmt)} ± {_fmt(ci, fmt.lstrip('+'))}"
 
 
 _COLUMNS = ("law", "fitted on", "schedule", "final loss", "predicted", "MAPE %", "max |err|", "final err",
