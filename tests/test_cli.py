@@ -383,6 +383,14 @@ _BAD_BY_OPTION = {
     ("powernorm", "--batch-size"): ["1", "0", "x", "2.5"],
     ("powernorm", "--warmup"): ["-1", "x", "0.5"],
     ("powernorm", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("annealing-law", "--laws"): ["nope", "annealing,nope"],
+    ("annealing-law", "--steps"): ["9", "0", "x", "2.5"],
+    ("annealing-law", "--peak-lr"): ["0", "-1", "nan", "inf", "x"],
+    ("annealing-law", "--min-lr-fraction"): ["-0.1", "1", "nan", "x"],
+    ("annealing-law", "--wsd-decay-fraction"): ["0", "1", "nan", "x"],
+    ("annealing-law", "--step-factor"): ["0", "1", "2", "nan", "x"],
+    ("annealing-law", "--decay"): ["-0.1", "1", "nan", "x"],
+    ("annealing-law", "--d-model"): ["3", "0", "x", "8.5"],
 }
 
 
