@@ -391,6 +391,10 @@ _BAD_BY_OPTION = {
     ("annealing-law", "--step-factor"): ["0", "1", "2", "nan", "x"],
     ("annealing-law", "--decay"): ["-0.1", "1", "nan", "x"],
     ("annealing-law", "--d-model"): ["3", "0", "x", "8.5"],
+    ("batch-size", "--methods"): ["nope", "norm-1,nope", "norm-2"],
+    ("batch-size", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("batch-size", "--hidden"): ["-1", "x", "2.5"],
+    ("batch-size", "--target"): ["-0.1", "1", "nan", "x"],
 }
 
 
