@@ -30,26 +30,12 @@ import torch
 
 from gradwise._validate import check_nonneg, check_positive, check_real
 from gradwise.registry import register
+from gradwise.schedules._curves import as_lrs as _as_lrs
+from gradwise.schedules._curves import steps_index as _steps_index
 
 __all__ = ["annealing_areas", "AnnealingLaw"]
 
 PAPER = "Scaling Law with Learning Rate Annealing"
-
-
-def _as_lrs(lrs: Any, name: str = "lrs") -> np.ndarray:
-    """A 1-D float64 array of finite, non-negative learning rates (torch, numpy or a sequence)."""
-    if isinstance(lrs, torch.Tensor):
-        arr = lrs.detach().to("cpu", torch.float64).numpy()
-    else:
-        try:
-            arr = np.asarray(lrs, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"Invalid {name}: {lrs!r} (accepted: a 1-D sequence of finite numbers >= 0)") \
-                from None
-    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ValueError(f"Invalid {name}: shape {tuple(arr.shape)} "
-                         f"(accepted: a non-empty 1-D sequence of finite numbers >= 0)")
-    return arr
 
 
 def _areas_np(lrs: np.ndarray, decay: float, initial_lr: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -86,18 +72,6 @@ def annealing_areas(lrs: Any, decay: float = 0.999, *, initial_lr: float | None 
         initial_lr = check_real("initial_lr", initial_lr, 0.0)
     s1, s2 = _areas_np(arr, decay, initial_lr)
     return torch.from_numpy(s1), torch.from_numpy(s2)
-
-
-def _steps_index(steps: Any, n: int) -> np.ndarray:
-    """1-based step numbers in [1, n] -> 0-based indices."""
-    if isinstance(steps, torch.Tensor):
-        steps = steps.detach().cpu().numpy()
-    arr = np.asarray(steps)
-    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer) \
-            or np.any(arr < 1) or np.any(arr > n):
-        raise ValueError(f"Invalid steps: {steps!r} (accepted: a non-empty 1-D sequence of integer steps "
-                         f"with 1 <= step <= len(lrs) = {n})")
-    return arr.astype(np.int64) - 1
 
 
 @register(kind="schedule", paper=PAPER, year=2024, arxiv="2408.11029", code=None,
