@@ -315,7 +315,7 @@ def _adamw_fit(data, start, warmup_steps: int, *, max_steps: int = 200, patience
         total.backward()
         evaluated = [float(v.detach()) for v in p]
         opt.step()
-        value = float(total)
+        value = float(total.detach())
         if value < min_loss - loss_thr:
             min_loss, no_improve = value, 0
         else:
