@@ -28,7 +28,8 @@ only a page's opening), each symbol was checked against the authors' code, whose
 
 Cost of :meth:`MultiPowerLaw.predict`: ``O(n_steps * n_drops)`` for ``n_steps`` requested steps and
 ``n_drops`` steps where the LR changes (a WSD or step schedule has few; a cosine has ``T``), in numpy chunks
-of about 4M entries (some 1 s per 20k x 20k on one core).
+of about 4M entries: about 0.2 us an entry, so a 5000-step cosine at every step took 5 s on one (shared)
+core here, and a 20k-step cosine at every step takes over a minute; ask for every 10th step to pay a tenth.
 
 Fit (the authors' ``main.py`` pipeline, :meth:`MultiPowerLaw.fit`): (1) their ``initialize_params``: a grid of
 135 starts (``L0`` around the lowest loss, ``A``/``alpha`` around a log-log regression of
