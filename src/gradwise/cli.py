@@ -1,9 +1,11 @@
-"""The ``gradwise`` command line: ``methods``, ``arena`` and ``bench``.
+"""The ``gradwise`` command line: ``methods``, ``arena``, ``bench`` and ``schedules``.
 
     gradwise methods [TEXT] [--kind KIND] [--family FAMILY]
                                             the registry, searched (name, title, arXiv id, code URL, ...)
     gradwise arena [STUDY] [options]        run an arena study (default: optimizers)
     gradwise bench [args...]                speed benchmark (benchmarks/optim_step.py of a source checkout)
+    gradwise schedules fit LOSSES.csv       fit a loss-curve law (annealing, multi-power) to runs, predict them
+    gradwise schedules predict PARAMS.json  predict the loss curve of a schedule with a fitted law
 """
 from __future__ import annotations
 
@@ -153,7 +155,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="speed benchmark of the optimizers (arguments go to benchmarks/optim_step.py)",
                    add_help=False)
+    _add_schedules(sub)
     return parser
+
+
+_LOSSES_CSV_HELP = ("LOSSES.csv: header run,step,lr,loss; one row per step of each run (steps 1..T, every step, "
+                    "any order) with the learning rate used at that step; loss may be empty where it was not "
+                    "measured. Example rows: cosine,1,0.0003,  and  cosine,100,0.00029,3.41")
+
+
+def _add_schedules(sub) -> None:
+    """``gradwise schedules fit|predict`` (gradwise.schedules._cli does the work, imported when run)."""
+    laws, kinds = ("annealing", "multi-power"), ("constant", "cosine", "wsd", "step")
+    p = sub.add_parser("schedules", help="fit loss-curve laws to LR-schedule runs and predict other schedules",
+                       description="Loss-curve laws of the LR schedule: the annealing law (Tissue et al. 2024) and "
+                                   "the multi-power law (Luo et al. 2025). See docs/schedules.md.")
+    ss = p.add_subparsers(dest="schedules_command", metavar="SUBCOMMAND", required=True)
+    f = ss.add_parser("fit", help="fit a law on some runs of a losses CSV, predict every run",
+                      description="Fit a law on the runs named by --fit-on (default: all) and predict every run. "
+                                  "Writes DIR/params.json, DIR/predictions.csv (run,step,lr,loss,predicted) and "
+                                  "DIR/fit.png, and prints per run: fitted or held out, the mean absolute "
+                                  "percentage error, the largest absolute error and the error at the last "
+                                  "measured step. " + _LOSSES_CSV_HELP)
+    f.add_argument("losses", metavar="LOSSES.csv", help="the runs (header run,step,lr,loss)")
+    f.add_argument("--law", choices=laws, default="annealing", help="which law (default: %(default)s)")
+    f.add_argument("--fit-on", metavar="RUN[,RUN...]", help="comma-separated run names to fit on (default: all)")
+    f.add_argument("--decay", type=float, default=None, metavar="LAMBDA",
+                   help="the annealing law's momentum decay factor, 0 <= LAMBDA < 1 (default: 0.999)")
+    f.add_argument("--out", metavar="DIR", help="output folder (default: runs/schedules-<time>)")
+    q = ss.add_parser("predict", help="predict the loss curve of a schedule with a fitted law",
+                      description="Predict the loss after every step of one schedule with the law of PARAMS.json "
+                                  "(written by gradwise schedules fit). The schedule is a CSV (header step,lr; "
+                                  "steps 1..T) or a named shape. Writes DIR/predicted.csv (step,lr,predicted) and "
+                                  "DIR/predicted.png.")
+    q.add_argument("params", metavar="PARAMS.json", help="params.json of gradwise schedules fit")
+    q.add_argument("--law", choices=laws, help="fail unless PARAMS.json holds this law")
+    q.add_argument("--schedule-csv", metavar="S.csv", help="the schedule: header step,lr, one row per step 1..T")
+    q.add_argument("--schedule", choices=kinds, help="a named schedule: %(choices)s")
+    q.add_argument("--steps", type=int, metavar="N", help="steps of the named schedule")
+    q.add_argument("--peak-lr", type=float, metavar="X", help="its peak (and constant) learning rate")
+    q.add_argument("--final-lr", type=float, metavar="Y", help="its final learning rate (default: X / 10)")
+    q.add_argument("--decay-fraction", type=float, default=0.2, metavar="F",
+                   help="wsd and step: the fraction of steps after the decay starts (default: %(default)s)")
+    q.add_argument("--out", metavar="DIR", help="output folder (default: runs/schedules-<time>)")
+
+
+def _schedules(args) -> int:
+    from gradwise.schedules._cli import CurveInputError, fit_command, predict_command
+
+    prog = f"gradwise schedules {args.schedules_command}"
+    try:
+        if args.schedules_command == "fit":
+            fit_command(args.losses, args.law, args.fit_on, args.decay, args.out)
+        else:
+            predict_command(args.params, law=args.law, schedule_csv=args.schedule_csv, schedule=args.schedule,
+                            steps=args.steps, peak_lr=args.peak_lr, final_lr=args.final_lr,
+                            decay_fraction=args.decay_fraction, out=args.out)
+    except CurveInputError as err:
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    return 0
 
 
 class _RegisteredKinds(Sequence):
@@ -343,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "methods":
         return _methods(args.text, args.kind, args.family)
+    if args.command == "schedules":
+        return _schedules(args)
     if args.command == "arena":
         from rich.console import Console
 

@@ -2,23 +2,33 @@ r"""The loss-curve law with learning-rate annealing of Tissue, Wang and Wang (ar
 
 Paper: Howe Tissue, Venus Wang, Lu Wang, "Scaling Law with Learning Rate Annealing", arXiv 2408.11029.
 
-The law (as the paper's abstract and the ICLR 2025 review page state it, and as gradwise's issue 11
-spells out S1 and S2; the paper's method section could not be read here) predicts the validation loss at every step ``s`` of a run from its
-learning-rate schedule alone::
+The law (the abstract's equation; S1 and S2 as gradwise's issue 11 spells them out) predicts the
+validation loss at every step ``s`` of a run from its learning-rate schedule alone::
 
     L(s) = L0 + A * S1(s) ** (-alpha) - C * S2(s)
 
     S1(s) = sum_{i=1..s} eta_i                                  (forward area: area under the LR curve)
     S2(s) = sum_{i=1..s} m_i,   m_i = lam * m_{i-1} + (eta_{i-1} - eta_i)   (annealing area, momentum form)
 
-``lam`` is the momentum's decay factor (0.999 by default here, as the issue gives it; the value the
-paper recommends is not verified against its text). Once ``(L0, A, alpha, C)`` are fitted on one or
-two curves the law predicts the curve of any other schedule (WSD, multi-step,
-re-warmup) with the same model, data, batch size and peak LR.
+Once ``(L0, A, alpha, C)`` are fitted on one or two curves the law predicts the curve of any other
+schedule (WSD, multi-step, re-warmup) with the same model, data, batch size and peak LR.
 
-Departures (see :class:`AnnealingLaw`): the ``eta_0`` of the first step is ``lrs[0]`` unless
-``initial_lr`` is given (the paper's exact convention was not readable in the stored text); the fit's
-starting grid (linear least squares at a grid of ``alpha``) is this library's choice.
+What was checked, and what could not be (re-checked in the session of the schedules CLI): the stored copies
+of the paper (arXiv HTML v1 and v2, the Markdown mirror hf-mirror.hancat.work/papers/2408.11029.md) come back
+from the search tool only as their opening ~2,000 characters (title, table of contents, abstract), whatever
+the query; §3 (the definitions of S1 and S2, the decay factor ``lam`` and the value the paper recommends, the
+treatment of warm-up in S1, the ``eta_0`` convention) and the fitting details (Huber delta, optimizer,
+bounds, starts, log space) could not be read. Nothing read contradicts the formulas above; the abstract and
+the NeurIPS 2025 reviews confirm the law's form (``L0 + A*S1^-alpha - C*S2``, S1 the area under the LR
+curve, S2 the LR annealing area). The abstract (v2) says the authors share code on AlphaXiv/HuggingFace, and
+a NeurIPS reproducibility summary lists no open-source code; no repository of theirs is in the code index
+(third-party reproductions only, not used), so there is no golden data.
+
+Choices of this library where the text was not readable (see :class:`AnnealingLaw`): ``lam`` 0.999 (the
+issue's value); the ``eta_0`` of the first step is ``lrs[0]`` unless ``initial_lr`` is given; warm-up
+steps count in S1 like any other (a rising LR makes negative momentum contributions); the fit (Huber loss on
+log losses, L-BFGS-B, the starting grid) is as the issue describes it, its delta and starts being this
+library's.
 """
 from __future__ import annotations
 
@@ -30,26 +40,12 @@ import torch
 
 from gradwise._validate import check_nonneg, check_positive, check_real
 from gradwise.registry import register
+from gradwise.schedules._curves import as_lrs as _as_lrs
+from gradwise.schedules._curves import steps_index as _steps_index
 
 __all__ = ["annealing_areas", "AnnealingLaw"]
 
 PAPER = "Scaling Law with Learning Rate Annealing"
-
-
-def _as_lrs(lrs: Any, name: str = "lrs") -> np.ndarray:
-    """A 1-D float64 array of finite, non-negative learning rates (torch, numpy or a sequence)."""
-    if isinstance(lrs, torch.Tensor):
-        arr = lrs.detach().to("cpu", torch.float64).numpy()
-    else:
-        try:
-            arr = np.asarray(lrs, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"Invalid {name}: {lrs!r} (accepted: a 1-D sequence of finite numbers >= 0)") \
-                from None
-    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ValueError(f"Invalid {name}: shape {tuple(arr.shape)} "
-                         f"(accepted: a non-empty 1-D sequence of finite numbers >= 0)")
-    return arr
 
 
 def _areas_np(lrs: np.ndarray, decay: float, initial_lr: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -88,18 +84,6 @@ def annealing_areas(lrs: Any, decay: float = 0.999, *, initial_lr: float | None 
     return torch.from_numpy(s1), torch.from_numpy(s2)
 
 
-def _steps_index(steps: Any, n: int) -> np.ndarray:
-    """1-based step numbers in [1, n] -> 0-based indices."""
-    if isinstance(steps, torch.Tensor):
-        steps = steps.detach().cpu().numpy()
-    arr = np.asarray(steps)
-    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer) \
-            or np.any(arr < 1) or np.any(arr > n):
-        raise ValueError(f"Invalid steps: {steps!r} (accepted: a non-empty 1-D sequence of integer steps "
-                         f"with 1 <= step <= len(lrs) = {n})")
-    return arr.astype(np.int64) - 1
-
-
 @register(kind="schedule", paper=PAPER, year=2024, arxiv="2408.11029", code=None,
           summary="LR-annealing loss law L(s) = L0 + A*S1^-alpha - C*S2 (forward area, momentum annealing "
                   "area): fit on one or two curves, predict the loss curve of any LR schedule")
@@ -118,13 +102,11 @@ class AnnealingLaw:
     completed by the linear least-squares fit of ``(L0, A, C)`` at that ``alpha`` (the law is linear in
     them), plus those starts with ``L0`` lowered; this grid is this library's choice, not the paper's.
 
-    Checked against (session of issue 11): the paper's abstract and law as stored in the search tool
-    (the arXiv HTML/Markdown conversions and the ICLR 2025 review page); the full §3 text (the exact
-    ``eta_0`` convention and the fit's δ and starting grid) could not be read there, so the first-step
-    convention of :func:`annealing_areas` is this library's (no drop at step 1; ``initial_lr``
-    overrides). The authors point to code on AlphaXiv/HuggingFace, not a repository; no code of
-    theirs was found in the code index, so there is no golden data: the tests check the areas
-    against a hand loop and the fit against curves generated by the law itself.
+    Checked against: the paper's abstract and law only (its §3 and fitting details could not be read in
+    the stored text; see the module docstring), so the first-step convention of :func:`annealing_areas`
+    is this library's (no drop at step 1; ``initial_lr`` overrides). No code of the authors was found,
+    so there is no golden data: the tests check the areas against a hand loop and the fit against curves
+    generated by the law itself.
     """
 
     def __init__(self, decay: float = 0.999, *, huber_delta: float = 1e-3, max_alpha: float = 5.0) -> None:
