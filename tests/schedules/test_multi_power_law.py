@@ -55,6 +55,23 @@ def test_initialization_matches_the_authors_initialize_params():
 
 @pytest.mark.slow  # about 20 s alone, a minute on a busy 2-core machine
 @pytest.mark.numerics
+@pytest.mark.slow  # 270 L-BFGS-B runs: about a minute
+def test_initialization_survives_curves_where_every_start_predicts_a_negative_loss():
+    """At a peak LR of 0.03 (100x their runs') the surrogate's drop term B * (peak - eta) with their B grid
+    (100..1000) exceeds the loss at every start: their objective is NaN everywhere and their fit stops; here
+    stage 1 retries with the prediction floored and returns a finite start that predicts a positive loss."""
+    import math
+
+    lrs = np.array([0.03 * (0.1 + 0.45 * (1 + math.cos(math.pi * i / 300))) for i in range(300)])
+    idx = np.arange(20, 300, 10)
+    y = 2.0 + np.cumsum(lrs)[idx] ** -0.5 + np.random.default_rng(0).normal(0, 0.01, idx.size)
+    p = mpl._initialize([(lrs, idx, y)])
+    assert np.all(np.isfinite(p)) and np.all(p >= 0)
+    L0, A, alpha, B = p
+    pred = L0 + A * np.cumsum(lrs)[idx] ** -alpha - B * (lrs.max() - lrs[idx])
+    assert np.all(pred > 0) and abs(float(np.mean(np.log(pred) - np.log(y)))) < 0.05
+
+
 def test_adamw_stage_matches_the_authors_mpl_adam_fit():
     # their bookkeeping (parameters after the step) and float32 log losses, from their stage-1 result
     start = (*GOLDEN["fit_init"].tolist(), 1.0, 0.5, 0.5)

@@ -49,7 +49,9 @@ Departures from their code: (1) the surrogate of stage 1 uses the highest LR of 
 peak (their code writes 3e-4, the peak of their runs); (2) the fit returns the parameters at which the lowest
 objective was evaluated (their loop records the parameters after the AdamW step that followed it, one step
 later); (3) losses stay float64 (theirs are cast to float32); (4) LR-0 steps as above; (5) prediction is
-vectorized over steps (their loop is per step); the numbers agree to rounding.
+vectorized over steps (their loop is per step); the numbers agree to rounding; (6) where every start of stage 1
+reaches a negative prediction (their objective is then NaN and their fit has no start), stage 1 is run again
+with the prediction floored at 1e-10, as their stage 2 floors it (seen on short, noisy curves).
 """
 from __future__ import annotations
 
@@ -240,18 +242,23 @@ def _initialize(data: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.nda
     s1s = [np.cumsum(arr)[idx] for arr, idx, _ in data]
     etas = [arr[idx] for arr, idx, _ in data]
 
+    floor = None  # their objective: log of a negative prediction is NaN, and such a start is skipped
+
     def loss_fn0(p: np.ndarray) -> float:
         L0, A, alpha, B = p
         total = 0.0
         with np.errstate(all="ignore"):
             for s1, eta, (_, _, y) in zip(s1s, etas, data):
                 pred = L0 + A * s1 ** (-alpha) - B * (peak - eta)
+                if floor is not None:
+                    pred = np.maximum(pred, floor)
                 total += _huber(np.log(y) - np.log(pred)).sum()
         return total
 
     grid = product(np.linspace(min_loss - 0.2, min_loss + 0.2, 5),
                    np.linspace(np.exp(intercept) - 0.1, np.exp(intercept) + 0.1, 3),
                    np.linspace(-slope - 0.1, -slope + 0.1, 3), np.linspace(100, 1000, 3))
+    grid = list(grid)
     best, best_loss = None, float("inf")
     with _one_blas_thread():  # 4 parameters: BLAS threads only contend (3x slower on 2 shared cores)
         for p0 in grid:
@@ -259,6 +266,15 @@ def _initialize(data: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.nda
                            options={"maxiter": 100000, "ftol": 1e-9, "gtol": 1e-6, "eps": 1e-8})
             if res.fun < best_loss:
                 best, best_loss = res.x, res.fun
+        if best is None:
+            # every start reached a negative prediction (a short or noisy curve): where their code stops with
+            # nothing, retry with the prediction floored at 1e-10, as their second stage floors it
+            floor = 1e-10
+            for p0 in grid:
+                res = minimize(loss_fn0, p0, method="L-BFGS-B", bounds=[(0, np.inf)] * 4,
+                               options={"maxiter": 100000, "ftol": 1e-9, "gtol": 1e-6, "eps": 1e-8})
+                if res.fun < best_loss:
+                    best, best_loss = res.x, res.fun
     if best is None:
         raise RuntimeError("MultiPowerLaw.fit: no start of the initialization gave a finite objective")
     return np.asarray(best, dtype=np.float64)
