@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradwise.optim import SSO
+from gradwise.optim import SSO, create
 from gradwise.registry import get
 
 GOLDEN = torch.load(Path(__file__).resolve().parents[1] / "data" / "sso_golden.pt", weights_only=False)
@@ -188,3 +188,5 @@ def test_registry_record():
     rec = get("SSO")
     assert rec.load() is SSO and rec.family == "optim" and rec.arxiv == "2302.02607"
     assert rec.paper == "Target-based Surrogates for Stochastic Optimization"
+    with pytest.raises(ValueError, match="training-helper, not an optimizer"):  # its step is not step(closure)
+        create("sso", nn.Linear(2, 1))
