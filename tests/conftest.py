@@ -4,6 +4,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 # Inductor's cache of compiled kernels and precompiled headers is not keyed on ATEN_CPU_CAPABILITY
@@ -41,3 +42,12 @@ def pytest_collection_modifyitems(config, items):
                 sources[path] = False
         if sources[path]:
             item.add_marker(pytest.mark.numerics)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module: tiny tensors only wait on intra-op threads on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

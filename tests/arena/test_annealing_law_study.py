@@ -118,7 +118,8 @@ def test_bad_values_are_refused_naming_the_option(bad, capsys):
 
 
 def test_study_is_registered_with_its_smoke_line():
-    assert STUDY.name == "annealing-law" and STUDY.methods() == ("annealing",)
+    assert STUDY.name == "annealing-law" and STUDY.methods() == ("annealing", "multi-power")
+    assert tuple(STUDY.default_methods()) == ("annealing",)  # the Multi-Power Law's fit is slow: opt-in
     assert "--steps" in STUDY.smoke
 
 

@@ -99,13 +99,7 @@ TORCH_TESTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: on a shared machine, intra-op threads only add waiting (100x slower steps under load)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- configurations, from the registry -----------------------------------------------------------

@@ -17,12 +17,7 @@ from gradwise.registry import get
 GOLDEN = json.loads((Path(__file__).resolve().parents[1] / "data" / "lisa_golden.json").read_text())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class StandIn(nn.Module):

@@ -32,13 +32,7 @@ OPTIMIZERS = sorted(m.name for m in methods(kind="optimizer"))
 CLASSES = {m.name: m.load() for m in methods(kind="optimizer")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads only add scheduling noise on a loaded machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name, params, **extra):

@@ -37,12 +37,7 @@ F32_MAX_LOG10 = math.log10(3e38)
 FUSED_OVERFLOW: dict[str, str] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name, params, **extra):

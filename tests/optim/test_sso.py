@@ -15,12 +15,7 @@ from gradwise.registry import get
 GOLDEN = torch.load(Path(__file__).resolve().parents[1] / "data" / "sso_golden.pt", weights_only=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp(d_in, d_hidden, d_out):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradwise.arena.lr_sensitivity_study import TextTask, held_out_loss
 from gradwise.arena.stats import CI_NOTE
 from gradwise.arena.study import Column, Run, Selection, Study, UsageError, option, register_study
 
@@ -145,41 +146,12 @@ def _eval_steps(cfg: Config) -> list[int]:
     return steps if steps and steps[-1] == cfg.steps else [*steps, cfg.steps]
 
 
-class _Task:
-    """The encoded training text and a fixed set of held-out windows (another seed of the generator)."""
-
-    def __init__(self, cfg: Config) -> None:
-        import torch
-
-        from gradwise.arena.lr_sensitivity_study import synthetic_text
-
-        train = synthetic_text(cfg.train_chars, cfg.text_seed)
-        held = synthetic_text(cfg.eval_windows * (cfg.seq_len + 1), cfg.text_seed + 1)
-        self.chars = sorted(set(train) | set(held))
-        index = {c: i for i, c in enumerate(self.chars)}
-        self.train = torch.tensor([index[c] for c in train], dtype=torch.int64)
-        held_ids = torch.tensor([index[c] for c in held], dtype=torch.int64)
-        self.eval = held_ids[:cfg.eval_windows * (cfg.seq_len + 1)].view(cfg.eval_windows, cfg.seq_len + 1)
-
-
-def _setup(cfg: Config, laws: tuple[str, ...]) -> _Task:
+def _setup(cfg: Config, laws: tuple[str, ...]) -> TextTask:
     _check(cfg)
-    return _Task(cfg)
+    return TextTask(cfg)
 
 
-def _eval_loss(model, task: _Task) -> float:
-    import torch
-    import torch.nn.functional as F
-
-    model.eval()
-    with torch.no_grad():
-        x, y = task.eval[:, :-1], task.eval[:, 1:]
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
-    model.train()
-    return loss
-
-
-def train_curve(task: _Task, cfg: Config, lrs: list[float], seed: int) -> dict[int, float]:
+def train_curve(task: TextTask, cfg: Config, lrs: list[float], seed: int) -> dict[int, float]:
     """Train one model with the per-step LRs ``lrs``; its held-out loss at each step of :func:`_eval_steps`
     (``{step: loss}``). The seed fixes the initialization and the batches, the same for every schedule."""
     import torch
@@ -208,7 +180,7 @@ def train_curve(task: _Task, cfg: Config, lrs: list[float], seed: int) -> dict[i
         loss.backward()
         opt.step()
         if step in at:
-            curve[step] = _eval_loss(model, task)
+            curve[step] = held_out_loss(model, task)
     return curve
 
 

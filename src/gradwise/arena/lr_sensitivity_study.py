@@ -33,8 +33,8 @@ from typing import Any
 from gradwise.arena.stats import RANK_NOTE
 from gradwise.arena.study import Column, Run, Selection, Study, option, register_study
 
-__all__ = ["HELP", "Config", "CONFIG", "PLACEMENTS", "DEFAULT_CONFIGS", "STUDY", "synthetic_text", "parse_config",
-           "lr_grid", "train_lm", "run_one", "add_arguments", "run"]
+__all__ = ["HELP", "Config", "CONFIG", "PLACEMENTS", "DEFAULT_CONFIGS", "STUDY", "synthetic_text", "TextTask",
+           "held_out_loss", "parse_config", "lr_grid", "train_lm", "run_one", "add_arguments", "run"]
 
 HELP = "tiny char-level LM over an LR grid: pre/post/peri-LN, +qk-layernorm, +z-loss (LR sensitivity, logit growth)"
 PLACEMENTS = ("pre", "post", "peri")
@@ -125,8 +125,11 @@ def synthetic_text(n_chars: int, seed: int) -> str:
     return "".join(out)[:n_chars]
 
 
-class _Task:
-    """The encoded training text and a fixed set of held-out windows (from another seed of the generator)."""
+class TextTask:
+    """The encoded training text and a fixed set of held-out windows (from another seed of the generator).
+
+    Reads ``cfg.train_chars``, ``cfg.text_seed``, ``cfg.eval_windows`` and ``cfg.seq_len``; the annealing-law
+    study trains on the same task."""
 
     def __init__(self, cfg: Config) -> None:
         import torch
@@ -140,14 +143,14 @@ class _Task:
         self.eval = held_ids[:cfg.eval_windows * (cfg.seq_len + 1)].view(cfg.eval_windows, cfg.seq_len + 1)
 
 
-def _setup(cfg: Config, methods: tuple[str, ...]) -> _Task:
+def _setup(cfg: Config, methods: tuple[str, ...]) -> TextTask:
     lr_grid(cfg)
     for m in methods:
         parse_config(m)
-    return _Task(cfg)
+    return TextTask(cfg)
 
 
-def _build(task: _Task, cfg: Config, config: str, seed: int):
+def _build(task: TextTask, cfg: Config, config: str, seed: int):
     import torch
 
     from gradwise.nn import TransformerLM
@@ -158,7 +161,8 @@ def _build(task: _Task, cfg: Config, config: str, seed: int):
                          qk_norm=qk)
 
 
-def _eval_loss(model, task: _Task) -> float:
+def held_out_loss(model, task: TextTask) -> float:
+    """The mean next-character cross-entropy of ``model`` on the task's held-out windows (eval mode)."""
     import torch
     import torch.nn.functional as F
 
@@ -170,7 +174,7 @@ def _eval_loss(model, task: _Task) -> float:
     return loss
 
 
-def train_lm(task: _Task, cfg: Config, config: str, lr: float, seed: int) -> dict[str, Any]:
+def train_lm(task: TextTask, cfg: Config, config: str, lr: float, seed: int) -> dict[str, Any]:
     """One run: the model of ``config`` trained ``cfg.steps`` steps at peak LR ``lr``; its held-out loss
     (NaN if training diverged to a non-finite loss), the largest attention logit seen, the hidden-state
     variances ``x_0 .. x_L`` on the held-out windows at the end."""
@@ -213,7 +217,7 @@ def train_lm(task: _Task, cfg: Config, config: str, lr: float, seed: int) -> dic
             opt.step()
             sched.step()
         seen = [v for h in mon.history.values() for v in h if math.isfinite(v)]
-    final = float("nan") if diverged else _eval_loss(model, task)
+    final = float("nan") if diverged else held_out_loss(model, task)
     variance = ([float("nan")] * (cfg.n_layers + 1) if diverged or not math.isfinite(final)
                 else hidden_state_stats(model, task.eval[:16, :-1])["variance"].tolist())
     return {"loss": final, "max_logit": max(seen) if seen else float("nan"), "variance": variance}
@@ -230,7 +234,7 @@ def run_one(run: Run, config: str, seed: int) -> dict[str, Any]:
     cfg, task = run.cfg, run.task
     t0 = time.perf_counter()
     lrs = lr_grid(cfg)
-    l0 = _eval_loss(_build(task, cfg, config, seed), task)  # the loss at initialization
+    l0 = held_out_loss(_build(task, cfg, config, seed), task)  # the loss at initialization
     runs = [train_lm(task, cfg, config, lr, seed) for lr in lrs]
     losses = [r["loss"] for r in runs]
     capped = [x if math.isfinite(x) and x < l0 else l0 for x in losses]

@@ -41,6 +41,7 @@ import torch
 from gradwise._validate import check_nonneg, check_positive, check_real
 from gradwise.registry import register
 from gradwise.schedules._curves import as_lrs as _as_lrs
+from gradwise.schedules._curves import read_curves
 from gradwise.schedules._curves import steps_index as _steps_index
 
 __all__ = ["annealing_areas", "AnnealingLaw"]
@@ -156,29 +157,10 @@ class AnnealingLaw:
         """Fit ``(L0, A, alpha, C)`` on one curve ``(lrs, steps, losses)`` or a list of them; returns self."""
         from scipy.optimize import minimize
 
-        if isinstance(curves, tuple) and len(curves) == 3 and not isinstance(curves[0], tuple):
-            curves = [curves]
-        if not isinstance(curves, (list, tuple)) or len(curves) == 0:
-            raise ValueError(f"Invalid curves: {type(curves).__name__} (accepted: a (lrs, steps, losses) "
-                             f"tuple or a non-empty list of them)")
-        s1s, s2s, ys = [], [], []
-        for k, curve in enumerate(curves):
-            if not isinstance(curve, (tuple, list)) or len(curve) != 3:
-                raise ValueError(f"Invalid curves[{k}]: {type(curve).__name__} (accepted: a (lrs, steps, "
-                                 f"losses) tuple)")
-            lrs, steps, losses = curve
-            if steps is None:
-                raise ValueError(f"Invalid curves[{k}] steps: None (accepted: the 1-based steps of losses)")
-            s1, s2 = self._curve(lrs, steps, f"curves[{k}] lrs")
-            y = losses.detach().cpu().double().numpy() if isinstance(losses, torch.Tensor) \
-                else np.asarray(losses, dtype=np.float64)
-            if y.shape != s1.shape:
-                raise ValueError(f"Invalid curves[{k}] losses: shape {tuple(y.shape)} (accepted: one loss "
-                                 f"per step, shape {tuple(s1.shape)})")
-            if not np.all(np.isfinite(y)) or np.any(y <= 0):
-                raise ValueError(f"Invalid curves[{k}] losses: min {np.min(y)!r} (accepted: finite losses > 0; "
-                                 f"the fit works on log losses)")
-            s1s.append(s1), s2s.append(s2), ys.append(y)
+        read = read_curves(curves, lambda lrs, steps, name: ((s12 := self._curve(lrs, steps, name)), s12[0]))
+        s1s = [s1 for (s1, _), _ in read]
+        s2s = [s2 for (_, s2), _ in read]
+        ys = [y for _, y in read]
         s1, s2, y = np.concatenate(s1s), np.concatenate(s2s), np.concatenate(ys)
         if y.size < 4:
             raise ValueError(f"Invalid curves: {y.size} loss points (accepted: at least 4, the law has 4 "

@@ -63,6 +63,7 @@ import torch
 from gradwise._validate import check_int, check_nonneg, check_positive, check_real
 from gradwise.registry import register
 from gradwise.schedules._curves import as_lrs as _as_lrs
+from gradwise.schedules._curves import read_curves
 from gradwise.schedules._curves import steps_index as _steps_index
 
 __all__ = ["MultiPowerLaw"]
@@ -168,29 +169,8 @@ class MultiPowerLaw:
 
     # ------------------------------------------------------------------ fit
     def _curves(self, curves: Any) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        if isinstance(curves, tuple) and len(curves) == 3 and not isinstance(curves[0], tuple):
-            curves = [curves]
-        if not isinstance(curves, (list, tuple)) or len(curves) == 0:
-            raise ValueError(f"Invalid curves: {type(curves).__name__} (accepted: a (lrs, steps, losses) "
-                             f"tuple or a non-empty list of them)")
-        out = []
-        for k, curve in enumerate(curves):
-            if not isinstance(curve, (tuple, list)) or len(curve) != 3:
-                raise ValueError(f"Invalid curves[{k}]: {type(curve).__name__} (accepted: a (lrs, steps, "
-                                 f"losses) tuple)")
-            lrs, steps, losses = curve
-            if steps is None:
-                raise ValueError(f"Invalid curves[{k}] steps: None (accepted: the 1-based steps of losses)")
-            arr, idx = self._prepare(lrs, steps, f"curves[{k}] lrs")
-            y = losses.detach().cpu().double().numpy() if isinstance(losses, torch.Tensor) \
-                else np.asarray(losses, dtype=np.float64)
-            if y.shape != idx.shape:
-                raise ValueError(f"Invalid curves[{k}] losses: shape {tuple(y.shape)} (accepted: one loss "
-                                 f"per step, shape {tuple(idx.shape)})")
-            if not np.all(np.isfinite(y)) or np.any(y <= 0):
-                raise ValueError(f"Invalid curves[{k}] losses: min {np.min(y)!r} (accepted: finite losses > 0; "
-                                 f"the fit works on log losses)")
-            out.append((arr, idx, y))
+        read = read_curves(curves, lambda lrs, steps, name: ((ai := self._prepare(lrs, steps, name)), ai[1]))
+        out = [(arr, idx, y) for (arr, idx), y in read]
         if sum(c[2].size for c in out) < len(PARAM_NAMES):
             raise ValueError(f"Invalid curves: {sum(c[2].size for c in out)} loss points (accepted: at least 7, "
                              f"the law has 7 parameters)")
@@ -259,22 +239,23 @@ def _initialize(data: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.nda
                    np.linspace(np.exp(intercept) - 0.1, np.exp(intercept) + 0.1, 3),
                    np.linspace(-slope - 0.1, -slope + 0.1, 3), np.linspace(100, 1000, 3))
     grid = list(grid)
-    best, best_loss = None, float("inf")
-    with _one_blas_thread():  # 4 parameters: BLAS threads only contend (3x slower on 2 shared cores)
+
+    def search() -> tuple[np.ndarray | None, float]:
+        best, best_loss = None, float("inf")
         for p0 in grid:
             res = minimize(loss_fn0, p0, method="L-BFGS-B", bounds=[(0, np.inf)] * 4,
                            options={"maxiter": 100000, "ftol": 1e-9, "gtol": 1e-6, "eps": 1e-8})
             if res.fun < best_loss:
                 best, best_loss = res.x, res.fun
+        return best, best_loss
+
+    with _one_blas_thread():  # 4 parameters: BLAS threads only contend (3x slower on 2 shared cores)
+        best, _ = search()
         if best is None:
             # every start reached a negative prediction (a short or noisy curve): where their code stops with
             # nothing, retry with the prediction floored at 1e-10, as their second stage floors it
             floor = 1e-10
-            for p0 in grid:
-                res = minimize(loss_fn0, p0, method="L-BFGS-B", bounds=[(0, np.inf)] * 4,
-                               options={"maxiter": 100000, "ftol": 1e-9, "gtol": 1e-6, "eps": 1e-8})
-                if res.fun < best_loss:
-                    best, best_loss = res.x, res.fun
+            best, _ = search()
     if best is None:
         raise RuntimeError("MultiPowerLaw.fit: no start of the initialization gave a finite objective")
     return np.asarray(best, dtype=np.float64)
