@@ -26,6 +26,7 @@ from torch import Tensor
 
 from gradwise._validate import check_int
 from gradwise.optim._codec import StateCodec
+from gradwise.registry import register
 from gradwise.optim.quantization import dequantize_with_code, dynamic_map, quantization_lut, quantize_with_lut
 
 __all__ = ["StateCodec", "BFloat16StateCodec", "Float16StateCodec", "Blockwise8bitStateCodec",
@@ -97,6 +98,9 @@ def _kept_32bit(param: Tensor) -> bool:
 NONNEGATIVE_STATE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "exp_avg_var", "max_exp_avg_var"})
 
 
+@register(kind="training-helper", paper="8-bit Optimizers via Block-wise Quantization", year=2022,
+          arxiv="2110.02861", code="https://github.com/TimDettmers/bitsandbytes",
+          summary="8-bit block-wise dynamic quantized optimizer state for every optimizer (state_bits=8)")
 class Blockwise8bitStateCodec(StateCodec):
     r"""Parameter-shaped state in 8 bits: block-wise dynamic quantization (bitsandbytes' 8-bit optimizers).
 
