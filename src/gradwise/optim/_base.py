@@ -37,6 +37,7 @@ from gradwise.optim._codec import StateCodec, decode_states, encode_states
 from gradwise.optim._finite import all_finite, finite_and_large
 from gradwise.optim._state import picklable_state, zeros_state  # noqa: F401  (re-exported)
 from gradwise.optim._transforms import GradTransform, UpdateTransform, check_transforms
+from gradwise.optim.state_codecs import codec_for_state_bits
 from gradwise.optim._validation import (NOT_CAPTURABLE, NOT_DIFFERENTIABLE, check_lr,  # noqa: F401
                                         check_path_flags, check_standard_group, flag_names)
 
@@ -72,6 +73,13 @@ class GradwiseOptimizer(Optimizer):
             stores the state between steps (e.g. ``BFloat16StateCodec()``):
             decoded before each update, encoded after it, on both paths.
             None (default): state in the parameter's dtype, no extra work.
+        state_bits: shorthand for the codec: 8 is
+            ``state_codec=Blockwise8bitStateCodec(block_size)`` (8-bit
+            block-wise state as bitsandbytes' 8-bit optimizers, for
+            parameters of 4096 entries or more), 16 is
+            ``BFloat16StateCodec()``, 32 or None (default) no codec. Not
+            together with ``state_codec``.
+        block_size: the block size of ``state_bits=8`` (default 256).
         fused: use the fused CPU kernels (one pass over memory instead of
             8-15 ``_foreach_`` passes) for float32/float64 CPU tensors. None
             (default): when they can be built; True: require them (checked
@@ -122,7 +130,8 @@ class GradwiseOptimizer(Optimizer):
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *,
                  grad_transforms: Sequence[GradTransform] = (), update_transforms: Sequence[UpdateTransform] = (),
-                 state_codec: StateCodec | None = None, skip_nonfinite: bool = False,
+                 state_codec: StateCodec | None = None, state_bits: int | None = None,
+                 block_size: int | None = None, skip_nonfinite: bool = False,
                  fused: bool | None = None, foreach: bool | None = None, maximize: bool = False,
                  capturable: bool = False, differentiable: bool = False) -> None:
         check_path_flags(fused, foreach, capturable, differentiable)
@@ -136,6 +145,14 @@ class GradwiseOptimizer(Optimizer):
         if state_codec is not None and not isinstance(state_codec, StateCodec):
             raise ValueError(f"Invalid state_codec: {state_codec!r} (accepted: None or a StateCodec instance, "
                              "e.g. gradwise.optim.BFloat16StateCodec())")
+        if state_bits is not None and state_codec is not None:
+            raise ValueError(f"Invalid state_bits: {state_bits!r} together with state_codec={state_codec!r} "
+                             "(accepted: one of the two; state_bits=8 is state_codec=Blockwise8bitStateCodec())")
+        if state_codec is None:
+            state_codec = codec_for_state_bits(state_bits, block_size)
+        elif block_size is not None:
+            raise ValueError(f"Invalid block_size: {block_size!r} (accepted: only with state_bits=8; give the "
+                             "block size to the codec instead)")
         self.grad_transforms = tuple(grad_transforms)
         self.update_transforms = tuple(update_transforms)
         self.state_codec = state_codec

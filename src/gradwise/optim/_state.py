@@ -182,9 +182,12 @@ def check_loadable(opt: Any, state_dict: dict[str, Any]) -> dict[Any, tuple[Tens
     saved_codec, own_codec = state_dict.get(CODEC_KEY), (codec.name if codec is not None else None)
     if saved_codec is not None and saved_codec != own_codec:
         # a stored form is only readable by its codec (8-bit codes are not a float tensor to cast)
+        build = saved_codec if saved_codec.endswith(")") else f"{saved_codec}()"
+        hint = " or state_bits=8 with that block_size" if saved_codec.startswith("Blockwise8bitStateCodec") else ""
+        own = own_codec if own_codec is not None else "None (state in the parameter's dtype)"
         raise ValueError(f"Invalid state_dict for {name}: its state is stored by the state codec {saved_codec}, "
-                         f"this optimizer's is {own_codec} (accepted: build the optimizer with "
-                         f"state_codec={saved_codec}() to load it; a state_dict saved without a codec loads "
+                         f"this optimizer's is {own} (accepted: build the optimizer with "
+                         f"state_codec={build}{hint} to load it; a state_dict saved without a codec loads "
                          "into any)")
     ids: dict[Any, tuple[Tensor, dict]] = {}  # saved index -> (current) parameter, group
     saved_groups = state_dict["param_groups"]
