@@ -383,6 +383,14 @@ _BAD_BY_OPTION = {
     ("powernorm", "--batch-size"): ["1", "0", "x", "2.5"],
     ("powernorm", "--warmup"): ["-1", "x", "0.5"],
     ("powernorm", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("sharpness", "--noise"): ["0.9", "-0.1", "nan", "inf", "x"],
+    ("sharpness", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("sharpness", "--rho"): ["-0.1", "nan", "inf", "x"],
+    ("sharpness", "--saf-coef"): ["-1", "nan", "inf", "x"],
+    ("sharpness", "--mesa-coef"): ["-1", "nan", "inf", "x"],
+    ("sharpness", "--start-epoch"): ["-1", "x", "0.5"],
+    ("sharpness", "--temperature"): ["0", "-1", "nan", "inf", "x"],
+    ("sharpness", "--mesa-horizon"): ["0", "-1", "nan", "inf", "x"],
 }
 
 
