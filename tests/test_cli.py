@@ -395,6 +395,14 @@ _BAD_BY_OPTION = {
     ("batch-size", "--lr"): ["0", "-1", "nan", "inf", "x"],
     ("batch-size", "--hidden"): ["-1", "x", "2.5"],
     ("batch-size", "--target"): ["-0.1", "1", "nan", "x"],
+    ("sharpness", "--noise"): ["0.9", "-0.1", "nan", "inf", "x"],
+    ("sharpness", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("sharpness", "--rho"): ["-0.1", "nan", "inf", "x"],
+    ("sharpness", "--saf-coef"): ["-1", "nan", "inf", "x"],
+    ("sharpness", "--mesa-coef"): ["-1", "nan", "inf", "x"],
+    ("sharpness", "--start-epoch"): ["-1", "x", "0.5"],
+    ("sharpness", "--temperature"): ["0", "-1", "nan", "inf", "x"],
+    ("sharpness", "--mesa-horizon"): ["0", "-1", "nan", "inf", "x"],
 }
 
 

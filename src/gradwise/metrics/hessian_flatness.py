@@ -1,4 +1,5 @@
-"""Trace of the loss Hessian, the flatness measure of Liu et al. (2023), by Hutchinson's estimator."""
+"""Trace of the loss Hessian, the flatness measure of Liu et al. (2023), by Hutchinson's estimator; and its top
+eigenvalue by power iteration, the sharpness measure of SAF (Du et al. 2022) and SAM's literature."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -6,11 +7,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from gradwise._validate import check_int
+from gradwise._validate import check_int, check_nonneg
 from gradwise.metrics.callback import TrainingCallback
 from gradwise.registry import register
 
-__all__ = ["HessianTraceCallback", "hessian_trace"]
+__all__ = ["HessianTraceCallback", "hessian_trace", "hessian_top_eigenvalue"]
 
 _CHUNK = 64  # probes per batched backward: bounds the memory of the vmapped Hessian-vector products
 
@@ -82,6 +83,70 @@ def hessian_trace(model: nn.Module, loss_fn: Callable, batch, n_samples: int = 1
                           torch.zeros(m, dtype=loss.dtype, device=loss.device)))
     samples = torch.cat(values).detach()
     return samples if return_samples else samples.mean()
+
+
+def hessian_top_eigenvalue(model: nn.Module, loss_fn: Callable, batch, *, iters: int = 100, tol: float = 1e-4,
+                           generator: torch.Generator | None = None, params: Sequence[Tensor] | None = None,
+                           return_vector: bool = False):
+    r"""The eigenvalue of largest magnitude of the loss Hessian :math:`\nabla^2_\theta L`, by power iteration.
+
+    The usual sharpness measure: SAF (Du et al. 2022, arXiv 2205.14083, introduction) characterizes the
+    sharpness of a minimum by the largest eigenvalue of the Hessian, after Keskar et al. (2017); it is what
+    SAM-like methods are meant to lower. Power iteration on Hessian-vector products (double backward through
+    one graph built with ``create_graph=True``, never the Hessian itself)::
+
+        v_0 ~ N(0, I) (from ``generator``), normalized;   w = H v_k,  lambda_k = v_k . w,  v_{k+1} = w / |w|
+
+    until ``|lambda_k - lambda_{k-1}| <= tol * |lambda_k|`` or ``iters`` products. It converges to the eigenvalue
+    of largest *magnitude* (its sign kept; at a minimum, the top eigenvalue), at the rate of the ratio of the
+    two largest magnitudes. ``loss_fn(model, batch)`` returns the scalar loss whose Hessian is meant (e.g. the
+    mean training loss on a fixed subset, model in eval mode); ``params`` default to the parameters of ``model``
+    that require grad. Returns a 0-dim tensor, and with ``return_vector`` also the unit eigenvector as a list
+    shaped like ``params``; gradients are not accumulated into ``.grad``. One host sync per iteration (the
+    stopping test); ``tol=0`` runs all ``iters``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"Invalid model: {type(model).__name__} (accepted: an nn.Module)")
+    if not callable(loss_fn):
+        raise ValueError(f"Invalid loss_fn: {loss_fn!r} (accepted: a callable (model, batch) -> scalar loss)")
+    iters = check_int("iters", iters, 1)
+    tol = check_nonneg("tol", tol)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"Invalid generator: {generator!r} (accepted: None or a torch.Generator)")
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+    if not params or not all(torch.is_tensor(p) and p.requires_grad for p in params):
+        raise ValueError("Invalid params: (accepted: a non-empty sequence of tensors that require grad)")
+    loss = loss_fn(model, batch)
+    if not torch.is_tensor(loss) or loss.numel() != 1 or not loss.requires_grad:
+        raise ValueError(f"Invalid loss_fn: it returned {type(loss).__name__} "
+                         f"{tuple(loss.shape) if torch.is_tensor(loss) else ''} (accepted: a scalar tensor that "
+                         "depends on params)")
+    grads = torch.autograd.grad(loss.reshape(()), params, create_graph=True, allow_unused=True)
+    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    dev = generator.device if generator is not None else params[0].device
+    v = [torch.randn(p.shape, generator=generator, device=dev, dtype=p.dtype).to(p.device) for p in params]
+    norm = torch.sqrt(sum((x * x).sum() for x in v))
+    v = [x / norm for x in v]
+    eig = torch.zeros((), dtype=loss.dtype, device=loss.device)
+    if live:
+        prev = None
+        for _ in range(iters):
+            hv_live = torch.autograd.grad([grads[i] for i in live], [params[i] for i in live],
+                                          grad_outputs=[v[i] for i in live], retain_graph=True, allow_unused=True)
+            hv = [torch.zeros_like(p) for p in params]
+            for i, h in zip(live, hv_live):
+                if h is not None:
+                    hv[i] = h.detach()
+            eig = sum((a * b).sum() for a, b in zip(v, hv))
+            norm = torch.sqrt(sum((h * h).sum() for h in hv))
+            if float(norm) == 0.0:  # v is in the null space: H v = 0
+                break
+            v = [h / norm for h in hv]
+            if prev is not None and abs(float(eig) - prev) <= tol * abs(float(eig)):
+                break
+            prev = float(eig)
+    eig = eig.detach()
+    return (eig, [x.detach() for x in v]) if return_vector else eig
 
 
 class HessianTraceCallback(TrainingCallback):
