@@ -454,7 +454,11 @@ def to_markdown(res: dict[str, Any], device_note: str | None = None) -> str:
         "### State bytes after one step",
         "",
         "Every tensor in `optimizer.state` (codes, block maxima, quantization maps; the inner `codes`/`scale`/"
-        "`qmap` of torchao's `OptimState8bit` subclass; gradwise's codec maps), each storage counted once.",
+        "`qmap` of torchao's `OptimState8bit` subclass; gradwise's codec maps: its signed and unsigned 256-entry "
+        "maps and their 65,536-entry uint8 lookup tables, 130 KiB once per optimizer and device), each storage "
+        "counted once. 8-bit state is 1 byte per entry plus one float32 per block of 256 entries (0.254x of "
+        "float32); the parameters under 4,096 entries (biases, norms) keep float32 state in all three 8-bit "
+        "optimizers.",
         "",
         *harness.markdown_table(
             ("optimizer", "state bits", "state MiB", "bytes / param", "x gradwise 32-bit", "params with 8-bit state"),
@@ -491,7 +495,7 @@ def to_markdown(res: dict[str, Any], device_note: str | None = None) -> str:
             "",
             *harness.markdown_table(
                 ("optimizer", "params with 8-bit state",
-                 *(f"seed {s}" for s in range(pc["seeds"])), "mean", "gap per seed", "max |gap|"),
+                 *(f"seed {s}" for s in range(pc["seeds"])), "mean", "gap per seed", "largest gap (abs)"),
                 ((r["name"], f"{r['eight_bit_fraction']:.1%}", *(f"{v:.4f}" for v in r["final_loss"]),
                   f"{r['mean']:.4f}", ", ".join(f"{g:+.2%}" for g in r["gap"]) if r["gap"] else "—",
                   _f(r["max_abs_gap"], ".2%")) for r in par["rows"])),
