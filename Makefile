@@ -50,6 +50,7 @@ bench: test-env
 	$(BIN)/python benchmarks/optim_step.py --markdown docs/benchmarks.md
 	$(BIN)/python benchmarks/loss_step.py --markdown docs/benchmarks.md
 	$(BIN)/python benchmarks/layer_step.py --markdown docs/benchmarks.md
+	$(BIN)/python benchmarks/state_bits.py --markdown docs/benchmarks.md
 
 docs: env
 	$(BIN)/python tools/docs/gen_docs.py
