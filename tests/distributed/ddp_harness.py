@@ -2,7 +2,8 @@
 
 ``run_ranks`` spawns the ranks with ``torch.multiprocessing`` on a free port, waits at most ``timeout``
 seconds, kills the ranks it started if they overrun (each by its pid) and fails with their error.
-Each rank writes its result to ``out_dir/rank<r>.pt``.
+Each rank runs every named configuration in turn (one process start for them all: importing torch is
+most of a rank's time) and writes its results to ``out_dir/rank<r>.pt``, a dict name -> result.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-IN, HIDDEN, OUT = 6, 10, 3
+IN, HIDDEN, OUT = 16, 32, 8
 
 
 def free_port() -> int:
@@ -23,9 +24,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(config: dict, world_size: int, out_dir: Path, timeout: float = 60.0) -> list[dict]:
+def run_ranks(configs: dict[str, dict], world_size: int, out_dir: Path, timeout: float = 120.0) -> list[dict]:
     port = free_port()
-    ctx = mp.start_processes(_worker, args=(world_size, port, config, str(out_dir)), nprocs=world_size,
+    ctx = mp.start_processes(_worker, args=(world_size, port, configs, str(out_dir)), nprocs=world_size,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     try:
@@ -40,9 +41,23 @@ def run_ranks(config: dict, world_size: int, out_dir: Path, timeout: float = 60.
     return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 
+class Net(torch.nn.Module):
+    """Two linear layers registered output first, so that DDP's first bucket layout (parameter order) is
+    its rebuilt one (gradient-ready order, the output layer's first): a model rebuilt from a checkpoint
+    then sees the layout the hook state's buffers were made for."""
+
+    def __init__(self):
+        super().__init__()
+        self.out = torch.nn.Linear(HIDDEN, OUT, bias=False)  # no biases: autograd readies a bias before
+        self.inp = torch.nn.Linear(IN, HIDDEN, bias=False)   # its weight, against parameter order
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inp(x)))
+
+
 def make_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, OUT))
+    return Net()
 
 
 def batch(rank: int, step: int, dtype=torch.float32):
@@ -92,7 +107,33 @@ def _steps(model, opt, rank, start, stop, dtype):
         opt.step()
 
 
-def _worker(rank, world_size, port, config, out_dir):
+def _run(config, rank, out_dir, name):
+    dtype = getattr(torch, config.get("dtype", "float32"))
+    steps, resume_at = config.get("steps", 4), config.get("resume_at")
+    model, state, opt = _build(config, dtype)
+    if resume_at is None:
+        _steps(model, opt, rank, 0, steps, dtype)
+    else:
+        _steps(model, opt, rank, 0, resume_at, dtype)
+        ckpt_path = Path(out_dir) / f"ckpt_{name}_{rank}.pt"
+        torch.save({"model": model.module.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()},
+                   ckpt_path)
+        del model, state, opt
+        model, state, opt = _build(config, dtype)
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        model.module.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        state.load_state_dict(ckpt["hook"])
+        _steps(model, opt, rank, resume_at, steps, dtype)
+    out = {"params": [p.detach().clone() for p in model.parameters()],
+           "bytes": list(getattr(state, "bytes_history", [])),
+           "shapes": [tuple(p.shape) for p in model.parameters()]}
+    if hasattr(state, "ranks"):
+        out["ranks"] = {b: list(r) for b, r in state.ranks.items()}
+    return out
+
+
+def _worker(rank, world_size, port, configs, out_dir):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -100,29 +141,7 @@ def _worker(rank, world_size, port, config, out_dir):
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        dtype = getattr(torch, config.get("dtype", "float32"))
-        steps, resume_at = config.get("steps", 4), config.get("resume_at")
-        model, state, opt = _build(config, dtype)
-        grads = []
-        if resume_at is None:
-            _steps(model, opt, rank, 0, steps, dtype)
-        else:
-            _steps(model, opt, rank, 0, resume_at, dtype)
-            ckpt_path = Path(out_dir) / f"ckpt{rank}.pt"
-            torch.save({"model": model.module.state_dict(), "opt": opt.state_dict(),
-                        "hook": state.state_dict()}, ckpt_path)
-            del model, state, opt
-            model, state, opt = _build(config, dtype)
-            ckpt = torch.load(ckpt_path, weights_only=False)
-            model.module.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["opt"])
-            state.load_state_dict(ckpt["hook"])
-            _steps(model, opt, rank, resume_at, steps, dtype)
-        out = {"params": [p.detach().clone() for p in model.parameters()], "grads": grads,
-               "bytes": list(getattr(state, "bytes_history", [])),
-               "shapes": [tuple(p.shape) for p in model.parameters()]}
-        if hasattr(state, "ranks"):
-            out["ranks"] = state.ranks
-        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
+        results = {name: _run(config, rank, out_dir, name) for name, config in configs.items()}
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

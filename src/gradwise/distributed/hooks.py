@@ -13,8 +13,6 @@ or torch's PowerSGD, counted::
     state = PowerSGDBytesState(process_group=None, matrix_approximation_rank=2, start_powerSGD_iter=2)
     ddp_model.register_comm_hook(state, powersgd_hook)
 """
-from __future__ import annotations
-
 from typing import Any
 
 import torch
@@ -27,7 +25,16 @@ from gradwise._validate import check_bool, check_int
 from gradwise.distributed.compressors import NoCompression, TopK, topk_decompress
 
 __all__ = ["CompressedAllreduceState", "compressed_allreduce_hook", "PowerSGDBytesState", "powersgd_hook",
-           "BytesCounter"]
+           "BytesCounter", "layout_error"]
+
+
+def layout_error(bucket_index, saved, current) -> str:
+    """The message when a bucket's layout differs from the one a hook state's buffers were made for."""
+    return (f"DDP bucket {bucket_index} holds gradients shaped {current}, but the hook state's buffers were made "
+            f"for {saved}. DDP rebuilds its buckets in gradient-ready order after the first step, so a freshly "
+            "built DDP model (e.g. after loading a checkpoint) starts with another layout. Resume with the "
+            "layout the state was saved with: a model whose parameter order is its gradient-ready order (layers "
+            "registered output first), or DDP(find_unused_parameters=True), which never rebuilds.")
 
 
 class BytesCounter:
@@ -50,8 +57,10 @@ def _group(process_group):
 
 
 def allreduce_mean(buffer: Tensor, group) -> torch.futures.Future:
-    """torch's default hook: divide by the world size, then sum over workers (plain DDP's numbers)."""
-    buffer.div_(group.size())
+    """Plain DDP's average: scale by ``1 / world_size`` (DDP's reducer multiplies by the reciprocal as it
+    fills the bucket; torch's ``allreduce_hook`` divides, which differs in the last bit for 3 workers),
+    then sum over workers."""
+    buffer.mul_(1.0 / group.size())
     fut = dist.all_reduce(buffer, group=group, async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
 
@@ -88,6 +97,7 @@ class CompressedAllreduceState:
                              "rebuilds its buckets after the first step)")
         self.iter = 0
         self.errors: dict[int, Tensor] = {}
+        self.layouts: dict[int, list[tuple[int, ...]]] = {}
         self.counter = BytesCounter()
 
     @property
@@ -96,24 +106,26 @@ class CompressedAllreduceState:
 
     def state_dict(self) -> dict[str, Any]:
         return {"iter": self.iter, "errors": {k: v.clone() for k, v in self.errors.items()},
+                "layouts": {k: list(v) for k, v in self.layouts.items()},
                 "bytes_history": list(self.counter.bytes_history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = {"iter", "errors", "bytes_history"} - set(state)
+        missing = {"iter", "errors", "layouts", "bytes_history"} - set(state)
         if missing:
             raise ValueError(f"Invalid state: missing {sorted(missing)} (accepted: a dict from state_dict())")
         self.iter = int(state["iter"])
         self.errors = {int(k): v.clone() for k, v in state["errors"].items()}
+        self.layouts = {int(k): [tuple(s) for s in v] for k, v in state["layouts"].items()}
         self.counter.bytes_history = list(state["bytes_history"])
 
 
-def compressed_allreduce_hook(state: CompressedAllreduceState, bucket: dist.GradBucket) -> torch.futures.Future:
+def compressed_allreduce_hook(state: CompressedAllreduceState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: average the workers' gradients, compressed by ``state.compressor``.
 
     Top-K: each worker sends ``(values, int32 indices)`` of ``x_i = g_i (+ e_i)``; both are gathered
     (``all_gather``), every worker adds the messages in rank order into a dense tensor and divides by
     the world size, so all workers hold the same averaged gradient. No compression: torch's default
-    all-reduce (divide by the world size, then sum), equal to plain DDP bit for bit.
+    all-reduce (scale by ``1 / world_size``, then sum), equal to plain DDP bit for bit.
     """
     group = _group(state.process_group)
     world = group.size()
@@ -126,12 +138,17 @@ def compressed_allreduce_hook(state: CompressedAllreduceState, bucket: dist.Grad
             state.iter += 1
         return allreduce_mean(buf, group)
 
-    numels = [g.numel() for g in bucket.gradients()]
+    grads = bucket.gradients()
+    numels = [g.numel() for g in grads]
     idx_b = bucket.index()
     x = buf
     if state.error_feedback:
+        layout = [tuple(g.shape) for g in grads]
+        if idx_b in state.layouts and state.layouts[idx_b] != layout:
+            raise RuntimeError(layout_error(idx_b, state.layouts[idx_b], layout))
+        state.layouts[idx_b] = layout
         err = state.errors.get(idx_b)
-        if err is not None and err.shape == buf.shape:
+        if err is not None:
             x = buf + err
     values, indices = comp.encode(x, numels)
     if state.error_feedback:
@@ -187,7 +204,7 @@ class PowerSGDBytesState(PowerSGDState):
         self.rng.set_state(rng)
 
 
-def powersgd_hook(state: PowerSGDBytesState, bucket: dist.GradBucket) -> torch.futures.Future:
+def powersgd_hook(state: PowerSGDBytesState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """torch's ``powerSGD_hook``, unchanged, with the bytes of this worker's message added to
     ``state.bytes_history``: the dense bucket while torch runs plain all-reduce (``iter <
     start_powerSGD_iter``), then ``P`` and ``Q`` of each compressed matrix plus the tensors sent dense,
