@@ -2,7 +2,8 @@
 
 ``run_ranks`` spawns the ranks with ``torch.multiprocessing`` on a free port, waits at most ``timeout``
 seconds, kills the ranks it started if they overrun (each by its pid) and fails with their error.
-Each rank runs every named configuration in turn (one process start for them all: importing torch is
+A configuration with ``fn="module:function"`` runs that function instead of the DDP loop (the CO2 and
+decentralized tests). Each rank runs every named configuration in turn (one process start for them all: importing torch is
 most of a rank's time) and writes its results to ``out_dir/rank<r>.pt``, a dict name -> result.
 """
 from __future__ import annotations
@@ -108,6 +109,11 @@ def _steps(model, opt, rank, start, stop, dtype):
 
 
 def _run(config, rank, out_dir, name):
+    if "fn" in config:  # a test's own rank function, "module:function", called as fn(config, rank, out_dir, name)
+        import importlib
+
+        module, fn = config["fn"].split(":")
+        return getattr(importlib.import_module(module), fn)(config, rank, out_dir, name)
     dtype = getattr(torch, config.get("dtype", "float32"))
     steps, resume_at = config.get("steps", 4), config.get("resume_at")
     model, state, opt = _build(config, dtype)
