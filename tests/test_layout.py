@@ -73,6 +73,7 @@ ALLOWED = {
     "nn": {"losses"},
     "schedules": set(),
     "preference": set(),
+    "federated": set(),
 }
 
 
