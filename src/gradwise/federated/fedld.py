@@ -54,7 +54,7 @@ def principal_gradient_aggregate(updates, k_proportion: float = 0.8) -> np.ndarr
     orthogonal to a direction gives NaN (0/0). The paper's method section could not be read from the
     stored pages (only its abstract); this follows the authors' code (arXiv 2408.12300).
     """
-    g = torch.as_tensor(np.asarray(updates), dtype=torch.float64)
+    g = torch.as_tensor(np.ascontiguousarray(updates, dtype=np.float64))
     if g.ndim != 2 or g.shape[0] == 0:
         raise ValueError(f"Invalid updates: shape {tuple(g.shape)} (accepted: (clients, parameters), at "
                          "least one client)")
