@@ -21,14 +21,23 @@ class FederatedRun:
 
 
 def digits_server_app(strategy, *, num_rounds: int, num_clients: int, alpha: float = 0.3, seed: int = 0,
-                      hidden: int = 32, run: FederatedRun | None = None, timeout: float = 600.0):
+                      hidden: int = 32, run: FederatedRun | dict | None = None, timeout: float = 600.0):
     """A Flower ``ServerApp`` that runs ``strategy`` for ``num_rounds`` from :func:`digits_model` (``seed``),
-    evaluating the global model on the digits test split after each round (into ``run.accuracy``)."""
+    evaluating the global model on the digits test split after each round (into ``run.accuracy``).
+
+    ``strategy`` may be a dict ``{name: strategy}``: each runs in turn from the same initial model on the
+    same clients, and ``run`` is then a dict ``{name: FederatedRun}`` (filled in place when given).
+    """
     check_int("num_rounds", num_rounds, 1)
     check_int("num_clients", num_clients, 1)
     check_positive("timeout", timeout)
     serverapp = require_flwr("flwr.serverapp")
-    run = FederatedRun() if run is None else run
+    strategies = strategy if isinstance(strategy, dict) else {None: strategy}
+    if not strategies:
+        raise ValueError("Invalid strategy: {} (accepted: a strategy or a non-empty dict of them)")
+    runs = run if isinstance(run, dict) else {None: FederatedRun() if run is None else run}
+    for name in strategies:
+        runs.setdefault(name, FederatedRun())
     app = serverapp.ServerApp()
 
     @app.main()
@@ -37,24 +46,31 @@ def digits_server_app(strategy, *, num_rounds: int, num_clients: int, alpha: flo
         task = DigitsTask(num_clients, alpha, seed)
         model = digits_model(hidden, seed)
 
-        def evaluate(server_round, arrays):
-            model.load_state_dict(arrays.to_torch_state_dict())
-            acc = accuracy(model, task.x_test, task.y_test)
-            run.accuracy.append(acc)
-            return flwr_app.MetricRecord({"accuracy": acc})
+        initial = state_to_arrays(model.state_dict())
+        for name, strat in strategies.items():
+            this = runs[name]
 
-        run.result = strategy.start(grid=grid, initial_arrays=state_to_arrays(model.state_dict()),
-                                    num_rounds=num_rounds, timeout=timeout, evaluate_fn=evaluate)
+            def evaluate(server_round, arrays, this=this):
+                model.load_state_dict(arrays.to_torch_state_dict())
+                acc = accuracy(model, task.x_test, task.y_test)
+                this.accuracy.append(acc)
+                return flwr_app.MetricRecord({"accuracy": acc})
+
+            this.result = strat.start(grid=grid, initial_arrays=initial, num_rounds=num_rounds, timeout=timeout,
+                                      evaluate_fn=evaluate)
 
     return app
 
 
 def run_digits_simulation(strategy, *, num_clients: int = 5, num_rounds: int = 5, alpha: float = 0.3,
                           seed: int = 0, lr: float = 0.1, local_epochs: int = 2, batch_size: int = 32,
-                          hidden: int = 32, num_cpus: int = 1, quiet: bool = True) -> FederatedRun:
+                          hidden: int = 32, num_cpus: int = 1, quiet: bool = True):
     """Run ``strategy`` for ``num_rounds`` on ``num_clients`` simulated digits clients (Dirichlet(``alpha``)
     split) with ``flwr.simulation.run_simulation`` on the Ray backend, and return the global model's
-    test accuracy per round.
+    test accuracy per round (a :class:`FederatedRun`).
+
+    ``strategy`` may be a dict ``{name: strategy}``: they run one after another in the same simulation
+    (one Ray start), each from the same initial model, and the result is ``{name: FederatedRun}``.
 
     Ray starts with ``num_cpus`` CPUs (one client at a time per CPU), no dashboard and no log forwarding,
     and Flower shuts it down when the run ends. Flower's logs are lowered to WARNING when ``quiet``.
@@ -67,9 +83,9 @@ def run_digits_simulation(strategy, *, num_clients: int = 5, num_rounds: int = 5
     """
     check_int("num_cpus", num_cpus, 1)
     simulation = require_flwr("flwr.simulation")
-    run = FederatedRun()
+    runs: dict = {}
     server = digits_server_app(strategy, num_rounds=num_rounds, num_clients=num_clients, alpha=alpha,
-                               seed=seed, hidden=hidden, run=run)
+                               seed=seed, hidden=hidden, run=runs)
     client = digits_client_app(alpha, seed, lr=lr, local_epochs=local_epochs, batch_size=batch_size,
                                hidden=hidden)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -84,7 +100,8 @@ def run_digits_simulation(strategy, *, num_clients: int = 5, num_rounds: int = 5
                                   backend_name="ray", backend_config=backend)
     finally:
         logger.setLevel(level)
-    if len(run.accuracy) != num_rounds + 1:
-        raise RuntimeError(f"the simulation ended after {max(len(run.accuracy) - 1, 0)} of {num_rounds} rounds "
-                           "(see Flower's log above)")
-    return run
+    for name, run in runs.items():
+        if len(run.accuracy) != num_rounds + 1:
+            raise RuntimeError(f"the simulation of {name or 'the strategy'} ended after "
+                               f"{max(len(run.accuracy) - 1, 0)} of {num_rounds} rounds (see Flower's log above)")
+    return runs if isinstance(strategy, dict) else runs[None]
