@@ -1,6 +1,7 @@
 """Run a Flower strategy on the digits task with Flower's Simulation Engine (Ray backend)."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -21,12 +22,15 @@ class FederatedRun:
 
 
 def digits_server_app(strategy, *, num_rounds: int, num_clients: int, alpha: float = 0.3, seed: int = 0,
-                      hidden: int = 32, run: FederatedRun | dict | None = None, timeout: float = 600.0):
+                      hidden: int = 32, run: FederatedRun | dict | None = None, timeout: float = 600.0,
+                      report: str | None = None):
     """A Flower ``ServerApp`` that runs ``strategy`` for ``num_rounds`` from :func:`digits_model` (``seed``),
     evaluating the global model on the digits test split after each round (into ``run.accuracy``).
 
     ``strategy`` may be a dict ``{name: strategy}``: each runs in turn from the same initial model on the
     same clients, and ``run`` is then a dict ``{name: FederatedRun}`` (filled in place when given).
+    ``report`` names a JSON file that receives ``{name: accuracies}`` when the app ends (an app run by
+    ``flwr run`` lives in another process, so this is how a caller reads its results).
     """
     check_int("num_rounds", num_rounds, 1)
     check_int("num_clients", num_clients, 1)
@@ -58,6 +62,9 @@ def digits_server_app(strategy, *, num_rounds: int, num_clients: int, alpha: flo
 
             this.result = strat.start(grid=grid, initial_arrays=initial, num_rounds=num_rounds, timeout=timeout,
                                       evaluate_fn=evaluate)
+        if report is not None:
+            with open(report, "w") as f:
+                json.dump({str(k): r.accuracy for k, r in runs.items()}, f)
 
     return app
 
