@@ -74,6 +74,7 @@ ALLOWED = {
     "schedules": set(),
     "preference": set(),
     "distributed": set(),
+    "federated": set(),
 }
 
 

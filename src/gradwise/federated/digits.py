@@ -1,0 +1,152 @@
+"""A federated task on scikit-learn's digits: the data split, a small MLP, local SGD, and its ClientApp.
+
+``digits_client_app(alpha=0.3, seed=0)`` is a Flower ``ClientApp``: on a train message it loads the
+global arrays into the MLP, runs local SGD on its Dirichlet partition (``partition-id`` of
+``num-partitions`` from the node config) and replies with the new arrays and ``num-examples``. The local
+loss and optimizer come from the message's config, so a strategy (FedLD) can ask for its own loss:
+
+- ``lr`` (float), ``local-epochs`` (int), ``batch-size`` (int), ``momentum``, ``weight-decay`` (floats):
+  torch.optim.SGD on minibatches, default from the app's arguments;
+- ``loss``: ``"ce"`` (cross-entropy) or ``"margin-control"`` (FedLD's
+  :func:`~gradwise.federated.fedld.margin_control_loss`, weight ``margin-lambda``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradwise._validate import check_int, check_positive, check_unit
+from gradwise.federated._flwr import require_flwr, state_to_arrays
+from gradwise.federated.fedld import margin_control_loss
+from gradwise.federated.partition import dirichlet_partition
+
+__all__ = ["DigitsTask", "digits_model", "local_sgd", "accuracy", "digits_client_app"]
+
+
+class DigitsTask:
+    """scikit-learn's digits (1,797 8x8 images, pixels scaled to [0, 1]), split once into train and test
+    (``test_fraction``, seeded), and the train part split among ``num_clients`` by
+    :func:`~gradwise.federated.partition.dirichlet_partition` (``alpha``, ``seed``)."""
+
+    def __init__(self, num_clients: int, alpha: float, seed: int = 0, test_fraction: float = 0.25):
+        from sklearn.datasets import load_digits
+
+        check_int("num_clients", num_clients, 1)
+        check_positive("alpha", alpha)
+        check_int("seed", seed, 0)
+        check_unit("test_fraction", test_fraction)
+        x, y = load_digits(return_X_y=True)
+        order = np.random.default_rng(seed).permutation(len(y))
+        n_test = int(round(test_fraction * len(y)))
+        test, train = order[:n_test], order[n_test:]
+        self.x_train = torch.tensor(x[train] / 16.0, dtype=torch.float32)
+        self.y_train = torch.tensor(y[train], dtype=torch.int64)
+        self.x_test = torch.tensor(x[test] / 16.0, dtype=torch.float32)
+        self.y_test = torch.tensor(y[test], dtype=torch.int64)
+        self.parts = dirichlet_partition(y[train], num_clients, alpha, seed)
+
+    def client_data(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        check_int("partition_id", partition_id, 0, len(self.parts) - 1)
+        idx = torch.as_tensor(self.parts[partition_id])
+        return self.x_train[idx], self.y_train[idx]
+
+
+def digits_model(hidden: int = 32, seed: int = 0) -> nn.Module:
+    """The MLP 64 -> ``hidden`` -> 10 (ReLU) that the digits clients train, initialized from ``seed``."""
+    check_int("hidden", hidden, 1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def local_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1, lr: float = 0.1,
+              batch_size: int = 32, momentum: float = 0.0, weight_decay: float = 0.0, loss: str = "ce",
+              margin_lambda: float = 0.03, seed: int = 0) -> float:
+    """Train ``model`` in place for ``epochs`` passes of shuffled minibatches with torch.optim.SGD;
+    returns the mean training loss of the last epoch."""
+    check_int("epochs", epochs, 1)
+    check_positive("lr", lr)
+    check_int("batch_size", batch_size, 1)
+    if loss not in ("ce", "margin-control"):
+        raise ValueError(f"Invalid loss: {loss!r} (accepted: 'ce' or 'margin-control')")
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    last = 0.0
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for batch in torch.randperm(len(y), generator=gen).split(batch_size):
+            logits = model(x[batch])
+            value = (nn.functional.cross_entropy(logits, y[batch]) if loss == "ce"
+                     else margin_control_loss(logits, y[batch], margin_lambda))
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            total += float(value) * len(batch)
+            count += len(batch)
+        last = total / max(count, 1)
+    return last
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of ``x`` that ``model`` classifies as ``y``."""
+    model.eval()
+    return float((model(x).argmax(1) == y).float().mean())
+
+
+def digits_client_app(alpha: float = 0.3, seed: int = 0, *, lr: float = 0.1, local_epochs: int = 2,
+                      batch_size: int = 32, hidden: int = 32):
+    """A Flower ``ClientApp`` training :func:`digits_model` on its Dirichlet(``alpha``) partition of digits.
+
+    Its partition is ``partition-id`` of ``num-partitions`` in the node config (the Simulation Engine sets
+    both; a real ``flower-supernode`` gets them with ``--node-config``). The train reply holds ``arrays``
+    and ``metrics`` (``num-examples``, ``train-loss``); the evaluate reply holds the accuracy of the
+    received arrays on the shared test split (``accuracy``, ``num-examples``).
+    """
+    check_positive("alpha", alpha)
+    check_int("seed", seed, 0)
+    check_positive("lr", lr)
+    check_int("local_epochs", local_epochs, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("hidden", hidden, 1)
+    flwr_app = require_flwr("flwr.app")
+    clientapp = require_flwr("flwr.clientapp")
+    app = clientapp.ClientApp()
+
+    def setup(msg, context):
+        torch.set_num_threads(1)
+        num = int(context.node_config["num-partitions"])
+        pid = int(context.node_config["partition-id"])
+        task = DigitsTask(num, alpha, seed)
+        model = digits_model(hidden, seed)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        return task, pid, model
+
+    @app.train()
+    def train(msg, context):
+        task, pid, model = setup(msg, context)
+        cfg = msg.content["config"] if "config" in msg.content else {}
+        rnd = int(cfg.get("server-round", 0))
+        x, y = task.client_data(pid)
+        loss = local_sgd(model, x, y, epochs=int(cfg.get("local-epochs", local_epochs)),
+                         lr=float(cfg.get("lr", lr)), batch_size=int(cfg.get("batch-size", batch_size)),
+                         momentum=float(cfg.get("momentum", 0.0)), weight_decay=float(cfg.get("weight-decay", 0.0)),
+                         loss=str(cfg.get("loss", "ce")), margin_lambda=float(cfg.get("margin-lambda", 0.03)),
+                         seed=seed * 1_000_003 + rnd * 1009 + pid)
+        content = flwr_app.RecordDict({
+            "arrays": state_to_arrays(model.state_dict()),
+            "metrics": flwr_app.MetricRecord({"num-examples": int(len(y)), "train-loss": loss}),
+        })
+        return flwr_app.Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg, context):
+        task, _, model = setup(msg, context)
+        acc = accuracy(model, task.x_test, task.y_test)
+        content = flwr_app.RecordDict({"metrics": flwr_app.MetricRecord(
+            {"num-examples": int(len(task.y_test)), "accuracy": acc})})
+        return flwr_app.Message(content=content, reply_to=msg)
+
+    return app
