@@ -16,7 +16,9 @@ Around the update it does, in this order:
 * bucketing tensors by (device, dtype) so each ``torch._foreach_*`` call gets
   homogeneous lists; lazily creating per-parameter state and advancing ``step``;
 * decoding the state (``state_codec``), then ``maximize``, the gradient
-  transforms, the update, the update transforms, encoding the state again.
+  transforms, the update, the update transforms, encoding the state again;
+  a class may instead step state in its stored form with one fused kernel
+  (``_takes_stored_state``, ``_step_fused_stored``: AdamW with 8-bit state).
 
 Gradients are never modified in place: ``p.grad`` after ``step()`` is what
 autograd wrote, as with ``torch.optim``.
@@ -199,7 +201,10 @@ class GradwiseOptimizer(Optimizer):
         """
 
     def _prepare(self, items: list[tuple[dict, list[Tensor], list[Tensor], list[dict]]]) -> None:
-        """Called once per step with every bucket's (group, params, grads, states), before any update."""
+        """Called once per step with every bucket's (group, params, grads, states), before any update.
+
+        The states are decoded, except those :meth:`_takes_stored_state` accepted (still in stored form).
+        """
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         """Fresh per-parameter state (without ``step``, which the base adds).
@@ -227,9 +232,46 @@ class GradwiseOptimizer(Optimizer):
         """
         raise NotImplementedError
 
+    def _takes_stored_state(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> bool:
+        """Whether :meth:`_step_fused_stored` steps ``param`` with its state in the codec's stored form.
+
+        Asked only on the fused path, with a state codec and no gradient or
+        update transforms (which read the decoded state), for each parameter
+        with its ``state`` before decoding (a fresh state holds the codec's
+        input, float tensors). Default: never (every entry is decoded, updated
+        and encoded again around the ordinary hooks).
+        """
+        return False
+
+    def _step_fused_stored(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                           states: list[dict[str, Any]]) -> None:
+        """The fused step of parameters whose state stays in the codec's stored form (decode, update and
+        encode in one kernel); ``states`` as :meth:`_takes_stored_state` accepted them."""
+        raise NotImplementedError
+
+    def _stored_split(self, group: dict[str, Any], params: list[Tensor], states: list[dict]) -> list[bool] | None:
+        """Per parameter of a bucket, whether its state skips decoding (:meth:`_takes_stored_state`); None if none."""
+        if (self.state_codec is None or self.grad_transforms or self.update_transforms
+                or type(self)._takes_stored_state is GradwiseOptimizer._takes_stored_state
+                or not self._use_fused(params, group)):
+            return None
+        direct = [self._takes_stored_state(group, v, st) for v, st in zip(params, states)]
+        return direct if any(direct) else None
+
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        """Apply one step to a bucket: the fused hook where this bucket goes through it, else the foreach one."""
+                states: list[dict[str, Any]], stored: list[bool] | None = None) -> None:
+        """Apply one step to a bucket: the fused hook where this bucket goes through it, else the foreach one.
+
+        ``stored``: which parameters keep their state in stored form (:meth:`_step_fused_stored`).
+        """
+        if stored is not None:
+            pick = [i for i, s in enumerate(stored) if s]
+            self._step_fused_stored(group, [params[i] for i in pick], [grads[i] for i in pick],
+                                    [states[i] for i in pick])
+            rest = [i for i, s in enumerate(stored) if not s]
+            if not rest:
+                return
+            params, grads, states = [params[i] for i in rest], [grads[i] for i in rest], [states[i] for i in rest]
         if self._use_fused(params, group):
             self._step_fused(group, params, grads, states)
         else:
@@ -400,12 +442,12 @@ class GradwiseOptimizer(Optimizer):
         prepared = [self._prepare_bucket(group, g_eff, bucket)
                     for group, items in work for g_eff, bucket in self._buckets(group, items)]
         self._prepare([b[:4] for b in prepared])
-        for g_eff, params, grads, states, _ in prepared:
-            self._update(g_eff, params, grads, states)
-        for g_eff, params, _, states, old in prepared:
+        for g_eff, params, grads, states, _, stored in prepared:
+            self._update(g_eff, params, grads, states, stored)
+        for g_eff, params, _, states, old, _ in prepared:
             if old is not None:
                 self._apply_update_transforms(g_eff, params, states, old)
-            if self.state_codec is not None:
+            if self.state_codec is not None:  # (stored forms, kept by the fused kernels, pass through)
                 encode_states(self.state_codec, params, states)
         if saved is not None and not all_finite([v for _, items in work for _, v, _ in items]):
             S.restore(self, saved)
@@ -458,14 +500,24 @@ class GradwiseOptimizer(Optimizer):
             # torch.optim checkpoints hold step as a 0-dim tensor: count in Python ints
             st["step"] = int(st["step"]) + 1
             states.append(st)
+        stored = None
         if self.state_codec is not None:
-            decode_states(self.state_codec, params, states)
+            # state a fused kernel takes in its stored form is not decoded (a fresh one is encoded now, so
+            # the kernel always sees the stored form); the rest is decoded for the ordinary update
+            stored = self._stored_split(g_eff, params, states)
+            if stored is None:
+                decode_states(self.state_codec, params, states)
+            else:
+                encode_states(self.state_codec, [v for v, s in zip(params, stored) if s],
+                              [st for st, s in zip(states, stored) if s])
+                decode_states(self.state_codec, [v for v, s in zip(params, stored) if not s],
+                              [st for st, s in zip(states, stored) if not s])
         if g_eff.get("maximize", False):
             grads = torch._foreach_neg(grads)
         for t in self.grad_transforms:
             grads = t.apply(params, grads, states, g_eff)
         old = [p.clone() for p in params] if self.update_transforms else None
-        return g_eff, params, grads, states, old
+        return g_eff, params, grads, states, old, stored
 
     def _apply_update_transforms(self, group: dict[str, Any], params: list[Tensor], states: list[dict],
                                  old: list[Tensor]) -> None:
