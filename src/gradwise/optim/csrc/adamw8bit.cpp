@@ -5,6 +5,7 @@
 #include "common.h"
 
 #include <cstdint>
+#include <cstring>
 
 // No contraction of a*b+c into fma in this file (g++ contracts by default, even with -std=c++17): the
 // update must round as torch's _foreach_ ops do on this CPU, so the fma's below are written out where
@@ -26,31 +27,48 @@ struct Q8 {
   const uint8_t* lut = nullptr;
 };
 
-// quantize_with_lut for one entry: v = clamp(x * (1/N), -1, 1) in float32, grid index
-// floor(fma((v + 1) / 2, 65535, 0.5)) (one rounding, as the reference's exact float64 product and sum
-// rounded once to float32), then the table. A NaN goes to grid point 0.
-inline uint8_t quantize_one(float x, float inv, const uint8_t* __restrict__ lut) {
-  float v = x * inv;
-  v = std::min(std::max(v, -1.0f), 1.0f);  // std::max/min keep a NaN v (their comparisons are false)
-  const float pos = std::fma((v + 1.0f) * 0.5f, float(kGridSize - 1), 0.5f);
-  return lut[pos == pos ? static_cast<int64_t>(pos) : 0];
+// bit pattern of a float, and back (memcpy: the defined way, compiled to nothing)
+inline uint32_t bits_of(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
 }
 
-// Codes and absmax of one block from its float32 values x[0, n); NaN entries do not count in absmax.
-inline void quantize_block(const float* __restrict__ x, int64_t n, uint8_t* __restrict__ codes, float* absmax,
-                           const uint8_t* __restrict__ lut) {
-  float a = 0.0f;
-  for (int64_t j = 0; j < n; ++j) {
-    const float m = std::abs(x[j]);
-    a = m > a ? m : a;  // false for NaN: ignored, as the reference's where(isnan, 0, |x|).amax()
-  }
-  *absmax = a;
+inline float float_of(uint32_t b) {
+  float x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+}
+
+// |x| as its bit pattern, with NaN as 0: for non-negative floats the integer order of the patterns is
+// their order (NaN patterns lie above infinity's), so a block's absmax is an integer max, which vectorizes
+// where a float max that ignores NaN does not (without -ffast-math).
+inline uint32_t abs_bits(float x) {
+  const uint32_t b = bits_of(x) & 0x7fffffffu;
+  return b & (0u - static_cast<uint32_t>(b <= 0x7f800000u));  // a mask, not a select: g++ vectorizes it
+}
+
+// Codes of one block from its float32 values x[0, n) and absmax a (the largest |x|, NaN not counted), as
+// quantize_with_lut: v = clamp(x * (1/a), -1, 1) in float32; grid index floor(fma((v + 1) / 2, 65535,
+// 0.5)) (one rounding, as the reference's exact float64 product and sum rounded once to float32; a NaN
+// goes to grid point 0); the code is the table's entry there. The indices are computed in a loop of
+// their own (it vectorizes), the table look-up after it. idx: int32 scratch of n entries.
+inline void quantize_block(const float* __restrict__ x, int64_t n, float a, uint8_t* __restrict__ codes,
+                           const uint8_t* __restrict__ lut, int32_t* __restrict__ idx) {
   if (a == 0.0f) {  // the reference codes an all-zero (or all-NaN) block as 0
-    std::fill(codes, codes + n, uint8_t(0));
+    for (int64_t j = 0; j < n; ++j) codes[j] = 0;
     return;
   }
   const float inv = 1.0f / a;
-  for (int64_t j = 0; j < n; ++j) codes[j] = quantize_one(x[j], inv, lut);
+  for (int64_t j = 0; j < n; ++j) {
+    float v = x[j] * inv;
+    v = v > 1.0f ? 1.0f : v;  // clamp; a NaN stays NaN (its comparisons are false)
+    v = v < -1.0f ? -1.0f : v;
+    float pos = std::fma((v + 1.0f) * 0.5f, float(kGridSize - 1), 0.5f);
+    pos = pos == pos ? pos : 0.0f;
+    idx[j] = static_cast<int32_t>(pos);  // pos in [0.5, 65535.5]: truncation is floor
+  }
+  for (int64_t j = 0; j < n; ++j) codes[j] = lut[idx[j]];
 }
 
 template <typename T>
@@ -62,16 +80,19 @@ inline T nan_max(T a, T b) {  // torch.maximum: NaN if either is
 // as torch's vectorized CPU ops compute it: p * decay; lerp: fma(w, g - m, m), or fma(w - 1, g - m, g)
 // when w >= 0.5; v b2, then addcmul: fma(omb2 g, g, v b2); with amsgrad vmax = maximum(vmax, v); then
 // addcdiv: p + (coef m) / (sqrt(v) / q + eps). The scalars come rounded to T as torch rounds them.
-// bm, bv, bx: float32 scratch of one block (the updated moments, quantized once the block's absmax is known).
+// bm, bv, bx: float32 scratch of one block (the updated moments, quantized once the block's absmax is
+// known); idx: int32 scratch of one block.
 template <typename T, bool AMS>
 void adamw8bit_blocks(T* __restrict__ p, const T* __restrict__ g, Q8 m, Q8 v, Q8 x, int64_t n, int64_t bs,
                       int64_t blo, int64_t bhi, T w, T b2, T omb2, T eps, T decay, T coef, T q,
-                      float* __restrict__ bm, float* __restrict__ bv, float* __restrict__ bx) {
+                      float* __restrict__ bm, float* __restrict__ bv, float* __restrict__ bx,
+                      int32_t* __restrict__ idx) {
   const bool small_w = std::abs(w) < T(0.5);
   const T w1 = w - T(1);
   for (int64_t b = blo; b < bhi; ++b) {
     const int64_t lo = b * bs, len = std::min(n, lo + bs) - lo;
     const float am = m.absmax[b], av = v.absmax[b], ax = AMS ? x.absmax[b] : 0.0f;
+    uint32_t nm = 0, nv = 0, nx = 0;  // the new absmax of each, as abs_bits
     const uint8_t* __restrict__ mc = m.codes + lo;
     const uint8_t* __restrict__ vc = v.codes + lo;
     const uint8_t* __restrict__ xc = AMS ? x.codes + lo : nullptr;
@@ -88,15 +109,25 @@ void adamw8bit_blocks(T* __restrict__ p, const T* __restrict__ g, Q8 m, Q8 v, Q8
       if (AMS) {
         dv = nan_max(static_cast<T>(x.map[xc[j]] * ax), vj);
         bx[j] = static_cast<float>(dv);
+        const uint32_t ax_j = abs_bits(bx[j]);
+        nx = ax_j > nx ? ax_j : nx;
       }
       const T pj = pp[j] * decay;
       pp[j] = pj + (coef * mj) / (std::sqrt(dv) / q + eps);
       bm[j] = static_cast<float>(mj);
       bv[j] = static_cast<float>(vj);
+      const uint32_t am_j = abs_bits(bm[j]), av_j = abs_bits(bv[j]);
+      nm = am_j > nm ? am_j : nm;
+      nv = av_j > nv ? av_j : nv;
     }
-    quantize_block(bm, len, m.codes + lo, m.absmax + b, m.lut);
-    quantize_block(bv, len, v.codes + lo, v.absmax + b, v.lut);
-    if (AMS) quantize_block(bx, len, x.codes + lo, x.absmax + b, x.lut);
+    m.absmax[b] = float_of(nm);
+    v.absmax[b] = float_of(nv);
+    quantize_block(bm, len, m.absmax[b], m.codes + lo, m.lut, idx);
+    quantize_block(bv, len, v.absmax[b], v.codes + lo, v.lut, idx);
+    if (AMS) {
+      x.absmax[b] = float_of(nx);
+      quantize_block(bx, len, x.absmax[b], x.codes + lo, x.lut, idx);
+    }
   }
 }
 
@@ -171,9 +202,12 @@ void adamw_8bit_(at::TensorList p, at::TensorList g, at::TensorList m_codes, at:
       const T Q = static_cast<T>(bc2_sqrt[i]);
       at::parallel_for(0, blocks, grain, [=](int64_t blo, int64_t bhi) {
         std::vector<float> scratch((ams ? 3 : 2) * bs);
+        std::vector<int32_t> idx(bs);
         float *bm = scratch.data(), *bv = bm + bs, *bx = ams ? bv + bs : nullptr;
-        if (ams) adamw8bit_blocks<T, true>(pp, gp, M, V, X, n, bs, blo, bhi, W, B2, OMB2, E, D, C, Q, bm, bv, bx);
-        else adamw8bit_blocks<T, false>(pp, gp, M, V, X, n, bs, blo, bhi, W, B2, OMB2, E, D, C, Q, bm, bv, bx);
+        if (ams)
+          adamw8bit_blocks<T, true>(pp, gp, M, V, X, n, bs, blo, bhi, W, B2, OMB2, E, D, C, Q, bm, bv, bx, idx.data());
+        else
+          adamw8bit_blocks<T, false>(pp, gp, M, V, X, n, bs, blo, bhi, W, B2, OMB2, E, D, C, Q, bm, bv, bx, idx.data());
       });
     });
   }
