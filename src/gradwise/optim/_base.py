@@ -16,7 +16,8 @@ Around the update it does, in this order:
 * bucketing tensors by (device, dtype) so each ``torch._foreach_*`` call gets
   homogeneous lists; lazily creating per-parameter state and advancing ``step``;
 * decoding the state (``state_codec``), then ``maximize``, the gradient
-  transforms, the update, the update transforms, encoding the state again.
+  transforms, the update, the update transforms, encoding the state again
+  (or one fused kernel on the stored form: ``_step_fused_stored``, e.g. AdamW's 8-bit state).
 
 Gradients are never modified in place: ``p.grad`` after ``step()`` is what
 autograd wrote, as with ``torch.optim``.
@@ -33,7 +34,7 @@ from torch.optim import Optimizer
 from gradwise._validate import check_betas, check_int, check_range  # noqa: F401  (re-exported)
 from gradwise.optim import _fused
 from gradwise.optim import _state as S
-from gradwise.optim._codec import StateCodec, decode_states, encode_states
+from gradwise.optim._codec import StateCodec, decode_states, encode_states, reencode_loaded, split_by
 from gradwise.optim._finite import all_finite, finite_and_large
 from gradwise.optim._state import picklable_state, zeros_state  # noqa: F401  (re-exported)
 from gradwise.optim._transforms import GradTransform, UpdateTransform, check_transforms
@@ -227,9 +228,33 @@ class GradwiseOptimizer(Optimizer):
         """
         raise NotImplementedError
 
+    def _takes_stored_state(self, group: dict[str, Any], param: Tensor, state: dict[str, Any]) -> bool:
+        """Whether :meth:`_step_fused_stored` steps ``param`` with its state left in the codec's stored form
+        (asked on the fused path, without transforms, before decoding; a fresh state holds the codec's input)."""
+        return False
+
+    def _step_fused_stored(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                           states: list[dict[str, Any]]) -> None:
+        """One fused step (decode, update, encode in one kernel) of state that :meth:`_takes_stored_state` took."""
+        raise NotImplementedError
+
+    def _stored_split(self, group: dict[str, Any], params: list[Tensor], states: list[dict]) -> list[bool] | None:
+        """Per parameter of a bucket, whether :meth:`_takes_stored_state` holds; None where it holds for none."""
+        if (self.grad_transforms or self.update_transforms or not self._use_fused(params, group)
+                or type(self)._takes_stored_state is GradwiseOptimizer._takes_stored_state):
+            return None
+        direct = [self._takes_stored_state(group, v, st) for v, st in zip(params, states)]
+        return direct if any(direct) else None
+
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        """Apply one step to a bucket: the fused hook where this bucket goes through it, else the foreach one."""
+                states: list[dict[str, Any]], stored: list[bool] | None = None) -> None:
+        """One step of a bucket: the fused hook where it goes through it, else the foreach one; parameters
+        flagged in ``stored`` (state in stored form) through :meth:`_step_fused_stored`."""
+        if stored is not None:
+            direct, (params, grads, states) = split_by(stored, params, grads, states)
+            self._step_fused_stored(group, *direct)
+            if not params:
+                return
         if self._use_fused(params, group):
             self._step_fused(group, params, grads, states)
         else:
@@ -331,25 +356,7 @@ class GradwiseOptimizer(Optimizer):
             self._optimizer_load_state_dict_pre_hooks = hooks
             self.__dict__.pop("_optimizer_checked", None)  # the loaded state is checked in full at the next step
         if self.state_codec is not None:
-            self._reencode_loaded(state_dict, ids)
-
-    def _reencode_loaded(self, state_dict: dict[str, Any], ids: dict) -> None:
-        codec = self.state_codec
-
-        def to_device(x, device):
-            return x.to(device=device, copy=True) if isinstance(x, Tensor) else tuple(to_device(y, device) for y in x)
-        for idx, saved in state_dict["state"].items():
-            if idx not in ids or ids[idx][0] not in self.state:
-                continue
-            p = ids[idx][0]
-            v = torch.view_as_real(p) if p.is_complex() else p
-            st = self.state[p]
-            for k, x in saved.items():
-                if k == "step" or not isinstance(x, (Tensor, tuple)):
-                    continue
-                orig = to_device(x, v.device)
-                # a stored form is kept as saved; anything else (torch's load cast it to the parameter's dtype) is encoded
-                st[k] = orig if codec.fits(k, orig, v) else codec.encode(k, st[k], v)
+            reencode_loaded(self.state_codec, self.state, state_dict, ids)
 
     # Under torch.compile the step graph-breaks and runs eagerly: its per-tensor
     # step counters and coefficients are Python numbers, which dynamo would
@@ -400,9 +407,9 @@ class GradwiseOptimizer(Optimizer):
         prepared = [self._prepare_bucket(group, g_eff, bucket)
                     for group, items in work for g_eff, bucket in self._buckets(group, items)]
         self._prepare([b[:4] for b in prepared])
-        for g_eff, params, grads, states, _ in prepared:
-            self._update(g_eff, params, grads, states)
-        for g_eff, params, _, states, old in prepared:
+        for g_eff, params, grads, states, _, stored in prepared:
+            self._update(g_eff, params, grads, states, stored)  # (stored forms pass encode_states untouched)
+        for g_eff, params, _, states, old, _ in prepared:
             if old is not None:
                 self._apply_update_transforms(g_eff, params, states, old)
             if self.state_codec is not None:
@@ -458,14 +465,16 @@ class GradwiseOptimizer(Optimizer):
             # torch.optim checkpoints hold step as a 0-dim tensor: count in Python ints
             st["step"] = int(st["step"]) + 1
             states.append(st)
-        if self.state_codec is not None:
-            decode_states(self.state_codec, params, states)
+        stored = None
+        if self.state_codec is not None:  # state a fused kernel reads in stored form is left so
+            stored = self._stored_split(g_eff, params, states)
+            decode_states(self.state_codec, params, states, stored)
         if g_eff.get("maximize", False):
             grads = torch._foreach_neg(grads)
         for t in self.grad_transforms:
             grads = t.apply(params, grads, states, g_eff)
         old = [p.clone() for p in params] if self.update_transforms else None
-        return g_eff, params, grads, states, old
+        return g_eff, params, grads, states, old, stored
 
     def _apply_update_transforms(self, group: dict[str, Any], params: list[Tensor], states: list[dict],
                                  old: list[Tensor]) -> None:

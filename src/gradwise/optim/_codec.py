@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-__all__ = ["StateCodec", "decode_states", "encode_states"]
+__all__ = ["StateCodec", "decode_states", "encode_states", "split_by", "reencode_loaded"]
 
 
 class StateCodec:
@@ -53,12 +54,28 @@ class StateCodec:
         return f"{type(self).__name__}()"
 
 
-def decode_states(codec: StateCodec, views: list[Tensor], states: list[dict]) -> None:
-    """Replace each stored state entry (``step`` excluded) of one bucket by its decoded tensor, in place."""
-    for v, st in zip(views, states):
+def decode_states(codec: StateCodec, views: list[Tensor], states: list[dict], stored: list[bool] | None = None) -> None:
+    """Replace each stored state entry (``step`` excluded) of one bucket by its decoded tensor, in place.
+
+    ``stored``: per parameter, whether its state stays in stored form instead, for a fused kernel that
+    reads it so (``GradwiseOptimizer._takes_stored_state``); a fresh state (the codec's input) is encoded.
+    """
+    for i, (v, st) in enumerate(zip(views, states)):
+        keep = stored is not None and stored[i]
         for k, x in st.items():
-            if k != "step" and isinstance(x, (Tensor, tuple)):
+            if k == "step":
+                continue
+            if keep:
+                if isinstance(x, Tensor):
+                    st[k] = codec.encode(k, x, v)
+            elif isinstance(x, (Tensor, tuple)):
                 st[k] = codec.decode(k, x, v)
+
+
+def split_by(flags: list[bool], *lists: list) -> tuple[list[list], list[list]]:
+    """``lists`` cut in two by ``flags``: the entries where it is true, and the others."""
+    return ([[x for x, f in zip(xs, flags) if f] for xs in lists],
+            [[x for x, f in zip(xs, flags) if not f] for xs in lists])
 
 
 def encode_states(codec: StateCodec, views: list[Tensor], states: list[dict]) -> None:
@@ -67,3 +84,21 @@ def encode_states(codec: StateCodec, views: list[Tensor], states: list[dict]) ->
         for k, x in st.items():
             if k != "step" and isinstance(x, Tensor):
                 st[k] = codec.encode(k, x, v)
+
+
+def reencode_loaded(codec: StateCodec, state: dict, state_dict: dict[str, Any], ids: dict) -> None:
+    """After torch's ``load_state_dict``: each saved stored form kept as saved (on its parameter's device),
+    anything else (which torch's load cast to the parameter's dtype) encoded. ``ids``: index -> (param, ...)."""
+    def to_device(x, device):
+        return x.to(device=device, copy=True) if isinstance(x, Tensor) else tuple(to_device(y, device) for y in x)
+    for idx, saved in state_dict["state"].items():
+        if idx not in ids or ids[idx][0] not in state:
+            continue
+        p = ids[idx][0]
+        v = torch.view_as_real(p) if p.is_complex() else p
+        st = state[p]
+        for k, x in saved.items():
+            if k == "step" or not isinstance(x, (Tensor, tuple)):
+                continue
+            orig = to_device(x, v.device)
+            st[k] = orig if codec.fits(k, orig, v) else codec.encode(k, st[k], v)

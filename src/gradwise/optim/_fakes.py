@@ -33,13 +33,32 @@ def _update_fake(name: str):
     return fake
 
 
+def _adamw_8bit_fake(p, g, m_codes, m_absmax, v_codes, v_absmax, vmax_codes, vmax_absmax, *rest):
+    # the kernel's checks of the 8-bit state: uint8 codes shaped like each parameter, float32 absmax with
+    # one entry per block (block_size is the last argument); max_exp_avg_sq only with amsgrad
+    _check_pairs("adamw_8bit_", p, g)
+    block_size = rest[-1]
+    for codes, absmax in ((m_codes, m_absmax), (v_codes, v_absmax), (vmax_codes, vmax_absmax)):
+        if codes is vmax_codes and not vmax_codes and not vmax_absmax:
+            continue
+        torch._check(len(codes) == len(p) and len(absmax) == len(p),
+                     lambda: "adamw_8bit_: state lists differ in length from the parameters")
+        for x, c, a in zip(p, codes, absmax):
+            torch._check(c.dtype == torch.uint8 and c.shape == x.shape,
+                         lambda: "adamw_8bit_: codes must be uint8 of the parameter's shape")
+            torch._check(a.dtype == torch.float32 and a.numel() == -(-x.numel() // block_size),
+                         lambda: "adamw_8bit_: absmax must be float32, one entry per block")
+    return None
+
+
 def _perp_stats_fake(w, g, c):
     _check_pairs("perp_stats", w, g)
     return w[0].new_empty((len(w), 3), dtype=torch.float64) if w else torch.empty((0, 3), dtype=torch.float64)
 
 
 # operator name (in torch.ops.gradwise_fused) -> its fake implementation
-FAKES = {**{name: _update_fake(name) for name in _UPDATES}, "perp_stats": _perp_stats_fake}
+FAKES = {**{name: _update_fake(name) for name in _UPDATES}, "perp_stats": _perp_stats_fake,
+         "adamw_8bit_": _adamw_8bit_fake}
 
 
 def register() -> None:

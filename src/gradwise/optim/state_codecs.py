@@ -123,7 +123,9 @@ class Blockwise8bitStateCodec(StateCodec):
     block is taken from the updated state when it is encoded again: for
     Adam this is bitsandbytes' CPU 8-bit step (dequantize, 32-bit update,
     quantize), so ``AdamW(..., state_bits=8)`` follows
-    ``bnb.optim.AdamW8bit`` (tests/optim/test_state_bits.py).
+    ``bnb.optim.AdamW8bit`` (tests/optim/test_state_bits.py). On AdamW's
+    fused path the three happen in one kernel that reads and writes the
+    stored form directly (see :class:`~gradwise.optim.AdamW`).
 
     Kept as they are (parameter dtype): state of parameters with fewer than
     ``min_8bit_size`` entries (bitsandbytes' ``min_8bit_size=4096``: their
