@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,8 @@ from gradwise.arena.study import Run, Study, UsageError
 if TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["RAY_MISSING", "import_ray", "address_type", "ray_session", "pieces", "train_on_ray", "run_piece"]
+__all__ = ["RAY_MISSING", "ADDRESS_ACCEPTED", "import_ray", "address_type", "ray_session", "pieces", "train_on_ray",
+           "run_piece", "merge_state"]
 
 RAY_MISSING = ("--ray runs the study on Ray, which is not installed; install gradwise's `ray` extra "
                "(pip install 'gradwise[ray]', ray==2.55.1) or its `federated` extra, which brings ray too")
@@ -83,14 +85,17 @@ def ray_session(address: str | None) -> Iterator[ModuleType]:
     if ray.is_initialized():
         yield ray
         return
-    if address in (None, "local"):
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    else:
-        try:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        except (ConnectionError, ValueError, RuntimeError) as err:
-            raise UsageError(f"--ray-address {address}: could not connect to a Ray cluster there ({err})") from err
+    with warnings.catch_warnings():  # ray 2.55's note on GPU environment variables, irrelevant here
+        warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+        if address in (None, "local"):
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        else:
+            try:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, ValueError, RuntimeError) as err:
+                raise UsageError(f"--ray-address {address}: could not connect to a Ray cluster there "
+                                 f"({err})") from err
     try:
         yield ray
     finally:
