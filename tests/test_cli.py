@@ -58,7 +58,7 @@ def test_arena_help_lists_studies_and_options(capsys):
     with pytest.raises(SystemExit):
         main(["arena", "optimizers", "--help"])
     out = capsys.readouterr().out
-    for option in ("--optimizers", "--seeds", "--steps", "--out"):
+    for option in ("--optimizers", "--seeds", "--steps", "--out", "--ray", "--ray-address"):
         assert option in out
 
 
@@ -405,15 +405,19 @@ _BAD_BY_OPTION = {
     ("sharpness", "--mesa-horizon"): ["0", "-1", "nan", "inf", "x"],
 }
 
+# options every study has
+_BAD_ANY_STUDY = {"--ray-address": ["", "cluster", "host:", "host:99999", "http://host:80"]}
+
 
 def _bad_cases():
     cases = []
     for study, parser in _study_parsers().items():
         for action in parser._actions:
-            if not action.option_strings or action.dest in ("help", "out"):  # --out: the arena's own checks
+            # --out: the arena's own checks; --ray: a flag without a value
+            if not action.option_strings or action.dest in ("help", "out", "ray"):
                 continue
             opt = action.option_strings[-1]
-            bad = _BAD_BY_OPTION.get((study, opt))
+            bad = _BAD_BY_OPTION.get((study, opt), _BAD_ANY_STUDY.get(opt))
             if bad is None:
                 assert getattr(action.type, "accepted", None) == "an integer >= 1", \
                     f"{study} {opt}: add its bad values to _BAD_BY_OPTION"

@@ -10,7 +10,7 @@ functions so that ``gradwise --help`` stays fast.
 
 Layout: ``study`` (the record and registry), ``options`` (command-line
 options from the config), ``driver`` (seeds x methods, summary, leaderboard,
-files), ``stats`` (intervals, tied ranks), ``results`` (the results folder,
+files), ``ray_sweep`` (seeds x methods as Ray tasks, for ``--ray``), ``stats`` (intervals, tied ranks), ``results`` (the results folder,
 CSV/JSON, the machine), ``plots`` (styles, y-limits), ``report`` (the
 optimizers study's summary and the re-exports of the three before),
 ``runner``/``tasks``/``baselines`` (what the optimizers study trains).

@@ -30,16 +30,24 @@ def run_from_args(study: Study, args: argparse.Namespace, console: Console) -> P
     """Run ``study`` with the options parsed into ``args`` (see :mod:`gradwise.arena.options`)."""
     from gradwise.arena.options import config_from_args, methods_from_args
 
+    address = getattr(args, "ray_address", None)
     return run_study(study, config_from_args(study, args), methods_from_args(study, args),
-                     out=getattr(args, "out", None), console=console)
+                     out=getattr(args, "out", None), console=console,
+                     ray=bool(getattr(args, "ray", False)) or address is not None, ray_address=address)
 
 
-def run_study(study: Study, cfg: Any, methods: list[str], *, out: str | Path | None, console: Console) -> Path:
+def run_study(study: Study, cfg: Any, methods: list[str], *, out: str | Path | None, console: Console,
+              ray: bool = False, ray_address: str | None = None) -> Path:
     """Run every method of ``methods`` over the config's seeds, report and write the results; return
     the results folder. Seeds are ``first_seed .. first_seed + seeds - 1`` (``first_seed`` 0 unless the
-    config has one)."""
+    config has one). ``ray``: run them as Ray tasks (see :mod:`gradwise.arena.ray_sweep`), on the
+    cluster at ``ray_address`` or, without one, on a local Ray started for the run."""
     from gradwise.arena.results import machine_line, results_folder
 
+    if ray:  # before any work: without ray installed, --ray is a usage error naming the extra
+        from gradwise.arena.ray_sweep import import_ray
+
+        import_ray()
     if study.adjust is not None:
         cfg = study.adjust(cfg)
     first = getattr(cfg, "first_seed", 0)
@@ -47,7 +55,7 @@ def run_study(study: Study, cfg: Any, methods: list[str], *, out: str | Path | N
         run = Run(cfg=cfg, task=study.setup(cfg, tuple(methods)), methods=tuple(methods),
                   seeds=tuple(range(first, first + cfg.seeds)))
         start = time.perf_counter()
-        rows = train_all(study, run, console)
+        rows = train_all(study, run, console, ray=ray, ray_address=ray_address)
         total_s = time.perf_counter() - start
         summary = (study.summarize(run, rows) if study.summarize is not None
                    else summarize_rows(study, rows, run.methods))
@@ -63,9 +71,11 @@ def run_study(study: Study, cfg: Any, methods: list[str], *, out: str | Path | N
     return folder.final
 
 
-def train_all(study: Study, run: Run, console: Console) -> list[Any]:
+def train_all(study: Study, run: Run, console: Console, *, ray: bool = False,
+              ray_address: str | None = None) -> list[Any]:
     """Every run of the study, under a progress bar: their rows (``seed_setup``'s reference rows go to
-    ``run.references``)."""
+    ``run.references``). ``ray``: as Ray tasks, the same rows in the same order
+    (:func:`gradwise.arena.ray_sweep.train_on_ray`)."""
     from gradwise.arena.results import progress
     from gradwise.arena.runner import torch_threads
 
@@ -76,6 +86,10 @@ def train_all(study: Study, run: Run, console: Console) -> list[Any]:
     per_seed = 1 if study.run_seed is not None else len(run.methods) + (study.seed_setup is not None)
     with torch_threads(getattr(run.cfg, "threads", 1)), progress(console, width=width) as bar:
         job = bar.add_task(study.name, total=len(run.seeds) * per_seed)
+        if ray:
+            from gradwise.arena.ray_sweep import train_on_ray
+
+            return train_on_ray(study, run, ray_address, bar, job)
 
         def one(method: str, seed: int, shared: Any) -> None:
             bar.update(job, description=f"{method} seed {seed}")

@@ -19,7 +19,7 @@ from typing import Any
 
 from gradwise._validate import check_int, check_real
 
-__all__ = ["add_arguments", "value_type", "names_type", "option_fields", "config_from_args", "methods_from_args"]
+__all__ = ["add_arguments", "add_ray_arguments", "value_type", "names_type", "option_fields", "config_from_args", "methods_from_args"]
 
 
 def _accepted(err: ValueError) -> str:
@@ -104,6 +104,21 @@ def add_arguments(parser: argparse.ArgumentParser, study: Any) -> None:
                             type=value_type(f.name, hints[f.name], meta.get("at_least"), meta.get("below")),
                             help=f"{meta['help']} (default {f.default})")
     parser.add_argument("--out", metavar="DIR", help="results folder (default runs/<timestamp>)")
+    add_ray_arguments(parser)
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ray`` and ``--ray-address ADDR``: run the seeds x methods as Ray tasks (see
+    :mod:`gradwise.arena.ray_sweep`; ray is imported only when they are given)."""
+    from gradwise.arena.ray_sweep import ADDRESS_ACCEPTED, address_type
+
+    parser.add_argument("--ray", action="store_true",
+                        help="run the seeds x methods as Ray tasks, each on the study's torch thread count, 1 (same rows as the serial "
+                             "run); a local Ray with every CPU unless --ray-address; needs ray (the `ray` or "
+                             "`federated` extra)")
+    parser.add_argument("--ray-address", metavar="ADDR", type=address_type, default=None,
+                        help=f"with --ray (implied): the Ray cluster to run on ({ADDRESS_ACCEPTED}; auto: the "
+                             "cluster `ray start` began on this machine); gradwise must be installed on its nodes")
 
 
 def config_from_args(study: Any, args: argparse.Namespace) -> Any:

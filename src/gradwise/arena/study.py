@@ -84,7 +84,9 @@ class Run:
     """What the driver hands to a study's functions: the config, the task that ``Study.setup``
     built, the methods and seeds to run, and ``state``, a dict the study may keep things in
     between its functions (the calibration study's test predictions, for the plot), and
-    ``references``, the reference rows of ``Study.seed_setup`` (filled by the driver)."""
+    ``references``, the reference rows of ``Study.seed_setup`` (filled by the driver). Under ``--ray``
+    each task has its own ``state``, merged into the driver's in the serial order (a new key set, a list
+    extended, a dict merged key by key, another value replaced)."""
 
     cfg: Any
     task: Any
@@ -131,7 +133,9 @@ class Study:
     ``json_extra``) and whatever ``write_files(out, run, rows, summary,
     title)`` writes (the plot), named in ``outputs``.
 
-    Options: every config field made with :func:`option`, ``--out``, and the
+    Options: every config field made with :func:`option`, ``--out``, ``--ray`` and
+    ``--ray-address`` (the runs as Ray tasks: a worker loads the study by
+    name, so it must be a registered ``*_study`` module), and the
     ``select`` option; ``smoke`` is the study's smallest command line, which
     the arena's tests run for every registered study.
     """
