@@ -134,6 +134,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a Ray head process of its own: 30-45 s
 def test_ray_address_runs_on_a_cluster_started_by_the_test(tmp_path):
     ray = _ray()
     assert not ray.is_initialized()
@@ -189,6 +190,7 @@ def local_ray():
         ray.shutdown()
 
 
+@pytest.mark.slow  # a third Ray-backed study; the default suite keeps the per-method and per-seed groupings
 def test_seed_setup_study_on_ray_gives_the_serial_rows(local_ray, tmp_path):
     # distillation: each seed's teacher is trained in the task of that seed's students; its rows are references
     argv = ["--seeds", "2", "--teacher-epochs", "1", "--epochs", "1"]
