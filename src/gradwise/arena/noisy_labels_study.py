@@ -26,7 +26,8 @@ from typing import Any
 from gradwise.arena.stats import CI_NOTE, RANK_NOTE
 from gradwise.arena.study import Column, Run, Selection, Study, ci_column, option, register_study
 
-__all__ = ["HELP", "Config", "CONFIG", "LOSSES", "STUDY", "noisy_labels", "add_arguments", "run"]
+__all__ = ["HELP", "Config", "CONFIG", "LOSSES", "STUDY", "noisy_labels", "digits_task", "noisy_seed_labels",
+           "add_arguments", "run"]
 
 HELP = "robust losses (GCE, MAE, LDR, ALDR, EnsLoss) vs cross-entropy on digits with 40% symmetric label noise"
 
@@ -115,14 +116,16 @@ def _train_one(task, y_noisy, name: str, seed: int, cfg: Config):
                 wall_s=time.perf_counter() - start, curve_steps=steps, curve_acc=accs)
 
 
-def _task(cfg: Config, methods: tuple[str, ...]):
+def digits_task(cfg: Any, methods: tuple[str, ...]):
+    """The digits task with its test split (the sharpness study trains on it too)."""
     from gradwise.arena.tasks import digits
 
     return digits(eval_split="test")
 
 
-def _noisy(run: Run, seed: int) -> tuple[Any, None]:
-    """The seed's noisy training labels, shared by every loss of that seed."""
+def noisy_seed_labels(run: Run, seed: int) -> tuple[Any, None]:
+    """The seed's noisy training labels (``run.cfg.noise``), shared by every method of that seed (a
+    ``seed_setup``; the sharpness study uses it too)."""
     return noisy_labels(run.task.y_train, run.task.num_classes, run.cfg.noise, seed)[0], None
 
 
@@ -176,7 +179,7 @@ def _write_plot(out: Path, run: Run, results: list[dict[str, Any]], summary: lis
 STUDY = register_study(Study(
     name="noisy-labels", help=HELP, description=__doc__, config=Config, methods=lambda: tuple(LOSSES),
     select=Selection("losses", "loss names", default_text="all", empty_means_all=True),
-    setup=_task, seed_setup=_noisy, seed_setup_label="noisy labels", seeds_outer=True,
+    setup=digits_task, seed_setup=noisy_seed_labels, seed_setup_label="noisy labels", seeds_outer=True,
     run_one=lambda run, name, seed, y_noisy: _train_one(run.task, y_noisy, name, seed, run.cfg),
     key="loss", name_key="loss", summary_keys=("final_acc", "best_acc", "train_fit_noisy", "wall_s"),
     rank_on="final_acc", title=_title, notes=_notes,

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradwise.arena.noisy_labels_study import digits_task, noisy_seed_labels
 from gradwise.arena.stats import CI_NOTE, RANK_NOTE
 from gradwise.arena.study import Column, Run, Study, ci_column, option, register_study
 
@@ -152,19 +153,6 @@ def train_one(task, y_noisy, cfg: Config, method: str, seed: int) -> dict[str, A
                 s_per_epoch=sorted(epoch_s)[len(epoch_s) // 2], curve=curve)
 
 
-def _task(cfg: Config, methods: tuple[str, ...]):
-    from gradwise.arena.tasks import digits
-
-    return digits(eval_split="test")
-
-
-def _noisy(run: Run, seed: int) -> tuple[Any, None]:
-    """The seed's noisy training labels, shared by every method of that seed (the noisy-labels study's noise)."""
-    from gradwise.arena.noisy_labels_study import noisy_labels
-
-    return noisy_labels(run.task.y_train, run.task.num_classes, run.cfg.noise, seed)[0], None
-
-
 def _title(run: Run, rows: list[dict[str, Any]]) -> str:
     c = run.cfg
     return (f"sharpness: digits, {c.noise:.0%} symmetric label noise, MLP {c.hidden}, {c.epochs} epochs x batch "
@@ -214,7 +202,7 @@ def _plot(out: Path, run: Run, rows: list[dict[str, Any]], summary: list[dict[st
 
 STUDY = register_study(Study(
     name="sharpness", help=HELP, description=__doc__, config=Config, methods=lambda: METHODS,
-    setup=_task, seed_setup=_noisy, seed_setup_label="noisy labels", seeds_outer=True,
+    setup=digits_task, seed_setup=noisy_seed_labels, seed_setup_label="noisy labels", seeds_outer=True,
     run_one=lambda run, method, seed, y_noisy: train_one(run.task, y_noisy, run.cfg, method, seed),
     summary_keys=("test_acc", "top_eig", "fit_noisy", "s_per_epoch"), rank_on="test_acc", title=_title,
     notes=_notes,

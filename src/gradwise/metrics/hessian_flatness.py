@@ -23,6 +23,26 @@ def _rademacher(p: Tensor, generator: torch.Generator | None) -> Tensor:
     return (v.to(p.dtype) * 2 - 1).to(p.device)
 
 
+def _loss_and_graph_grads(model: nn.Module, loss_fn: Callable, batch, generator: torch.Generator | None,
+                          params: Sequence[Tensor] | None) -> tuple[list[Tensor], Tensor, tuple]:
+    """Check the arguments the Hessian measures share; return ``(params, loss, grads with a graph)``."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"Invalid model: {type(model).__name__} (accepted: an nn.Module)")
+    if not callable(loss_fn):
+        raise ValueError(f"Invalid loss_fn: {loss_fn!r} (accepted: a callable (model, batch) -> scalar loss)")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"Invalid generator: {generator!r} (accepted: None or a torch.Generator)")
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+    if not params or not all(torch.is_tensor(p) and p.requires_grad for p in params):
+        raise ValueError("Invalid params: (accepted: a non-empty sequence of tensors that require grad)")
+    loss = loss_fn(model, batch)
+    if not torch.is_tensor(loss) or loss.numel() != 1 or not loss.requires_grad:
+        raise ValueError(f"Invalid loss_fn: it returned {type(loss).__name__} "
+                         f"{tuple(loss.shape) if torch.is_tensor(loss) else ''} (accepted: a scalar tensor that "
+                         "depends on params)")
+    return params, loss, torch.autograd.grad(loss.reshape(()), params, create_graph=True, allow_unused=True)
+
+
 @register(kind="metric", paper="Same Pre-training Loss, Better Downstream: Implicit Bias Matters for Language Models",
           year=2023, arxiv="2210.14199", code=None,
           summary="Hutchinson estimate of the loss Hessian's trace (flatness) with Rademacher probes and "
@@ -51,22 +71,8 @@ def hessian_trace(model: nn.Module, loss_fn: Callable, batch, n_samples: int = 1
     Not read: the part of the paper that says how many probes and which data they used (we could read only
     its abstract and figure captions), so ``n_samples=100`` is gradwise's default, not theirs.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"Invalid model: {type(model).__name__} (accepted: an nn.Module)")
-    if not callable(loss_fn):
-        raise ValueError(f"Invalid loss_fn: {loss_fn!r} (accepted: a callable (model, batch) -> scalar loss)")
     n_samples = check_int("n_samples", n_samples, 1)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"Invalid generator: {generator!r} (accepted: None or a torch.Generator)")
-    params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
-    if not params or not all(torch.is_tensor(p) and p.requires_grad for p in params):
-        raise ValueError("Invalid params: (accepted: a non-empty sequence of tensors that require grad)")
-    loss = loss_fn(model, batch)
-    if not torch.is_tensor(loss) or loss.numel() != 1 or not loss.requires_grad:
-        raise ValueError(f"Invalid loss_fn: it returned {type(loss).__name__} "
-                         f"{tuple(loss.shape) if torch.is_tensor(loss) else ''} (accepted: a scalar tensor that "
-                         "depends on params)")
-    grads = torch.autograd.grad(loss.reshape(()), params, create_graph=True, allow_unused=True)
+    params, loss, grads = _loss_and_graph_grads(model, loss_fn, batch, generator, params)
     # a gradient without a graph does not depend on the parameters: its Hessian blocks are 0
     pairs = [(p, g) for p, g in zip(params, grads) if g is not None and g.requires_grad]
     if not pairs:
@@ -105,23 +111,9 @@ def hessian_top_eigenvalue(model: nn.Module, loss_fn: Callable, batch, *, iters:
     shaped like ``params``; gradients are not accumulated into ``.grad``. One host sync per iteration (the
     stopping test); ``tol=0`` runs all ``iters``.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"Invalid model: {type(model).__name__} (accepted: an nn.Module)")
-    if not callable(loss_fn):
-        raise ValueError(f"Invalid loss_fn: {loss_fn!r} (accepted: a callable (model, batch) -> scalar loss)")
     iters = check_int("iters", iters, 1)
     tol = check_nonneg("tol", tol)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"Invalid generator: {generator!r} (accepted: None or a torch.Generator)")
-    params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
-    if not params or not all(torch.is_tensor(p) and p.requires_grad for p in params):
-        raise ValueError("Invalid params: (accepted: a non-empty sequence of tensors that require grad)")
-    loss = loss_fn(model, batch)
-    if not torch.is_tensor(loss) or loss.numel() != 1 or not loss.requires_grad:
-        raise ValueError(f"Invalid loss_fn: it returned {type(loss).__name__} "
-                         f"{tuple(loss.shape) if torch.is_tensor(loss) else ''} (accepted: a scalar tensor that "
-                         "depends on params)")
-    grads = torch.autograd.grad(loss.reshape(()), params, create_graph=True, allow_unused=True)
+    params, loss, grads = _loss_and_graph_grads(model, loss_fn, batch, generator, params)
     live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
     dev = generator.device if generator is not None else params[0].device
     v = [torch.randn(p.shape, generator=generator, device=dev, dtype=p.dtype).to(p.device) for p in params]
