@@ -158,3 +158,16 @@ def test_strategy_sends_own_corrections_and_steps_as_their_server(flwr_run):
         np.testing.assert_allclose(new["p"].numpy(), rnd["global_after"].numpy(), rtol=1e-12, atol=1e-14)
         w = {"p": new["p"].numpy()}
     assert metrics is not None
+
+
+@pytest.mark.slow
+def test_fedspeed_learns_on_the_simulation_engine():
+    pytest.importorskip("flwr.simulation")
+    pytest.importorskip("ray")
+    from gradwise.federated import run_digits_simulation
+
+    strategy = fedspeed_strategy(fraction_evaluate=0.0, min_available_nodes=5)
+    run = run_digits_simulation(strategy, num_clients=5, num_rounds=3, alpha=0.3, num_cpus=2)
+    acc = np.array(run.accuracy)
+    assert acc.shape == (4,) and np.isfinite(acc).all() and acc[1:].max() > acc[0] + 0.1, acc
+    assert len(strategy.duals.duals) == 5  # every client's accumulated correction kept by the server
