@@ -9,9 +9,12 @@ loss and optimizer come from the message's config, so a strategy (FedLD) can ask
   torch.optim.SGD on minibatches, default from the app's arguments;
 - ``loss``: ``"ce"`` (cross-entropy) or ``"margin-control"`` (FedLD's
   :func:`~gradwise.federated.fedld.margin_control_loss`, weight ``margin-lambda``);
-- ``local-rule``: ``"sgd"`` (the above) or ``"fedspeed"``: FedSpeed's
+- ``local-rule``: ``"sgd"`` (the above), ``"fedspeed"``: FedSpeed's
   :func:`~gradwise.federated.fedspeed.fedspeed_local_train` (cross-entropy; ``prox-lambda``, ``rho``,
-  ``weight-decay``, ``max-norm``) with the message's own ``"fedspeed-correction"`` ArrayRecord.
+  ``weight-decay``, ``max-norm``) with the message's own ``"fedspeed-correction"`` ArrayRecord, or
+  ``"fedhyper"``: FedHyper's :func:`~gradwise.federated.fedhyper.fedhyper_local_train` (SGD with
+  ``momentum``, hypergradient-scaled learning rate; ``hyper-clients``) with the message's
+  ``"fedhyper-global-update"`` ArrayRecord.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from torch import nn
 
 from gradwise._validate import check_int, check_positive, check_unit
 from gradwise.federated._flwr import require_flwr, state_to_arrays
+from gradwise.federated.fedhyper import GLOBAL_UPDATE_KEY, fedhyper_local_train
 from gradwise.federated.fedld import margin_control_loss
 from gradwise.federated.fedspeed import CORRECTION_KEY, fedspeed_local_train
 from gradwise.federated.partition import dirichlet_partition
@@ -135,9 +139,18 @@ def digits_client_app(alpha: float = 0.3, seed: int = 0, *, lr: float = 0.1, loc
         rnd = int(cfg.get("server-round", 0))
         x, y = task.client_data(pid)
         rule = str(cfg.get("local-rule", "sgd"))
-        if rule not in ("sgd", "fedspeed"):
-            raise ValueError(f"Invalid local-rule: {rule!r} (accepted: 'sgd' or 'fedspeed')")
-        if rule == "fedspeed":
+        if rule not in ("sgd", "fedspeed", "fedhyper"):
+            raise ValueError(f"Invalid local-rule: {rule!r} (accepted: 'sgd', 'fedspeed' or 'fedhyper')")
+        if rule == "fedhyper":
+            if GLOBAL_UPDATE_KEY not in msg.content:
+                raise ValueError(f"Invalid message: local-rule 'fedhyper' needs its {GLOBAL_UPDATE_KEY!r} arrays")
+            last = {k: torch.as_tensor(v.numpy()) for k, v in msg.content[GLOBAL_UPDATE_KEY].items()}
+            loss = fedhyper_local_train(
+                model, x, y, last, clients=float(cfg.get("hyper-clients", 1.0)),
+                epochs=int(cfg.get("local-epochs", local_epochs)), lr=float(cfg.get("lr", lr)),
+                batch_size=int(cfg.get("batch-size", batch_size)), momentum=float(cfg.get("momentum", 0.5)),
+                seed=seed * 1_000_003 + rnd * 1009 + pid)
+        elif rule == "fedspeed":
             if CORRECTION_KEY not in msg.content:
                 raise ValueError(f"Invalid message: local-rule 'fedspeed' needs its {CORRECTION_KEY!r} arrays")
             corr = {k: torch.as_tensor(v.numpy()) for k, v in msg.content[CORRECTION_KEY].items()}
