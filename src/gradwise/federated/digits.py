@@ -8,7 +8,13 @@ loss and optimizer come from the message's config, so a strategy (FedLD) can ask
 - ``lr`` (float), ``local-epochs`` (int), ``batch-size`` (int), ``momentum``, ``weight-decay`` (floats):
   torch.optim.SGD on minibatches, default from the app's arguments;
 - ``loss``: ``"ce"`` (cross-entropy) or ``"margin-control"`` (FedLD's
-  :func:`~gradwise.federated.fedld.margin_control_loss`, weight ``margin-lambda``).
+  :func:`~gradwise.federated.fedld.margin_control_loss`, weight ``margin-lambda``);
+- ``local-rule``: ``"sgd"`` (the above), ``"fedspeed"``: FedSpeed's
+  :func:`~gradwise.federated.fedspeed.fedspeed_local_train` (cross-entropy; ``prox-lambda``, ``rho``,
+  ``weight-decay``, ``max-norm``) with the message's own ``"fedspeed-correction"`` ArrayRecord, or
+  ``"fedhyper"``: FedHyper's :func:`~gradwise.federated.fedhyper.fedhyper_local_train` (SGD with
+  ``momentum``, hypergradient-scaled learning rate; ``hyper-clients``) with the message's
+  ``"fedhyper-global-update"`` ArrayRecord.
 """
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ from torch import nn
 
 from gradwise._validate import check_int, check_positive, check_unit
 from gradwise.federated._flwr import require_flwr, state_to_arrays
+from gradwise.federated.fedhyper import GLOBAL_UPDATE_KEY, fedhyper_local_train
 from gradwise.federated.fedld import margin_control_loss
+from gradwise.federated.fedspeed import CORRECTION_KEY, fedspeed_local_train
 from gradwise.federated.partition import dirichlet_partition
 
 __all__ = ["DigitsTask", "digits_model", "local_sgd", "accuracy", "digits_client_app"]
@@ -130,11 +138,35 @@ def digits_client_app(alpha: float = 0.3, seed: int = 0, *, lr: float = 0.1, loc
         cfg = msg.content["config"] if "config" in msg.content else {}
         rnd = int(cfg.get("server-round", 0))
         x, y = task.client_data(pid)
-        loss = local_sgd(model, x, y, epochs=int(cfg.get("local-epochs", local_epochs)),
-                         lr=float(cfg.get("lr", lr)), batch_size=int(cfg.get("batch-size", batch_size)),
-                         momentum=float(cfg.get("momentum", 0.0)), weight_decay=float(cfg.get("weight-decay", 0.0)),
-                         loss=str(cfg.get("loss", "ce")), margin_lambda=float(cfg.get("margin-lambda", 0.03)),
-                         seed=seed * 1_000_003 + rnd * 1009 + pid)
+        rule = str(cfg.get("local-rule", "sgd"))
+        if rule not in ("sgd", "fedspeed", "fedhyper"):
+            raise ValueError(f"Invalid local-rule: {rule!r} (accepted: 'sgd', 'fedspeed' or 'fedhyper')")
+        if rule == "fedhyper":
+            if GLOBAL_UPDATE_KEY not in msg.content:
+                raise ValueError(f"Invalid message: local-rule 'fedhyper' needs its {GLOBAL_UPDATE_KEY!r} arrays")
+            last = {k: torch.as_tensor(v.numpy()) for k, v in msg.content[GLOBAL_UPDATE_KEY].items()}
+            loss = fedhyper_local_train(
+                model, x, y, last, clients=float(cfg.get("hyper-clients", 1.0)),
+                epochs=int(cfg.get("local-epochs", local_epochs)), lr=float(cfg.get("lr", lr)),
+                batch_size=int(cfg.get("batch-size", batch_size)), momentum=float(cfg.get("momentum", 0.5)),
+                seed=seed * 1_000_003 + rnd * 1009 + pid)
+        elif rule == "fedspeed":
+            if CORRECTION_KEY not in msg.content:
+                raise ValueError(f"Invalid message: local-rule 'fedspeed' needs its {CORRECTION_KEY!r} arrays")
+            corr = {k: torch.as_tensor(v.numpy()) for k, v in msg.content[CORRECTION_KEY].items()}
+            loss = fedspeed_local_train(
+                model, x, y, corr, epochs=int(cfg.get("local-epochs", local_epochs)), lr=float(cfg.get("lr", lr)),
+                batch_size=int(cfg.get("batch-size", batch_size)), prox_lambda=float(cfg.get("prox-lambda", 0.1)),
+                rho=float(cfg.get("rho", 0.1)), weight_decay=float(cfg.get("weight-decay", 1e-3)),
+                max_norm=float(cfg.get("max-norm", 10.0)), seed=seed * 1_000_003 + rnd * 1009 + pid)
+        else:
+            loss = local_sgd(model, x, y, epochs=int(cfg.get("local-epochs", local_epochs)),
+                             lr=float(cfg.get("lr", lr)), batch_size=int(cfg.get("batch-size", batch_size)),
+                             momentum=float(cfg.get("momentum", 0.0)),
+                             weight_decay=float(cfg.get("weight-decay", 0.0)),
+                             loss=str(cfg.get("loss", "ce")),
+                             margin_lambda=float(cfg.get("margin-lambda", 0.03)),
+                             seed=seed * 1_000_003 + rnd * 1009 + pid)
         content = flwr_app.RecordDict({
             "arrays": state_to_arrays(model.state_dict()),
             "metrics": flwr_app.MetricRecord({"num-examples": int(len(y)), "train-loss": loss}),
