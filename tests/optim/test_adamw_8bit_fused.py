@@ -98,10 +98,19 @@ def test_fused_8bit_follows_the_decode_update_encode_reference(amsgrad, weight_d
             assert codes.shape == p.shape and codes.is_contiguous() and absmax.shape == rabsmax.shape
             agree = float((codes == rcodes).float().mean())
             agree_min = min(agree_min, agree)
-            assert agree > 0.999, (i, k, agree)
-            torch.testing.assert_close(absmax, rabsmax, rtol=1e-5, atol=0)
-        # 40 steps of lr 1e-2 move entries by ~0.4: a code differing now and then moves one by ~1e-4
-        torch.testing.assert_close(p, r, rtol=0, atol=1e-4)
+            assert agree > (0.999 if FMA_CPU else 0.99), (i, k, agree)
+            torch.testing.assert_close(absmax, rabsmax, rtol=1e-5 if FMA_CPU else 1e-3, atol=0)
+        if FMA_CPU:
+            # 40 steps of lr 1e-2 move entries by ~0.4: a code differing now and then moves one by ~1e-4
+            torch.testing.assert_close(p, r, rtol=0, atol=1e-4)
+        else:
+            # without vectorized FMA (ATEN_CPU_CAPABILITY=default) torch's lerp/addcmul round differently from
+            # the kernel's fma, codes flip more often (seen: 1.4% of entries end > 1e-4 apart after 40 steps)
+            # and a flipped code moves its entry by up to ~1e-2 later; the two paths still agree on average
+            far = (p - r).abs() > 1e-4
+            assert float(far.float().mean()) < 0.05, float(far.float().mean())
+            assert float((p - r).abs().mean()) < 1e-4
+            torch.testing.assert_close(p, r, rtol=0, atol=2e-2)
 
 
 def test_one_kernel_call_equals_decode_update_encode_on_the_same_inputs():
@@ -126,7 +135,11 @@ def test_one_kernel_call_equals_decode_update_encode_on_the_same_inputs():
     mc, ma, vc, va = mq[0].clone(), mq[1].clone(), vq[0].clone(), vq[1].clone()
     _fused.ops().adamw_8bit_([p], [g], [mc], [ma], [vc], [va], [], [], smap, slut, umap, ulut,
                              A.step_sizes(lr, [step], b1), A.bc2_sqrts([step], b2), b1, b2, eps, 1 - lr * wd, 128)
-    assert torch.equal(ma, ref_mq[1]) and torch.equal(va, ref_vq[1])  # the NaN is ignored on both sides
+    if FMA_CPU:  # the kernel's fma is the rounding of torch's vectorized lerp/addcmul
+        assert torch.equal(ma, ref_mq[1]) and torch.equal(va, ref_vq[1])  # the NaN is ignored on both sides
+    else:  # ATEN_CPU_CAPABILITY=default: torch rounds without fma, the moments (and block maxima) by an ulp
+        torch.testing.assert_close(ma, ref_mq[1], rtol=1e-6, atol=0)
+        torch.testing.assert_close(va, ref_vq[1], rtol=1e-6, atol=0)
     assert mc[200] == 0 and ref_mq[0][200] == 0
     for got, want in ((mc, ref_mq[0]), (vc, ref_vq[0])):
         assert float((got == want).float().mean()) > 0.999
