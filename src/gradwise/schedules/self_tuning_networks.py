@@ -171,9 +171,8 @@ class StnHyperparameters(nn.Module):
         noise = torch.randn(batch_size, len(self), generator=generator, dtype=self.htensor.dtype,
                             device=self.htensor.device)
         out = self.htensor + self.scale() * noise
-        if not bool(self.per_example.all()):
-            out = torch.where(self.per_example, out, out[:1])
-        return out
+        # no host sync on the flags: where every column is per-example this selects ``out`` itself
+        return torch.where(self.per_example, out, out[:1])
 
     def repeat(self, batch_size: int) -> Tensor:
         """The current unconstrained hyperparameters for every example, ``[batch_size, H]``."""
