@@ -103,7 +103,7 @@ def test_methods_without_filter_lists_all(fake_registry, wide, capsys):
 
 
 def test_methods_no_match(fake_registry, capsys):
-    assert main(["methods", "no method has this text"]) == 0
+    assert main(["methods", "no method has this text"]) == 1
     assert "No gradwise method matches 'no method has this text'" in capsys.readouterr().out
 
 
@@ -305,7 +305,7 @@ def test_methods_table_never_splits_a_word(width):
 
 
 def test_methods_not_implemented_points_to_coverage(wide, capsys):
-    assert main(["methods", "kto"]) == 0
+    assert main(["methods", "kto"]) == 1
     out = _flat(capsys.readouterr().out)
     assert "No gradwise method matches 'kto': gradwise does not implement it" in out
     assert "docs/coverage.md" in out
@@ -315,14 +315,14 @@ def test_methods_not_implemented_shows_the_seed_list_status(wide, capsys):
     from gradwise.docs import seed_papers
 
     paper = next(p for p in seed_papers() if p.status == "planned" and not registry.methods(p.title))
-    assert main(["methods", paper.title.lower()]) == 0
+    assert main(["methods", paper.title.lower()]) == 1
     out = _flat(capsys.readouterr().out)
     assert "does not implement it" in out and "docs/coverage.md" in out
     assert f"│ {paper.idx} │ {paper.title.split()[0]}" in out and "│ planned" in out
 
 
 def test_methods_of_another_kind_are_named(fake_registry, wide, capsys):
-    assert main(["methods", "quokka", "--kind", "loss"]) == 0
+    assert main(["methods", "quokka", "--kind", "loss"]) == 1
     out = capsys.readouterr().out
     assert "No method of kind 'loss' matches 'quokka'" in out and "Quokka (optim, optimizer)" in out
     assert "does not implement" not in out
@@ -333,9 +333,9 @@ def test_methods_filters_by_family_and_shows_it(fake_registry, wide, capsys):
     out = capsys.readouterr().out
     assert "ZebraLoss" in out and "Quokka" not in out and "│ losses" in out
     assert all(m.name in out for m in registry.methods(family="losses"))
-    assert main(["methods", "quokka", "--family", "losses"]) == 0
+    assert main(["methods", "quokka", "--family", "losses"]) == 1
     assert "No method of family 'losses' matches 'quokka'" in capsys.readouterr().out
-    assert main(["methods", "--family", "metrics", "--kind", "optimizer"]) == 0
+    assert main(["methods", "--family", "metrics", "--kind", "optimizer"]) == 1
     out = capsys.readouterr().out
     assert "No method of kind 'optimizer' in family 'metrics'" in out and "metric" in out
 

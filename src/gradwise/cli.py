@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the registered methods (name, family, kind, paper, summary)",
                        description="List registry records, filtered by TEXT, KIND and FAMILY. A method gradwise does "
-                                   "not have is looked up in the seed papers (docs/coverage.md).")
+                                   "not have is looked up in the seed papers (docs/coverage.md). Exits 1 when no "
+                                   "record matches, as grep does.")
     p.add_argument("text", nargs="?", metavar="TEXT",
                    help="case-insensitive text in the name, kind, paper title, arXiv id, authors' code URL or "
                         "summary")
@@ -357,7 +358,9 @@ def _methods(text: str | None, kind: str | None, family: str | None = None, cons
     records = methods(text, kind, family)
     if records:
         print_methods(console, records)
-    elif text and (kind or family) and methods(text):
+        return 0
+    # nothing matched: say why, and exit 1 as grep does, so a script can tell
+    if text and (kind or family) and methods(text):
         others = methods(text)
         where = " and ".join(f"{what} {value!r}" for what, value in (("kind", kind), ("family", family)) if value)
         console.print(f"No method of {where} matches {text!r}; elsewhere: "
@@ -369,7 +372,7 @@ def _methods(text: str | None, kind: str | None, family: str | None = None, cons
                       + ", ".join(sorted({m.kind for m in methods(family=family)})), highlight=False, markup=False)
     else:  # a kind is only offered when it has methods, so this is an empty registry
         console.print("no methods registered yet")
-    return 0
+    return 1
 
 
 def _bench(argv: list[str]) -> int:
