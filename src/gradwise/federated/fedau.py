@@ -2,6 +2,7 @@
 mean participation interval, for participation statistics the server does not know."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Iterable
 
 import numpy as np
@@ -99,14 +100,10 @@ def fedau_weights(participation, cutoff: int = DEFAULT_CUTOFF) -> np.ndarray:
     return out
 
 
-_CLASS: list[type] = []
-
-
+@functools.cache  # built once, on first use: flwr is imported only then
 def fedau_strategy_class() -> type:
     """The Flower strategy class of FedAU (a subclass of ``flwr.serverapp.strategy.FedAvg``), built on
     first call; see :func:`fedau_strategy`."""
-    if _CLASS:
-        return _CLASS[0]
     base = require_flwr("flwr.serverapp.strategy").FedAvg
 
     class FedAUStrategy(base):
@@ -133,7 +130,6 @@ def fedau_strategy_class() -> type:
             step = {k: self.server_lr * np.tensordot(omega, u, axes=1) / n_all for k, u in updates.items()}
             return apply_update(self, step), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
-    _CLASS.append(FedAUStrategy)
     return FedAUStrategy
 
 

@@ -2,6 +2,7 @@
 on the local learning rate (clients)."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import numpy as np
@@ -178,14 +179,10 @@ def fedhyper_local_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, glo
                               momentum=momentum)
 
 
-_CLASS: list[type] = []
-
-
+@functools.cache  # built once, on first use: flwr is imported only then
 def fedhyper_strategy_class() -> type:
     """The Flower strategy class of FedHyper (a subclass of ``flwr.serverapp.strategy.FedAvg``), built on
     first call; see :func:`fedhyper_strategy`."""
-    if _CLASS:
-        return _CLASS[0]
     flwr_app = require_flwr("flwr.app")
     base = require_flwr("flwr.serverapp.strategy").FedAvg
 
@@ -225,7 +222,6 @@ def fedhyper_strategy_class() -> type:
             arrays = apply_update(self, self.rule(updates))
             return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
-    _CLASS.append(FedHyperStrategy)
     return FedHyperStrategy
 
 

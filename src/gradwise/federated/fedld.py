@@ -1,6 +1,7 @@
 """FedLD (Zeng et al., MICCAI 2024): margin-control local loss and principal-gradient aggregation."""
 from __future__ import annotations
 
+import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -102,14 +103,10 @@ class PrincipalGradientAggregator:
         return out
 
 
-_CLASS: list[type] = []
-
-
+@functools.cache  # built once, on first use: flwr is imported only then
 def fedld_strategy_class() -> type:
     """The Flower strategy class of FedLD (a subclass of ``flwr.serverapp.strategy.FedAvg``), built on
     first call; see :func:`fedld_strategy`."""
-    if _CLASS:
-        return _CLASS[0]
     base = require_flwr("flwr.serverapp.strategy").FedAvg
 
     class FedLDStrategy(base):
@@ -138,7 +135,6 @@ def fedld_strategy_class() -> type:
             arrays = apply_update(self, self.aggregator(updates))
             return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
-    _CLASS.append(FedLDStrategy)
     return FedLDStrategy
 
 

@@ -2,6 +2,7 @@
 gradient, and a server step that adds the mean of the clients' accumulated corrections."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Iterable
 
 import numpy as np
@@ -158,14 +159,10 @@ class FedSpeedDuals:
         return out
 
 
-_CLASS: list[type] = []
-
-
+@functools.cache  # built once, on first use: flwr is imported only then
 def fedspeed_strategy_class() -> type:
     """The Flower strategy class of FedSpeed (a subclass of ``flwr.serverapp.strategy.FedAvg``), built on
     first call; see :func:`fedspeed_strategy`."""
-    if _CLASS:
-        return _CLASS[0]
     flwr_app = require_flwr("flwr.app")
     base = require_flwr("flwr.serverapp.strategy").FedAvg
 
@@ -213,7 +210,6 @@ def fedspeed_strategy_class() -> type:
             arrays = apply_update(self, self.duals.step(nodes, updates, num))
             return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
-    _CLASS.append(FedSpeedStrategy)
     return FedSpeedStrategy
 
 

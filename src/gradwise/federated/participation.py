@@ -1,6 +1,7 @@
 """Client participation that the server does not control: each client shows up at random, at its own rate."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,12 +34,8 @@ def _check_probabilities(probabilities) -> np.ndarray:
     return p
 
 
-_CLASS: list[type] = []
-
-
+@functools.cache  # built once, on first use: flwr is imported only then
 def _participation_class() -> type:
-    if _CLASS:
-        return _CLASS[0]
     base = require_flwr("flwr.serverapp.strategy").Strategy
 
     class ParticipationStrategy(base):
@@ -79,7 +76,6 @@ def _participation_class() -> type:
         def summary(self):
             self.strategy.summary()
 
-    _CLASS.append(ParticipationStrategy)
     return ParticipationStrategy
 
 
