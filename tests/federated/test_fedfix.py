@@ -166,3 +166,71 @@ def test_compute_times_must_match_the_nodes(flwr_run):
     strategy = fedfix_strategy(delta=1.0, compute_times={1: 1.0, 5: 2.0}, fraction_evaluate=0.0)
     with pytest.raises(ValueError, match=r"no value for nodes \[2\]"):
         strategy.configure_train(1, arrays({"w": np.zeros(1)}), ConfigRecord(), FakeGrid([1, 2]))
+
+
+class _InProcessGrid:
+    """A Grid that hands each message straight to a ClientApp in this process (node i+1 holds partition i)."""
+
+    def __init__(self, num_nodes, app):
+        from flwr.app import Context, RecordDict
+
+        self.app = app
+        self.contexts = {i + 1: Context(1, i + 1, {"partition-id": i, "num-partitions": num_nodes}, RecordDict(), {})
+                         for i in range(num_nodes)}
+        self.sent: list[list[int]] = []
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "train":
+            self.sent.append(sorted(m.metadata.dst_node_id for m in messages))
+        return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+
+
+def test_fedfix_learns_digits_through_flowers_strategy_loop(flwr_run):
+    """Flower's own Strategy.start loop and the digits ClientApp, without the Simulation Engine (no Ray):
+    4 clients with the authors' F-80 times and windows of half the slowest time."""
+    pytest.importorskip("sklearn")
+    from gradwise.federated import digits_client_app
+    from gradwise.federated._flwr import state_to_arrays
+    from gradwise.federated.digits import DigitsTask, accuracy, digits_model
+
+    torch.set_num_threads(1)
+    task, model, acc = DigitsTask(4, 0.3, 0), digits_model(32, 0), []
+
+    def evaluate(server_round, arrays):
+        model.load_state_dict(arrays.to_torch_state_dict())
+        acc.append(accuracy(model, task.x_test, task.y_test))
+
+    strategy = fedfix_strategy(delta=0.5, compute_times=linear_compute_times(4, 80), fraction_evaluate=0.0,
+                               min_available_nodes=4)
+    grid = _InProcessGrid(4, digits_client_app(0.3, 0))
+    strategy.start(grid=grid, initial_arrays=state_to_arrays(model.state_dict()), num_rounds=3, evaluate_fn=evaluate)
+    # tau = 1, 0.73, 0.47, 0.2: nodes 3 and 4 take one window, nodes 1 and 2 two (their updates one version late)
+    assert grid.sent == [[1, 2, 3, 4], [3, 4], [1, 2, 3, 4]]
+    assert strategy.history == [{3: (0.25, 0), 4: (0.25, 0)},
+                                {1: (0.5, 1), 2: (0.5, 1), 3: (0.25, 0), 4: (0.25, 0)},
+                                {3: (0.25, 0), 4: (0.25, 0)}]
+    assert len(acc) == 4 and acc[-1] > acc[0] + 0.2 and acc[2] > acc[1], acc  # it learned, and kept learning
+
+
+@pytest.mark.slow
+def test_fedfix_learns_on_the_simulation_engine():
+    """Four digits clients, the slowest five times slower than the fastest (the authors' F-80), windows of
+    half the slowest time: fast clients are aggregated every window, slow ones every other, on a stale
+    model. Ray's start takes most of the time (about 40 s on 2 shared cores), hence slow."""
+    pytest.importorskip("flwr.simulation")
+    ray = pytest.importorskip("ray")
+    from gradwise.federated import run_digits_simulation
+
+    strategy = fedfix_strategy(delta=0.5, compute_times=linear_compute_times(4, 80), fraction_evaluate=0.0,
+                               min_available_nodes=4)
+    run = run_digits_simulation(strategy, num_clients=4, num_rounds=4, alpha=0.3, num_cpus=2)
+    assert not ray.is_initialized()
+    acc = np.array(run.accuracy)
+    assert acc.shape == (5,) and np.isfinite(acc).all()
+    assert acc[1:].max() > acc[0] + 0.2 and acc[-1] > acc[1], acc  # it learned, and kept learning
+    assert [len(h) for h in strategy.history] == [2, 4, 2, 4]  # two fast clients each window, two slow every other
+    assert max(s for h in strategy.history for _, s in h.values()) == 1  # slow updates arrive one version late

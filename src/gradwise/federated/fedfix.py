@@ -99,7 +99,7 @@ class FixedWindowClock:
         return self.finish[client]
 
     def finished(self, window: int) -> list:
-        """The clients whose work is done by the end of ``window``, in start order (then id order); they
+        """The clients whose work is done by the end of ``window`` (in the order they were started); they
         become idle."""
         end = window * self.delta
         done = [c for c, f in self.finish.items() if f <= end]
@@ -215,6 +215,7 @@ def fedfix_strategy_class() -> type:
             self.sent: dict[int, dict] = {}      # node -> the global arrays it is working on
             self.buffer: dict[int, object] = {}  # node -> its reply, kept until its window ends
             self.last_aggregated: dict[int, tuple[float, int]] = {}  # node -> (weight, staleness)
+            self.history: list[dict[int, tuple[float, int]]] = []   # last_aggregated of every round
 
         def _setup(self, nodes: list[int]) -> None:
             """Compute times and weights per node, matched to the nodes in id order when given as lists."""
@@ -256,6 +257,7 @@ def fedfix_strategy_class() -> type:
                 self.sent.pop(node, None)
             done = sorted(self.clock.finished(server_round))
             self.last_aggregated = {n: (self.weights[n], server_round - self.clock.started[n]) for n in done}
+            self.history.append(self.last_aggregated)
             if not done:
                 return None, None
             contents = [self.buffer.pop(n) for n in done]
@@ -277,6 +279,50 @@ def fedfix_strategy(*, delta: float, compute_times, importance=None, server_lr: 
     """FedFix as a Flower strategy (Fraboni, Vidal, Kameni & Lorenzi, "A General Theory for Federated
     Optimization with Asynchronous and Heterogeneous Clients Updates", JMLR 24(110), 2023, arXiv
     2206.10189; authors' code github.com/Accenture/Labs-Federated-Learning, branch ``asynchronous_FL``).
+
+    Asynchronous FedAvg with heterogeneous client speeds optimizes a surrogate objective in which fast
+    clients count more. FedFix lets each client work at its own pace but aggregates at fixed times: at the
+    end of every window of length ``delta`` the server adds the updates of the clients that finished in it,
+    and sends them the new model; the others keep working on the model they were sent. Client ``i``, with
+    compute time ``tau_i`` and importance ``p_i``, is aggregated every ``k_i = ceil(tau_i / delta)``
+    windows, so its update is weighted by ``d_i = k_i p_i``; with ``S_n`` the clients done in window ``n``
+    and ``w^{rho_i}`` the (possibly older) model client ``i`` trained on,
+
+        w^{n+1} = w^n + eta_g * sum_{i in S_n} d_i (w_i(w^{rho_i}) - w^{rho_i}).
+
+    The stored pages of the paper held only its abstract and the start of its introduction, so this
+    follows the authors' simulation (commit 1c896f0): ``clients_time_schedule`` for the windows,
+    ``Server.clients_importances`` (``FedFix-<delta>_weight``) for ``d_i`` and ``Server.aggregation`` for
+    the step. A stale update gets no discount: its weight is ``d_i`` whatever its staleness.
+
+    **Virtual clock.** Flower's strategy loop is synchronous (one ``send_and_receive`` per round), so the
+    asynchrony is simulated on the server: round ``n`` is window ``n``, ending at virtual time
+    ``n * delta`` (:class:`FixedWindowClock`). In ``configure_train`` only the idle clients get a message
+    (the current global model); a client sent the model in round ``n`` finishes at
+    ``(n - 1) * delta + tau_i``. Its reply, computed at once by the real client, is buffered with the
+    model it trained on, and ``aggregate_train`` uses it at the end of the window where its virtual
+    finish time falls, as a stale update when that is a later round; until then the client is busy and
+    gets no message. A client whose message fails or times out is idle again in the next round (its work
+    is lost). The schedule therefore depends on the given times only, not on wall-clock speed: the server
+    waits each round for the real replies of the idle clients, so this reproduces FedFix's optimization
+    trajectory, not its wall-clock savings.
+
+    Arguments: ``delta`` the window length; ``compute_times`` the clients' ``tau_i`` (the authors'
+    are fixed per client: :func:`linear_compute_times` gives their ``F-<X>`` scenarios), a sequence
+    matched to the nodes in node id order, or a dict ``{node_id: tau}``; ``importance`` the ``p_i`` in the
+    same forms (None: uniform ``1/M``, as in all their experiments; else normalized to sum 1);
+    ``server_lr`` is ``eta_g`` (their ``lr_g``, 1 in their experiments). Other keyword arguments go to
+    ``flwr.serverapp.strategy.FedAvg``; ``fraction_train`` must stay 1.0 (every idle client works).
+
+    Departures from the authors' code: none in the rule; the client times are known to the strategy (as to
+    their server), one client per node; a client that fails is handled (their simulation has none).
+    ``strategy.last_aggregated`` (and ``strategy.history``, one per round) maps each aggregated node to
+    ``(d_i, staleness)``; ``strategy.clock`` is the virtual clock.
+
+    Example::
+
+        strategy = fedfix_strategy(delta=0.5, compute_times=linear_compute_times(5, 80), fraction_evaluate=0.0)
+        run_digits_simulation(strategy, num_clients=5, num_rounds=10)
     """
     return fedfix_strategy_class()(delta=delta, compute_times=compute_times, importance=importance,
                                    server_lr=server_lr, **fedavg_kwargs)
