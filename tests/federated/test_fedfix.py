@@ -148,6 +148,8 @@ def test_bad_arguments(call, match):
     (dict(delta=1.0, compute_times={1: 0.0}), "compute_times"),
     (dict(delta=1.0, compute_times=[1.0], server_lr=0.0), "server_lr"),
     (dict(delta=1.0, compute_times=[1.0], importance=[-1.0]), "importance"),
+    (dict(delta=1.0, compute_times=[1.0], importance=3.0), "importance"),
+    (dict(delta=1.0, compute_times={1: 1.0}, importance={1: float("inf")}), "importance"),
     (dict(delta=1.0, compute_times=[1.0], fraction_train=0.5), "fraction_train"),
 ])
 def test_bad_strategy_arguments(kwargs, match):

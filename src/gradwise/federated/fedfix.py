@@ -30,16 +30,19 @@ def _times(name: str, values) -> np.ndarray:
     return t
 
 
-def _importance(importance, n: int) -> np.ndarray:
-    """The clients' importance ``p`` (summing to 1): uniform when ``importance`` is None."""
+def _importance(importance, n: int | None) -> np.ndarray:
+    """The clients' importance ``p`` (summing to 1): uniform when ``importance`` is None; ``n`` clients
+    (any number when None)."""
     if importance is None:
         return np.ones(n) / n  # the authors' P_type "uniform"
     try:
         p = np.asarray(importance, dtype=np.float64)
     except (TypeError, ValueError):
         p = np.array([np.nan])
-    if p.shape != (n,) or not np.all(np.isfinite(p) & (p >= 0)) or p.sum() <= 0:
-        raise ValueError(f"Invalid importance: {importance!r} (accepted: None for uniform, or {n} finite "
+    if p.ndim != 1 or p.size == 0 or (n is not None and p.size != n) or not np.all(np.isfinite(p) & (p >= 0)) \
+            or p.sum() <= 0:
+        count = "" if n is None else f"{n} "
+        raise ValueError(f"Invalid importance: {importance!r} (accepted: None for uniform, or {count}finite "
                          "numbers >= 0, not all 0, one per client)")
     return p / np.sum(p)  # the authors' P_type "ratio" normalizes the same way
 
@@ -203,12 +206,10 @@ def fedfix_strategy_class() -> type:
             super().__init__(**fedavg_kwargs)
             self.delta = check_positive("delta", delta)
             self.server_lr = check_real("server_lr", server_lr, 0.0, lo_open=True)
-            if isinstance(compute_times, Mapping):
-                _times("compute_times", list(compute_times.values()))
-            else:
-                _times("compute_times", compute_times)
-            if importance is not None and not isinstance(importance, Mapping):
-                _importance(importance, len(importance) if hasattr(importance, "__len__") else -1)
+            _times("compute_times", list(compute_times.values()) if isinstance(compute_times, Mapping)
+                   else compute_times)
+            if importance is not None:
+                _importance(list(importance.values()) if isinstance(importance, Mapping) else importance, None)
             self.compute_times, self.importance = compute_times, importance
             self.clock: FixedWindowClock | None = None
             self.weights: dict[int, float] = {}
