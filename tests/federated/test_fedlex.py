@@ -82,6 +82,11 @@ def test_guided_training_equals_their_update(case):
     fedlex_local_run(plain, CE, [case["guided_batches"]] * case["local_epochs"], _opt(plain, case),
                      max_norm=case["max_norm"])
     assert not torch.allclose(plain[0].weight, model[0].weight)
+    if case["max_norm"] > 0:  # and the clipping was active
+        unclipped = _model(case["base"])
+        fedlex_local_run(unclipped, CE, [case["guided_batches"]] * case["local_epochs"], _opt(unclipped, case),
+                         guidance=case["mask"])
+        assert not torch.allclose(unclipped[0].weight, model[0].weight)
 
 
 def test_guidance_matrix_properties():
@@ -204,15 +209,16 @@ def test_client_rule_reads_the_message(flwr_run):
     case = GOLDEN[0]
     x = torch.cat([b[0] for b in case["guided_batches"]])
     y = torch.cat([b[1] for b in case["guided_batches"]])
-    cfg = {"fedlex-phase": "guided", "lr": 0.3, "local-epochs": 2, "batch-size": 4}
+    cfg = {"fedlex-phase": "guided", "lr": 0.3, "local-epochs": 2, "batch-size": 4, "max-norm": 0.5}
     content = {"fedlex-guidance": arrays({k: v.numpy() for k, v in case["mask"].items()})}
     a, b = _model(case["base"]), _model(case["base"])
     fedlex_client_train(content, cfg, a, x, y, seed=3)
-    fedlex_local_train(b, x, y, case["mask"], epochs=2, lr=0.3, batch_size=4, seed=3)
+    fedlex_local_train(b, x, y, case["mask"], epochs=2, lr=0.3, batch_size=4, max_norm=0.5, seed=3)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     a, b = _model(case["base"]), _model(case["base"])
-    fedlex_client_train({}, {"fedlex-phase": "explore", "explore-epochs": 3, "explore-patience": 1}, a, x, y, seed=3)
+    explore = {"fedlex-phase": "explore", "explore-epochs": 3, "explore-patience": 1, "max-norm": 1e-3}
+    fedlex_client_train({}, explore, a, x, y, seed=3)  # exploration is never clipped
     fedlex_local_train(b, x, y, None, epochs=3, patience=1, seed=3)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -23,6 +23,7 @@ GUIDANCE_KEY = "fedlex-guidance"  # the ArrayRecord of the global guidance matri
 NORMALIZATIONS = ("minmax", "robust")
 OPTIMIZERS = ("sgd", "adam")
 
+
 def _lower_median_and_iqr(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # torch.median (the lower of the two middle values) and torch.quantile's linear interpolation, from one
     # sort: torch.quantile refuses tensors of more than 2**24 entries, which large layers exceed.
@@ -32,7 +33,7 @@ def _lower_median_and_iqr(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     def quantile(q):
         pos = q * (n - 1)
         lo = math.floor(pos)
-        return torch.lerp(s[lo], s[min(lo + 1, n - 1)], torch.tensor(pos - lo, dtype=s.dtype))
+        return torch.lerp(s[lo], s[min(lo + 1, n - 1)], pos - lo)
 
     return s[(n - 1) // 2], quantile(0.75) - quantile(0.25)
 
@@ -55,8 +56,8 @@ def fedlex_guidance_matrix(deviations, normalization: str = "minmax") -> torch.T
     Returns a tensor of ``shape`` (float64 for numpy input, else the deviations' floating dtype).
 
     The paper's method section could not be read from the stored pages (only its abstract and
-    introduction); this follows the authors' code (ChristianInterno/FedLEx@69ed581, src/GTL_utils.py ``create_mask``,
-    src/client/fedlexclient.py ``create_scout`` and ``update``).
+    introduction); this follows the authors' code (ChristianInterno/FedLEx@69ed581, src/GTL_utils.py
+    ``create_mask``, src/client/fedlexclient.py ``create_scout`` and ``update``).
     """
     check_choice("normalization", normalization, NORMALIZATIONS)
     d = torch.as_tensor(deviations)
@@ -115,8 +116,8 @@ def fedlex_local_run(model: nn.Module, loss_fn, epochs: Iterable, optimizer: tor
     ``patience`` epochs in a row.
 
     The paper's method section could not be read from the stored pages (only its abstract and
-    introduction); this follows the authors' code (ChristianInterno/FedLEx@69ed581, src/GTL_utils.py ``create_mask``,
-    src/client/fedlexclient.py ``create_scout`` and ``update``).
+    introduction); this follows the authors' code (ChristianInterno/FedLEx@69ed581, src/GTL_utils.py
+    ``create_mask``, src/client/fedlexclient.py ``create_scout`` and ``update``).
     """
     max_norm = check_nonneg("max_norm", max_norm)
     if patience is not None:
@@ -133,8 +134,9 @@ def fedlex_local_run(model: nn.Module, loss_fn, epochs: Iterable, optimizer: tor
             loss = loss_fn(model(x), y)
             optimizer.zero_grad()
             loss.backward()
-            if g is not None:
-                torch._foreach_mul_([p.grad for p in params], g)
+            if g is not None:  # a parameter that took no part in the loss has no gradient to scale
+                pairs = [(p.grad, t) for p, t in zip(params, g) if p.grad is not None]
+                torch._foreach_mul_([a for a, _ in pairs], [t for _, t in pairs])
             if max_norm > 0:
                 nn.utils.clip_grad_norm_(params, max_norm)
             optimizer.step()
@@ -174,18 +176,18 @@ def fedlex_client_train(content, config, model: nn.Module, x: torch.Tensor, y: t
                         lr: float = 0.1, batch_size: int = 32, seed: int = 0) -> float:
     """A client's ``local-rule="fedlex"`` training from a train message's ``content`` and ``config`` (as
     :func:`fedlex_strategy` sends them): :func:`fedlex_local_train` with ``optimizer``, ``momentum``,
-    ``weight-decay``, ``max-norm``, ``lr`` and ``batch-size`` from the config (the keyword arguments are the
+    ``weight-decay``, ``lr`` and ``batch-size`` from the config (the keyword arguments are the
     client's defaults), and
 
-    - ``fedlex-phase="explore"``: no guidance, ``explore-epochs`` epochs, early stopping after
-      ``explore-patience`` epochs (0: none);
+    - ``fedlex-phase="explore"``: no guidance and no clipping, ``explore-epochs`` epochs, early stopping
+      after ``explore-patience`` epochs (0: none);
     - ``fedlex-phase="guided"``: ``epochs`` (or the config's ``local-epochs``) epochs with gradients scaled
-      by the content's ``"fedlex-guidance"`` ArrayRecord.
+      by the content's ``"fedlex-guidance"`` ArrayRecord and clipped at ``max-norm`` (0: not clipped).
     """
     phase = str(config.get("fedlex-phase", ""))
     if phase not in ("explore", "guided"):
         raise ValueError(f"Invalid fedlex-phase: {phase!r} (accepted: 'explore' or 'guided')")
-    guidance, patience = None, None
+    guidance, patience, max_norm = None, None, 0.0  # their exploration neither scales nor clips
     if phase == "explore":
         epochs = int(config.get("explore-epochs", epochs))
         patience = int(config.get("explore-patience", 0)) or None
@@ -193,12 +195,13 @@ def fedlex_client_train(content, config, model: nn.Module, x: torch.Tensor, y: t
         raise ValueError(f"Invalid message: fedlex-phase 'guided' needs its {GUIDANCE_KEY!r} arrays")
     else:
         epochs = int(config.get("local-epochs", epochs))
+        max_norm = float(config.get("max-norm", 0.0))
         guidance = {k: torch.as_tensor(v.numpy()) for k, v in content[GUIDANCE_KEY].items()}
     return fedlex_local_train(
         model, x, y, guidance, epochs=epochs, lr=float(config.get("lr", lr)),
         batch_size=int(config.get("batch-size", batch_size)), optimizer=str(config.get("optimizer", "sgd")),
         momentum=float(config.get("momentum", 0.0)), weight_decay=float(config.get("weight-decay", 0.0)),
-        max_norm=float(config.get("max-norm", 0.0)), patience=patience, seed=seed)
+        max_norm=max_norm, patience=patience, seed=seed)
 
 
 _CLASS: list[type] = []
