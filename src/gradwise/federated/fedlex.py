@@ -298,6 +298,11 @@ def fedlex_strategy(*, explore_epochs: int = 5, explore_patience: int | None = N
     ``"fedlex-guidance"`` ArrayRecord, which :func:`~gradwise.federated.digits.digits_client_app` honours.
     Other keyword arguments go to ``flwr.serverapp.strategy.FedAvg``.
 
+    Two consequences of the rule worth knowing: with ``local_optimizer="adam"`` (their default) a fixed
+    positive ``G`` mostly cancels, since Adam divides by the root mean square of the scaled gradient; only
+    entries with ``G = 0`` (at least the least-moved entry of each tensor under min-max) stay frozen. With
+    ``normalization="robust"`` the entries below the median get ``G < 0``: they step up their gradient.
+
     Departures from the authors' code (ChristianInterno/FedLEx@69ed581):
 
     - each explorer starts from its own copy of ``w_b``. Their ``create_scout`` trains the server's model
