@@ -30,3 +30,18 @@ def apply_update(strategy, step: dict[str, np.ndarray]):
     """``global + step`` as an ArrayRecord, each array in its original dtype."""
     return state_to_arrays({k: (g.astype(np.float64) + step[k]).astype(g.dtype)
                             for k, g in strategy.global_arrays.items()})
+
+
+def per_parameter(named, values, what: str) -> list:
+    """``values`` (one tensor per ``(name, parameter)`` in ``named``, as a list in that order or a dict by
+    name) as a list in ``named``'s order; ValueError naming ``what`` on a missing entry or a wrong shape."""
+    if isinstance(values, dict):
+        missing = [k for k, _ in named if k not in values]
+        if missing:
+            raise ValueError(f"Invalid {what}: no entry for parameters {missing}")
+        values = [values[k] for k, _ in named]
+    values = list(values)
+    if len(values) != len(named) or any(tuple(v.shape) != tuple(p.shape) for v, (_, p) in zip(values, named)):
+        raise ValueError(f"Invalid {what}: expected one tensor per trainable parameter with its shape, got "
+                         f"{[tuple(v.shape) for v in values]} for {[tuple(p.shape) for _, p in named]}")
+    return values

@@ -15,6 +15,9 @@ loss and optimizer come from the message's config, so a strategy (FedLD) can ask
   ``"fedhyper"``: FedHyper's :func:`~gradwise.federated.fedhyper.fedhyper_local_train` (SGD with
   ``momentum``, hypergradient-scaled learning rate; ``hyper-clients``) with the message's
   ``"fedhyper-global-update"`` ArrayRecord.
+- ``local-rule="fedlex"``: FedLEx's :func:`~gradwise.federated.fedlex.fedlex_client_train`: exploration
+  (``fedlex-phase="explore"``) or training with gradients scaled by the message's ``"fedlex-guidance"``
+  ArrayRecord (``"guided"``).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from gradwise._validate import check_int, check_positive, check_unit
 from gradwise.federated._flwr import require_flwr, state_to_arrays
 from gradwise.federated.fedhyper import GLOBAL_UPDATE_KEY, fedhyper_local_train
 from gradwise.federated.fedld import margin_control_loss
+from gradwise.federated.fedlex import fedlex_client_train
 from gradwise.federated.fedspeed import CORRECTION_KEY, fedspeed_local_train
 from gradwise.federated.partition import dirichlet_partition
 
@@ -139,9 +143,12 @@ def digits_client_app(alpha: float = 0.3, seed: int = 0, *, lr: float = 0.1, loc
         rnd = int(cfg.get("server-round", 0))
         x, y = task.client_data(pid)
         rule = str(cfg.get("local-rule", "sgd"))
-        if rule not in ("sgd", "fedspeed", "fedhyper"):
-            raise ValueError(f"Invalid local-rule: {rule!r} (accepted: 'sgd', 'fedspeed' or 'fedhyper')")
-        if rule == "fedhyper":
+        if rule not in ("sgd", "fedspeed", "fedhyper", "fedlex"):
+            raise ValueError(f"Invalid local-rule: {rule!r} (accepted: 'sgd', 'fedspeed', 'fedhyper' or 'fedlex')")
+        if rule == "fedlex":
+            loss = fedlex_client_train(msg.content, cfg, model, x, y, epochs=local_epochs, lr=lr,
+                                       batch_size=batch_size, seed=seed * 1_000_003 + rnd * 1009 + pid)
+        elif rule == "fedhyper":
             if GLOBAL_UPDATE_KEY not in msg.content:
                 raise ValueError(f"Invalid message: local-rule 'fedhyper' needs its {GLOBAL_UPDATE_KEY!r} arrays")
             last = {k: torch.as_tensor(v.numpy()) for k, v in msg.content[GLOBAL_UPDATE_KEY].items()}

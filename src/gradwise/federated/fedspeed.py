@@ -11,7 +11,7 @@ from torch import nn
 
 from gradwise._validate import check_int, check_nonneg, check_positive
 from gradwise.federated._flwr import require_flwr, state_to_arrays
-from gradwise.federated._strategy import apply_update, client_updates, remember_global
+from gradwise.federated._strategy import apply_update, client_updates, per_parameter, remember_global
 from gradwise.registry import register
 
 __all__ = ["fedspeed_local_step", "fedspeed_local_train", "fedspeed_global_step", "FedSpeedDuals",
@@ -57,15 +57,7 @@ def fedspeed_local_step(model: nn.Module, loss_fn, inputs: torch.Tensor, target:
     check_positive("max_norm", max_norm)
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    if isinstance(correction, dict):
-        missing = [k for k, _ in named if k not in correction]
-        if missing:
-            raise ValueError(f"Invalid correction: no entry for parameters {missing}")
-        correction = [correction[k] for k, _ in named]
-    correction = list(correction)
-    if len(correction) != len(params) or any(tuple(c.shape) != tuple(p.shape) for c, p in zip(correction, params)):
-        raise ValueError("Invalid correction: expected one tensor per trainable parameter with its shape, got "
-                         f"{[tuple(c.shape) for c in correction]} for {[tuple(p.shape) for p in params]}")
+    correction = per_parameter(named, correction, "correction")
     loss, g = _grads(model, loss_fn, inputs, target, params)
     scale = rho / (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g])) + 1e-7)
     with torch.no_grad():
