@@ -26,8 +26,6 @@ ORDERINGS = ("curriculum", "anti-curriculum", "random")
 _PACING_ALIASES = {"sqrt": "root"}
 _ORDERING_ALIASES = {"curr": "curriculum", "anti": "anti-curriculum", "rand": "random"}
 _C = 10.0  # the constant c of their exp and log pacing functions
-_SOURCE = ("The paper's method section could not be read from the stored pages (abstract and the opening of "
-           "the introduction only); this follows the authors' code (sreevatsank1999/Curriculum-FL@8cd79cd).")
 
 
 def _pacing_name(pacing: str, name: str = "pacing") -> str:
@@ -172,6 +170,9 @@ def curriculum_subset_sizes(num_examples: int, batch_size: int, epochs: int = 1,
     return sizes
 
 
+@register(kind="training-helper", name="FL-curriculum-local", paper=PAPER, year=2023, arxiv="2212.12712", code=CODE,
+          summary="A federated client's local training on loss-ordered data, the part in use grown by a pacing "
+                  "function (curriculum, anti-curriculum or random order)")
 def curriculum_local_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, scores=None,
                            ordering: str = "curriculum", pacing: str = "linear", a: float = 0.8, b: float = 0.2,
                            epochs: int = 1, lr: float = 0.1, batch_size: int = 32, momentum: float = 0.0,
@@ -187,6 +188,13 @@ def curriculum_local_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
     ``torch.optim.SGD`` (``momentum``, ``weight_decay``) on cross-entropy. The learning rate of step
     ``i >= 1`` is ``lr (1 + A (i - 1))^-B`` with ``(A, B) = lr_decay`` (their ``exp_lr_decay``, updated
     after each step; ``(0, 0)``: constant ``lr``; their scripts use ``(0.001, 0.75)``).
+
+    From Vahidian et al., "When Do Curricula Work in Federated Learning?", ICCV 2023, arXiv 2212.12712;
+    authors' code github.com/sreevatsank1999/Curriculum-FL. Departure: with ``shuffle`` the within-pass
+    shuffle uses a torch generator seeded by ``seed`` (theirs: the DataLoader's global RNG); ``random``
+    ordering likewise (theirs: ``np.random.shuffle``). The paper's method section could not be read from
+    the stored pages (abstract and the opening of the introduction only); this follows the authors' code
+    (sreevatsank1999/Curriculum-FL@8cd79cd).
     """
     check_positive("lr", lr)
     check_nonneg("momentum", momentum)
