@@ -153,6 +153,9 @@ def test_bad_arguments():
         curriculum_order(torch.tensor([0.1, float("nan")]))
     with pytest.raises(ValueError, match="scores"):
         curriculum_order(torch.zeros(2, 2, 2))
+    with pytest.raises(ValueError, match="scores"):
+        curriculum_order(["easy", "hard"])
+    assert curriculum_order([0.3, 0.1, 0.2]).tolist() == [1, 2, 0]  # a plain list is read as float64
     x, y = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 4, (8,))
     model = Net(GOLDEN["local"][0]["start"])
     with pytest.raises(ValueError, match="lr_decay"):

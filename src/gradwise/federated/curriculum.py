@@ -4,7 +4,7 @@ their score and grows the pool it samples rounds from the same way."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -92,7 +92,11 @@ def pacing_function(pacing: str, a: float, b: float, total_steps: int, total_dat
 
 
 def _scores_1d(scores, name: str = "scores") -> torch.Tensor:
-    s = torch.as_tensor(scores)
+    # plain lists become float64 (not torch's float32) so that close scores keep their order
+    try:
+        s = scores if isinstance(scores, torch.Tensor) else torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    except (TypeError, ValueError):
+        s = torch.zeros(0, dtype=torch.int64)  # reported below as not a float tensor
     if s.ndim == 2:  # several scores per item (e.g. under the global and the local model): their sum ranks
         s = s.sum(1)
     if s.ndim != 1 or s.numel() == 0 or not s.is_floating_point():
@@ -321,7 +325,11 @@ def curriculum_strategy_class() -> type:
     sample_nodes = require_flwr("flwr.serverapp.strategy.strategy_utils").sample_nodes
 
     class CurriculumStrategy(strategy_mod.FedAvg):
-        """FedAvg whose rounds follow a client curriculum and whose clients train on ordered data."""
+        """FedAvg whose rounds follow a client curriculum and whose clients train on ordered data.
+
+        ``start()`` sizes the client pacing to ``num_rounds * clients_per_round`` updates; rounds driven by
+        hand through ``configure_train`` without ``start()`` pace over one round's updates. The scores of
+        the last scoring are in ``scores`` (node id -> score), the schedule in ``curriculum``."""
 
         def __init__(self, *, clients_per_round: int, client_ordering: str = "curriculum",
                      client_pacing: str = "linear", client_a: float = 0.2, client_b: float = 0.4,
