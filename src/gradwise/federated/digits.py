@@ -14,7 +14,10 @@ loss and optimizer come from the message's config, so a strategy (FedLD) can ask
   ``weight-decay``, ``max-norm``) with the message's own ``"fedspeed-correction"`` ArrayRecord, or
   ``"fedhyper"``: FedHyper's :func:`~gradwise.federated.fedhyper.fedhyper_local_train` (SGD with
   ``momentum``, hypergradient-scaled learning rate; ``hyper-clients``) with the message's
-  ``"fedhyper-global-update"`` ArrayRecord.
+  ``"fedhyper-global-update"`` ArrayRecord, or ``"curriculum"``: the federated curriculum's
+  :func:`~gradwise.federated.curriculum.curriculum_client_rule` (loss-ordered, paced local data:
+  ``ordering``, ``pacing``, ``pacing-a``, ``pacing-b``, ``min-examples``; with ``curriculum-score-only``
+  no training, and the client's mean example loss under the received arrays as ``train-loss``).
 - ``local-rule="fedlex"``: FedLEx's :func:`~gradwise.federated.fedlex.fedlex_client_train`: exploration
   (``fedlex-phase="explore"``) or training with gradients scaled by the message's ``"fedlex-guidance"``
   ArrayRecord (``"guided"``).
@@ -27,6 +30,7 @@ from torch import nn
 
 from gradwise._validate import check_int, check_positive, check_unit
 from gradwise.federated._flwr import require_flwr, state_to_arrays
+from gradwise.federated.curriculum import curriculum_client_rule
 from gradwise.federated.fedhyper import GLOBAL_UPDATE_KEY, fedhyper_local_train
 from gradwise.federated.fedld import margin_control_loss
 from gradwise.federated.fedlex import fedlex_client_train
@@ -143,11 +147,15 @@ def digits_client_app(alpha: float = 0.3, seed: int = 0, *, lr: float = 0.1, loc
         rnd = int(cfg.get("server-round", 0))
         x, y = task.client_data(pid)
         rule = str(cfg.get("local-rule", "sgd"))
-        if rule not in ("sgd", "fedspeed", "fedhyper", "fedlex"):
-            raise ValueError(f"Invalid local-rule: {rule!r} (accepted: 'sgd', 'fedspeed', 'fedhyper' or 'fedlex')")
+        if rule not in ("sgd", "fedspeed", "fedhyper", "fedlex", "curriculum"):
+            raise ValueError(f"Invalid local-rule: {rule!r} (accepted: 'sgd', 'fedspeed', 'fedhyper', 'fedlex' or "
+                             "'curriculum')")
         if rule == "fedlex":
             loss = fedlex_client_train(msg.content, cfg, model, x, y, epochs=local_epochs, lr=lr,
                                        batch_size=batch_size, seed=seed * 1_000_003 + rnd * 1009 + pid)
+        elif rule == "curriculum":
+            loss = curriculum_client_rule(model, x, y, cfg, epochs=local_epochs, lr=lr, batch_size=batch_size,
+                                          seed=seed * 1_000_003 + rnd * 1009 + pid)
         elif rule == "fedhyper":
             if GLOBAL_UPDATE_KEY not in msg.content:
                 raise ValueError(f"Invalid message: local-rule 'fedhyper' needs its {GLOBAL_UPDATE_KEY!r} arrays")
