@@ -3,6 +3,7 @@ difficulty score and grow the part they train on by a pacing function; the serve
 their score and grows the pool it samples rounds from the same way."""
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -312,14 +313,10 @@ class ClientCurriculum:
         return batch
 
 
-_CLASS: list[type] = []
-
-
+@functools.cache  # built once, on first use: flwr is imported only then
 def curriculum_strategy_class() -> type:
     """The Flower strategy class of the federated curriculum (a subclass of
     ``flwr.serverapp.strategy.FedAvg``), built on first call; see :func:`curriculum_strategy`."""
-    if _CLASS:
-        return _CLASS[0]
     flwr_app = require_flwr("flwr.app")
     strategy_mod = require_flwr("flwr.serverapp.strategy")
     sample_nodes = require_flwr("flwr.serverapp.strategy.strategy_utils").sample_nodes
@@ -390,7 +387,6 @@ def curriculum_strategy_class() -> type:
             record = flwr_app.RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
             return self._construct_messages(record, nodes, flwr_app.MessageType.TRAIN)
 
-    _CLASS.append(CurriculumStrategy)
     return CurriculumStrategy
 
 

@@ -3,6 +3,7 @@ end of every window of fixed length, the clients that finished in it, each weigh
 windows its work takes."""
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
@@ -185,14 +186,10 @@ def fedfix_simulate(initial: Mapping[str, np.ndarray], local_work: Callable[[int
     return out
 
 
-_CLASS: list[type] = []
-
-
+@functools.cache  # built once, on first use: flwr is imported only then
 def fedfix_strategy_class() -> type:
     """The Flower strategy class of FedFix (a subclass of ``flwr.serverapp.strategy.FedAvg``), built on
     first call; see :func:`fedfix_strategy`."""
-    if _CLASS:
-        return _CLASS[0]
     base = require_flwr("flwr.serverapp.strategy").FedAvg
 
     class FedFixStrategy(base):
@@ -269,7 +266,6 @@ def fedfix_strategy_class() -> type:
             new = state_to_arrays({k: v.astype(self.global_arrays[k].dtype) for k, v in step.items()})
             return new, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
-    _CLASS.append(FedFixStrategy)
     return FedFixStrategy
 
 

@@ -2,6 +2,7 @@
 guidance matrix from how far the explorers' weights moved, and clients then scale their gradients by it."""
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -204,14 +205,10 @@ def fedlex_client_train(content, config, model: nn.Module, x: torch.Tensor, y: t
         max_norm=max_norm, patience=patience, seed=seed)
 
 
-_CLASS: list[type] = []
-
-
+@functools.cache  # built once, on first use: flwr is imported only then
 def fedlex_strategy_class() -> type:
     """The Flower strategy class of FedLEx (a subclass of ``flwr.serverapp.strategy.FedAvg``), built on
     first call; see :func:`fedlex_strategy`."""
-    if _CLASS:
-        return _CLASS[0]
     flwr_app = require_flwr("flwr.app")
     base = require_flwr("flwr.serverapp.strategy").FedAvg
 
@@ -266,7 +263,6 @@ def fedlex_strategy_class() -> type:
                     self.explorers = nodes
             return super().aggregate_train(server_round, replies)
 
-    _CLASS.append(FedLExStrategy)
     return FedLExStrategy
 
 
