@@ -142,7 +142,8 @@ class TTAWrapper(nn.Module):
         return {"num_skipped": self.num_skipped}
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "counters": self.extra_counters()}
+        # a copy: the optimizer's state_dict holds its live buffers, which load_state_dict would share
+        return copy.deepcopy({"optimizer": self.optimizer.state_dict(), "counters": self.extra_counters()})
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
