@@ -8,8 +8,12 @@ from torch import nn
 from gradwise import tta
 from gradwise.registry import methods
 from gradwise.tta import EATA, Tent, bn_parameters, configure_bn
+from gradwise.tta._common import TTAWrapper
 
-WRAPPERS = [Tent, EATA]
+# every registered wrapper, with the keyword arguments that make it step on every batch (info["test_kwargs"])
+RECORDS = [m for m in methods(family="tta") if isinstance(m.load(), type) and issubclass(m.load(), TTAWrapper)]
+WRAPPERS = [m.load() for m in RECORDS]
+KWARGS = {m.load(): dict(m.info.get("test_kwargs", {})) for m in RECORDS}
 
 
 def mixed_model():
@@ -49,7 +53,7 @@ def test_configure_bn_handles_every_batchnorm():
 def test_batchnorm_1d_2d_3d_all_adapt(cls):
     model = mixed_model()
     before = [p.detach().clone() for p in bn_parameters(model)]
-    wrapper = cls(model, torch.optim.SGD(bn_parameters(model), lr=0.5), **({"e_margin": 10.0} if cls is EATA else {}))
+    wrapper = cls(model, torch.optim.SGD(bn_parameters(model), lr=0.5), **KWARGS[cls])
     wrapper(torch.randn(6, 1, 2, 3, 3, dtype=torch.float64))
     assert all((p - b).abs().max() > 0 for p, b in zip(bn_parameters(model), before))
 
@@ -97,21 +101,17 @@ def test_default_optimizer_is_the_authors_sgd(cls, make_model):
     assert opt.param_groups[0]["params"] == bn_parameters(model)
 
 
-def _eata_kwargs(cls):
-    return {"e_margin": 10.0, "d_margin": 1.0} if cls is EATA else {}
-
-
 @pytest.mark.parametrize("cls", WRAPPERS)
 def test_reset_restores_weights_and_optimizer_state(cls, make_model):
     model = make_model("mlp")
-    wrapper = cls(model, torch.optim.SGD(bn_parameters(model), lr=0.2, momentum=0.9), **_eata_kwargs(cls))
+    wrapper = cls(model, torch.optim.SGD(bn_parameters(model), lr=0.2, momentum=0.9), **KWARGS[cls])
     xs = torch.randn(3, 8, 6, dtype=torch.float64)
     first = [wrapper(x) for x in xs]
     assert wrapper.optimizer.state  # momentum buffers exist
     wrapper.reset()
     assert not wrapper.optimizer.state
-    if cls is EATA:
-        wrapper.prob_ema = None  # reset() keeps the EMA (authors' behaviour); clear it to replay exactly
+    if hasattr(wrapper, "prob_ema"):
+        wrapper.prob_ema = None  # EATA's reset() keeps the EMA (authors' behaviour); clear it to replay exactly
     again = [wrapper(x) for x in xs]
     torch.testing.assert_close(again, first, rtol=0, atol=0)
 
@@ -119,11 +119,11 @@ def test_reset_restores_weights_and_optimizer_state(cls, make_model):
 @pytest.mark.parametrize("cls", WRAPPERS)
 def test_episodic_resets_before_every_batch(cls, make_model):
     model = make_model("mlp")
-    wrapper = cls(model, torch.optim.SGD(bn_parameters(model), lr=0.2), episodic=True, **_eata_kwargs(cls))
+    wrapper = cls(model, torch.optim.SGD(bn_parameters(model), lr=0.2), episodic=True, **KWARGS[cls])
     x = torch.randn(8, 6, dtype=torch.float64)
     a = wrapper(x)
     wrapper(torch.randn(8, 6, dtype=torch.float64))
-    if cls is EATA:
+    if hasattr(wrapper, "prob_ema"):
         wrapper.prob_ema = None
     torch.testing.assert_close(wrapper(x), a, rtol=0, atol=0)
 
@@ -131,7 +131,7 @@ def test_episodic_resets_before_every_batch(cls, make_model):
 @pytest.mark.parametrize("cls", WRAPPERS)
 def test_deepcopy_is_independent_and_continues_alike(cls, make_model):
     model = make_model("mlp")
-    wrapper = cls(model, torch.optim.SGD(bn_parameters(model), lr=0.2, momentum=0.9), **_eata_kwargs(cls))
+    wrapper = cls(model, torch.optim.SGD(bn_parameters(model), lr=0.2, momentum=0.9), **KWARGS[cls])
     xs = torch.randn(3, 8, 6, dtype=torch.float64)
     wrapper(xs[0])
     twin = copy.deepcopy(wrapper)
@@ -146,7 +146,7 @@ def test_deepcopy_is_independent_and_continues_alike(cls, make_model):
 def test_state_dict_round_trip_continues_identically(cls, make_model):
     def fresh():
         model = make_model("mlp", seed=3)
-        return cls(model, torch.optim.SGD(bn_parameters(model), lr=0.2, momentum=0.9), **_eata_kwargs(cls))
+        return cls(model, torch.optim.SGD(bn_parameters(model), lr=0.2, momentum=0.9), **KWARGS[cls])
 
     a = fresh()
     xs = torch.randn(3, 8, 6, dtype=torch.float64)
@@ -177,7 +177,7 @@ class Wrapped(nn.Module):
 def test_compiled_inner_model(cls, compile_it, make_model):
     plain, inner = make_model("mlp", seed=4), make_model("mlp", seed=4)
     compiled = torch.compile(inner, backend="eager") if compile_it else Wrapped(inner)
-    kw = _eata_kwargs(cls)
+    kw = dict(KWARGS[cls])
     if cls is EATA:  # Fisher names are the uncompiled model's, so they work for either
         kw["fishers"] = tta.eata_fishers(make_model("mlp", seed=4), [torch.randn(4, 6, dtype=torch.float64)])
     a = cls(plain, torch.optim.SGD(bn_parameters(plain), lr=0.2), **kw)
@@ -191,7 +191,7 @@ def test_compiled_inner_model(cls, compile_it, make_model):
 
 def test_family_is_registered():
     recs = {m.name: m for m in methods(family="tta")}
-    assert {"Tent", "EATA"} <= set(recs)
+    assert {Tent, EATA} <= set(WRAPPERS)
     assert recs["Tent"].seed is False and recs["EATA"].seed is True
     assert recs["EATA"].paper == "Efficient Test-Time Model Adaptation without Forgetting"
     assert {"configure_bn", "bn_parameters", "Tent", "EATA", "eata_fishers"} <= set(tta.__all__)

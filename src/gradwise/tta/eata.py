@@ -73,7 +73,9 @@ def _fisher_terms(model: nn.Module, fishers: Mapping[str, Any]) -> list[tuple[nn
 
 
 @register(kind="test-time-adaptation", paper=EATA_PAPER, year=2022, arxiv="2204.02610", code=EATA_CODE,
-          summary="Tent on reliable, non-redundant test samples, entropy-weighted, with a Fisher penalty")
+          summary="Tent on reliable, non-redundant test samples, entropy-weighted, with a Fisher penalty",
+          # tests/tta/test_common.py: margins that select every sample, so each call steps
+          info={"test_kwargs": {"e_margin": 10.0, "d_margin": 1.0}})
 class EATA(TTAWrapper):
     """EATA (Niu, Wu, Zhang, Chen, Zheng, Zhao, Tan; ICML 2022, arXiv 2204.02610).
 
