@@ -11,8 +11,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-
 from gradwise._validate import check_bool, check_int
 
 __all__ = ["configure_bn", "bn_parameters", "named_bn_parameters", "softmax_entropy", "check_batch",
@@ -21,6 +19,8 @@ __all__ = ["configure_bn", "bn_parameters", "named_bn_parameters", "softmax_entr
 # The authors' main.py builds SGD(params, 0.00025, momentum=0.9) for Tent, ETA and EATA alike.
 DEFAULT_LR = 2.5e-4
 DEFAULT_MOMENTUM = 0.9
+# torch's base of BatchNorm1d/2d/3d and SyncBatchNorm (not InstanceNorm, which has no batch statistics)
+BATCHNORM = nn.modules.batchnorm._BatchNorm
 
 
 def inner_module(model: nn.Module) -> nn.Module:
@@ -29,8 +29,8 @@ def inner_module(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _batchnorms(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
-    found = [(n, m) for n, m in inner_module(model).named_modules() if isinstance(m, _BatchNorm)]
+def _batchnorms(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    found = [(n, m) for n, m in inner_module(model).named_modules() if isinstance(m, BATCHNORM)]
     if not found:
         raise ValueError(f"Invalid model: {type(model).__name__} has no BatchNorm layer (accepted: a model "
                          "with at least one affine nn.BatchNorm1d/2d/3d, whose weight and bias are adapted)")
