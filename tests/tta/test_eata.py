@@ -104,7 +104,8 @@ def test_one_host_sync_per_call(make_model, monkeypatch):
     calls = []
     for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero"):
         real = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _r=real, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _r=real, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
     wrapper(x)
     monkeypatch.undo()
     assert calls == ["tolist"] and wrapper.num_selected > 0

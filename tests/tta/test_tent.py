@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gradwise.tta import Tent
+from gradwise.tta import Tent, bn_parameters
 
 TOL = dict(rtol=0, atol=1e-12)
 
@@ -36,8 +36,7 @@ def test_logits_are_those_before_the_update(make_model):
 
 def test_non_finite_logits_skip_the_update_and_are_counted(make_model):
     model = make_model("mlp")
-    tent = Tent(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad] or
-                                       list(model.parameters()), lr=0.5))
+    tent = Tent(model, torch.optim.SGD(bn_parameters(model), lr=0.5))
     x = torch.randn(8, 6, dtype=torch.float64)
     x[3, 0] = float("nan")
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -48,3 +47,12 @@ def test_non_finite_logits_skip_the_update_and_are_counted(make_model):
     assert all(p.grad is None for p in model.parameters())
     tent(torch.randn(8, 6, dtype=torch.float64))
     assert tent.num_skipped == 1
+
+
+def test_inference_mode_is_refused_with_a_clear_error_and_inference_tensors_are_fine(make_model):
+    tent = Tent(make_model("mlp"))
+    with torch.inference_mode():
+        x = torch.randn(8, 6, dtype=torch.float64)
+        with pytest.raises(RuntimeError, match="inference_mode"):
+            tent(x)
+    assert torch.isfinite(tent(x)).all()  # an inference tensor made earlier is copied

@@ -122,6 +122,11 @@ class TTAWrapper(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_batch(x)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(f"{type(self).__name__} adapts on every call, which torch.inference_mode() "
+                               "forbids: call it under torch.no_grad() instead (it enables gradients itself)")
+        if x.is_inference():  # made under inference_mode: autograd may not save it, a copy it may
+            x = x.clone()
         if self.episodic:
             self.reset()
         with torch.enable_grad():

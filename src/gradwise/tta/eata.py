@@ -21,7 +21,8 @@ EATA_CODE = "https://github.com/mr-eggplant/EATA"
 PROB_DECAY = 0.9  # the authors' update_model_probs: m <- 0.9 m + 0.1 mean(p)
 
 
-def eata_fishers(model: nn.Module, input_batches: Iterable[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def eata_fishers(model: nn.Module,
+                 input_batches: Iterable[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """EATA's diagonal Fisher of the BatchNorm affine parameters, from unlabeled batches (the Fisher block
     of ``main.py`` in github.com/mr-eggplant/EATA at commit f739b36; arXiv 2204.02610).
 
@@ -50,7 +51,8 @@ def eata_fishers(model: nn.Module, input_batches: Iterable[torch.Tensor]) -> dic
     return {name: (s / n, p.detach().clone()) for (name, p), s in zip(named, sums)}
 
 
-def _fisher_terms(model: nn.Module, fishers: Mapping[str, Any]) -> list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
+def _fisher_terms(model: nn.Module,
+                  fishers: Mapping[str, Any]) -> list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
     """``(param, F, θ0)`` for each entry of ``fishers``, checked against the model's parameters."""
     if not isinstance(fishers, Mapping):
         raise ValueError(f"Invalid fishers: {type(fishers).__name__} (accepted: None or a dict "
@@ -110,12 +112,12 @@ class EATA(TTAWrapper):
       ``prob_ema`` and the counters.
 
     Departures: every ``_BatchNorm`` is adapted, not only ``BatchNorm2d``; the loss is a masked sum
-    divided by ``|S|`` (the same value as their mean over the selected rows) so one host sync per step
-    remains, the one that decides the skip (it also reads the two counts and the finiteness flag); a step
-    whose logits are not all finite changes nothing (no update, no counter, no ``prob_ema`` change) and
-    is counted in ``num_skipped``; Fisher entries must name parameters of the model, with matching shapes
-    (theirs silently ignore unknown names); the Fisher tensors are copied to each parameter's device and
-    dtype at construction.
+    divided by ``|S|`` (the same value as their mean over the selected rows), so one host sync per step
+    (per call with ``steps=1``) remains: the one that decides the skip, which also reads the two counts
+    and the finiteness flag; a step whose logits are not all finite changes nothing (no update, no
+    counter, no ``prob_ema`` change) and is counted in ``num_skipped``; Fisher entries must name
+    parameters of the model, with matching shapes (theirs silently ignore unknown names); the Fisher
+    tensors are copied to each parameter's device and dtype at construction.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
