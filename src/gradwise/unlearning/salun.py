@@ -65,8 +65,9 @@ def _check_model(model) -> None:
 
 
 def saliency_mask(model: nn.Module, forget_batches: Iterable, *, ratio: float = 0.5) -> dict[str, torch.Tensor]:
-    """SalUn's weight-saliency mask: True for the ``⌊ratio·N⌋`` weights with the largest
-    ``|Σ_b ∇(−CE_b)|`` over the forget batches ``(x, y)``, ranked over the whole model.
+    """SalUn's weight-saliency mask (arXiv 2310.12508; the authors' ``generate_mask.py``): True for the
+    ``⌊ratio·N⌋`` weights with the largest ``|Σ_b ∇(−CE_b)|`` over the forget batches ``(x, y)``, CE_b
+    the batch's mean cross-entropy, ranked over the whole model.
 
     The model runs in eval mode (restored afterwards); its ``.grad`` fields are not touched. Ties are
     broken by position: the entry earlier in ``named_parameters`` order (row-major inside a
@@ -135,11 +136,17 @@ class SalUn:
     """SalUn unlearning: SGD on random labels for the forget batches, then the retain batches, with
     the weights outside ``mask`` (from :func:`saliency_mask`) kept at their starting values θ0.
 
-    ``mask=None`` is plain random labelling (every weight moves). ``lr``, ``momentum``,
-    ``weight_decay`` are those of the authors' SGD (defaults: theirs). The model is changed in
-    place; ``.step(x, y)`` is one update on the mean cross-entropy with the given labels and returns
-    the loss (detached), ``.fit(...)`` runs the epochs. The math and departures are in the module
-    docstring.
+    "SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency in Both Image
+    Classification and Generation" (ICLR 2024), arXiv 2310.12508; authors' code
+    https://github.com/OPTML-Group/Unlearn-Saliency (@a6e89fd, ``unlearn/RL.py``). Each step, on the
+    mean cross-entropy ℓ of the batch::
+
+        d = ∇ℓ + λ θ;   b ← μ b + d (b = d at first);   b ← m ⊙ b;   θ ← θ − η b
+
+    ``mask=None`` is plain random labelling (every weight moves, m = 1). ``lr`` η, ``momentum`` μ,
+    ``weight_decay`` λ are the authors' SGD's (defaults: theirs). The model is changed in place;
+    ``.step(x, y)`` is one update with the given labels and returns the loss (detached), ``.fit(...)``
+    runs the epochs. The departures from the authors' code are in the module docstring.
     """
 
     def __init__(self, model: nn.Module, mask: Mapping[str, torch.Tensor] | None, *, lr: float = 0.01,
