@@ -38,6 +38,7 @@ def run(d: int, hidden: int, classes: int, batch: int, rounds: int, reps: int, w
         seed: int = 0) -> dict:
     from gradwise.unlearning import SalUn, saliency_mask
 
+    load = harness.load_average()
     torch.manual_seed(seed)
     base = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                          nn.Linear(hidden, classes))
@@ -57,7 +58,7 @@ def run(d: int, hidden: int, classes: int, batch: int, rounds: int, reps: int, w
     for name, m in (("SalUn (mask ratio 0.5)", mask), ("SalUn (mask=None)", None)):
         un = SalUn(copy.deepcopy(base), m)
         cands[name] = harness.Candidate(name, lambda un=un: un.step(x, y))
-    notes: list[str] = []
+    notes = [n for n in (harness.busy_note(load),) if n]
     harness.interleave(cands, rounds=rounds, steps=reps, warmup=warmup, seed=seed, mode="shuffled", notes=notes)
     timed = {name: statistics.median(c.samples_ms) for name, c in cands.items() if not c.error}
     ref = min(timed[n] for n in SGD_NAMES if n in timed)
@@ -68,7 +69,7 @@ def run(d: int, hidden: int, classes: int, batch: int, rounds: int, reps: int, w
     return dict(rows=rows, notes=notes, d=d, hidden=hidden, classes=classes, batch=batch, params=n_params,
                 rounds=rounds, reps=reps, warmup=warmup, machine=harness.machine_description(),
                 torch=torch.__version__, threads=torch.get_num_threads(), python=platform.python_version(),
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), loadavg=harness.load_average())
+                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), loadavg=load)
 
 
 def to_markdown(res: dict) -> str:
@@ -92,30 +93,26 @@ def to_markdown(res: dict) -> str:
         *harness.markdown_table(("step", "ms", "ratio to SGD", "target"),
                                 ((r["name"], f"{r['ms']:.3f}", f"{r['ratio']:.2f}", r["verdict"])
                                  for r in res["rows"]), left=(0, 3)),
+        *[line for note in res["notes"] for line in ("", f"Note: {note}.")],
     ]
-    for note in res["notes"]:
-        lines += ["", f"Note: {note}."]
     return "\n".join(lines) + "\n"
+
+
+DEFAULTS = dict(d=784, hidden=512, classes=10, batch=128, rounds=15, reps=3)
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         harness.reexec_with_malloc_env()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--d", type=int, default=784)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--reps", type=int, default=3)
+    for key, value in DEFAULTS.items():
+        p.add_argument(f"--{key}", type=int, default=value)
     harness.add_output_args(p)
     args = p.parse_args(argv)
     harness.apply_threads(args.threads)
-    res = run(args.d, args.hidden, args.classes, args.batch, args.rounds, args.reps)
-    for r in res["rows"]:
-        print(f"{r['name']:26s} {r['ms']:8.3f} ms  x{r['ratio']:.2f}  {r['verdict']}")
-    for note in res["notes"]:
-        print("note:", note)
+    res = run(**{key: getattr(args, key) for key in DEFAULTS})
+    print("\n".join(f"{r['name']:26s} {r['ms']:8.3f} ms  x{r['ratio']:.2f}  {r['verdict']}" for r in res["rows"]))
+    print("\n".join(f"note: {n}" for n in res["notes"]))
     harness.save(res, args, "unlearning_step", to_markdown(res))
     return 0
 

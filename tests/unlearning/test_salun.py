@@ -182,8 +182,10 @@ def test_bad_input_is_refused_with_a_clear_error():
     for ratio in (0, 0.0, -0.1, 1.5, float("nan"), True):
         with pytest.raises(ValueError, match="Invalid ratio"):
             saliency_mask(model, forget, ratio=ratio)
-    with pytest.raises(ValueError, match="Invalid forget_batches"):
+    with pytest.raises(ValueError, match="Invalid forget_batches: no batch"):
         saliency_mask(model, [])
+    with pytest.raises(ValueError, match="Invalid forget_batches: the forget-loss gradient is not finite"):
+        saliency_mask(model, [(torch.full((2, 6), float("nan")), torch.tensor([0, 1]))])
     with pytest.raises(ValueError, match=r"Invalid mask: keys .*missing: \['2.bias'\]"):
         SalUn(model, {n: m for n, m in mask.items() if n != "2.bias"})
     with pytest.raises(ValueError, match=r"unexpected: \['extra'\]"):

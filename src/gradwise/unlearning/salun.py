@@ -79,6 +79,8 @@ def saliency_mask(model: nn.Module, forget_batches: Iterable, *, ratio: float = 
     if not named:
         raise ValueError("Invalid model: it has no parameters (accepted: a model with parameters)")
     trainable = [p for _, p in named if p.requires_grad]
+    if not trainable:
+        raise ValueError("Invalid model: no parameter requires grad (accepted: a model with trainable parameters)")
     sums: list[torch.Tensor | None] = [None] * len(trainable)
     was_training = model.training
     model.eval()
