@@ -76,6 +76,7 @@ ALLOWED = {
     "distributed": set(),
     "federated": set(),
     "tta": set(),
+    "unlearning": set(),
 }
 
 
