@@ -75,6 +75,7 @@ ALLOWED = {
     "preference": set(),
     "distributed": set(),
     "federated": set(),
+    "tta": set(),
 }
 
 

@@ -1,0 +1,272 @@
+"""LAME (Boudiaf, Mueller, Ben Ayed & Bertinetto, "Parameter-free Online Test-time Adaptation", CVPR 2022,
+arXiv 2201.05718; authors' code github.com/fiveai/LAME, ``src/adaptation/lame.py`` at commit d2e5f63).
+
+LAME adapts a classifier's *outputs*, not its weights: on each unlabeled test batch it replaces the
+predicted class probabilities by soft assignments that stay close to them while agreeing with the
+assignments of neighbouring points in feature space.
+
+Only the paper's abstract was readable in the stored text; the objective and the solver below follow
+the authors' released code, which this module reproduces (golden data from their functions in float64,
+``tests/data/lame_golden.pt``).
+
+Objective and solver (authors' ``laplacian_optimization``). With ``p_i`` the model's probabilities,
+``a_i = -log(p_i + 1e-10)`` the unary term, ``W`` an ``[N, N]`` affinity and ``lambda`` its weight, the
+assignments ``Y`` (rows on the simplex) minimize the Laplacian-regularized likelihood
+
+    E(Y) = sum_i a_i . y_i - lambda sum_ij W_ij y_i . y_j + sum_i y_i . log y_i,
+
+by the concave-convex procedure: linearizing the (concave, for PSD ``W``) pairwise term at the current
+``Y`` and minimizing the rest in closed form gives the fixed-point update
+
+    Y^0 = softmax(-A),        Y^{t+1} = softmax(-A + lambda W Y^t)   (row-wise).
+
+After each update their code evaluates ``E_t = sum(A * Y^{t+1} - lambda (W Y^t) * Y^{t+1}
++ Y^{t+1} log max(Y^{t+1}, 1e-20))`` (the pairwise term at the *previous* ``Y``, as they write it) and
+stops at step ``t >= 2`` when ``|E_t - E_{t-1}| <= 1e-8 |E_{t-1}|``, or after ``max_steps`` updates.
+
+Affinities (authors' ``kNN_affinity``, ``rbf_affinity``, ``linear_affinity``), on the features ``X``:
+
+- ``"knn"``: ``W_ij = 1`` if ``j`` is one of the ``knn`` nearest other points of ``i`` (Euclidean), else
+  0; not symmetric.
+- ``"rbf"`` (their default): ``W_ij = exp(-|x_i - x_j|^2 / (2 sigma^2))`` with ``sigma`` the mean over
+  ``i`` of the distance from ``x_i`` to its ``knn``-th nearest point *counting ``x_i`` itself* (their
+  ``topk(knn)`` includes the zero self-distance), i.e. its ``(knn - 1)``-th nearest other point. The
+  diagonal stays (self-affinity ``W_ii = 1``): their mask that would remove it is commented out.
+- ``"linear"``: ``W = X X^T``.
+
+:func:`lame` L2-normalizes the features before the affinity and optionally symmetrizes it
+(``(W + W^T) / 2``), as their ``LAME.run_step`` does; the defaults (``rbf``, ``knn=5``,
+``force_symmetry=False``, ``lambda=1``, 100 steps) are theirs (``src/config/defaults.py``).
+
+Departures from the authors' code (none changes a result on their inputs, except where noted):
+
+- ``"knn"`` excludes each point itself explicitly (its distance set to +inf) where they drop the first
+  column of ``topk``: the same unless two points coincide, where their tie order decides which one is
+  dropped. Its ``W`` has the features' dtype and device (theirs is always float32).
+- ``"rbf"``: the denominator ``2 sigma^2`` is clamped at the dtype's smallest normal number, so that
+  features whose ``knn`` nearest points all coincide (``sigma = 0``) give the limit kernel (1 where the
+  distance is 0, else 0) instead of their NaNs. ``knn=1`` with ``"rbf"`` is refused: it always gives
+  ``sigma = 0`` (the point itself).
+- The stopping test runs on the energy as a 0-d tensor (in float64, as their ``.item()`` compares Python
+  floats; float32 on MPS) and the loop reads it back to the host each step, as theirs does: on CPU that
+  costs nothing. On an accelerator the test is read back only every 10 steps, and the steps between a
+  convergence and that read keep ``Y`` frozen (``torch.where``), so the result is the same with up to 9
+  wasted steps and 10x fewer host syncs.
+- Inputs are checked (shapes, an empty batch, ``knn >= 1``, the affinity name) with clear errors.
+
+:class:`LAME` wraps any classifier: its forward runs the model, takes the features at the input of the
+classification head (default: the model's last ``nn.Linear``, captured by a forward hook) and returns
+``log Y`` (the log-softmax of the final update's argument, so no ``log(0)``). It changes no weights,
+needs no gradients and works under ``torch.no_grad``. As the authors' ``NonAdaptiveMethod`` does, it
+puts the model in eval mode when built.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradwise._validate import check_bool, check_choice, check_int, check_real
+from gradwise.registry import register
+
+__all__ = ["lame_affinity", "laplacian_optimization", "lame", "LAME"]
+
+PAPER = "Parameter-free Online Test-time Adaptation"
+CODE = "https://github.com/fiveai/LAME"
+AFFINITIES = ("rbf", "knn", "linear")
+_UNARY_EPS = 1e-10  # their -log(p + 1e-10)
+_LOG_CLIP = 1e-20   # their Y.clip(1e-20) inside the entropy
+_RTOL = 1e-8        # their convergence test |E - E_old| <= 1e-8 |E_old|
+_SYNC_EVERY = 10    # accelerators: read the convergence flag back every this many steps
+
+
+def _check_matrix(name: str, t, rows: int | None = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.is_floating_point():
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"Invalid {name}: {shape} (accepted: a 2-D floating-point tensor)")
+    if t.shape[0] == 0:
+        raise ValueError(f"Invalid {name}: an empty batch of shape {tuple(t.shape)} (accepted: at least 1 row)")
+    if rows is not None and t.shape[0] != rows:
+        raise ValueError(f"Invalid {name}: {t.shape[0]} rows (accepted: as many rows as the batch, {rows})")
+    return t
+
+
+def _check_knn(knn, affinity: str) -> int:
+    # rbf with knn=1: sigma is the distance of each point to itself, always 0
+    return check_int("knn", knn, 2 if affinity == "rbf" else 1)
+
+
+def _distances(x: torch.Tensor) -> torch.Tensor:
+    # the direct difference form, as their torch.norm(X[None] - X[:, None]), without its [N, N, d] tensor
+    return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def lame_affinity(feats: torch.Tensor, affinity: str = "rbf", knn: int = 5) -> torch.Tensor:
+    """LAME's ``[N, N]`` affinity of the features ``feats`` ``[N, d]``, used as given (:func:`lame`
+    normalizes them first): ``"rbf"`` (Gaussian, bandwidth the mean distance to the ``knn``-th nearest
+    point counting the point itself; keeps self-affinity 1), ``"knn"`` (1 for each point's ``knn``
+    nearest other points) or ``"linear"`` (``feats @ feats.T``). See the module docstring."""
+    affinity = check_choice("affinity", affinity, AFFINITIES)
+    knn = _check_knn(knn, affinity)
+    x = _check_matrix("feats", feats)
+    n = x.shape[0]
+    if affinity == "linear":
+        return x @ x.T
+    dist = _distances(x)
+    if affinity == "knn":
+        k = min(knn, n - 1)
+        dist = dist.masked_fill(torch.eye(n, dtype=torch.bool, device=x.device), float("inf"))
+        idx = dist.topk(k, dim=-1, largest=False).indices
+        return torch.zeros_like(dist).scatter_(-1, idx, 1.0)
+    kth = dist.topk(min(knn, n), dim=-1, largest=False).values[:, -1]
+    denom = (2 * kth.mean().square()).clamp_min(torch.finfo(x.dtype).tiny)
+    return torch.exp(-dist.square() / denom)
+
+
+def _energy_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float32 if t.device.type == "mps" else torch.float64
+
+
+def _laplacian_logits(unary: torch.Tensor, kernel: torch.Tensor, bound_lambda: float,
+                      max_steps: int) -> torch.Tensor:
+    """The argument ``z`` of the last softmax: ``Y = softmax(z)``."""
+    z = -unary
+    y = z.softmax(-1)
+    every = 1 if unary.device.type == "cpu" else _SYNC_EVERY
+    edt = _energy_dtype(unary)
+    old = torch.full((), float("inf"), dtype=edt, device=unary.device)
+    done = torch.zeros((), dtype=torch.bool, device=unary.device)
+    for i in range(max_steps):
+        pairwise = bound_lambda * (kernel @ y)
+        z_new = -unary + pairwise
+        y_new = z_new.softmax(-1)
+        energy = (unary * y_new - bound_lambda * pairwise * y_new
+                  + y_new * y_new.clamp_min(_LOG_CLIP).log()).sum().to(edt)
+        conv = (energy - old).abs() <= _RTOL * old.abs()
+        if every == 1:
+            z, y = z_new, y_new
+            if i > 1 and bool(conv):  # one host read per step, as their .item(); free on CPU
+                break
+            old = energy
+            continue
+        # accelerators: freeze Y once converged, read the flag back every `every` steps
+        z, y = torch.where(done, z, z_new), torch.where(done, y, y_new)
+        old = torch.where(done, old, energy)
+        if i > 1:
+            done = done | conv
+        if (i + 1) % every == 0 and bool(done):
+            break
+    return z
+
+
+def laplacian_optimization(unary: torch.Tensor, kernel: torch.Tensor, *, bound_lambda: float = 1.0,
+                           max_steps: int = 100) -> torch.Tensor:
+    """LAME's concave-convex solver: from ``Y = softmax(-unary)``, iterate
+    ``Y <- softmax(-unary + bound_lambda * kernel @ Y)`` until the energy's relative change is at most
+    1e-8 (from the third step on) or ``max_steps`` updates. ``unary`` is ``[N, K]`` (``-log p``),
+    ``kernel`` ``[N, N]``; returns ``Y`` ``[N, K]``. See the module docstring."""
+    unary = _check_matrix("unary", unary)
+    kernel = _check_matrix("kernel", kernel, unary.shape[0])
+    if kernel.shape[1] != unary.shape[0]:
+        raise ValueError(f"Invalid kernel: shape {tuple(kernel.shape)} (accepted: [N, N] with N = "
+                         f"{unary.shape[0]}, the rows of unary)")
+    bound_lambda = check_real("bound_lambda", bound_lambda)
+    max_steps = check_int("max_steps", max_steps, 0)
+    return _laplacian_logits(unary, kernel, bound_lambda, max_steps).softmax(-1)
+
+
+def _lame_logits(probs, feats, affinity, knn, force_symmetry, bound_lambda, max_steps) -> torch.Tensor:
+    affinity = check_choice("affinity", affinity, AFFINITIES)
+    knn = _check_knn(knn, affinity)
+    force_symmetry = check_bool("force_symmetry", force_symmetry)
+    bound_lambda = check_real("bound_lambda", bound_lambda)
+    max_steps = check_int("max_steps", max_steps, 0)
+    probs = _check_matrix("probs", probs)
+    feats = _check_matrix("feats", feats)
+    if feats.shape[0] != probs.shape[0]:
+        raise ValueError(f"Invalid feats: {feats.shape[0]} rows (accepted: one row per row of probs, "
+                         f"{probs.shape[0]})")
+    unary = -(probs + _UNARY_EPS).log()
+    kernel = lame_affinity(F.normalize(feats, p=2, dim=-1), affinity, knn).to(unary.dtype)
+    if force_symmetry:
+        kernel = 0.5 * (kernel + kernel.T)
+    return _laplacian_logits(unary, kernel, bound_lambda, max_steps)
+
+
+def lame(probs: torch.Tensor, feats: torch.Tensor, *, affinity: str = "rbf", knn: int = 5,
+         force_symmetry: bool = False, bound_lambda: float = 1.0, max_steps: int = 100) -> torch.Tensor:
+    """LAME's adapted assignments ``Y`` ``[N, K]`` of a batch with class probabilities ``probs`` ``[N, K]``
+    and features ``feats`` ``[N, d]``: unary ``-log(probs + 1e-10)``, affinity of the L2-normalized
+    features (symmetrized if ``force_symmetry``), then :func:`laplacian_optimization`. As the authors'
+    ``LAME.run_step``; see the module docstring."""
+    return _lame_logits(probs, feats, affinity, knn, force_symmetry, bound_lambda, max_steps).softmax(-1)
+
+
+def _last_linear(model: nn.Module) -> nn.Module:
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    if last is None:
+        raise ValueError("Invalid head: None and the model has no nn.Linear (accepted: the module whose "
+                         "input is the features, e.g. the classifier)")
+    return last
+
+
+@register(kind="test-time-adaptation", name="LAME", paper=PAPER, year=2022, arxiv="2201.05718", code=CODE,
+          summary="LAME: adapts a classifier's outputs (not its weights) to a test batch by "
+                  "Laplacian-regularized maximum likelihood over feature-space neighbours")
+class LAME(nn.Module):
+    """LAME around a classifier ``model`` (logits ``[N, K]``): ``forward(x)`` returns ``log Y``, the
+    log of :func:`lame`'s assignments for the batch, with the model's softmax as ``probs`` and the
+    input of ``head`` (default: the model's last ``nn.Linear``) as ``feats``. No weight changes; the
+    model is put in eval mode, as in the authors' code. The other arguments are :func:`lame`'s.
+
+    Example::
+
+        adapted = LAME(model)                     # features = input of the last nn.Linear
+        with torch.no_grad():
+            pred = adapted(x_test).argmax(-1)
+    """
+
+    def __init__(self, model: nn.Module, *, head: nn.Module | None = None, affinity: str = "rbf", knn: int = 5,
+                 force_symmetry: bool = False, bound_lambda: float = 1.0, max_steps: int = 100):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"Invalid model: {type(model).__name__} (accepted: an nn.Module)")
+        if head is None:
+            head = _last_linear(model)
+        elif not isinstance(head, nn.Module) or not any(m is head for m in model.modules()):
+            raise ValueError("Invalid head: not a submodule of model (accepted: the module whose input "
+                             "is the features, e.g. model.fc)")
+        self.affinity = check_choice("affinity", affinity, AFFINITIES)
+        self.knn = _check_knn(knn, self.affinity)
+        self.force_symmetry = check_bool("force_symmetry", force_symmetry)
+        self.bound_lambda = check_real("bound_lambda", bound_lambda)
+        self.max_steps = check_int("max_steps", max_steps, 0)
+        self.model = model
+        self._feats: list[torch.Tensor] = []
+        self._hook = head.register_forward_pre_hook(self._capture)
+        self.eval()
+
+    def _capture(self, module, args) -> None:
+        self._feats.append(args[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._feats.clear()
+        try:
+            logits = self.model(x)
+            if not self._feats:
+                raise RuntimeError("LAME: the head was not called during the model's forward, so there are "
+                                   "no features (pass head=, the module whose input is the features)")
+            feats = self._feats[-1]
+        finally:
+            self._feats.clear()
+        feats = feats.reshape(feats.shape[0], -1) if feats.dim() > 2 else feats
+        z = _lame_logits(logits.softmax(-1), feats, self.affinity, self.knn, self.force_symmetry,
+                         self.bound_lambda, self.max_steps)
+        return z.log_softmax(-1)
+
+    def extra_repr(self) -> str:
+        return (f"affinity={self.affinity!r}, knn={self.knn}, force_symmetry={self.force_symmetry}, "
+                f"bound_lambda={self.bound_lambda}, max_steps={self.max_steps}")
