@@ -1,15 +1,15 @@
 """Golden LAME affinities and adapted assignments, made by running the authors' own functions.
 
-Source: github.com/fiveai/LAME at commit d2e5f63 (``src/adaptation/lame.py``). That module imports the
-rest of their package (``.non_adaptive``, ``.build``: detectron-style registry, configs), so this script
-parses it and executes, unchanged, only its classes ``AffinityMatrix``, ``kNN_affinity``,
-``rbf_affinity``, ``linear_affinity`` and its functions ``laplacian_optimization`` and
-``entropy_energy``. Each case then follows their ``LAME.run_step`` statement by statement: unary
-``-log(probas + 1e-10)``, ``F.normalize`` of the features, the affinity, ``(W + W^T) / 2`` when
-``force_symmetry``, ``laplacian_optimization(unary, kernel, bound_lambda, max_steps)``. Their ``kNN``
-affinity builds ``W`` with ``torch.zeros(N, N)`` (the default dtype), so the default dtype is float64.
-The step at which their loop converged is read from their ``logger.info`` message (None: it ran all
-``max_steps``).
+Source: github.com/fiveai/LAME at commit d2e5f63090bc1c8129bf7cbd781029a5955e1a67
+(``src/adaptation/lame.py``). That module imports the rest of their package (``.non_adaptive``,
+``.build``: a detectron-style registry, configs), so this script parses it and executes, unchanged,
+only its classes ``AffinityMatrix``, ``kNN_affinity``, ``rbf_affinity``, ``linear_affinity`` and its
+functions ``laplacian_optimization`` and ``entropy_energy``. Each case then follows their
+``LAME.run_step`` statement by statement: unary ``-log(probas + 1e-10)``, ``F.normalize`` of the
+features, the affinity, ``(W + W^T) / 2`` when ``force_symmetry``, ``laplacian_optimization(unary,
+kernel, bound_lambda, max_steps)``. Their ``kNN`` affinity builds ``W`` with ``torch.zeros(N, N)`` (the default dtype), so the default dtype is float64.
+The step at which their loop converged is read from their ``logger.info`` message (stored as -1 when it
+ran all ``max_steps``).
 
 Run from the repository root with their checkout (e.g. ``git archive d2e5f63``) at LAME_REF:
 

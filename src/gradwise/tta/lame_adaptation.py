@@ -127,12 +127,17 @@ def _energy_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float32 if t.device.type == "mps" else torch.float64
 
 
+def _sync_every(device: torch.device) -> int:
+    """How many steps between host reads of the stopping test: each step on CPU (a read is free there)."""
+    return 1 if device.type == "cpu" else _SYNC_EVERY
+
+
 def _laplacian_logits(unary: torch.Tensor, kernel: torch.Tensor, bound_lambda: float,
                       max_steps: int) -> torch.Tensor:
     """The argument ``z`` of the last softmax: ``Y = softmax(z)``."""
     z = -unary
     y = z.softmax(-1)
-    every = 1 if unary.device.type == "cpu" else _SYNC_EVERY
+    every = _sync_every(unary.device)
     edt = _energy_dtype(unary)
     old = torch.full((), float("inf"), dtype=edt, device=unary.device)
     done = torch.zeros((), dtype=torch.bool, device=unary.device)
@@ -217,10 +222,17 @@ def _last_linear(model: nn.Module) -> nn.Module:
           summary="LAME: adapts a classifier's outputs (not its weights) to a test batch by "
                   "Laplacian-regularized maximum likelihood over feature-space neighbours")
 class LAME(nn.Module):
-    """LAME around a classifier ``model`` (logits ``[N, K]``): ``forward(x)`` returns ``log Y``, the
-    log of :func:`lame`'s assignments for the batch, with the model's softmax as ``probs`` and the
-    input of ``head`` (default: the model's last ``nn.Linear``) as ``feats``. No weight changes; the
-    model is put in eval mode, as in the authors' code. The other arguments are :func:`lame`'s.
+    """LAME (Boudiaf et al., "Parameter-free Online Test-time Adaptation", CVPR 2022, arXiv 2201.05718;
+    authors' code github.com/fiveai/LAME @d2e5f63) around a classifier ``model`` (logits ``[N, K]``).
+
+    ``forward(x)`` returns ``log Y``, the log of :func:`lame`'s assignments for the batch: with
+    ``p = softmax(model(x))``, ``A = -log(p + 1e-10)`` and ``W`` the affinity of the L2-normalized input
+    of ``head`` (default: the model's last ``nn.Linear``, read by a forward pre-hook; inputs of more than
+    2 dims are flattened per row), ``Y`` is the fixed point of ``Y <- softmax(-A + bound_lambda W Y)``
+    started at ``p``, which minimizes ``sum A.Y - bound_lambda sum_ij W_ij y_i.y_j + sum Y log Y``
+    (details, stopping rule and departures: the module docstring). No weight changes and no
+    gradients; the model is put in eval mode, as the authors' ``NonAdaptiveMethod`` does. The other
+    arguments are :func:`lame`'s.
 
     Example::
 
