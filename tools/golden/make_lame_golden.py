@@ -7,9 +7,9 @@ only its classes ``AffinityMatrix``, ``kNN_affinity``, ``rbf_affinity``, ``linea
 functions ``laplacian_optimization`` and ``entropy_energy``. Each case then follows their
 ``LAME.run_step`` statement by statement: unary ``-log(probas + 1e-10)``, ``F.normalize`` of the
 features, the affinity, ``(W + W^T) / 2`` when ``force_symmetry``, ``laplacian_optimization(unary,
-kernel, bound_lambda, max_steps)``. Their ``kNN`` affinity builds ``W`` with ``torch.zeros(N, N)`` (the default dtype), so the default dtype is float64.
-The step at which their loop converged is read from their ``logger.info`` message (stored as -1 when it
-ran all ``max_steps``).
+kernel, bound_lambda, max_steps)``. Their ``kNN`` affinity builds ``W`` with ``torch.zeros(N, N)``
+(the default dtype), so the default dtype is float64. The step at which their loop converged is read
+from their ``logger.info`` message (stored as -1 when it ran all ``max_steps``).
 
 Run from the repository root with their checkout (e.g. ``git archive d2e5f63``) at LAME_REF:
 
