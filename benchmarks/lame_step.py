@@ -6,9 +6,9 @@
 Workload: a BatchNorm CNN for 8x8 digits (conv 16, conv 32, max-pool, linear 64, linear 10; the
 arena's kind of model), trained for a few epochs on scikit-learn's digits (random images if
 scikit-learn is missing, or untrained on random images with ``epochs=0``, the tests' small mode),
-in eval mode, under ``torch.no_grad``; the batches are digits images. For each batch size N, ``model(x)`` and ``LAME(model)(x)`` (defaults: rbf, knn 5, lambda 1, at most
-100 steps) are timed interleaved in one process; ratio = median LAME / median forward, target <= 2
-(issue 17, N <= 256). The solver's step count on the timed batch is given beside it.
+in eval mode, under ``torch.no_grad``; the batches are digits images. For each batch size N,
+``model(x)`` and ``LAME(model)(x)`` (defaults: rbf, knn 5, lambda 1, at most 100 steps) are timed
+interleaved in one process; ratio = median LAME / median forward, target <= 2 (issue 17, N <= 256). The solver's step count on the timed batch is given beside it.
 """
 from __future__ import annotations
 
