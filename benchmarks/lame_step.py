@@ -8,7 +8,8 @@ arena's kind of model), trained for a few epochs on scikit-learn's digits (rando
 scikit-learn is missing, or untrained on random images with ``epochs=0``, the tests' small mode),
 in eval mode, under ``torch.no_grad``; the batches are digits images. For each batch size N,
 ``model(x)`` and ``LAME(model)(x)`` (defaults: rbf, knn 5, lambda 1, at most 100 steps) are timed
-interleaved in one process; ratio = median LAME / median forward, target <= 2 (issue 17, N <= 256). The solver's step count on the timed batch is given beside it.
+interleaved in one process; ratio = median LAME / median forward, target <= 2 (issue 17, N <= 256).
+The solver's step count on the timed batch is given beside it.
 """
 from __future__ import annotations
 
@@ -122,7 +123,8 @@ def to_markdown(res: dict) -> str:
                                   "" if r["paired"] is None else f"{r['paired']:.2f}", str(r["steps"]), r["verdict"])
                                  for r in res["rows"]), left=()),
     ]
-    for note in res["notes"]:
+    busy = harness.busy_note(res["loadavg"])
+    for note in res["notes"] + ([busy] if busy else []):
         lines += ["", f"Note: {note}."]
     return "\n".join(lines) + "\n"
 
