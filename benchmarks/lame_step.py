@@ -14,10 +14,8 @@ The solver's step count on the timed batch is given beside it.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # harness.py sits beside this script
@@ -93,9 +91,7 @@ def run(sizes, rounds: int, reps: int, warmup: int = 2, epochs: int = 3, seed: i
                          paired=harness.paired_ratio(cands[f"LAME N={n}"], cands[f"forward N={n}"]),
                          verdict="PASS" if lam / fwd <= TARGET else "MISS"))
     return dict(rows=rows, notes=notes, source=source, epochs=epochs, rounds=rounds, reps=reps, warmup=warmup,
-                machine=harness.machine_description(), torch=torch.__version__, threads=torch.get_num_threads(),
-                python=platform.python_version(), date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                loadavg=harness.load_average())
+                machine=harness.machine_description(), **harness.machine_info())
 
 
 def to_markdown(res: dict) -> str:
@@ -106,9 +102,9 @@ def to_markdown(res: dict) -> str:
         "that one run.",
         "",
         f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['threads']} threads), Python {res['python']}",
-        f"- Date: {res['date']}; load average at start: {res['loadavg']:.1f}" if res["loadavg"] is not None
-        else f"- Date: {res['date']}",
+        f"- Software: torch {res['torch']} ({res['torch_threads']} threads), Python {res['python']}",
+        f"- Date: {res['date']}; load average at start: {res['load_average']:.1f}"
+        if res["load_average"] is not None else f"- Date: {res['date']}",
         f"- Workload: a BatchNorm CNN for 8x8 digits (conv 16, conv 32, max-pool, linear 64, linear 10) trained "
         f"{res['epochs']} epochs on {res['source']}, eval mode, `torch.no_grad`; batches of N digits images; "
         "`LAME(model)` with its defaults (rbf, knn 5, lambda 1, at most 100 steps; features = input of the "
@@ -123,7 +119,7 @@ def to_markdown(res: dict) -> str:
                                   "" if r["paired"] is None else f"{r['paired']:.2f}", str(r["steps"]), r["verdict"])
                                  for r in res["rows"]), left=()),
     ]
-    busy = harness.busy_note(res["loadavg"])
+    busy = harness.busy_note(res["load_average"])
     for note in res["notes"] + ([busy] if busy else []):
         lines += ["", f"Note: {note}."]
     return "\n".join(lines) + "\n"
