@@ -54,24 +54,24 @@ Departures from the authors' code (none changes a result on their inputs, except
   1e-3 for unit-norm features) carry an absolute error of about 1e-4.
 - The energy is computed in closed form, ``-sum_i logsumexp(z_i) + (1 - lambda) sum(Y * P)`` with
   ``z = P - A`` (as ``log Y = z - logsumexp(z)`` and rows of ``Y`` sum to 1), equal to theirs to rounding
-  (their ``clip(1e-20)`` changes a term by < 4e-21), in five tensor ops per step. On the golden cases
-  every stopping step is theirs.
+  (their ``clip(1e-20)`` changes a term by < 4e-21), in eight small tensor ops per step. On the golden
+  cases (float64) every stopping step is theirs; in float32 their 1e-8 relative test needs two energies
+  equal to about the last bit, so there the stopping step may differ from theirs by rounding.
 - The stopping test reads the energy back to the host each step on CPU, as their ``.item()`` does (free
   there). On an accelerator it is read back only every 10 steps (in float64, as their Python floats;
   float32 on MPS), and the steps between a convergence and that read keep ``Y`` frozen
   (``torch.where``): the same result with up to 9 wasted steps and 10x fewer host syncs.
 - Inputs are checked (shapes, an empty batch, ``knn >= 1``, the affinity name) with clear errors.
 
-Cost (``benchmarks/lame_step.py``, docs/benchmarks.md): a few dozen small tensor ops plus about six per
-solver step, so on a small CNN LAME is about 1.4x the forward pass at N = 64-256 but several times it
+Cost (``benchmarks/lame_step.py``, docs/benchmarks.md): about 25 small tensor ops plus eight per
+solver step, so on a small CNN LAME is 1.3-1.6x the forward pass at N = 64-256 but 3-4x it
 at N = 8, where per-op overhead dominates.
 
 :class:`LAME` wraps any classifier: its forward runs the model, takes the features at the input of the
 classification head (default: the model's last ``nn.Linear``, captured by a forward hook) and returns
 ``log Y`` (the log-softmax of the final update's argument, so no ``log(0)``); a head input of more than
-2 dims is flattened per row. It changes no weights,
-needs no gradients and works under ``torch.no_grad``. As the authors' ``NonAdaptiveMethod`` does, it
-puts the model in eval mode when built.
+2 dims is flattened per row. It changes no weights, needs no gradients and works under
+``torch.no_grad``. As the authors' ``NonAdaptiveMethod`` does, it puts the model in eval mode when built.
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def _step(unary: torch.Tensor, kern: torch.Tensor, y: torch.Tensor, bound_lambda
     ``sum(A*Y' - lambda*P*Y' + Y' log Y')`` (``P = lambda W Y``), written as ``-sum_i lse(z_i) +
     (1 - lambda) sum(Y'*P)`` since ``log Y' = z - lse(z)`` and rows of ``Y'`` sum to 1: equal to
     rounding (their ``clip(1e-20)`` changes it by < 4e-21 per entry), with ``lse(z_i) = z_i0 - log Y'_i0``
-    read off the log-softmax, so a step is five tensor ops when lambda = 1."""
+    read off the log-softmax: eight small tensor ops a step when lambda = 1."""
     pairwise = kern @ y
     z = pairwise - unary
     logy = z.log_softmax(-1)
