@@ -4,7 +4,8 @@ A wrapper changes the model it wraps in place (every ``_BatchNorm`` layer, 1d/2d
 test batch's statistics and its affine weight and bias become the only trainable parameters, see
 :func:`configure_bn`). Calling it on a batch adapts on that batch, even under ``torch.no_grad()``, and
 returns the logits computed *before* that batch's update, as the authors' code does; ``reset()`` puts the
-weights and the optimizer state back.
+weights and the optimizer state back. LAME adapts the outputs only (no weight changes): it
+corrects a batch's predictions with a Laplacian over the batch's features.
 
 One method per module; each lists its public names in ``__all__`` and this package re-exports them.
 """
