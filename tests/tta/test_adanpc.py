@@ -187,3 +187,14 @@ def test_num_classes_needed_without_a_linear():
         AdaNPC(model, feats, torch.arange(6) % 3, k=2, head=model[2])
     a = AdaNPC(model, feats, torch.arange(6) % 3, k=2, head=model[2], num_classes=3)
     assert a(torch.randn(4, 1, 5)).shape == (4, 3)
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_same_votes():
+    model, feats, labels = small()
+    a = AdaNPC(model, feats, labels, k=3, beta=0.0)
+    b = AdaNPC(torch.compile(model, backend="eager"), feats, labels, k=3, beta=0.0)  # hook on the inner head
+    for _ in range(2):
+        x = torch.randn(6, 4, dtype=torch.float64)
+        torch.testing.assert_close(b(x), a(x), rtol=0, atol=1e-12)
+    assert torch.equal(a.memory_labels, b.memory_labels) and b.num_added == 12
