@@ -21,12 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradwise.arena.compression_study import CNN_METHODS, LS_METHODS
+
 __all__ = ["LS_METHODS", "CNN_METHODS", "LeastSquares", "least_squares_problem", "run_least_squares",
            "DigitsCNN", "CnnSetup", "train_cnn_rank"]
-
-LS_METHODS = ("ls-sgd", "ls-topk", "ls-topk-ef")
-CNN_METHODS = ("cnn-dense", "cnn-powersgd-1", "cnn-powersgd-2", "cnn-powersgd-4", "cnn-lgreco")
-
 
 @dataclass(frozen=True)
 class LeastSquares:
@@ -158,7 +156,7 @@ def train_cnn_rank(rank: int, world_size: int, setup: CnnSetup, methods: tuple[s
     """One rank's share of the CNN part: each of ``methods`` in turn, from the same initialization, on
     this rank's shard of the training set (a seeded split, reshuffled every epoch); SGD with momentum.
     Returns per method: final test accuracy, one worker's bytes per step, the curve (epoch, bytes so far,
-    test accuracy) and, for L-GreCo, the ranks it chose per layer."""
+    test accuracy) and, for L-GreCo, the ranks it chose per compressed layer, in the model's order."""
     import torch.distributed as dist
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -196,8 +194,10 @@ def train_cnn_rank(rank: int, world_size: int, setup: CnnSetup, methods: tuple[s
         compressed = hist[s.start_iter:] or hist
         row = {"test_acc": curve[-1][2], "bytes_per_step": sum(compressed) / len(compressed),
                "bytes_total": sum(hist), "steps": len(hist), "train_s": train_s, "curve": curve}
-        if method == "cnn-lgreco":
-            row["ranks"] = [r for b in sorted(state.ranks) for r in state.ranks[b]]
+        if method == "cnn-lgreco":  # the hook holds layers in DDP's bucket order (gradient-ready: output first)
+            chosen = {shape: r for b in sorted(state.ranks) for shape, r in zip(state.shapes[b], state.ranks[b])}
+            shapes = [(p.shape[0], p[0].numel()) for p in model.module.parameters() if p.dim() > 1]
+            row["ranks"] = [chosen[sh] for sh in shapes if sh in chosen]  # in the model's order
         out[method] = row
         dist.barrier()
     return out

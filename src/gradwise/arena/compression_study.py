@@ -35,14 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradwise.arena.compression_runs import CNN_METHODS, LS_METHODS
 from gradwise.arena.stats import CI_NOTE, RANK_NOTE, fmt_ci, mean_ci_fields, rank_summaries
 from gradwise.arena.study import Column, Run, Selection, Study, option, register_study
 
-__all__ = ["HELP", "Config", "METHODS", "STUDY", "ECONTROL_NOTE"]
+__all__ = ["HELP", "Config", "METHODS", "LS_METHODS", "CNN_METHODS", "STUDY", "ECONTROL_NOTE"]
 
 HELP = ("heterogeneous least squares: Top-K with and without error feedback (EControl blocked); "
         "digits CNN on 2 DDP ranks: L-GreCo vs uniform PowerSGD ranks, bytes vs accuracy")
+LS_METHODS = ("ls-sgd", "ls-topk", "ls-topk-ef")
+CNN_METHODS = ("cnn-dense", "cnn-powersgd-1", "cnn-powersgd-2", "cnn-powersgd-4", "cnn-lgreco")
 METHODS = LS_METHODS + CNN_METHODS
 ECONTROL_NOTE = ("EControl (arXiv 2311.05645) is not run: blocked until its Algorithm 1 can be read in full "
                  "(the stored pages give only the abstract; docs/coverage_notes.md, Issue 13)")
@@ -201,6 +202,13 @@ def _plot(path: Path, run: Run, rows: list[dict[str, Any]], summary: list[dict[s
                 title="digits CNN, 2 DDP ranks")
     axes[2].set(xscale="log", xlabel="MB sent by one worker per run", ylabel="final test accuracy (95% interval)",
                 title="bytes vs accuracy")
+    from matplotlib.ticker import FuncFormatter
+
+    def at_2_and_5(v: float, _: Any) -> str:  # minor labels of a log axis at 2x and 5x only: no crowding
+        return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""
+
+    for ax in axes[1:]:
+        ax.xaxis.set_minor_formatter(FuncFormatter(at_2_and_5))
     for ax in axes:
         ax.grid(True, alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
