@@ -155,10 +155,15 @@ COLUMNS = (
 
 def _title(run: Run, rows: list[dict[str, Any]]) -> str:
     c = run.cfg
-    return (f"compression: least squares ({c.workers} workers, d={c.dim}, {c.samples} rows each, heterogeneity "
-            f"{c.heterogeneity:g}, {c.ls_steps} steps of {c.ls_lr:g}/L, Top-K {c.topk_ratio:g}, gradient noise "
-            f"{c.ls_noise:g}); digits CNN on {c.world_size} DDP ranks ({c.cnn_epochs} epochs, batch {c.batch_size}"
-            f"/rank, SGD lr {c.lr:g} momentum 0.9, compression after {c.start_iter} dense steps); {c.seeds} seed(s)")
+    parts = []
+    if any(m in LS_METHODS for m in run.methods):
+        parts.append(f"least squares ({c.workers} workers, d={c.dim}, {c.samples} rows each, heterogeneity "
+                     f"{c.heterogeneity:g}, {c.ls_steps} steps of {c.ls_lr:g}/L, Top-K {c.topk_ratio:g}, gradient "
+                     f"noise {c.ls_noise:g})")
+    if any(m in CNN_METHODS for m in run.methods):
+        parts.append(f"digits CNN on {c.world_size} DDP ranks ({c.cnn_epochs} epochs, batch {c.batch_size}/rank, SGD "
+                     f"lr {c.lr:g} momentum 0.9, compression after {c.start_iter} dense steps)")
+    return f"compression: {'; '.join(parts)}; {c.seeds} seed(s)"
 
 
 def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
