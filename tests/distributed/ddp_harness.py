@@ -1,45 +1,29 @@
 """Run a tiny model under DDP on 2-4 local processes (gloo over localhost) and collect what each rank saw.
 
-``run_ranks`` spawns the ranks with ``torch.multiprocessing`` on a free port, waits at most ``timeout``
-seconds, kills the ranks it started if they overrun (each by its pid) and fails with their error.
+``run_ranks`` spawns the ranks with :func:`gradwise.distributed.launch.run_local` (``torch.multiprocessing``
+on a free port), waits at most ``timeout`` seconds, kills the ranks it started if they overrun (each by its
+pid) and fails with their error.
 A configuration with ``fn="module:function"`` runs that function instead of the DDP loop (the CO2 and
 decentralized tests). Each rank runs every named configuration in turn (one process start for them all: importing torch is
-most of a rank's time) and writes its results to ``out_dir/rank<r>.pt``, a dict name -> result.
+most of a rank's time) and returns its results, a dict name -> result; ``out_dir`` is where the
+configurations may write (checkpoints).
 """
 from __future__ import annotations
 
-import os
-import socket
-import time
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
+
+from gradwise.distributed.launch import run_local
 
 IN, HIDDEN, OUT = 16, 32, 8
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(configs: dict[str, dict], world_size: int, out_dir: Path, timeout: float = 120.0) -> list[dict]:
-    port = free_port()
-    ctx = mp.start_processes(_worker, args=(world_size, port, configs, str(out_dir)), nprocs=world_size,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
     try:
-        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"DDP ranks did not finish within {timeout} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-    return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+        return run_local(_worker, world_size, args=(configs, str(out_dir)), timeout=timeout)
+    except TimeoutError as exc:
+        raise AssertionError(f"DDP ranks did not finish within {timeout} s") from exc
 
 
 class Net(torch.nn.Module):
@@ -139,15 +123,5 @@ def _run(config, rank, out_dir, name):
     return out
 
 
-def _worker(rank, world_size, port, configs, out_dir):
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        results = {name: _run(config, rank, out_dir, name) for name, config in configs.items()}
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world_size, configs, out_dir):
+    return {name: _run(config, rank, out_dir, name) for name, config in configs.items()}
