@@ -56,7 +56,7 @@ HELP = ("digits on Flower's Simulation Engine: FedAvg vs FedAU, FedLD, FedSpeed,
 class Config:
     seeds: int = option(3, "seeds 0..N-1 (data split, model init, participation)", at_least=1)
     clients: int = option(10, "simulated clients", at_least=2)
-    rounds: int = option(20, "federated rounds", at_least=1)
+    rounds: int = option(15, "federated rounds", at_least=1)
     alpha_strong: float = option(0.1, "Dirichlet alpha of the strong label skew", at_least=1e-3)
     alpha_mild: float = option(1.0, "Dirichlet alpha of the mild label skew", at_least=1e-3)
     participation_mean: float = option(0.3, "unknown participation: mean probability (FedAU's rule)",
@@ -71,6 +71,7 @@ class Config:
     batch_size: int = 32
     hidden: int = 32
     threads: int = 1
+    sim_cpus: int = 2  # the simulation's Ray: clients trained at once (results do not depend on it)
 
 
 # A strategy factory: (config, FedAvg keyword arguments every method gets) -> a Flower (Message API) strategy.
@@ -220,7 +221,7 @@ def run_seed(run: Run, seed: int) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     runs = run_digits_simulation(strategies, num_clients=cfg.clients, num_rounds=cfg.rounds, alpha=cfg.alpha_strong,
                                  seed=seed, lr=cfg.lr, local_epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-                                 hidden=cfg.hidden, num_cpus=1, alphas=alphas)
+                                 hidden=cfg.hidden, num_cpus=cfg.sim_cpus, alphas=alphas)
     wall = time.perf_counter() - t0
     for name, fed in runs.items():
         m, key = name.split("/")
