@@ -169,7 +169,9 @@ def _run_seed_in_subprocess(run: Run, seed: int) -> list[dict[str, Any]]:
     import sys
     import tempfile
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # a Ray worker's environment names its cluster (RAY_ADDRESS, RAY_RAYLET_PID, ...): with it, the new Ray's
+    # raylet fails at start ("WaitForDashboardAgentPorts"), so the process gets none of it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONBREAKPOINT"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "rows.json")
