@@ -271,8 +271,7 @@ def _columns(run: Run) -> tuple[Column, ...]:
     cfg = run.cfg
     return (Column("method", lambda s: s["method"], "left"), ci_column("mean acc", "acc_avg", 3),
             *(ci_column(_label(cfg, k), f"acc_{k}", 3) for k in setting_keys()),
-            *(Column(f"to {cfg.target:g} {_label(cfg, k).replace(' ', ' ', 1)}", _rounds_cell(k))
-              for k in setting_keys()))
+            *(Column(f"to {cfg.target:g}, {_label(cfg, k)}", _rounds_cell(k)) for k in setting_keys()))
 
 
 def _title(run: Run, rows: list[Any]) -> str:
