@@ -10,8 +10,8 @@ rounds from the same initial model. Settings, each over the same seeds:
   (1.0);
 * participation: ``full`` (every client every round) and ``unknown``: client ``n`` takes part in a round
   with its own probability ``p_n``, which no strategy is told, drawn as FedAU's experiments draw it
-  (:func:`~gradwise.federated.participation.label_participation_probabilities`: a Dirichlet(0.1) multiplier
-  per class, so that the clients holding the favoured classes show up often and the others rarely, down to
+  (:func:`~gradwise.federated.participation.label_participation_probabilities`: a
+  Dirichlet(``participation_alpha``) multiplier per class, so that the clients holding the favoured classes show up often and the others rarely, down to
   ``participation_min``; mean about ``participation_mean``), fixed per seed; the draws of a round are the
   same for every method (:func:`~gradwise.federated.participation.with_participation`).
 
@@ -31,7 +31,8 @@ participation; FedLD's, FedSpeed's and FedHyper's, a better one under label skew
 
 Runs are repeatable for a seed: the clients' minibatches are seeded by (seed, round, partition), and the
 server app orders nodes by partition (Flower draws node ids at random and returns replies as they
-arrive; :func:`~gradwise.federated.simulation.digits_server_app`).
+arrive; :func:`~gradwise.federated.simulation.digits_server_app`). Under ``--ray`` each seed's task runs its
+simulation in a Python process of its own, with its own local Ray, and gives the serial rows.
 """
 from __future__ import annotations
 
