@@ -6,7 +6,7 @@ runs ``clients`` simulated clients on scikit-learn's digits (1,347 training imag
 training the MLP 64-32-10 for ``local_epochs`` of local SGD (``lr``, batch 32) on its share, for ``rounds``
 rounds from the same initial model. Settings, each over the same seeds:
 
-* label skew: Dirichlet ``alpha_strong`` (0.1: most clients hold one to three classes) and ``alpha_mild``
+* label skew: Dirichlet ``alpha_strong`` (0.1: most clients hold one to four classes) and ``alpha_mild``
   (1.0);
 * participation: ``full`` (every client every round) and ``unknown``: client ``n`` takes part in a round
   with its own probability ``p_n``, which no strategy is told, drawn as FedAU's experiments draw it
