@@ -36,6 +36,7 @@ simulation in a Python process of its own, with its own local Ray, and gives the
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -133,18 +134,26 @@ def _alpha(cfg: Config, skew: str) -> float:
     return cfg.alpha_strong if skew == "strong" else cfg.alpha_mild
 
 
-def participation_probabilities(cfg: Config, alpha: float, seed: int):
-    """The clients' unknown participation probabilities for ``seed`` (in partition order): FedAU's rule on
-    the label fractions of the seed's Dirichlet(``alpha``) split."""
+@functools.lru_cache(maxsize=8)
+def _label_fractions(clients: int, alpha: float, seed: int):
     import numpy as np
 
     from gradwise.federated.digits import DigitsTask
-    from gradwise.federated.participation import label_participation_probabilities
 
-    task = DigitsTask(cfg.clients, alpha, seed)
+    task = DigitsTask(clients, alpha, seed)
     y = task.y_train.numpy()
     counts = np.stack([np.bincount(y[p], minlength=10) for p in task.parts]).astype(np.float64)
-    return label_participation_probabilities(counts / counts.sum(1, keepdims=True), cfg.participation_mean,
+    fractions = counts / counts.sum(1, keepdims=True)
+    fractions.flags.writeable = False  # shared by the cache
+    return fractions
+
+
+def participation_probabilities(cfg: Config, alpha: float, seed: int):
+    """The clients' unknown participation probabilities for ``seed`` (in partition order): FedAU's rule on
+    the label fractions of the seed's Dirichlet(``alpha``) split."""
+    from gradwise.federated.participation import label_participation_probabilities
+
+    return label_participation_probabilities(_label_fractions(cfg.clients, alpha, seed), cfg.participation_mean,
                                              cfg.participation_min, cfg.participation_alpha, seed)
 
 
