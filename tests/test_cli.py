@@ -409,6 +409,15 @@ _BAD_BY_OPTION = {
     ("compression", "--ls-lr"): ["0", "2", "-1", "nan", "x"],
     ("compression", "--ls-noise"): ["-1", "nan", "inf", "x"],
     ("compression", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("federated", "--methods"): ["nope", "FedAvg,nope", ","],
+    ("federated", "--clients"): ["1", "0", "x", "2.5"],
+    ("federated", "--alpha-strong"): ["0", "-1", "nan", "inf", "x"],
+    ("federated", "--alpha-mild"): ["0", "-1", "nan", "inf", "x"],
+    ("federated", "--participation-mean"): ["0", "1.5", "nan", "x"],
+    ("federated", "--participation-min"): ["-0.1", "1.5", "nan", "x"],
+    ("federated", "--participation-alpha"): ["0", "-1", "nan", "x"],
+    ("federated", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("federated", "--target"): ["-0.1", "1", "nan", "x"],
 }
 
 # options every study has

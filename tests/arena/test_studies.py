@@ -13,7 +13,12 @@ from gradwise.cli import build_parser, main
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("name", list(STUDIES))
+# studies whose smallest run still takes a minute (federated: Flower starts Ray), run with -m slow; their own
+# tests cover them with stand-ins by default
+SLOW_SMOKE = {"federated"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SMOKE else n for n in STUDIES])
 def test_study_runs_in_its_smallest_form(name, tmp_path, capsys):
     study = load_study(name)
     assert study.smoke, f"{name}: give the study its smallest command line (Study.smoke)"

@@ -47,3 +47,44 @@ def test_fedavg_and_fedau_six_rounds_each_improve():
     _check(strategies, runs, 6, gain=0.25)
     for run in runs.values():  # still improving after the first round (node order, hence who gets which
         assert max(run.accuracy[2:]) > run.accuracy[1]  # participation rate, differs between runs)
+
+
+class _QueryGrid:
+    """Answers query messages with each node's partition-id, in reverse order (as replies may arrive)."""
+
+    def __init__(self, partitions, connected=None):
+        self.partitions = partitions
+        self.connected = list(partitions) if connected is None else connected
+
+    def get_node_ids(self):
+        return list(self.connected)
+
+    def send_and_receive(self, messages, timeout=None):
+        from flwr.app import Message, MetricRecord, RecordDict
+
+        out = []
+        for m in messages:
+            assert m.metadata.message_type == "query"
+            pid = self.partitions[m.metadata.dst_node_id]
+            out.append(Message(content=RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=m))
+        return out[::-1]
+
+
+def test_node_partitions_asks_every_node(flwr_run):
+    from gradwise.federated.simulation import node_partitions
+
+    partitions = {30: 0, 10: 2, 20: 1}
+    assert node_partitions(_QueryGrid(partitions), 3) == partitions
+    with pytest.raises(RuntimeError, match="2 of 3 nodes connected"):
+        node_partitions(_QueryGrid(partitions, connected=[30, 10]), 3, timeout=0.3)
+
+
+def test_alphas_must_name_strategies():
+    from gradwise.federated.simulation import digits_server_app
+
+    strategies = {"a": FedAvg(), "b": FedAvg()}
+    digits_server_app(strategies, num_rounds=1, num_clients=2, alphas={"a": 0.1})
+    with pytest.raises(ValueError, match="alphas"):
+        digits_server_app(strategies, num_rounds=1, num_clients=2, alphas={"c": 0.1})
+    with pytest.raises(ValueError, match="alphas"):
+        digits_server_app(strategies, num_rounds=1, num_clients=2, alphas={"a": 0.0})

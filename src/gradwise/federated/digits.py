@@ -5,6 +5,8 @@ global arrays into the MLP, runs local SGD on its Dirichlet partition (``partiti
 ``num-partitions`` from the node config) and replies with the new arrays and ``num-examples``. The local
 loss and optimizer come from the message's config, so a strategy (FedLD) can ask for its own loss:
 
+- ``alpha`` (float): the Dirichlet alpha of the split to train on, default the app's (so one simulation can
+  run strategies under different label skews: the server app sends it per strategy);
 - ``lr`` (float), ``local-epochs`` (int), ``batch-size`` (int), ``momentum``, ``weight-decay`` (floats):
   torch.optim.SGD on minibatches, default from the app's arguments;
 - ``loss``: ``"ce"`` (cross-entropy) or ``"margin-control"`` (FedLD's
@@ -119,7 +121,8 @@ def digits_client_app(alpha: float = 0.3, seed: int = 0, *, lr: float = 0.1, loc
     Its partition is ``partition-id`` of ``num-partitions`` in the node config (the Simulation Engine sets
     both; a real ``flower-supernode`` gets them with ``--node-config``). The train reply holds ``arrays``
     and ``metrics`` (``num-examples``, ``train-loss``); the evaluate reply holds the accuracy of the
-    received arrays on the shared test split (``accuracy``, ``num-examples``).
+    received arrays on the shared test split (``accuracy``, ``num-examples``); a query message is
+    answered with the node's ``partition-id`` and ``num-partitions`` (``metrics``).
     """
     check_positive("alpha", alpha)
     check_int("seed", seed, 0)
@@ -130,12 +133,17 @@ def digits_client_app(alpha: float = 0.3, seed: int = 0, *, lr: float = 0.1, loc
     flwr_app = require_flwr("flwr.app")
     clientapp = require_flwr("flwr.clientapp")
     app = clientapp.ClientApp()
+    tasks: dict[tuple[int, float], DigitsTask] = {}  # per process: the split is the same for every message
 
     def setup(msg, context):
         torch.set_num_threads(1)
         num = int(context.node_config["num-partitions"])
         pid = int(context.node_config["partition-id"])
-        task = DigitsTask(num, alpha, seed)
+        cfg = msg.content["config"] if "config" in msg.content else {}
+        key = (num, check_positive("alpha", float(cfg.get("alpha", alpha))))
+        if key not in tasks:
+            tasks[key] = DigitsTask(num, key[1], seed)
+        task = tasks[key]
         model = digits_model(hidden, seed)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         return task, pid, model
@@ -186,6 +194,13 @@ def digits_client_app(alpha: float = 0.3, seed: int = 0, *, lr: float = 0.1, loc
             "arrays": state_to_arrays(model.state_dict()),
             "metrics": flwr_app.MetricRecord({"num-examples": int(len(y)), "train-loss": loss}),
         })
+        return flwr_app.Message(content=content, reply_to=msg)
+
+    @app.query()
+    def query(msg, context):  # which partition this node holds: the server app orders nodes by it
+        content = flwr_app.RecordDict({"metrics": flwr_app.MetricRecord({
+            "partition-id": int(context.node_config["partition-id"]),
+            "num-partitions": int(context.node_config["num-partitions"])})})
         return flwr_app.Message(content=content, reply_to=msg)
 
     @app.evaluate()
