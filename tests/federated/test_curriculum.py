@@ -238,3 +238,19 @@ def test_curriculum_learns_on_the_simulation_engine():
     acc = np.array(run.accuracy)
     assert acc.shape == (4,) and np.isfinite(acc).all() and acc[1:].max() > acc[0] + 0.1, acc
     assert strategy.curriculum.updates == 6 and len(strategy.scores) == 4
+
+
+def test_participation_wrapper_sizes_the_client_pacing_to_the_run(monkeypatch):
+    # with_participation runs its own round loop, so the curriculum's start() is not called: the wrapper
+    # must still size the client pacing to num_rounds * clients_per_round updates (not one round's)
+    strategy_mod = pytest.importorskip("flwr.serverapp.strategy")
+    from gradwise.federated import with_participation
+
+    calls = []
+    monkeypatch.setattr(strategy_mod.Strategy, "start", lambda self, grid, arrays, **kw: calls.append(kw))
+    inner = curriculum_strategy(clients_per_round=3, fraction_evaluate=0.0)
+    wrapped = with_participation(inner, [1.0] * 6)
+    wrapped.start(None, None, num_rounds=7, timeout=12.0)
+    assert calls and calls[0]["num_rounds"] == 7
+    assert inner.curriculum.total_updates == 21 and inner.curriculum.clients_per_round == 3
+    assert inner.timeout == 12.0

@@ -349,11 +349,16 @@ def curriculum_strategy_class() -> type:
             self.client_nodes: list[int] = []
             self.scores: dict[int, float] = {}
 
-        def start(self, grid, initial_arrays, num_rounds=3, timeout=3600, **kwargs):
-            # the client pacing runs over the whole budget of client updates, so it needs num_rounds
+        def prepare_run(self, num_rounds: int, timeout: float) -> None:
+            """Size the client pacing to the run's budget of ``num_rounds * clients_per_round`` updates
+            (``start()`` calls it, and so does a wrapper's, e.g.
+            :func:`~gradwise.federated.participation.with_participation`)."""
             self.timeout = float(timeout)
             self.curriculum = ClientCurriculum(num_rounds * self.clients_per_round, self.clients_per_round,
                                                **self.client_args)
+
+        def start(self, grid, initial_arrays, num_rounds=3, timeout=3600, **kwargs):
+            self.prepare_run(num_rounds, timeout)
             return super().start(grid, initial_arrays, num_rounds=num_rounds, timeout=timeout, **kwargs)
 
         def score_clients(self, arrays, grid) -> dict[int, float]:

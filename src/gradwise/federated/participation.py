@@ -102,6 +102,14 @@ def _participation_class() -> type:
             draw = np.random.default_rng([self.seed, server_round]).random(len(nodes))
             return {n for n, u, p in zip(nodes, draw, self.probabilities) if u < p}
 
+        def start(self, grid, initial_arrays, num_rounds=3, timeout=3600, **kwargs):
+            # a strategy that sizes itself to the run in its own start() (the federated curriculum) offers
+            # prepare_run(); this loop is the wrapper's, so call it here
+            prepare = getattr(self.strategy, "prepare_run", None)
+            if callable(prepare):
+                prepare(num_rounds, timeout)
+            return super().start(grid, initial_arrays, num_rounds=num_rounds, timeout=timeout, **kwargs)
+
         def configure_train(self, server_round, arrays, config, grid):
             messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
             present = self.available(server_round, grid.get_node_ids())
