@@ -1,8 +1,8 @@
 """Golden data for the learning curve area (LCA), made by running two pieces of authors' code.
 
-1. github.com/Mattdl/ContinualEvaluation, commit 7ffa3689af3aecb2b724b0cb13ef7da83bd87d90 (``src/eval/continual_eval_metrics.py``
-   is unchanged since their first commit bae2a58): ``TrackingLCAPluginMetric(beta)`` for beta 3 and 5, with
-   ``TaskTrackingAccuracyPluginMetric``, driven as their ``ContinualEvaluationPhasePlugin.track`` drives
+1. github.com/Mattdl/ContinualEvaluation, commit 7ffa3689af3aecb2b724b0cb13ef7da83bd87d90
+   (``src/eval/continual_eval_metrics.py`` is unchanged since their first commit bae2a58):
+   ``TrackingLCAPluginMetric(beta)`` for beta 3 and 5, with ``TaskTrackingAccuracyPluginMetric``, driven as their ``ContinualEvaluationPhasePlugin.track`` drives
    them (``before_tracking``; per evaluated task ``before_tracking_step``, per batch
    ``before/after_tracking_batch``, ``after_tracking_step``), on seeded predictions of a 4-task stream with
    unseen tasks skipped. Their files are loaded as ``tools/golden/make_continual_eval_golden.py`` loads them

@@ -89,7 +89,8 @@ for distill_temp in (2.0, 0.5):
     prd.append(dict(feats=feats.detach().clone(), old_feats=old_feats,
                     prototypes=[cur.heads[str(t)].weight.detach().clone() for t in range(T)],
                     old_prototypes=[prev.heads[str(t)].weight.detach().clone() for t in range(T)],
-                    temperature=distill_temp, loss=loss.detach(), grad_feats=feats.grad.clone(), grad_prototypes=proto_grads,
+                    temperature=distill_temp, loss=loss.detach(), grad_feats=feats.grad.clone(),
+                    grad_prototypes=proto_grads,
                     labels=labels, linear_loss=lin.detach(), linear_grad=head0.grad.clone()))
 
 out = dict(reference=f"naderAsadi/Probing-Continual-Learning@{COMMIT} losses/supcon_loss.py, methods/repe.py "

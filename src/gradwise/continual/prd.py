@@ -46,8 +46,9 @@ def _check_feats(name: str, feats, dim: int | None = None) -> Tensor:
     if not torch.is_tensor(feats) or feats.dim() != 2 or not feats.is_floating_point() or feats.shape[0] == 0 \
             or (dim is not None and feats.shape[1] != dim):
         want = f"[B, {dim}]" if dim is not None else "[B, D]"
-        raise ValueError(f"Invalid {name}: {type(feats).__name__}{tuple(feats.shape) if torch.is_tensor(feats) else ''} "
-                         f"(accepted: a floating tensor {want}, B >= 1)")
+        shape = tuple(feats.shape) if torch.is_tensor(feats) else ""
+        raise ValueError(f"Invalid {name}: {type(feats).__name__}{shape} (accepted: a floating tensor {want}, "
+                         "B >= 1)")
     return feats
 
 
