@@ -2,15 +2,17 @@
 
 1. github.com/Mattdl/ContinualEvaluation, commit 7ffa3689af3aecb2b724b0cb13ef7da83bd87d90
    (``src/eval/continual_eval_metrics.py`` is unchanged since their first commit bae2a58):
-   ``TrackingLCAPluginMetric(beta)`` for beta 3 and 5, with ``TaskTrackingAccuracyPluginMetric``, driven as their ``ContinualEvaluationPhasePlugin.track`` drives
-   them (``before_tracking``; per evaluated task ``before_tracking_step``, per batch
-   ``before/after_tracking_batch``, ``after_tracking_step``), on seeded predictions of a 4-task stream with
-   unseen tasks skipped. Their files are loaded as ``tools/golden/make_continual_eval_golden.py`` loads them
-   (the vendored Avalanche pieces they import, an empty ``avalanche/evaluation/metrics/__init__.py``, a stub
-   ``src/utils.py``). Stored: the accuracy record, the task trained at each step, their LCA after each step.
-2. github.com/facebookresearch/agem, commit 45421499483b28935491251e9e821c55e8b3c089: the LCA of their plotting notebook
-   ``plotting_code/agem_plots.ipynb`` (Python 2): the helper cell defining ``populate_k_shot_acc_dict`` and the
-   "LCA Measure" cell computing ``area_trapz`` are executed as they are, with two Python 3 shims
+   ``TrackingLCAPluginMetric(beta)`` for beta 3 and 5, with ``TaskTrackingAccuracyPluginMetric``, driven as
+   their ``ContinualEvaluationPhasePlugin.track`` drives them (``before_tracking``; per evaluated task
+   ``before_tracking_step``, per batch ``before/after_tracking_batch``, ``after_tracking_step``), on seeded
+   predictions of a 4-task stream with unseen tasks skipped. Their files are loaded by
+   ``tools/golden/mattdl_plugins.py``, as for ``make_continual_eval_golden.py`` (the vendored Avalanche
+   pieces they import, an empty ``avalanche/evaluation/metrics/__init__.py``, a stub ``src/utils.py``).
+   Stored: the accuracy record, the task trained at each step, their LCA after each step.
+2. github.com/facebookresearch/agem, commit 45421499483b28935491251e9e821c55e8b3c089: the LCA of their
+   plotting notebook ``plotting_code/agem_plots.ipynb`` (Python 2): the helper cell defining
+   ``populate_k_shot_acc_dict`` and the "LCA Measure" cell computing ``area_trapz`` are executed as they are,
+   with two Python 3 shims
    (``55000/ 10`` read as ``55000// 10``; ``np.trapz`` = ``np.trapezoid``, removed in numpy 2.4), on seeded
    accuracy arrays ``[runs, tasks, batches, tasks]`` in place of their pickles. Stored: the arrays and
    ``area_trapz`` (LCA_0 .. LCA_10 per model and run).
@@ -26,11 +28,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import types
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mattdl_plugins import load, track  # noqa: E402
 
 COMMIT = "7ffa3689af3aecb2b724b0cb13ef7da83bd87d90"
 AGEM_COMMIT = "45421499483b28935491251e9e821c55e8b3c089"
@@ -40,26 +44,6 @@ here = os.path.dirname(os.path.abspath(__file__))
 def git_show(repo, commit, name):
     return subprocess.run(["git", "-C", repo, "show", f"{commit}:{name}"], check=True, capture_output=True,
                           text=True).stdout
-
-
-def load_mattdl(repo):
-    tmp = tempfile.mkdtemp()
-    files = ["src/eval/continual_eval_metrics.py", "avalanche/core.py", "avalanche/evaluation/__init__.py",
-             "avalanche/evaluation/metric_definitions.py", "avalanche/evaluation/metric_results.py",
-             "avalanche/evaluation/metric_utils.py", "avalanche/evaluation/metrics/mean.py",
-             "avalanche/evaluation/metrics/accuracy.py", "avalanche/evaluation/metrics/loss.py"]
-    for name in files:
-        os.makedirs(os.path.join(tmp, os.path.dirname(name)), exist_ok=True)
-        with open(os.path.join(tmp, name), "w") as f:
-            f.write(git_show(repo, COMMIT, name))
-    for pkg in ("avalanche/__init__.py", "avalanche/evaluation/metrics/__init__.py", "src/__init__.py",
-                "src/eval/__init__.py"):
-        open(os.path.join(tmp, pkg), "w").close()
-    with open(os.path.join(tmp, "src/utils.py"), "w") as f:
-        f.write("def get_grad_normL2(model):\n    raise NotImplementedError\n")
-    sys.path.insert(0, tmp)
-    import src.eval.continual_eval_metrics as their
-    return their
 
 
 def mattdl_case(their, gen):
@@ -78,22 +62,12 @@ def mattdl_case(their, gen):
         seen.add(k)
         level[k] = min(0.95, float(level[k]) + 0.12)
         strategy.clock.train_exp_counter = k
-        for p in plugins:
-            p.before_tracking(strategy)
-        for t in sorted(seen):
-            col.current_tracking_task = t
-            for p in plugins:
-                p.before_tracking_step(strategy)
-            for y in labels[t]:
-                p_right = float(level[t]) + 0.15 * float(torch.randn((), generator=gen))
-                right = torch.rand(y.shape, generator=gen) < p_right
-                col.y, col.preds_batch = y, torch.where(right, y, (y + 1) % n_classes)
-                for p in plugins:
-                    p.before_tracking_batch(strategy)
-                for p in plugins:
-                    p.after_tracking_batch(strategy)
-            for p in plugins:
-                p.after_tracking_step(strategy)
+
+        def predict(t, y):
+            p_right = float(level[t]) + 0.15 * float(torch.randn((), generator=gen))
+            right = torch.rand(y.shape, generator=gen) < p_right
+            return torch.where(right, y, (y + 1) % n_classes)
+        track(plugins, strategy, sorted(seen), labels, predict)
         accs = acc_plugin.result()
         out["acc"].append([accs.get(t, float("nan")) for t in range(n_tasks)])
         for b, p in lcas.items():
@@ -136,7 +110,7 @@ def agem_case(repo, gen):
 
 
 gen = torch.Generator().manual_seed(0)
-their = load_mattdl(os.environ["REPO"])
+their = load(os.environ["REPO"], COMMIT)
 out = dict(reference=f"Mattdl/ContinualEvaluation@{COMMIT} src/eval/continual_eval_metrics.py; facebookresearch/"
                      f"agem@{AGEM_COMMIT} plotting_code/agem_plots.ipynb (torch {torch.__version__}, numpy "
                      f"{np.__version__})",
