@@ -77,6 +77,7 @@ ALLOWED = {
     "federated": set(),
     "tta": set(),
     "unlearning": set(),
+    "continual": {"metrics"},
 }
 
 

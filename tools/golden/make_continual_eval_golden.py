@@ -6,8 +6,9 @@ Repository: github.com/Mattdl/ContinualEvaluation, commit 7ffa3689af3aecb2b724b0
 
     REPO=/path/to/their/repo .venv/bin/python tools/golden/make_continual_eval_golden.py
 
-It reads, at that commit with ``git show``, their ``src/eval/continual_eval_metrics.py`` and the pieces of the
-Avalanche copy vendored in their repository that it imports (``avalanche/core.py``,
+It reads (with ``tools/golden/mattdl_plugins.py``, shared with ``make_lca_golden.py``), at that commit with
+``git show``, their ``src/eval/continual_eval_metrics.py`` and the pieces of the Avalanche copy vendored in
+their repository that it imports (``avalanche/core.py``,
 ``avalanche/evaluation/{metric_definitions,metric_results,metric_utils}.py``,
 ``avalanche/evaluation/metrics/{mean,accuracy,loss}.py``) into a temporary folder; the package
 ``avalanche/evaluation/metrics/__init__.py`` is written empty (theirs imports every metric, with GPU/RAM
@@ -22,34 +23,17 @@ avg-min-ACC (``TaskAveragingPluginMetric(TaskTrackingMINAccuracyPluginMetric)``)
 and all tasks evaluated at every step. Writes tests/data/continual_eval_golden.pt.
 """
 import os
-import subprocess
 import sys
-import tempfile
 import types
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mattdl_plugins import load, track  # noqa: E402
+
 COMMIT = "7ffa3689af3aecb2b724b0cb13ef7da83bd87d90"
 here = os.path.dirname(os.path.abspath(__file__))
-repo = os.environ["REPO"]
-tmp = tempfile.mkdtemp()
-files = ["src/eval/continual_eval_metrics.py", "avalanche/core.py", "avalanche/evaluation/__init__.py",
-         "avalanche/evaluation/metric_definitions.py", "avalanche/evaluation/metric_results.py",
-         "avalanche/evaluation/metric_utils.py", "avalanche/evaluation/metrics/mean.py",
-         "avalanche/evaluation/metrics/accuracy.py", "avalanche/evaluation/metrics/loss.py"]
-for name in files:
-    src = subprocess.run(["git", "-C", repo, "show", f"{COMMIT}:{name}"], check=True, capture_output=True,
-                         text=True).stdout
-    os.makedirs(os.path.join(tmp, os.path.dirname(name)), exist_ok=True)
-    with open(os.path.join(tmp, name), "w") as f:
-        f.write(src)
-for pkg in ("avalanche/__init__.py", "avalanche/evaluation/metrics/__init__.py", "src/__init__.py",
-            "src/eval/__init__.py"):
-    open(os.path.join(tmp, pkg), "w").close()
-with open(os.path.join(tmp, "src/utils.py"), "w") as f:
-    f.write("def get_grad_normL2(model):\n    raise NotImplementedError\n")
-sys.path.insert(0, tmp)
-import src.eval.continual_eval_metrics as their  # noqa: E402
+their = load(os.environ["REPO"], COMMIT)
 
 gen = torch.Generator().manual_seed(0)
 N_TASKS, N_CLASSES, BATCHES = 4, 5, (12, 8)
@@ -91,23 +75,12 @@ def run(skip_unseen):
             elif t in seen:
                 level[t] = min(0.9, float(level[t]) + 0.06)
         strategy.clock.train_exp_counter = k
-        for p in plugins:
-            p.before_tracking(strategy)
-        for t in range(N_TASKS):
-            if skip_unseen and t not in seen:
-                continue
-            col.current_tracking_task = t
-            for p in plugins:
-                p.before_tracking_step(strategy)
-            for y in labels[t]:
-                p_right = float(level[t]) + 0.1 * float(torch.randn((), generator=gen))
-                col.y, col.preds_batch = y, predictions(p_right, y)
-                for p in plugins:
-                    p.before_tracking_batch(strategy)
-                for p in plugins:
-                    p.after_tracking_batch(strategy)
-            for p in plugins:
-                p.after_tracking_step(strategy)
+        tasks = [t for t in range(N_TASKS) if not (skip_unseen and t not in seen)]
+
+        def predict(t, y):
+            p_right = float(level[t]) + 0.1 * float(torch.randn((), generator=gen))
+            return predictions(p_right, y)
+        track(plugins, strategy, tasks, labels, predict)
         accs = acc_plugin.result()
         out["acc"].append([accs.get(t, float("nan")) for t in range(N_TASKS)])
 

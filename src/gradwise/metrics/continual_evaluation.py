@@ -27,7 +27,9 @@ __all__ = ["ContinualEvaluator", "avg_min_acc", "continual_metrics", "final_aver
            "stability_gap", "wc_acc", "windowed_forgetting", "windowed_plasticity"]
 
 
-def _check_record(acc, current_task=None) -> tuple[Tensor, Tensor | None]:
+def check_record(acc, current_task=None) -> tuple[Tensor, Tensor | None]:
+    """``(acc, current_task as long)`` after checking them (ValueError naming the argument); shared with
+    ``gradwise.continual``, which reads the same record."""
     if not torch.is_tensor(acc) or acc.dim() != 2 or not acc.is_floating_point() or acc.shape[1] == 0:
         raise ValueError(f"Invalid acc: {type(acc).__name__}{tuple(acc.shape) if torch.is_tensor(acc) else ''} "
                          "(accepted: a float tensor [tasks, evaluation steps], NaN where not evaluated)")
@@ -45,7 +47,7 @@ def min_acc_per_task(acc: Tensor, current_task) -> Tensor:
     """``[T, S]``: task ``t``'s minimum accuracy over the evaluation steps ``<= s`` at which it was evaluated
     while another task was being trained (NaN before there is one): the authors'
     ``TaskTrackingMINAccuracyPluginMetric``."""
-    acc, cur = _check_record(acc, current_task)
+    acc, cur = check_record(acc, current_task)
     usable = torch.isfinite(acc) & (torch.arange(acc.shape[0], device=acc.device)[:, None] != cur[None, :])
     running = torch.cummin(torch.where(usable, acc, torch.inf), dim=1).values
     return torch.where(usable.cumsum(1) > 0, running, torch.nan)
@@ -67,7 +69,7 @@ def wc_acc(acc: Tensor, current_task) -> Tensor:
     does: the mean of the current task's accuracy and the min-ACC of every other task that has one.
     Tasks are evaluated in index order, so a task after the current one counts with its minimum up to
     the previous step (only matters when unseen tasks are evaluated)."""
-    acc, cur = _check_record(acc, current_task)
+    acc, cur = check_record(acc, current_task)
     mins = min_acc_per_task(acc, cur)
     before = torch.cat([torch.full_like(mins[:, :1], torch.nan), mins[:, :-1]], dim=1)
     tasks = torch.arange(acc.shape[0], device=acc.device)[:, None]
@@ -80,7 +82,7 @@ def wc_acc(acc: Tensor, current_task) -> Tensor:
 
 def _windowed_max_delta(acc: Tensor, window: int, plasticity: bool) -> Tensor:
     window = check_int("window", window, 1)
-    acc, _ = _check_record(acc)
+    acc, _ = check_record(acc)
     out = torch.full_like(acc, torch.nan)
     for t in range(acc.shape[0]):
         seen = torch.isfinite(acc[t])
@@ -129,7 +131,7 @@ def stability_gap(acc: Tensor, current_task, window: int | None = None) -> Tenso
     minimum over the first ``window`` evaluations of the phase that follows (all of them by default); NaN
     for a task no other phase follows. The paper shows the stability gap in plots and does not define one
     number; this is gradwise's summary of "the drop right after a task switch"."""
-    acc, cur = _check_record(acc, current_task)
+    acc, cur = check_record(acc, current_task)
     if window is not None:
         window = check_int("window", window, 1)
     out = torch.full((acc.shape[0],), torch.nan, dtype=acc.dtype, device=acc.device)
@@ -153,7 +155,7 @@ def stability_gap(acc: Tensor, current_task, window: int | None = None) -> Tenso
 def final_average_accuracy(acc: Tensor, weights: Tensor | None = None) -> Tensor:
     """Mean over tasks of the accuracy at the last evaluation step (the usual final ACC); ``weights`` (e.g.
     each task's evaluation-set size) gives Avalanche's stream accuracy, which pools the samples."""
-    acc, _ = _check_record(acc)
+    acc, _ = check_record(acc)
     last = acc[:, -1]
     if not bool(torch.isfinite(last).all()):
         raise ValueError("Invalid acc: its last evaluation step has NaN (accepted: every task evaluated at the "
@@ -170,7 +172,7 @@ def continual_metrics(acc: Tensor, current_task, windows: Sequence[int] = (10, 1
     """The final numbers the authors report (their ``*_final`` metrics, as fractions not percentages):
     ``avg_min_acc``, ``wc_acc``, ``wf{w}`` and ``wp{w}`` (task-averaged windowed forgetting and plasticity)
     for each window, plus ``final_avg_acc`` and ``stability_gap`` (mean over tasks that have one)."""
-    acc, cur = _check_record(acc, current_task)
+    acc, cur = check_record(acc, current_task)
     out = {"avg_min_acc": float(avg_min_acc(acc, cur)[-1]), "wc_acc": float(wc_acc(acc, cur)[-1])}
     for w in windows:
         out[f"wf{w}"] = float(torch.nanmean(windowed_forgetting(acc, w)[:, -1]))
