@@ -19,7 +19,12 @@ Methods (:data:`STRATEGIES`, name -> factory; each with its defaults, ``fraction
 participation is the environment's, no client-side evaluation): ``FedAvg`` (Flower's, weighting by
 examples), ``FedAU`` (its online participation-interval weights), ``FedLD`` (margin-control loss and
 principal-gradient aggregation), ``FedSpeed`` (prox-correction with ascent-perturbed local gradients),
-``FedHyper`` (hypergradient global and local learning rates). Every method in every setting of one seed
+``FedHyper`` (hypergradient global and local learning rates), ``FedFix`` (asynchronous clients on a
+virtual clock, the authors' F-80 speeds; a round is one window of half the slowest client's time, so the slow
+clients are aggregated every other round, with weights ``ceil(tau / delta)``), ``FedLEx`` (an exploration
+round builds the guidance matrix that scales the clients' later gradients) and ``FL-curriculum`` (the
+federated curriculum: clients train on loss-ordered data grown by a linear pacing, and the server trains the
+easiest clients first). Every method in every setting of one seed
 runs in the same simulation, one after another (one Ray start, which costs seconds; the clients are told
 the split to train on per strategy).
 
@@ -50,8 +55,8 @@ from gradwise.arena.study import Column, Run, Selection, Study, ci_column, optio
 __all__ = ["HELP", "Config", "STRATEGIES", "PARTICIPATION", "SKEWS", "StrategyFactory", "fedavg_kwargs",
            "setting_keys", "participation_probabilities", "run_seed", "STUDY"]
 
-HELP = ("digits on Flower's Simulation Engine: FedAvg vs FedAU, FedLD, FedSpeed, FedHyper under label skew "
-        "and unknown participation")
+HELP = ("digits on Flower's Simulation Engine: FedAvg vs FedAU, FedLD, FedSpeed, FedHyper, FedFix, FedLEx and "
+        "the federated curriculum under label skew and unknown participation")
 
 
 @dataclass(frozen=True)
@@ -117,9 +122,32 @@ def _fedhyper(cfg: Config, kw: dict[str, Any]) -> Any:
     return fedhyper_strategy(**kw)
 
 
+def _fedfix(cfg: Config, kw: dict[str, Any]) -> Any:
+    from gradwise.federated import fedfix_strategy, linear_compute_times
+
+    # the authors' F-80 speeds (client times 1.0 down to 0.2) and a window of half the slowest time: a
+    # round is one window, so the slow half of the clients is aggregated every other round
+    return fedfix_strategy(delta=0.5, compute_times=linear_compute_times(cfg.clients, 80.0), **kw)
+
+
+def _fedlex(cfg: Config, kw: dict[str, Any]) -> Any:
+    from gradwise.federated import fedlex_strategy
+
+    return fedlex_strategy(**kw)
+
+
+def _curriculum(cfg: Config, kw: dict[str, Any]) -> Any:
+    from gradwise.federated import curriculum_strategy
+
+    # every client may take part each round (as for the others); the client curriculum then decides
+    # which of them train: the easiest 40% first, all of them from 20% of the run on (authors' defaults)
+    return curriculum_strategy(clients_per_round=cfg.clients, **kw)
+
+
 # The methods, in the leaderboard's default order: a new strategy is one entry here.
 STRATEGIES: dict[str, StrategyFactory] = {
     "FedAvg": _fedavg, "FedAU": _fedau, "FedLD": _fedld, "FedSpeed": _fedspeed, "FedHyper": _fedhyper,
+    "FedFix": _fedfix, "FedLEx": _fedlex, "FL-curriculum": _curriculum,
 }
 SKEWS = ("strong", "mild")
 PARTICIPATION = ("full", "unknown")
