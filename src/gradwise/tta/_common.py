@@ -14,7 +14,7 @@ from torch import nn
 from gradwise._validate import check_bool, check_int
 
 __all__ = ["configure_bn", "bn_parameters", "named_bn_parameters", "softmax_entropy", "check_batch",
-           "inner_module", "TTAWrapper", "DEFAULT_LR", "DEFAULT_MOMENTUM"]
+           "inner_module", "resolve_head", "TTAWrapper", "DEFAULT_LR", "DEFAULT_MOMENTUM"]
 
 # The authors' main.py builds SGD(params, 0.00025, momentum=0.9) for Tent, ETA and EATA alike.
 DEFAULT_LR = 2.5e-4
@@ -78,6 +78,21 @@ def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
 
 
+def resolve_head(model: nn.Module, head: nn.Module | None) -> nn.Module:
+    """The module whose input is the features: ``head``, checked to be a submodule of ``model``, or by
+    default the model's last ``nn.Linear`` (the classifier of most models)."""
+    if head is None:
+        linears = [m for m in inner_module(model).modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("Invalid head: None and the model has no nn.Linear (accepted: the submodule whose "
+                             "input is the features, e.g. model.fc)")
+        return linears[-1]
+    if not isinstance(head, nn.Module) or not any(m is head for m in inner_module(model).modules()):
+        raise ValueError("Invalid head: not a submodule of model (accepted: the module whose input is the "
+                         "features, e.g. model.fc)")
+    return head
+
+
 def check_batch(x: Any) -> None:
     """A tensor batch of at least 2 samples: BatchNorm's batch statistics of one sample are not an
     estimate (and ``BatchNorm1d`` refuses them), and an empty batch has none."""
@@ -108,9 +123,9 @@ class TTAWrapper(nn.Module):
             raise TypeError(f"Invalid model: {type(model).__name__} (accepted: a torch.nn.Module)")
         self.steps = check_int("steps", steps, 1)
         self.episodic = check_bool("episodic", episodic)
-        self.model = configure_bn(model)
+        self.model = self.configure(model)
         if optimizer is None:
-            optimizer = torch.optim.SGD(bn_parameters(model), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
+            optimizer = self.default_optimizer(model)
         elif not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"Invalid optimizer: {type(optimizer).__name__} (accepted: a torch.optim.Optimizer "
                             "over bn_parameters(model), or None for SGD(lr=2.5e-4, momentum=0.9))")
@@ -133,6 +148,15 @@ class TTAWrapper(nn.Module):
             for _ in range(self.steps):
                 outputs = self.adapt_step(x)
         return outputs.detach()
+
+    def configure(self, model: nn.Module) -> nn.Module:
+        """Set ``model`` up in place and return it: :func:`configure_bn`. A subclass that adapts other
+        parameters overrides it (and :meth:`default_optimizer`)."""
+        return configure_bn(model)
+
+    def default_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The optimizer of ``optimizer=None``: SGD(lr=2.5e-4, momentum=0.9) over :func:`bn_parameters`."""
+        return torch.optim.SGD(bn_parameters(model), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
 
     def adapt_step(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
