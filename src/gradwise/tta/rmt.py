@@ -170,9 +170,10 @@ class RMT(TTAWrapper):
         dim = protos.shape[1]
         if projector_dim is None:
             self.projector = nn.Identity()
-        else:  # built after the teacher copy, as theirs (same draws from the global RNG)
-            self.projector = nn.Sequential(nn.Linear(dim, projector_dim), nn.ReLU(),
-                                           nn.Linear(projector_dim, projector_dim)).to(protos.device, protos.dtype)
+        else:  # built after the teacher copy, as theirs (same draws from the global RNG), in the prototypes' dtype
+            kw = dict(device=protos.device, dtype=protos.dtype)
+            self.projector = nn.Sequential(nn.Linear(dim, projector_dim, **kw), nn.ReLU(),
+                                           nn.Linear(projector_dim, projector_dim, **kw))
             self.optimizer.add_param_group({"params": list(self.projector.parameters()),
                                             "lr": self.optimizer.param_groups[0]["lr"]})
         self._feats: torch.Tensor | None = None
