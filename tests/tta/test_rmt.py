@@ -194,3 +194,16 @@ def test_non_finite_step_is_skipped():
         rmt(x)
     assert rmt.num_skipped == 1
     assert torch.equal(flat(model), before[0]) and torch.equal(flat(rmt.teacher), before[1])
+
+
+def test_episodic_steps_and_inference_mode(golden):
+    case = golden["cases"][1]
+    rmt = make(case, episodic=True, steps=2)
+    x = case["batches"][0]
+    with torch.no_grad():
+        a = rmt(x)
+        rmt(case["batches"][1])
+        torch.testing.assert_close(rmt(x), a, rtol=0, atol=0)  # reset before every call
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="inference_mode"):
+            rmt(x)

@@ -14,7 +14,7 @@ from torch import nn
 from gradwise._validate import check_bool, check_int
 
 __all__ = ["configure_bn", "bn_parameters", "named_bn_parameters", "softmax_entropy", "check_batch",
-           "inner_module", "resolve_head", "TTAWrapper", "DEFAULT_LR", "DEFAULT_MOMENTUM"]
+           "prepare_batch", "inner_module", "resolve_head", "TTAWrapper", "DEFAULT_LR", "DEFAULT_MOMENTUM"]
 
 # The authors' main.py builds SGD(params, 0.00025, momentum=0.9) for Tent, ETA and EATA alike.
 DEFAULT_LR = 2.5e-4
@@ -78,6 +78,28 @@ def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
 
 
+def check_batch(x: Any) -> None:
+    """A tensor batch of at least 2 samples: BatchNorm's batch statistics of one sample are not an
+    estimate (and ``BatchNorm1d`` refuses them), and an empty batch has none."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError(f"Invalid x: {type(x).__name__} (accepted: a tensor batch, samples along dim 0)")
+    if x.shape[0] < 2:
+        raise ValueError(f"Invalid x: a batch of {x.shape[0]} sample(s) (accepted: at least 2 samples, since "
+                         "every BatchNorm normalizes with the test batch's own statistics)")
+
+
+def prepare_batch(owner: str, x: Any) -> torch.Tensor:
+    """``x`` checked (:func:`check_batch`) and made usable by autograd, for a wrapper named ``owner`` that
+    adapts on every call: refused under ``torch.inference_mode()``; a tensor made under it is cloned."""
+    check_batch(x)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{owner} adapts on every call, which torch.inference_mode() "
+                           "forbids: call it under torch.no_grad() instead (it enables gradients itself)")
+    if x.is_inference():  # made under inference_mode: autograd may not save it, a copy it may
+        x = x.clone()
+    return x
+
+
 def resolve_head(model: nn.Module, head: nn.Module | None) -> nn.Module:
     """The module whose input is the features: ``head``, checked to be a submodule of ``model``, or by
     default the model's last ``nn.Linear`` (the classifier of most models)."""
@@ -91,16 +113,6 @@ def resolve_head(model: nn.Module, head: nn.Module | None) -> nn.Module:
         raise ValueError("Invalid head: not a submodule of model (accepted: the module whose input is the "
                          "features, e.g. model.fc)")
     return head
-
-
-def check_batch(x: Any) -> None:
-    """A tensor batch of at least 2 samples: BatchNorm's batch statistics of one sample are not an
-    estimate (and ``BatchNorm1d`` refuses them), and an empty batch has none."""
-    if not isinstance(x, torch.Tensor) or x.dim() < 1:
-        raise ValueError(f"Invalid x: {type(x).__name__} (accepted: a tensor batch, samples along dim 0)")
-    if x.shape[0] < 2:
-        raise ValueError(f"Invalid x: a batch of {x.shape[0]} sample(s) (accepted: at least 2 samples, since "
-                         "every BatchNorm normalizes with the test batch's own statistics)")
 
 
 class TTAWrapper(nn.Module):
@@ -123,9 +135,9 @@ class TTAWrapper(nn.Module):
             raise TypeError(f"Invalid model: {type(model).__name__} (accepted: a torch.nn.Module)")
         self.steps = check_int("steps", steps, 1)
         self.episodic = check_bool("episodic", episodic)
-        self.model = self.configure(model)
+        self.model = configure_bn(model)
         if optimizer is None:
-            optimizer = self.default_optimizer(model)
+            optimizer = torch.optim.SGD(bn_parameters(model), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
         elif not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"Invalid optimizer: {type(optimizer).__name__} (accepted: a torch.optim.Optimizer "
                             "over bn_parameters(model), or None for SGD(lr=2.5e-4, momentum=0.9))")
@@ -136,27 +148,13 @@ class TTAWrapper(nn.Module):
         self.optimizer_state = copy.deepcopy(optimizer.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_batch(x)
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(f"{type(self).__name__} adapts on every call, which torch.inference_mode() "
-                               "forbids: call it under torch.no_grad() instead (it enables gradients itself)")
-        if x.is_inference():  # made under inference_mode: autograd may not save it, a copy it may
-            x = x.clone()
+        x = prepare_batch(type(self).__name__, x)
         if self.episodic:
             self.reset()
         with torch.enable_grad():
             for _ in range(self.steps):
                 outputs = self.adapt_step(x)
         return outputs.detach()
-
-    def configure(self, model: nn.Module) -> nn.Module:
-        """Set ``model`` up in place and return it: :func:`configure_bn`. A subclass that adapts other
-        parameters overrides it (and :meth:`default_optimizer`)."""
-        return configure_bn(model)
-
-    def default_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """The optimizer of ``optimizer=None``: SGD(lr=2.5e-4, momentum=0.9) over :func:`bn_parameters`."""
-        return torch.optim.SGD(bn_parameters(model), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
 
     def adapt_step(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradwise._validate import check_int, check_nonneg, check_positive, check_unit
+from gradwise._validate import check_bool, check_int, check_nonneg, check_positive, check_unit
 from gradwise.registry import register
-from gradwise.tta._common import BATCHNORM, TTAWrapper, inner_module, resolve_head
+from gradwise.tta._common import BATCHNORM, inner_module, prepare_batch, resolve_head
 
 __all__ = ["symmetric_cross_entropy", "RMT", "RMT_LR"]
 
@@ -74,13 +74,20 @@ def _contrastive_loss(views: torch.Tensor, batch: int, temperature: float) -> to
 @register(kind="test-time-adaptation", name="RMT", paper=PAPER, year=2023, arxiv="2211.13081", code=CODE,
           summary="robust mean teacher: symmetric cross-entropy between student and EMA teacher on test and "
                   "augmented batches, contrastive pull to source prototypes, optional source replay")
-class RMT(TTAWrapper):
+class RMT(nn.Module):
     """RMT (Döbler, Marsden, Yang; CVPR 2023, arXiv 2211.13081; authors' code
     github.com/mariodoebler/test-time-adaptation @8b2ed63, ``classification/methods/rmt.py``).
 
     Paper: "Robust Mean Teacher for Continual and Gradual Test-Time Adaptation". Only the abstract was
     readable in the stored text; the update below is the authors' code, checked step by step against it
     in float64 (``tests/tta/test_rmt.py``).
+
+    Not a :class:`~gradwise.tta._common.TTAWrapper`: that base adapts only BatchNorm affine parameters
+    with an SGD default, while RMT trains every parameter, a projector and a teacher. It keeps the same
+    calling convention: ``forward(x)`` adapts (``steps`` times, gradients enabled also under
+    ``torch.no_grad()``, ``episodic`` resets first) and returns the last step's output, detached;
+    ``state_dict()`` holds student, teacher, projector, prototypes and, as extra state, the optimizer
+    state and ``num_skipped``.
 
     Set-up (their ``configure_model``): the model is put in eval mode with **every** parameter trainable;
     every BatchNorm normalizes with the batch's statistics (running statistics dropped). The teacher is a
@@ -155,7 +162,12 @@ class RMT(TTAWrapper):
         if warmup_steps and source_batches is None:
             raise ValueError(f"Invalid warmup_steps: {warmup_steps} without source_batches (accepted: 0 when "
                              "source-free; the warm-up runs on source batches)")
-        super().__init__(model, optimizer, steps=steps, episodic=episodic)
+        super().__init__()
+        self.steps = check_int("steps", steps, 1)
+        self.episodic = check_bool("episodic", episodic)
+        self.model = self.configure(model)
+        self.optimizer = self.default_optimizer(model) if optimizer is None else optimizer
+        self.num_skipped = 0
         self.augment = augment
         self.temperature = temperature
         self.teacher_momentum = teacher_momentum
@@ -202,7 +214,8 @@ class RMT(TTAWrapper):
                              f"{in_features} features (accepted: [C, {in_features}])")
         return protos
 
-    def configure(self, model: nn.Module) -> nn.Module:
+    @staticmethod
+    def configure(model: nn.Module) -> nn.Module:
         """Their ``configure_model``: eval mode, every parameter trainable, every BatchNorm on batch
         statistics (running statistics dropped), in place."""
         model.eval()
@@ -214,7 +227,8 @@ class RMT(TTAWrapper):
                 m.running_var = None
         return model
 
-    def default_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    @staticmethod
+    def default_optimizer(model: nn.Module) -> torch.optim.Optimizer:
         """Adam(lr=1e-3, betas=(0.9, 0.999), weight_decay=0) over each module's own ``weight`` and ``bias``
         (their ``collect_params`` and ``rmt.yaml``)."""
         params = [p for m in inner_module(model).modules() for n, p in m.named_parameters(recurse=False)
@@ -301,9 +315,27 @@ class RMT(TTAWrapper):
         self._finish_step(loss)
         return outputs
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = prepare_batch(type(self).__name__, x)
+        if self.episodic:
+            self.reset()
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                outputs = self.adapt_step(x)
+        return outputs.detach()
+
     def reset(self) -> None:
         """Restore student, teacher, projector and optimizer to their state after construction (and
-        warm-up). The position in ``source_batches`` is kept, as theirs."""
-        super().reset()
+        warm-up). The position in ``source_batches`` is kept, as theirs, and so is ``num_skipped``."""
+        self.model.load_state_dict(self.model_state, strict=True)
         self.teacher.load_state_dict(self.teacher_state, strict=True)
         self.projector.load_state_dict(self.projector_state, strict=True)
+        self.optimizer.load_state_dict(self.optimizer_state)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        # a copy: the optimizer's state_dict holds its live buffers, which load_state_dict would share
+        return copy.deepcopy({"optimizer": self.optimizer.state_dict(), "num_skipped": self.num_skipped})
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_skipped = state["num_skipped"]
