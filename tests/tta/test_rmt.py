@@ -118,6 +118,11 @@ def test_defaults_adapt_every_parameter_and_register():
     with torch.no_grad():
         rmt(torch.randn(4, 2, 5, 5, dtype=torch.float64))
     assert not torch.equal(flat(model), before)
+    ident = RMT(build("cnn"), augment=augment, source_prototypes=torch.randn(5, 4, dtype=torch.float64),
+                projector_dim=None)  # their DomainNet-126 choice: no projector, no extra optimizer group
+    assert isinstance(ident.projector, nn.Identity) and len(ident.optimizer.param_groups) == 1
+    with torch.no_grad():
+        assert torch.isfinite(ident(torch.randn(4, 2, 5, 5, dtype=torch.float64))).all()
     rec = get("RMT")
     assert rec.kind == "test-time-adaptation" and rec.entry == "gradwise.tta.rmt:RMT"
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from gradwise._validate import check_bool, check_int, check_nonneg, check_positive, check_unit
 from gradwise.registry import register
-from gradwise.tta._common import BATCHNORM, inner_module, prepare_batch, resolve_head
+from gradwise.tta._common import BATCHNORM, adapt_forward, inner_module, resolve_head
 
 __all__ = ["symmetric_cross_entropy", "RMT", "RMT_LR"]
 
@@ -130,6 +130,14 @@ class RMT(nn.Module):
     or loss are not all finite is skipped (no update, no teacher move) and counted in ``num_skipped``
     (one host sync per step); gradients of parameters outside the optimizer are cleared after each step
     (theirs accumulate unused). Bad input raises ``ValueError``/``TypeError`` naming the argument.
+
+    Example::
+
+        rmt = RMT(model, augment=my_augment, source_prototypes=protos)           # source-free
+        rmt = RMT(model, augment=my_augment, source_prototypes=protos,
+                  source_batches=source_loader, warmup_steps=50_000 // 200)      # replay + warm-up
+        with torch.no_grad():
+            pred = rmt(x_test).argmax(1)
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
@@ -316,13 +324,7 @@ class RMT(nn.Module):
         return outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = prepare_batch(type(self).__name__, x)
-        if self.episodic:
-            self.reset()
-        with torch.enable_grad():
-            for _ in range(self.steps):
-                outputs = self.adapt_step(x)
-        return outputs.detach()
+        return adapt_forward(self, x)
 
     def reset(self) -> None:
         """Restore student, teacher, projector and optimizer to their state after construction (and
