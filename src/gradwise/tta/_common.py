@@ -14,7 +14,7 @@ from torch import nn
 from gradwise._validate import check_bool, check_int
 
 __all__ = ["configure_bn", "bn_parameters", "named_bn_parameters", "softmax_entropy", "check_batch",
-           "inner_module", "TTAWrapper", "DEFAULT_LR", "DEFAULT_MOMENTUM"]
+           "adapt_forward", "inner_module", "resolve_head", "TTAWrapper", "DEFAULT_LR", "DEFAULT_MOMENTUM"]
 
 # The authors' main.py builds SGD(params, 0.00025, momentum=0.9) for Tent, ETA and EATA alike.
 DEFAULT_LR = 2.5e-4
@@ -88,6 +88,40 @@ def check_batch(x: Any) -> None:
                          "every BatchNorm normalizes with the test batch's own statistics)")
 
 
+def adapt_forward(wrapper: nn.Module, x: Any) -> torch.Tensor:
+    """The ``forward`` of an adapting wrapper (one with ``steps``, ``episodic``, ``reset()`` and
+    ``adapt_step(x)``): check the batch, reset first when episodic, run ``adapt_step`` ``steps`` times with
+    gradients enabled and return the last step's output, detached. Refused under
+    ``torch.inference_mode()``; a tensor made under it is cloned."""
+    check_batch(x)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{type(wrapper).__name__} adapts on every call, which torch.inference_mode() "
+                           "forbids: call it under torch.no_grad() instead (it enables gradients itself)")
+    if x.is_inference():  # made under inference_mode: autograd may not save it, a copy it may
+        x = x.clone()
+    if wrapper.episodic:
+        wrapper.reset()
+    with torch.enable_grad():
+        for _ in range(wrapper.steps):
+            outputs = wrapper.adapt_step(x)
+    return outputs.detach()
+
+
+def resolve_head(model: nn.Module, head: nn.Module | None) -> nn.Module:
+    """The module whose input is the features: ``head``, checked to be a submodule of ``model``, or by
+    default the model's last ``nn.Linear`` (the classifier of most models)."""
+    if head is None:
+        linears = [m for m in inner_module(model).modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("Invalid head: None and the model has no nn.Linear (accepted: the submodule whose "
+                             "input is the features, e.g. model.fc)")
+        return linears[-1]
+    if not isinstance(head, nn.Module) or not any(m is head for m in inner_module(model).modules()):
+        raise ValueError("Invalid head: not a submodule of model (accepted: the module whose input is the "
+                         "features, e.g. model.fc)")
+    return head
+
+
 class TTAWrapper(nn.Module):
     """Base of the adapting wrappers: the authors' ``Tent``/``EATA`` module shell.
 
@@ -121,18 +155,7 @@ class TTAWrapper(nn.Module):
         self.optimizer_state = copy.deepcopy(optimizer.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_batch(x)
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(f"{type(self).__name__} adapts on every call, which torch.inference_mode() "
-                               "forbids: call it under torch.no_grad() instead (it enables gradients itself)")
-        if x.is_inference():  # made under inference_mode: autograd may not save it, a copy it may
-            x = x.clone()
-        if self.episodic:
-            self.reset()
-        with torch.enable_grad():
-            for _ in range(self.steps):
-                outputs = self.adapt_step(x)
-        return outputs.detach()
+        return adapt_forward(self, x)
 
     def adapt_step(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
