@@ -4,7 +4,8 @@ A wrapper changes the model it wraps in place (every ``_BatchNorm`` layer, 1d/2d
 test batch's statistics and its affine weight and bias become the only trainable parameters, see
 :func:`configure_bn`). Calling it on a batch adapts on that batch, even under ``torch.no_grad()``, and
 returns the logits computed *before* that batch's update, as the authors' code does; ``reset()`` puts the
-weights and the optimizer state back. Two methods change no weight: LAME corrects a batch's predictions
+weights and the optimizer state back. RMT adapts every parameter of a student towards a mean teacher
+(symmetric cross-entropy, contrast to source prototypes) and predicts with both. Two methods change no weight: LAME corrects a batch's predictions
 with a Laplacian over the batch's features, and AdaNPC votes among the nearest features of a memory that
 grows with confident test samples (both read the features at the classifier head's input). RWS is not a
 wrapper: it patches a clean model's weights once with robust weight signatures (:func:`weight_signature`,

@@ -30,6 +30,7 @@ from torch import nn
 
 from gradwise._validate import check_int, check_real
 from gradwise.registry import register
+from gradwise.tta._common import resolve_head
 
 __all__ = ["knn_vote", "AdaNPC"]
 
@@ -149,16 +150,9 @@ class AdaNPC(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"Invalid model: {type(model).__name__} (accepted: a torch.nn.Module)")
-        last = _last_linear(model)
-        if head is None:
-            if last is None:
-                raise ValueError("Invalid head: None and the model has no nn.Linear (accepted: the submodule "
-                                 "whose input is the features, e.g. model.fc)")
-            head = last
-        elif not isinstance(head, nn.Module) or not any(m is head for m in model.modules()):
-            raise ValueError("Invalid head: not a submodule of model (accepted: the module whose input is "
-                             "the features, e.g. model.fc)")
+        head = resolve_head(model, head)
         if num_classes is None:
+            last = _last_linear(model)
             if last is None:
                 raise ValueError("Invalid num_classes: None and the model has no nn.Linear to read it from "
                                  "(accepted: the number of classes, an int >= 1)")

@@ -81,6 +81,7 @@ from torch import nn
 
 from gradwise._validate import check_bool, check_choice, check_int, check_real
 from gradwise.registry import register
+from gradwise.tta._common import resolve_head
 
 __all__ = ["lame_affinity", "laplacian_optimization", "lame", "LAME"]
 
@@ -232,17 +233,6 @@ def lame(probs: torch.Tensor, feats: torch.Tensor, *, affinity: str = "rbf", knn
     return _lame_logits(probs, feats, affinity, knn, force_symmetry, bound_lambda, max_steps).softmax(-1)
 
 
-def _last_linear(model: nn.Module) -> nn.Module:
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    if last is None:
-        raise ValueError("Invalid head: None and the model has no nn.Linear (accepted: the module whose "
-                         "input is the features, e.g. the classifier)")
-    return last
-
-
 @register(kind="test-time-adaptation", name="LAME", paper=PAPER, year=2022, arxiv="2201.05718", code=CODE,
           summary="LAME: adapts a classifier's outputs (not its weights) to a test batch by "
                   "Laplacian-regularized maximum likelihood over feature-space neighbours")
@@ -271,11 +261,7 @@ class LAME(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: {type(model).__name__} (accepted: an nn.Module)")
-        if head is None:
-            head = _last_linear(model)
-        elif not isinstance(head, nn.Module) or not any(m is head for m in model.modules()):
-            raise ValueError("Invalid head: not a submodule of model (accepted: the module whose input "
-                             "is the features, e.g. model.fc)")
+        head = resolve_head(model, head)
         self.affinity = check_choice("affinity", affinity, AFFINITIES)
         self.knn = _check_knn(knn, self.affinity)
         self.force_symmetry = check_bool("force_symmetry", force_symmetry)
