@@ -31,6 +31,7 @@ def test_each_method_runs_and_its_record_is_consistent(method):
         assert 0.0 <= row[k] <= 1.0, (k, row[k])
     # the per-iteration record holds the boundary evaluations, so its minimum can only be lower
     assert row["hidden_dip"] >= 0 and math.isclose(row["hidden_dip"], row["boundary_min_acc"] - row["avg_min_acc"])
+    assert math.isclose(row["final_minus_min"], row["final_acc"] - row["avg_min_acc"])
     # one pre-task evaluation per task, every 3rd step, and each task's last step when not a multiple of 3
     total = cs.N_TASKS * CFG.steps_per_task
     due = set(range(3, total + 1, 3)) | {CFG.steps_per_task * (k + 1) for k in range(cs.N_TASKS)}
@@ -103,16 +104,18 @@ def test_prd_distills_only_after_the_first_task_and_predicts_by_cosine(monkeypat
     assert logits.shape == (6, 10) and bool((logits.abs() <= 1 + 1e-5).all())
 
 
-def _summary(dip, half, min_acc=0.7, final=0.9):
-    return [dict(method="ER", hidden_dip_mean=dip, hidden_dip_ci=half, avg_min_acc_mean=min_acc,
-                 boundary_min_acc_mean=min_acc + dip, final_acc_mean=final)]
+def _summary(dip, half, gap=0.1, gap_half=0.05):
+    return [dict(method="ER", hidden_dip_mean=dip, hidden_dip_ci=half, final_minus_min_mean=gap,
+                 final_minus_min_ci=gap_half, avg_min_acc_mean=0.7, boundary_min_acc_mean=0.7 + dip,
+                 final_acc_mean=0.7 + gap)]
 
 
 def test_claim_verdict_says_shown_or_not_shown():
     assert "SHOWN" in cs.claim_verdict(_summary(0.08, 0.03)) and "NOT" not in cs.claim_verdict(_summary(0.08, 0.03))
     assert "NOT SHOWN" in cs.claim_verdict(_summary(0.01, 0.001))   # too small
     assert "NOT SHOWN" in cs.claim_verdict(_summary(0.05, 0.06))    # interval reaches 0
-    assert "NOT SHOWN" in cs.claim_verdict(_summary(0.05, 0.01, min_acc=0.95))  # min-ACC above the final ACC
+    assert "NOT SHOWN" in cs.claim_verdict(_summary(0.05, 0.01, gap=0.03, gap_half=0.04))  # final ACC not clear
+    assert "NOT SHOWN" in cs.claim_verdict(_summary(0.05, 0.01, gap=-0.02, gap_half=0.01))  # min above final
     assert "not run" in cs.claim_verdict([])
 
 
