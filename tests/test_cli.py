@@ -418,6 +418,9 @@ _BAD_BY_OPTION = {
     ("federated", "--participation-alpha"): ["0", "-1", "nan", "x"],
     ("federated", "--lr"): ["0", "-1", "nan", "inf", "x"],
     ("federated", "--target"): ["-0.1", "1", "nan", "x"],
+    ("continual", "--methods"): ["nope", "ER,nope", "er", ","],
+    ("continual", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("continual", "--ewc-lambda"): ["-1", "nan", "inf", "x"],
 }
 
 # options every study has
