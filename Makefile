@@ -53,6 +53,7 @@ bench: test-env
 	$(BIN)/python benchmarks/state_bits.py --markdown docs/benchmarks.md
 	$(BIN)/python benchmarks/unlearning_step.py --threads 1 --markdown docs/benchmarks.md
 	$(BIN)/python benchmarks/lame_step.py --markdown docs/benchmarks.md
+	$(BIN)/python benchmarks/tta_step.py --threads 1 --markdown docs/benchmarks.md
 
 docs: env
 	$(BIN)/python tools/docs/gen_docs.py
