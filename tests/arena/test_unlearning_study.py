@@ -114,20 +114,24 @@ def test_one_seed_of_the_class_scenario():
 
 
 def _summary(gaps):
-    return [{"method": "retrain", "rank": None, "tied": False, "avg_gap_mean": 0.0}] + [
-        {"method": m, "rank": r, "tied": t, "avg_gap_mean": g} for m, (r, t, g) in gaps.items()]
+    return [{"method": "retrain", "rank": None, "avg_gap_mean": 0.0, "avg_gap_ci": 0.0}] + [
+        {"method": m, "rank": 1, "avg_gap_mean": g, "avg_gap_ci": h} for m, (g, h) in gaps.items()]
 
 
 def test_claim_verdicts_say_shown_tied_or_not_shown():
     run = Run(cfg=us.Config(), task=None, methods=us.CHEAP, seeds=(0, 1, 2))
     claim = "SalUn has the smallest gap to retrain among the cheap methods"
-    v = us.claim_verdicts(run, _summary({"SalUn": (1, False, 1.0), "FT": (2, False, 3.0)}))
-    assert v[claim].startswith("shown") and v["DMM has the lowest KLoM"].startswith("not tested")
-    v = us.claim_verdicts(run, _summary({"FT": (1, True, 1.0), "SalUn": (1, True, 2.0)}))
+    v = us.claim_verdicts(run, _summary({"SalUn": (1.0, 0.5), "FT": (3.0, 0.5)}))
+    assert v[claim] == "shown (SalUn has the smallest avg gap, its interval clear of FT)"
+    assert v["DMM has the lowest KLoM"].startswith("not tested")
+    v = us.claim_verdicts(run, _summary({"FT": (1.0, 1.0), "SalUn": (2.0, 1.0), "GA": (9.0, 1.0)}))
     assert v[claim] == "not shown (tied with FT: intervals overlap; smallest mean: FT)"
-    v = us.claim_verdicts(run, _summary({"GA": (1, False, 1.0), "SalUn": (2, False, 2.0)}))
-    assert v[claim] == "not shown (SalUn ranks 2; smallest gap: GA)"
-    assert us.claim_verdicts(run, _summary({"SalUn": (1, False, 1.0)}))[claim].startswith("not tested")
+    v = us.claim_verdicts(run, _summary({"GA": (1.0, 0.1), "SalUn": (2.0, 0.1)}))
+    assert v[claim] == "not shown (SalUn ranks 2 of the cheap methods; smallest gap: GA)"
+    # a method outside the cheap ones (DMM, when in) does not enter this claim
+    v = us.claim_verdicts(run, _summary({"DMM": (0.1, 0.01), "SalUn": (1.0, 0.1), "FT": (3.0, 0.1)}))
+    assert v[claim].startswith("shown")
+    assert us.claim_verdicts(run, _summary({"SalUn": (1.0, 0.1)}))[claim].startswith("not tested")
 
 
 @pytest.mark.slow
