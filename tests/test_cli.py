@@ -421,6 +421,13 @@ _BAD_BY_OPTION = {
     ("continual", "--methods"): ["nope", "ER,nope", "er", ","],
     ("continual", "--lr"): ["0", "-1", "nan", "inf", "x"],
     ("continual", "--ewc-lambda"): ["-1", "nan", "inf", "x"],
+    ("unlearning", "--methods"): ["nope", "FT,nope", "DMM", ","],
+    ("unlearning", "--forget-class"): ["-2", "10", "x", "0.5"],
+    ("unlearning", "--forget-fraction"): ["0", "1", "-0.1", "nan", "x"],
+    ("unlearning", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("unlearning", "--unlearn-lr"): ["0", "-1", "nan", "inf", "x"],
+    ("unlearning", "--ga-lr"): ["0", "-1", "nan", "inf", "x"],
+    ("unlearning", "--salun-ratio"): ["0", "1", "1.5", "nan", "x"],
 }
 
 # options every study has
