@@ -79,8 +79,8 @@ def test_symmetric_cross_entropy_properties():
 def test_steps_match_theirs(golden, index):
     case = golden["cases"][index]
     rmt = make(case)
-    for k, v in rmt.projector.state_dict().items():
-        torch.testing.assert_close(v, case["projector_init"][k], rtol=0, atol=0)
+    for k, v in rmt.projector.state_dict().items():  # seeded the same; torch's init rounds per CPU kernel
+        torch.testing.assert_close(v, case["projector_init"][k], **TOL)
     torch.testing.assert_close(flat(rmt.model), case["after_warmup"][0], **TOL)
     torch.testing.assert_close(flat(rmt.teacher), case["after_warmup"][1], **TOL)
     for t, x in enumerate(case["batches"]):
