@@ -418,6 +418,14 @@ _BAD_BY_OPTION = {
     ("federated", "--participation-alpha"): ["0", "-1", "nan", "x"],
     ("federated", "--lr"): ["0", "-1", "nan", "inf", "x"],
     ("federated", "--target"): ["-0.1", "1", "nan", "x"],
+    ("tta", "--methods"): ["nope", "tent,nope", ",", "rmt"],
+    ("tta", "--batch-size"): ["1", "0", "x", "2.5"],
+    ("tta", "--label-alpha"): ["-0.1", "nan", "inf", "x"],
+    ("tta", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("tta", "--fisher-alpha"): ["-1", "nan", "inf", "x"],
+    ("tta", "--npc-k"): ["0", "1078", "x", "2.5"],
+    ("tta", "--test-limit"): ["1", "0", "x", "2.5"],
+    ("tta", "--rws"): ["-1", "2", "x", "0.5"],
 }
 
 # options every study has
