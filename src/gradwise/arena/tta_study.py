@@ -240,6 +240,6 @@ STUDY = register_study(Study(
     title=_title, notes=_notes, columns=COLUMNS, record=_record, json_extra=_json_extra,
     write_files=lambda out, run, rows, summary, title: _plot(out / "tta.png", run, rows, summary, title),
     outputs=("tta.png",),
-    smoke=("--seeds", "1", "--test-limit", "16", "--loops", "2", "--source-epochs", "1", "--rws", "0",
+    smoke=("--seeds", "1", "--test-limit", "16", "--loops", "1", "--source-epochs", "1", "--rws", "0",
            "--npc-k", "5", "--methods", "source,tent,eta,lame"),
 ))
