@@ -45,19 +45,6 @@ def test_streams_have_the_orders_and_loops(data):
     assert torch.equal(s["iid"][1].sort().values, yc[:n].sort().values)
 
 
-def test_one_seed_of_source_tent_and_eta(data):
-    source = tr.train_source(data, 0, epochs=TINY.source_epochs)
-    cfg = dataclasses.replace(TINY, loops=1)
-    rows = tr.run_seed(("source", "tent", "eta"), data, cfg, 0, source)
-    by = {r["method"]: r for r in rows}
-    samples = 16 * len(tr.KINDS) * 3
-    assert by["source"]["backward"] == 0 and by["source"]["clean_drop"] == 0.0
-    assert by["tent"]["backward"] == samples and 0 <= by["eta"]["backward"] <= samples
-    assert "beta" not in by["eta"] and by["eta"]["d_margin"] in tr.D_MARGINS
-    assert all(0.0 <= r["err_avg" if "err_avg" in r else "err_iid"] <= 1.0 for r in rows)
-
-
-@pytest.mark.slow
 def test_one_seed_of_every_method(data):
     source = tr.train_source(data, 0, epochs=TINY.source_epochs)
     rows = tr.run_seed(ts.NAMES, data, TINY, 0, source)
