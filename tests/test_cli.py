@@ -428,6 +428,14 @@ _BAD_BY_OPTION = {
     ("unlearning", "--unlearn-lr"): ["0", "-1", "nan", "inf", "x"],
     ("unlearning", "--ga-lr"): ["0", "-1", "nan", "inf", "x"],
     ("unlearning", "--salun-ratio"): ["0", "1", "1.5", "nan", "x"],
+    ("tta", "--methods"): ["nope", "tent,nope", ",", "rmt"],
+    ("tta", "--batch-size"): ["1", "0", "x", "2.5"],
+    ("tta", "--label-alpha"): ["-0.1", "nan", "inf", "x"],
+    ("tta", "--lr"): ["0", "-1", "nan", "inf", "x"],
+    ("tta", "--fisher-alpha"): ["-1", "nan", "inf", "x"],
+    ("tta", "--npc-k"): ["0", "1078", "x", "2.5"],
+    ("tta", "--test-limit"): ["1", "0", "x", "2.5"],
+    ("tta", "--rws"): ["-1", "2", "x", "0.5"],
 }
 
 # options every study has
