@@ -411,6 +411,26 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]], left: 
     return lines
 
 
+def int_options_main(argv: list[str] | None, description: str, defaults: dict[str, int], run, to_markdown,
+                     section: str, row_line) -> int:
+    """The ``main()`` of a script whose workload options are all integers (``defaults``: name -> default):
+    parse them and :func:`add_output_args`, run ``run(**options)``, print ``row_line(row)`` per result row and
+    the notes, then :func:`save` under ``section``."""
+    if argv is None:
+        reexec_with_malloc_env()
+    p = argparse.ArgumentParser(description=description)
+    for key, value in defaults.items():
+        p.add_argument(f"--{key}", type=int, default=value)
+    add_output_args(p)
+    args = p.parse_args(argv)
+    apply_threads(args.threads)
+    res = run(**{key: getattr(args, key) for key in defaults})
+    print("\n".join(row_line(r) for r in res["rows"]))
+    print("\n".join(f"note: {n}" for n in res["notes"]))
+    save(res, args, section, to_markdown(res))
+    return 0
+
+
 def save(res: dict, args: argparse.Namespace, section: str, markdown: str) -> None:
     """``res`` as JSON to ``args.json`` and ``markdown`` as section ``section`` of ``args.markdown`` (each if given)."""
     save_results(res, json_path=args.json, markdown_path=args.markdown, section=section, markdown=markdown)

@@ -16,7 +16,6 @@ freshly shuffled order; the median is reported with its ratio to Tent. Target (i
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import platform
@@ -116,20 +115,9 @@ DEFAULTS = dict(channels=32, size=32, classes=10, batch=64, rounds=15, reps=3)
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        harness.reexec_with_malloc_env()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for key, value in DEFAULTS.items():
-        p.add_argument(f"--{key}", type=int, default=value)
-    harness.add_output_args(p)
-    args = p.parse_args(argv)
-    harness.apply_threads(args.threads)
-    res = run(**{key: getattr(args, key) for key in DEFAULTS})
-    print("\n".join(f"{r['name']:30s} {r['ms']:8.3f} ms  x{r['ratio']:.2f}  selected {r['selected']:>4s}  "
-                    f"{r['verdict']}" for r in res["rows"]))
-    print("\n".join(f"note: {n}" for n in res["notes"]))
-    harness.save(res, args, "tta_step", to_markdown(res))
-    return 0
+    return harness.int_options_main(argv, __doc__.splitlines()[0], DEFAULTS, run, to_markdown, "tta_step",
+                                    lambda r: (f"{r['name']:30s} {r['ms']:8.3f} ms  x{r['ratio']:.2f}  "
+                                               f"selected {r['selected']:>4s}  {r['verdict']}"))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ section ``unlearning_step`` of that file.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import platform
 import statistics
@@ -102,19 +101,8 @@ DEFAULTS = dict(d=784, hidden=512, classes=10, batch=128, rounds=15, reps=3)
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        harness.reexec_with_malloc_env()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for key, value in DEFAULTS.items():
-        p.add_argument(f"--{key}", type=int, default=value)
-    harness.add_output_args(p)
-    args = p.parse_args(argv)
-    harness.apply_threads(args.threads)
-    res = run(**{key: getattr(args, key) for key in DEFAULTS})
-    print("\n".join(f"{r['name']:26s} {r['ms']:8.3f} ms  x{r['ratio']:.2f}  {r['verdict']}" for r in res["rows"]))
-    print("\n".join(f"note: {n}" for n in res["notes"]))
-    harness.save(res, args, "unlearning_step", to_markdown(res))
-    return 0
+    return harness.int_options_main(argv, __doc__.splitlines()[0], DEFAULTS, run, to_markdown, "unlearning_step",
+                                    lambda r: f"{r['name']:26s} {r['ms']:8.3f} ms  x{r['ratio']:.2f}  {r['verdict']}")
 
 
 if __name__ == "__main__":
