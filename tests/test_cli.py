@@ -428,7 +428,7 @@ _BAD_BY_OPTION = {
     ("unlearning", "--unlearn-lr"): ["0", "-1", "nan", "inf", "x"],
     ("unlearning", "--ga-lr"): ["0", "-1", "nan", "inf", "x"],
     ("unlearning", "--salun-ratio"): ["0", "1", "1.5", "nan", "x"],
-    ("tta", "--methods"): ["nope", "tent,nope", ",", "rmt"],
+    ("tta", "--methods"): ["nope", "tent,nope", ",", "alpha-bn"],
     ("tta", "--batch-size"): ["1", "0", "x", "2.5"],
     ("tta", "--label-alpha"): ["-0.1", "nan", "inf", "x"],
     ("tta", "--lr"): ["0", "-1", "nan", "inf", "x"],
