@@ -199,11 +199,17 @@ class SalUn:
                     if self.momentum_buffers[i] is None:
                         self.momentum_buffers[i] = t.clone()
                 d = [self.momentum_buffers[i] for i in idx]
-                for i, t in zip(idx, d):  # masked-out entries: momentum 0, no step (as the authors' restore)
-                    if self._masks[i] is not None:
-                        t.mul_(self._masks[i])
-            else:
-                d = [t if self._masks[i] is None else t * self._masks[i] for i, t in zip(idx, d)]
+            # masked-out entries: momentum 0, no step (as the authors' restore); one foreach over the masked
+            # tensors (in place on the momentum buffers, or on d, which is the gradients only with weight decay)
+            masked = [k for k, i in enumerate(idx) if self._masks[i] is not None]
+            if masked:
+                if self.momentum == 0 and self.weight_decay == 0:  # d holds autograd's gradients: do not write
+                    d = list(d)
+                    for k, t in zip(masked, torch._foreach_mul([d[k] for k in masked],
+                                                               [self._masks[idx[k]] for k in masked])):
+                        d[k] = t
+                else:
+                    torch._foreach_mul_([d[k] for k in masked], [self._masks[idx[k]] for k in masked])
             torch._foreach_add_(params, d, alpha=-self.lr)
         return loss.detach()
 
