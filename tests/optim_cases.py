@@ -31,3 +31,21 @@ def make(name, params, **extra):
     if name in NO_FUSED_KERNEL and extra.get("fused") is True:
         extra = {**extra, "fused": None}
     return cls(params, **{**CASES[name], **extra})
+
+
+def spiky_grads(ps, t):
+    """Seeded gradients for step ``t`` (entries spread over ~3 decades, plus a pull towards 0): the 8-bit
+    state tests' workload."""
+    import torch
+
+    g = torch.Generator().manual_seed(100 + t)
+    for p in ps:
+        scale = torch.exp(torch.randn(p.shape, generator=g, dtype=p.dtype))  # entries over ~3 decades
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype) * scale * 0.01 + 0.1 * p.detach()
+
+
+def run_steps(opt, ps, steps, start=0):
+    """``steps`` optimizer steps on :func:`spiky_grads` from step ``start``."""
+    for t in range(start, start + steps):
+        spiky_grads(ps, t)
+        opt.step()

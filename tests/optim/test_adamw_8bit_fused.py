@@ -11,6 +11,7 @@ from gradwise.optim import _adam as A
 from gradwise.optim import _fused
 from gradwise.optim.quantization import dequantize_with_code, quantize_with_lut
 from gradwise.optim.state_codecs import Blockwise8bitStateCodec
+from optim_cases import run_steps as _run, spiky_grads as _grads
 
 # compares a fused kernel with torch's ops: .ci/run repeats it per ATEN_CPU_CAPABILITY
 pytestmark = [pytest.mark.numerics,
@@ -36,17 +37,6 @@ def _params(dtype=torch.float32, seed=0):
     return ps
 
 
-def _grads(ps, t):
-    g = torch.Generator().manual_seed(100 + t)
-    for p in ps:
-        scale = torch.exp(torch.randn(p.shape, generator=g, dtype=p.dtype))  # entries over ~3 decades
-        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype) * scale * 0.01 + 0.1 * p.detach()
-
-
-def _run(opt, ps, steps, start=0):
-    for t in range(start, start + steps):
-        _grads(ps, t)
-        opt.step()
 
 
 class _Spy:

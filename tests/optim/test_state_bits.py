@@ -10,6 +10,7 @@ import gradwise.optim as go
 from gradwise.optim.quantization import dequantize_blockwise, dynamic_map, quantize_blockwise
 from gradwise.optim.state_codecs import Blockwise8bitStateCodec, keep_32bit_state
 from optim_cases import CASES, make
+from optim_cases import run_steps as _run, spiky_grads as _grads
 from optim_problem import make_params, set_grads
 
 PATHS = [pytest.param(True, id="fused"), pytest.param(False, id="foreach")]
@@ -27,17 +28,6 @@ def _params(dtype=torch.float32):
     return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtype) * 0.1) for s in shapes]
 
 
-def _grads(ps, t):
-    g = torch.Generator().manual_seed(100 + t)
-    for p in ps:
-        scale = torch.exp(torch.randn(p.shape, generator=g, dtype=p.dtype))  # entries over ~3 decades
-        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype) * scale * 0.01 + 0.1 * p.detach()
-
-
-def _run(opt, ps, steps, start=0):
-    for t in range(start, start + steps):
-        _grads(ps, t)
-        opt.step()
 
 
 @pytest.mark.parametrize("fused", PATHS)
