@@ -78,6 +78,7 @@ ALLOWED = {
     "tta": set(),
     "unlearning": set(),
     "continual": {"metrics"},
+    "diffusion": set(),
 }
 
 
