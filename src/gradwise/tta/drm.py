@@ -130,8 +130,8 @@ class DRM(nn.Module):
     ResNet-50 learning rate times ``alpha = 1``), ``steps = 1``, ``beta = 0.1`` and ``gamma = -1``. The
     authors give no single setting: ``unsupervised_adaptation.py`` sweeps ``alpha`` in {0.1, 1, 10},
     ``step`` in {1, 3}, ``beta`` in {0.1, 0.25, 0.75, 1.1} and ``gamma`` in {-1, 0, 0.5, 1, 5}; the defaults
-    here are a point of that grid (``gamma = -1``: per-sample selection of the lowest-entropy head, the
-    paper's entropy-based model selection; ``beta = 0.1``: every sample pseudo-labelled for up to 10 classes).
+    here are a point of that grid (``gamma = -1``: per-sample selection of the lowest-entropy head;
+    ``beta = 0.1``: every sample pseudo-labelled for up to 10 classes), not a setting the paper states.
 
     ``reset()`` restores the heads and the optimizer state saved at construction (their
     ``load_model_and_optimizer``). ``state_dict()`` holds the network and, as extra state, the optimizer
