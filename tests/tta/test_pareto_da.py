@@ -187,42 +187,54 @@ def test_bad_input_names_the_argument():
         mutual_information(torch.randn(4))
 
 
-def test_digits_demo_the_pareto_direction_adapts_to_a_shifted_target():
-    # unit scale: an MLP trained on sklearn digits (source) is tested on digits under a fixed pixel-wise gain
-    # and offset (target). ParetoDA over [source cross-entropy, target surrogate] with the surrogate on a
-    # held-out target split (so, as in the authors' DANN script, -MI <= 0 < eps: the dominance LP) beats
-    # source-only training on the target (seeds 0-2 at 80 steps: 0.80/0.87/0.81 vs 0.39/0.45/0.58; seed 0 here)
+
+def digits_run(method: str, seed: int, steps: int) -> tuple[float, ParetoDA]:
+    """Target accuracy of an MLP trained on sklearn digits (source) and tested on digits under a fixed random
+    pixel-wise gain and offset (target): ``method`` "source" (source CE only), "sum" (CE + target surrogate,
+    equal weights) or "pareto" (ParetoDA over [CE, surrogate], the surrogate on a held-out target split as
+    ``val_loss``)."""
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
     X, y = torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(X), generator=g)
     xs, ys = X[perm[:900]], y[perm[:900]]
     gain, off = 1 + 0.8 * torch.randn(64, generator=g), 0.5 * torch.randn(64, generator=g)
     xt, yt = X[perm[900:]] * gain + off, y[perm[900:]]
     train_t, val_t, test_t, test_y = xt[:300], xt[300:450], xt[450:], yt[450:]
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    helper = ParetoDA(net.parameters())
+    for _ in range(steps):
+        i, j, k = (torch.randint(0, n, (64,), generator=g) for n in (900, 300, 150))
+        ce = F.cross_entropy(net(xs[i]), ys[i])
+        opt.zero_grad()
+        if method == "pareto":
+            helper.backward([ce, target_surrogate_loss(net(train_t[j]))], target_surrogate_loss(net(val_t[k])))
+        elif method == "sum":
+            (ce + target_surrogate_loss(net(train_t[j]))).backward()
+        else:
+            ce.backward()
+        opt.step()
+    with torch.no_grad():
+        return (net(test_t).argmax(1) == test_y).float().mean().item(), helper
 
-    def run(pareto: bool) -> tuple[float, ParetoDA]:
-        gen = torch.Generator().manual_seed(1)
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-        helper = ParetoDA(net.parameters())
-        for _ in range(80):
-            i, j, k = (torch.randint(0, n, (64,), generator=gen) for n in (900, 300, 150))
-            ce = F.cross_entropy(net(xs[i]), ys[i])
-            opt.zero_grad()
-            if pareto:
-                helper.backward([ce, target_surrogate_loss(net(train_t[j]))], target_surrogate_loss(net(val_t[k])))
-            else:
-                ce.backward()
-            opt.step()
-        with torch.no_grad():
-            return (net(test_t).argmax(1) == test_y).float().mean().item(), helper
 
-    source, _ = run(False)
-    adapted, helper = run(True)
+def test_digits_demo_the_pareto_direction_adapts_to_a_shifted_target():
+    # unit scale; the held-out loss is -MI <= 0 < eps, so (as in the authors' DANN script) every step solves
+    # the dominance LP. Seeds 0-2 and the equal-weight sum: the slow test below
+    source, _ = digits_run("source", 0, 80)
+    adapted, helper = digits_run("pareto", 0, 80)
     assert adapted > source + 0.15, (adapted, source)
     assert helper.counts["dom"] >= 70 and helper.counts["bal"] == 0
+
+
+@pytest.mark.slow
+def test_digits_demo_three_seeds(capsys):
+    rows = {m: [digits_run(m, seed, 150)[0] for seed in range(3)] for m in ("source", "sum", "pareto")}
+    with capsys.disabled():
+        print("\ntarget accuracy, seeds 0-2, 150 steps:", {m: [round(a, 3) for a in v] for m, v in rows.items()})
+    assert all(p > s for p, s in zip(rows["pareto"], rows["source"]))
