@@ -10,6 +10,8 @@ with a Laplacian over the batch's features, and AdaNPC votes among the nearest f
 grows with confident test samples (both read the features at the classifier head's input). RWS is not a
 wrapper: it patches a clean model's weights once with robust weight signatures (:func:`weight_signature`,
 :func:`patch`, registered as ``rws_patch``).
+ParetoDA is train-time (domain adaptation with labeled source data): :class:`ParetoDA` writes to the shared
+parameters' ``.grad`` a Pareto descent direction over the source and target-surrogate objectives.
 
 One method per module; each lists its public names in ``__all__`` and this package re-exports them.
 """
