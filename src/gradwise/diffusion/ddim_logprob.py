@@ -74,7 +74,8 @@ def ddim_step_logprob(model_output: Tensor, sample: Tensor, prev_sample: Tensor,
     :math:`\bar\alpha_t, \bar\alpha_{t-1}` (numbers or [B] tensors, e.g. from :func:`ddim_alphas`).
     ``clip_sample_range`` clips :math:`\hat x_0` to [-r, r] (diffusers' ``clip_sample``). Gradients
     reach ``model_output`` (not ``prev_sample``, which is detached). ``eta`` must be > 0 (at 0 the step
-    is deterministic and has no density). Dtype in = out.
+    is deterministic and has no density). Dtype in = out. Paper: DDPO, arXiv 2305.13301 (the
+    step's Gaussian is DDIM's); reference and departures in the module docstring.
     """
     for name, t in (("model_output", model_output), ("sample", sample), ("prev_sample", prev_sample)):
         if not torch.is_tensor(t) or not t.is_floating_point() or t.ndim < 1:
@@ -126,7 +127,8 @@ def ddim_alphas(scheduler, timesteps: Tensor) -> tuple[Tensor, Tensor]:
     ``DDIMScheduler`` after ``set_timesteps``: the previous timestep is
     ``t - num_train_timesteps // num_inference_steps`` clamped to [0, num_train_timesteps - 1] (DDPO's
     clamp, so the last step uses ``alphas_cumprod[0]``, not ``final_alpha_cumprod``). Returned in the
-    dtype of ``scheduler.alphas_cumprod`` on ``timesteps``' device, shape of ``timesteps``.
+    dtype of ``scheduler.alphas_cumprod`` on ``timesteps``' device, shape of ``timesteps``. As DDPO
+    (arXiv 2305.13301) and D3PO's copy of its DDIM step.
     """
     cfg = getattr(scheduler, "config", None)
     acp = getattr(scheduler, "alphas_cumprod", None)

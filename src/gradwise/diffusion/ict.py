@@ -80,7 +80,8 @@ def karras_sigmas(n: int, *, sigma_min: float = 0.002, sigma_max: float = 80.0, 
 def ict_discretization_steps(step: int, total_steps: int, *, s0: int = 10, s1: int = 1280) -> int:
     r"""Number of discretization steps N at training step ``step`` of ``total_steps`` (iCT's doubling
     curriculum): :math:`N(k) = \min(s_0 2^{\lfloor k/K' \rfloor}, s_1) + 1`,
-    :math:`K' = \lfloor K / (\log_2\lfloor s_1/s_0\rfloor + 1)\rfloor`.
+    :math:`K' = \lfloor K / (\log_2\lfloor s_1/s_0\rfloor + 1)\rfloor`. Paper: iCT, arXiv 2310.14189
+    (Song & Dhariwal, ICLR 2024); references and departures in the module docstring.
 
     ``total_steps`` too small for one stage (K' = 0, where the reference implementations divide by
     zero) is a ValueError naming it.
@@ -113,6 +114,7 @@ def lognormal_sigma_probs(sigmas: Tensor, *, p_mean: float = -1.1, p_std: float 
     :math:`p_i \propto \mathrm{erf}\bigl(\frac{\log\sigma_{i+1}-P_{mean}}{\sqrt2 P_{std}}\bigr)
     - \mathrm{erf}\bigl(\frac{\log\sigma_i-P_{mean}}{\sqrt2 P_{std}}\bigr)`, i.e. the mass the lognormal
     puts on :math:`[\sigma_i, \sigma_{i+1})`. ``sigmas`` ascending, > 0 (ValueError otherwise).
+    Paper: iCT, arXiv 2310.14189; P_mean = -1.1, P_std = 2.0 are its defaults.
     Sample indices with ``torch.multinomial(p, B, replacement=True)``.
     """
     check_sigmas(sigmas)
@@ -126,7 +128,8 @@ def lognormal_sigma_probs(sigmas: Tensor, *, p_mean: float = -1.1, p_std: float 
 @register(**_KW, summary="iCT loss weighting lambda(sigma_i) = 1 / (sigma_i+1 - sigma_i)")
 def ict_loss_weights(sigmas: Tensor) -> Tensor:
     r"""iCT's weighting :math:`\lambda(\sigma_i) = 1/(\sigma_{i+1}-\sigma_i)`, i = 1..n-1 ([n-1]):
-    smaller noise levels get larger weights. ``sigmas`` ascending, > 0 (ValueError otherwise)."""
+    smaller noise levels get larger weights. ``sigmas`` ascending, > 0 (ValueError otherwise).
+    Paper: iCT, arXiv 2310.14189."""
     check_sigmas(sigmas)
     return 1.0 / (sigmas[1:] - sigmas[:-1])
 
@@ -140,7 +143,8 @@ def pseudo_huber_loss(input: Tensor, target: Tensor, *, c: float | None = None, 
     dims (``"sum"``, the paper's :math:`\lVert x-y\rVert_2^2`, as ECT), averaged (``"mean"``, LCT's
     ``"huber"``), or taken per element (``"elementwise"``, as the diffusers and Kinyugo ports, which then
     average). ``c=None`` is iCT's :math:`0.00054\sqrt{d}`, d the number of entries of one sample. It
-    behaves like squared l2 for :math:`\lVert x-y\rVert \ll c` and like l2 beyond.
+    behaves like squared l2 for :math:`\lVert x-y\rVert \ll c` and like l2 beyond. Paper: iCT, arXiv
+    2310.14189.
 
     The consistency target is usually computed without gradient; ``target`` is used as given.
     Dtype in = out; no host sync; NaN and inf propagate.

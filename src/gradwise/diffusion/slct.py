@@ -56,7 +56,8 @@ def cauchy_loss(input: Tensor, target: Tensor, *, c: float | None = None, distan
     non-batch dims (``"mean"``, the authors' ``"cauchy"``), summed (``"sum"``), or per element
     (``"elementwise"``, the authors' ``"cauchy_new"`` before its mean). ``c=None`` is iCT's
     :math:`0.00054\sqrt{d}` (the authors' default); :func:`slct_scaling_c` gives their schedule. The
-    gradient vanishes like 1/s for large s, so outliers pull far less than under Pseudo-Huber.
+    gradient vanishes like 1/s for large s, so outliers pull far less than under Pseudo-Huber. Paper:
+    sLCT, arXiv 2502.01441; reference and departures in the module docstring.
 
     Dtype in = out; no host sync; NaN and inf propagate.
 
@@ -78,7 +79,7 @@ def slct_scaling_c(num_scales: int, *, start_scales: int = 10, c_init: float) ->
 
     ``c_init`` during the first curriculum stage (N <= start_scales + 1); after it
     :math:`c = \exp(-1.15 \ln(N-1) - 0.85)`, which shrinks as N grows (the consistency residuals shrink
-    with the step size), as the authors' ``--c_by_loss_std``.
+    with the step size), as the authors' ``--c_by_loss_std`` (sLCT, arXiv 2502.01441).
 
     Example::
 
@@ -102,7 +103,8 @@ def ot_pair(x: Tensor, noise: Tensor) -> Tensor:
     The plan of two uniform minibatches of one size is a permutation (Birkhoff), found here by
     ``scipy.optimize.linear_sum_assignment`` on the float64 cost; the pairing is not differentiated
     (the cost is detached) but the returned rows are ``noise``'s, so gradients reach ``noise``. This
-    runs on the host (a sync); it prepares a batch, it is not part of a loss.
+    runs on the host (a sync); it prepares a batch, it is not part of a loss. Paper: sLCT, arXiv
+    2502.01441 (OT coupling of data and noise).
 
     Example::
 
