@@ -16,10 +16,8 @@ section 7): a loss <= 1.2x its hand-written torch; ``ot_pair`` on ``[ot_batch, o
 from __future__ import annotations
 
 import math
-import platform
 import statistics
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # harness.py sits beside this script
@@ -27,7 +25,6 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # harness.py sits besi
 
 import harness  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 TARGET = 1.2
 OT_TARGET_MS = 20.0
@@ -117,9 +114,7 @@ def run(batch: int, side: int, ot_batch: int, ot_dim: int, rounds: int, reps: in
         rows.append(dict(name=f"ot_pair [{ot_batch}, {ot_dim}]", ms=med["ot_pair"], ref_ms=None, ratio=None,
                          verdict="PASS" if med["ot_pair"] <= OT_TARGET_MS else "MISS"))
     return dict(rows=rows, notes=notes, batch=batch, side=side, ot_batch=ot_batch, ot_dim=ot_dim, rounds=rounds,
-                reps=reps, warmup=warmup, machine=harness.machine_description(), torch=torch.__version__,
-                threads=torch.get_num_threads(), python=platform.python_version(),
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), loadavg=load)
+                reps=reps, warmup=warmup, **harness.cpu_run_fields(load))
 
 
 def to_markdown(res: dict) -> str:
@@ -129,10 +124,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/diffusion_step.py --threads 1 --markdown PATH`; every number below is "
         "from that one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['threads']} threads), Python {res['python']}",
-        f"- Date: {res['date']}; load average at start: {res['loadavg']:.1f}" if res["loadavg"] is not None
-        else f"- Date: {res['date']}",
+        *harness.cpu_run_lines(res),
         f"- Workload: float32 `[{res['batch']}, 1, {res['side']}, {res['side']}]`; one step = loss forward, `.sum()`, "
         f"backward; `ot_pair` on `[{res['ot_batch']}, {res['ot_dim']}]` (cost, assignment, gather)",
         f"- Method: {res['warmup']} warm-up rounds, then {res['rounds']} rounds x {res['reps']} steps of every "

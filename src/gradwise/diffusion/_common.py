@@ -14,19 +14,25 @@ from torch import Tensor
 
 from gradwise._validate import check_choice, check_positive
 
-__all__ = ["check_pair", "default_c", "resolve_c", "reduce_distance", "check_distance", "check_sigmas", "DISTANCES"]
+__all__ = ["check_batch_tensor", "check_pair", "default_c", "squared_distance", "check_sigmas", "DISTANCES"]
 
 # How a per-element penalty becomes a per-sample distance: on the sum or the mean of the squared
 # differences over the non-batch dims, or kept per element.
 DISTANCES = ("sum", "mean", "elementwise")
 
 
+def check_batch_tensor(name: str, t) -> Tensor:
+    """A floating-point tensor with a batch dim ``[B, ...]``."""
+    if not torch.is_tensor(t) or not t.is_floating_point() or t.ndim < 1:
+        got = type(t).__name__ if not torch.is_tensor(t) else f"{t.dtype} of shape {tuple(t.shape)}"
+        raise ValueError(f"Invalid {name}: {got} (accepted: a floating-point tensor [B, ...])")
+    return t
+
+
 def check_pair(input: Tensor, target: Tensor, input_name: str = "input", target_name: str = "target") -> None:
     """Both floating-point tensors of one shape with a batch dim."""
-    for name, t in ((input_name, input), (target_name, target)):
-        if not torch.is_tensor(t) or not t.is_floating_point() or t.ndim < 1:
-            got = type(t).__name__ if not torch.is_tensor(t) else f"{t.dtype} of shape {tuple(t.shape)}"
-            raise ValueError(f"Invalid {name}: {got} (accepted: a floating-point tensor [B, ...])")
+    check_batch_tensor(input_name, input)
+    check_batch_tensor(target_name, target)
     if input.shape != target.shape:
         raise ValueError(f"Invalid {target_name}: shape {tuple(target.shape)} (accepted: the shape of "
                          f"{input_name}, {tuple(input.shape)})")
@@ -38,23 +44,17 @@ def default_c(input: Tensor) -> float:
     return 0.00054 * math.sqrt(math.prod(input.shape[1:]))
 
 
-def resolve_c(c, input: Tensor) -> float:
-    """``c`` as a finite positive float, or iCT's default for ``input`` when None."""
-    return default_c(input) if c is None else check_positive("c", c)
-
-
-def reduce_distance(sq: Tensor, distance: str) -> Tensor:
-    """Squared differences ``sq`` [B, ...] summed or averaged over the non-batch dims ([B]), or kept."""
-    if distance == "elementwise":
-        return sq
-    if sq.ndim == 1:
-        return sq
+def squared_distance(input: Tensor, target: Tensor, c, distance: str) -> tuple[Tensor, float]:
+    """The checks of a robust consistency metric and its two ingredients: the squared difference summed or
+    averaged over the non-batch dims (``[B]``) or kept per element, and ``c`` (iCT's default when None)."""
+    check_pair(input, target)
+    cc = default_c(input) if c is None else check_positive("c", c)
+    distance = check_choice("distance", distance, DISTANCES)
+    sq = (input - target).square()
+    if distance == "elementwise" or sq.ndim == 1:
+        return sq, cc
     dims = tuple(range(1, sq.ndim))
-    return sq.sum(dims) if distance == "sum" else sq.mean(dims)
-
-
-def check_distance(distance) -> str:
-    return check_choice("distance", distance, DISTANCES)
+    return (sq.sum(dims) if distance == "sum" else sq.mean(dims)), cc
 
 
 def check_sigmas(sigmas, name: str = "sigmas") -> Tensor:

@@ -39,6 +39,8 @@ from torch import Tensor
 from gradwise._validate import check_choice, check_positive
 from gradwise.registry import register
 
+from ._common import check_batch_tensor
+
 __all__ = ["ddim_step_logprob", "ddim_alphas"]
 
 PAPER = "Training Diffusion Models with Reinforcement Learning"
@@ -78,10 +80,7 @@ def ddim_step_logprob(model_output: Tensor, sample: Tensor, prev_sample: Tensor,
     step's Gaussian is DDIM's); reference and departures in the module docstring.
     """
     for name, t in (("model_output", model_output), ("sample", sample), ("prev_sample", prev_sample)):
-        if not torch.is_tensor(t) or not t.is_floating_point() or t.ndim < 1:
-            got = type(t).__name__ if not torch.is_tensor(t) else f"{t.dtype} of shape {tuple(t.shape)}"
-            raise ValueError(f"Invalid {name}: {got} (accepted: a floating-point tensor [B, ...])")
-        if t.shape != model_output.shape:
+        if check_batch_tensor(name, t).shape != model_output.shape:
             raise ValueError(f"Invalid {name}: shape {tuple(t.shape)} (accepted: model_output's shape "
                              f"{tuple(model_output.shape)})")
     eta = check_positive("eta", eta)

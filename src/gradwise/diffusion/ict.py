@@ -43,7 +43,7 @@ from torch import Tensor
 from gradwise._validate import check_int, check_positive, check_real
 from gradwise.registry import register
 
-from ._common import check_distance, check_pair, check_sigmas, reduce_distance, resolve_c
+from ._common import check_sigmas, squared_distance
 
 __all__ = ["karras_sigmas", "ict_discretization_steps", "lognormal_sigma_probs", "ict_loss_weights",
            "pseudo_huber_loss"]
@@ -154,8 +154,5 @@ def pseudo_huber_loss(input: Tensor, target: Tensor, *, c: float | None = None, 
         >>> pseudo_huber_loss(torch.tensor([[3.0, 4.0]]), torch.zeros(1, 2), c=1.0)
         tensor([4.0990])
     """
-    check_pair(input, target)
-    cc = resolve_c(c, input)
-    distance = check_distance(distance)
-    s = reduce_distance((input - target).square(), distance)
+    s, cc = squared_distance(input, target, c, distance)
     return (s + cc * cc).sqrt() - cc

@@ -38,7 +38,7 @@ from torch import Tensor
 from gradwise._validate import check_int, check_positive
 from gradwise.registry import register
 
-from ._common import check_distance, check_pair, reduce_distance, resolve_c
+from ._common import check_batch_tensor, squared_distance
 
 __all__ = ["cauchy_loss", "slct_scaling_c", "ot_pair"]
 
@@ -66,10 +66,7 @@ def cauchy_loss(input: Tensor, target: Tensor, *, c: float | None = None, distan
         >>> cauchy_loss(torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2), c=0.5)
         tensor([1.0986])
     """
-    check_pair(input, target)
-    cc = resolve_c(c, input)
-    distance = check_distance(distance)
-    s = reduce_distance((input - target).square(), distance)
+    s, cc = squared_distance(input, target, c, distance)
     return torch.log1p(s * (0.5 / (cc * cc)))
 
 
@@ -115,10 +112,8 @@ def ot_pair(x: Tensor, noise: Tensor) -> Tensor:
     """
     from scipy.optimize import linear_sum_assignment
 
-    for name, t in (("x", x), ("noise", noise)):
-        if not torch.is_tensor(t) or not t.is_floating_point() or t.ndim < 1:
-            got = type(t).__name__ if not torch.is_tensor(t) else f"{t.dtype} of shape {tuple(t.shape)}"
-            raise ValueError(f"Invalid {name}: {got} (accepted: a floating-point tensor [B, ...])")
+    check_batch_tensor("x", x)
+    check_batch_tensor("noise", noise)
     if noise.shape[0] != x.shape[0]:
         raise ValueError(f"Invalid noise: batch size {noise.shape[0]} (accepted: x's batch size, {x.shape[0]})")
     a = x.detach().reshape(x.shape[0], -1).double()
