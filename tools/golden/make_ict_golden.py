@@ -2,18 +2,18 @@
 
 iCT (arXiv 2310.14189) has no official code; the references named in issue 18 are run here:
 
-* diffusers ``examples/research_projects/consistency_training/train_cm_ct_unconditional.py`` at commit
-  58eb52c: the script imports accelerate, datasets, torchvision and wandb at the top, so its file is
+* github.com/huggingface/diffusers ``examples/research_projects/consistency_training/train_cm_ct_unconditional.py``
+  at commit 58eb52c: the script imports accelerate, datasets, torchvision and wandb at the top, so its file is
   parsed with ``ast`` and only the functions ``get_discretization_steps``, ``get_karras_sigmas``,
   ``get_discretized_lognormal_weights`` and ``get_loss_weighting_schedule`` are executed, unchanged, in
   a namespace holding ``math``, ``numpy`` and ``torch``. (Its Pseudo-Huber line casts to float32 with
   ``.float()``, so it is not used for the float64 losses; Kinyugo's is the same formula per element.)
-* Kinyugo/consistency_models at commit 2e6618d: ``consistency_models/consistency_models.py`` imported
+* github.com/Kinyugo/consistency_models at commit 2e6618d: ``consistency_models/consistency_models.py`` imported
   as is (``improved_timesteps_schedule``, ``karras_schedule``, ``lognormal_timestep_distribution``,
   ``improved_loss_weighting``, ``pseudo_huber_loss``). ``lognormal_timestep_distribution`` returns
   ``torch.multinomial(pdf, ...)``; ``torch.multinomial`` is replaced during that call by a function
   returning ``pdf``, which is stored.
-* locuslab/ect at commit 4311059 ``training/loss.py`` (``ECMLoss``, the metric on the whole sample):
+* github.com/locuslab/ect at commit 4311059 ``training/loss.py`` (``ECMLoss``, the metric on the whole sample):
   imported with stub modules ``torch_utils.persistence`` (``persistent_class`` = identity) and
   ``torch_utils.distributed`` (``print0`` = print), ``torch.cuda.get_rng_state``/``set_rng_state``
   returning/accepting None (CPU run), ``adj="const"`` (so r = t/2 > 0 and the target is the net's), and
