@@ -9,8 +9,8 @@ gradwise loss is paired with the hand-written torch expression of its reference 
 Pseudo-Huber, ECT's per-sample one, LCT's Cauchy lines, DDPO's DDIM log-prob, D3PO's loss lines). All
 are timed interleaved in one process: after warm-up, each round runs every candidate ``--reps`` times in
 a freshly shuffled order; the median is reported with its ratio to its torch twin (the median over
-rounds of the per-round ratio of medians, steadier than the ratio of overall medians on a busy machine). Targets (issue 18,
-section 7): a loss <= 1.2x its hand-written torch; ``ot_pair`` on ``[ot_batch, ot_dim]`` <= 20 ms
+rounds of the per-round ratio of medians, steadier than the ratio of overall medians on a busy
+machine). Targets (issue 18, section 7): a loss <= 1.2x its hand-written torch; ``ot_pair`` on ``[ot_batch, ot_dim]`` <= 20 ms
 (PASS/MISS). ``--markdown`` writes the section ``diffusion_step`` of that file.
 """
 from __future__ import annotations
@@ -129,7 +129,8 @@ def to_markdown(res: dict) -> str:
         f"backward; `ot_pair` on `[{res['ot_batch']}, {res['ot_dim']}]` (cost, assignment, gather)",
         f"- Method: {res['warmup']} warm-up rounds, then {res['rounds']} rounds x {res['reps']} steps of every "
         "candidate in shuffled order; median ms/step; ratio = median over rounds of (gradwise median / median of "
-        f"the same formula hand-written in torch); targets: ratio <= {TARGET}, `ot_pair` <= {OT_TARGET_MS:g} ms (PASS/MISS)",
+        f"the same formula hand-written in torch); targets: ratio <= {TARGET}, `ot_pair` <= {OT_TARGET_MS:g} ms "
+        "(PASS/MISS)",
         "",
         *harness.markdown_table(("step", "gradwise ms", "torch ms", "ratio", "target"),
                                 ((r["name"], f"{r['ms']:.3f}", "" if r["ref_ms"] is None else f"{r['ref_ms']:.3f}",

@@ -6,7 +6,8 @@ The DDIM update with :math:`\eta > 0` samples
 .. math::
 
     \hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon}{\sqrt{\bar\alpha_t}},\quad
-    \sigma_t = \eta\sqrt{\frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\Bigl(1-\frac{\bar\alpha_t}{\bar\alpha_{t-1}}\Bigr)},\quad
+    \sigma_t = \eta\sqrt{\tfrac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}
+    \bigl(1-\bar\alpha_t/\bar\alpha_{t-1}\bigr)},\quad
     \mu = \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\,\hat\epsilon,
 
 so each denoising step is a Gaussian policy whose log-density DDPO ("Training Diffusion Models with
@@ -138,8 +139,8 @@ def ddim_alphas(scheduler, timesteps: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError("Invalid scheduler: num_inference_steps is None (accepted: a scheduler after "
                          "set_timesteps(n))")
     if not torch.is_tensor(timesteps) or timesteps.is_floating_point() or timesteps.is_complex():
-        raise ValueError(f"Invalid timesteps: {type(timesteps).__name__ if not torch.is_tensor(timesteps) else timesteps.dtype} "
-                         "(accepted: an integer tensor of timesteps)")
+        got = type(timesteps).__name__ if not torch.is_tensor(timesteps) else timesteps.dtype
+        raise ValueError(f"Invalid timesteps: {got} (accepted: an integer tensor of timesteps)")
     n_train = cfg.num_train_timesteps
     t = timesteps.to("cpu", torch.long)
     if bool(((t < 0) | (t >= n_train)).any()):
