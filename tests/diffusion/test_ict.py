@@ -9,6 +9,7 @@ import torch
 
 from gradwise.diffusion import (ict_discretization_steps, ict_loss_weights, karras_sigmas, lognormal_sigma_probs,
                                 pseudo_huber_loss)
+from gradwise.diffusion._common import default_c
 from gradwise.registry import get
 
 GOLDEN = torch.load(Path(__file__).parents[1] / "data" / "ict_golden.pt", weights_only=True)
@@ -50,6 +51,16 @@ def test_pseudo_huber_matches_kinyugo_and_ect(i):
         ect = case[f"sum_ect_{tag}"]
         c = None if tag == "ict_c" else ect["c"]
         close(pseudo_huber_loss(x, y, c=c) / (ect["t"] - ect["r"]), ect["loss"])
+
+
+@pytest.mark.parametrize("i", range(2))
+def test_pseudo_huber_and_default_c_match_diffusers_float32(i):
+    case = GOLDEN["pseudo_huber_diffusers_float32"][i]
+    x, y = case["input"], case["target"]
+    assert math.isclose(default_c(x), case["c"], rel_tol=1e-12)  # 0.00054 * resolution * sqrt(channels)
+    got = case["lambda_t"] * pseudo_huber_loss(x, y, distance="elementwise")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, case["loss"], rtol=1e-5, atol=1e-7)
 
 
 def test_karras_endpoints_order_and_dtype():

@@ -6,8 +6,10 @@ iCT (arXiv 2310.14189) has no official code; the references named in issue 18 ar
   at commit 58eb52c: the script imports accelerate, datasets, torchvision and wandb at the top, so its file is
   parsed with ``ast`` and only the functions ``get_discretization_steps``, ``get_karras_sigmas``,
   ``get_discretized_lognormal_weights`` and ``get_loss_weighting_schedule`` are executed, unchanged, in
-  a namespace holding ``math``, ``numpy`` and ``torch``. (Its Pseudo-Huber line casts to float32 with
-  ``.float()``, so it is not used for the float64 losses; Kinyugo's is the same formula per element.)
+  a namespace holding ``math``, ``numpy`` and ``torch``. Its Pseudo-Huber statement and its default-c
+  statement (in ``main``) are lifted out the same way and run on float32 data with a stub ``unet``
+  config: that line casts to float32 (``.float()``), so the float64 losses come from Kinyugo's
+  identical element-wise formula.
 * github.com/Kinyugo/consistency_models at commit 2e6618d: ``consistency_models/consistency_models.py`` imported
   as is (``improved_timesteps_schedule``, ``karras_schedule``, ``lognormal_timestep_distribution``,
   ``improved_loss_weighting``, ``pseudo_huber_loss``). ``lognormal_timestep_distribution`` returns
@@ -125,5 +127,25 @@ for shape, scale in (((5, 1, 8, 8), 1.0), ((4, 3, 4, 4), 1e-3), ((6, 2), 0.01), 
             case[f"sum_ect_{tag}"] = dict(c=c, loss=d, t=seen[0].flatten(), r=seen[1].flatten())
     losses.append(case)
 out["pseudo_huber"] = losses
+
+# diffusers' own Pseudo-Huber statement of the training loop (float32: it casts with ``.float()``) and its
+# default c statement (``args.huber_c = 0.00054 * args.resolution * sqrt(in_channels)``), lifted out of ``main``
+main_fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+loss_stmt = next(n for n in ast.walk(main_fn) if isinstance(n, ast.Assign) and "huber_c" in ast.unparse(n)
+                 and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "loss")
+c_stmt = next(n for n in ast.walk(main_fn) if isinstance(n, ast.If) and "args.huber_c is None" in ast.unparse(n.test))
+hf_cases = []
+for shape in ((5, 1, 8, 8), (4, 3, 4, 4)):
+    x = torch.randn(shape, generator=g).float()
+    y = torch.randn(shape, generator=g).float()
+    lam = torch.rand(shape[0], 1, 1, 1, generator=g).float() + 0.5
+    unet = types.SimpleNamespace(config=types.SimpleNamespace(in_channels=shape[1]))
+    ns = dict(math=math, torch=torch, unwrap_model=lambda m: m, unet=unet,
+              args=types.SimpleNamespace(huber_c=None, resolution=shape[2]))
+    exec(compile(ast.Module(body=[c_stmt], type_ignores=[]), str(src_path), "exec"), ns)
+    ns.update(lambda_t=lam, student_denoise_output=x, teacher_denoise_output=y)
+    exec(compile(ast.Module(body=[loss_stmt], type_ignores=[]), str(src_path), "exec"), ns)
+    hf_cases.append(dict(input=x, target=y, lambda_t=lam, c=float(ns["args"].huber_c), loss=ns["loss"]))
+out["pseudo_huber_diffusers_float32"] = hf_cases
 torch.save(out, OUT)
 print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")
