@@ -1,10 +1,10 @@
 """The harness every benchmark script in this folder uses: workload, interleaved timing, statistics, output.
 
 The scripts (``optim_step.py``, ``loss_step.py``, ``preference_step.py``, ``layer_step.py``,
-``state_bits.py``, ``unlearning_step.py``, ``lame_step.py``, ``tta_step.py``) keep only what they time;
-this module holds how: the optimizers' tensor set, the candidates and their interleaved rounds with
-warm-up, the statistics (medians, spreads, paired ratios), the machine's description, peak memory,
-the common arguments and the markdown/JSON output. ``gradwise bench`` runs ``optim_step.py``.
+``state_bits.py``, ``unlearning_step.py``, ``lame_step.py``, ``tta_step.py``, ``diffusion_step.py``) keep
+only what they time; this module holds how: the optimizers' tensor set, the candidates and their
+interleaved rounds with warm-up, the statistics (medians, spreads, paired ratios), the machine's
+description, peak memory, the common arguments and the markdown/JSON output. ``gradwise bench`` runs ``optim_step.py``.
 
 Method, chosen for a small and noisy machine:
 
@@ -51,7 +51,8 @@ from gradwise.docsections import cpu_model, machine_description, save_results
 
 __all__ = ["Candidate", "interleave", "stats", "ratio", "paired_ratio", "load_average", "busy_note",
            "machine_info", "machine_description", "package_version", "tensor_specs", "make_tensors",
-           "markdown_table", "add_output_args", "apply_threads", "save", "PeakRSS"]
+           "markdown_table", "add_output_args", "apply_threads", "save", "PeakRSS", "cpu_run_fields",
+           "cpu_run_lines"]
 
 
 # ---------------------------------------------------------------------------
@@ -308,6 +309,22 @@ def package_version(name: str) -> str | None:
         except PackageNotFoundError:
             return None
     return version
+
+
+def cpu_run_fields(load: float | None) -> dict[str, Any]:
+    """What a CPU step benchmark's result records about its run: machine, torch, threads, Python, date,
+    load average at start (``load``)."""
+    return dict(machine=machine_description(), torch=torch.__version__, threads=torch.get_num_threads(),
+                python=platform.python_version(),
+                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), loadavg=load)
+
+
+def cpu_run_lines(res: dict[str, Any]) -> list[str]:
+    """The machine, software and date lines of a CPU step benchmark's markdown, from :func:`cpu_run_fields`."""
+    return [f"- Machine: {res['machine']}, device `cpu`",
+            f"- Software: torch {res['torch']} ({res['threads']} threads), Python {res['python']}",
+            f"- Date: {res['date']}; load average at start: {res['loadavg']:.1f}" if res["loadavg"] is not None
+            else f"- Date: {res['date']}"]
 
 
 def machine_info(device: torch.device | str = "cpu", load: float | None = None,

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import copy
 import math
-import platform
 import statistics
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # harness.py sits beside this script
@@ -79,9 +77,7 @@ def run(channels: int, size: int, classes: int, batch: int, rounds: int, reps: i
                          verdict="" if name == TENT else ("PASS" if ms / ref <= TARGET else "MISS")))
     n_params = sum(p.numel() for p in base.parameters())
     return dict(rows=rows, notes=notes, channels=channels, size=size, classes=classes, batch=batch,
-                params=n_params, rounds=rounds, reps=reps, warmup=warmup, machine=harness.machine_description(),
-                torch=torch.__version__, threads=torch.get_num_threads(), python=platform.python_version(),
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), loadavg=load)
+                params=n_params, rounds=rounds, reps=reps, warmup=warmup, **harness.cpu_run_fields(load))
 
 
 def to_markdown(res: dict) -> str:
@@ -92,10 +88,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/tta_step.py --threads 1 --markdown PATH` (issue 17); every number below "
         "is from that one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['threads']} threads), Python {res['python']}",
-        f"- Date: {res['date']}; load average at start: {res['loadavg']:.1f}" if res["loadavg"] is not None
-        else f"- Date: {res['date']}",
+        *harness.cpu_run_lines(res),
         f"- Workload: float32 BatchNorm CNN (conv {c}, {2 * c}, {2 * c}, global pooling, linear {res['classes']}; "
         f"{res['params']:,} parameters) on a fixed batch of {res['batch']} images 3x{res['size']}x{res['size']}; "
         "one call = forward, entropy loss, backward, SGD update of the BatchNorm affine parameters",

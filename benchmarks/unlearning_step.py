@@ -15,10 +15,8 @@ section ``unlearning_step`` of that file.
 from __future__ import annotations
 
 import copy
-import platform
 import statistics
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # harness.py sits beside this script
@@ -66,9 +64,7 @@ def run(d: int, hidden: int, classes: int, batch: int, rounds: int, reps: int, w
             for name, ms in timed.items()]
     n_params = sum(p.numel() for p in base.parameters())
     return dict(rows=rows, notes=notes, d=d, hidden=hidden, classes=classes, batch=batch, params=n_params,
-                rounds=rounds, reps=reps, warmup=warmup, machine=harness.machine_description(),
-                torch=torch.__version__, threads=torch.get_num_threads(), python=platform.python_version(),
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), loadavg=load)
+                rounds=rounds, reps=reps, warmup=warmup, **harness.cpu_run_fields(load))
 
 
 def to_markdown(res: dict) -> str:
@@ -78,10 +74,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/unlearning_step.py --threads 1 --markdown PATH`; every number below is "
         "from that one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['threads']} threads), Python {res['python']}",
-        f"- Date: {res['date']}; load average at start: {res['loadavg']:.1f}" if res["loadavg"] is not None
-        else f"- Date: {res['date']}",
+        *harness.cpu_run_lines(res),
         f"- Workload: float32 MLP {res['d']}-{res['hidden']}-{res['hidden']}-{res['classes']} ({res['params']:,} "
         f"parameters), batch {res['batch']}; one step = forward, cross-entropy, backward, update (lr 0.01, "
         "momentum 0.9, weight decay 5e-4)",

@@ -1,0 +1,70 @@
+"""Checks and reductions shared by the diffusion objectives (tensors in, tensors out).
+
+Every check raises ``ValueError`` naming the argument and what it accepts (the message format of
+:mod:`gradwise._validate`). Checks on tensors look at types and shapes only, so a loss never waits for
+the device; checks on values (``check_sigmas``) are for schedule helpers that run once per curriculum
+stage, not per step.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from gradwise._validate import check_choice, check_positive
+
+__all__ = ["check_batch_tensor", "check_pair", "default_c", "squared_distance", "check_sigmas", "DISTANCES"]
+
+# How a per-element penalty becomes a per-sample distance: on the sum or the mean of the squared
+# differences over the non-batch dims, or kept per element.
+DISTANCES = ("sum", "mean", "elementwise")
+
+
+def check_batch_tensor(name: str, t) -> Tensor:
+    """A floating-point tensor with a batch dim ``[B, ...]``."""
+    if not torch.is_tensor(t) or not t.is_floating_point() or t.ndim < 1:
+        got = type(t).__name__ if not torch.is_tensor(t) else f"{t.dtype} of shape {tuple(t.shape)}"
+        raise ValueError(f"Invalid {name}: {got} (accepted: a floating-point tensor [B, ...])")
+    return t
+
+
+def check_pair(input: Tensor, target: Tensor, input_name: str = "input", target_name: str = "target") -> None:
+    """Both floating-point tensors of one shape with a batch dim."""
+    check_batch_tensor(input_name, input)
+    check_batch_tensor(target_name, target)
+    if input.shape != target.shape:
+        raise ValueError(f"Invalid {target_name}: shape {tuple(target.shape)} (accepted: the shape of "
+                         f"{input_name}, {tuple(input.shape)})")
+
+
+def default_c(input: Tensor) -> float:
+    """iCT's c = 0.00054 * sqrt(d), d the number of entries of one sample (0.00054 * 64 * sqrt(3) on
+    CIFAR-10, as the diffusers and Kinyugo ports and LCT's default)."""
+    return 0.00054 * math.sqrt(math.prod(input.shape[1:]))
+
+
+def squared_distance(input: Tensor, target: Tensor, c, distance: str) -> tuple[Tensor, float]:
+    """The checks of a robust consistency metric and its two ingredients: the squared difference summed or
+    averaged over the non-batch dims (``[B]``) or kept per element, and ``c`` (iCT's default when None)."""
+    check_pair(input, target)
+    cc = default_c(input) if c is None else check_positive("c", c)
+    distance = check_choice("distance", distance, DISTANCES)
+    sq = (input - target).square()
+    if distance == "elementwise" or sq.ndim == 1:
+        return sq, cc
+    dims = tuple(range(1, sq.ndim))
+    return (sq.sum(dims) if distance == "sum" else sq.mean(dims)), cc
+
+
+def check_sigmas(sigmas, name: str = "sigmas") -> Tensor:
+    """A 1-D floating tensor of at least 2 noise levels, all > 0 and strictly increasing (a host sync:
+    call it once per discretization, not per step)."""
+    if not torch.is_tensor(sigmas) or not sigmas.is_floating_point() or sigmas.ndim != 1 or sigmas.numel() < 2:
+        got = type(sigmas).__name__ if not torch.is_tensor(sigmas) else \
+            f"{sigmas.dtype} of shape {tuple(sigmas.shape)}"
+        raise ValueError(f"Invalid {name}: {got} (accepted: a 1-D floating-point tensor of >= 2 noise levels)")
+    if not bool(((sigmas[0] > 0) & (sigmas[1:] > sigmas[:-1]).all()).item()):
+        raise ValueError(f"Invalid {name}: {sigmas.tolist()[:8]}... (accepted: noise levels > 0, strictly "
+                         "increasing)")
+    return sigmas
