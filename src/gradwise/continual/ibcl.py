@@ -144,7 +144,7 @@ class IBCL:
                  lr: float = 1e-3, epochs: int = 10, likelihood: str = "categorical", init_sigma: float = 1.0,
                  kl_weight: float = 1.0, discard_threshold: float | None = None,
                  generator: torch.Generator | None = None) -> None:
-        if not callable(model_factory):
+        if isinstance(model_factory, nn.Module) or not callable(model_factory):
             raise ValueError(f"Invalid model_factory: {model_factory!r} (accepted: a callable returning an "
                              "nn.Module)")
         net = model_factory()
