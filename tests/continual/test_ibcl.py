@@ -118,6 +118,13 @@ def test_prior_chain_and_bernoulli_likelihood():
     assert float(ib.prior(1)["weight"][1].max()) == 1.0
     ib.learn_task(b1)
     assert ib.prior(0) is ib.buffer[0] and len(ib.tasks[0]) == 2
+    start = IBCL(lambda: nn.Linear(5, 1), prior_stds=(0.5, 1.0), init="prior")
+    start.load_state_dict(ib.state_dict())
+    start.start_task()  # init="prior": each chain's fit starts at its last posterior
+    for post, prior in zip(start.current(), (ib.buffer[0], ib.buffer[1])):
+        for n in post:
+            torch.testing.assert_close(post[n][0], prior[n][0])
+            torch.testing.assert_close(post[n][1], prior[n][1])
     net = ib.model_for([1.0])
     assert float(((net(x1)[:, 0] > 0).long() == y1).float().mean()) > 0.85
 
@@ -142,7 +149,8 @@ def test_bad_input_names_the_argument():
     lin = lambda: nn.Linear(5, 2)  # noqa: E731
     for kwargs, name in (({"prior_stds": ()}, "prior_stds"), ({"prior_stds": (0.1, -1)}, "prior_stds"),
                          ({"lr": 0}, "lr"), ({"epochs": 0}, "epochs"), ({"likelihood": "gauss"}, "likelihood"),
-                         ({"discard_threshold": -1.0}, "discard_threshold"), ({"kl_weight": -1}, "kl_weight")):
+                         ({"discard_threshold": -1.0}, "discard_threshold"), ({"kl_weight": -1}, "kl_weight"),
+                         ({"init": "ones"}, "init")):
         with pytest.raises(ValueError, match=name):
             IBCL(lin, **kwargs)
     with pytest.raises(ValueError, match="model_factory"):

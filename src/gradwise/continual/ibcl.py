@@ -136,13 +136,15 @@ class IBCL:
     batches in :meth:`learn_task` (theirs 10). ``likelihood``: ``"categorical"`` (logits ``[B, C]``, integer
     labels) or ``"bernoulli"`` (one logit per sample, labels 0/1). ``init_sigma``: the variational standard
     deviation's start (theirs 1). ``kl_weight``: the KL term's factor per minibatch (theirs 1; ``B / N`` gives
-    the usual minibatch ELBO). ``discard_threshold``: the sublinear knowledge base's d (None: keep every
-    posterior). ``generator``: the noise of the reparameterized samples.
+    the usual minibatch ELBO). ``init``: where each task's fit starts, ``"zeros"`` (theirs: mean 0, std
+    ``init_sigma``) or ``"prior"`` (the chain's prior: its last posterior; keeps a deep network's posteriors in
+    one basin, so that their combination is a working network). ``discard_threshold``: the sublinear
+    knowledge base's d (None: keep every posterior). ``generator``: the noise of the reparameterized samples.
     """
 
     def __init__(self, model_factory: Callable[[], nn.Module], *, prior_stds: Sequence[float] = (0.25, 0.3, 0.35),
                  lr: float = 1e-3, epochs: int = 10, likelihood: str = "categorical", init_sigma: float = 1.0,
-                 kl_weight: float = 1.0, discard_threshold: float | None = None,
+                 kl_weight: float = 1.0, init: str = "zeros", discard_threshold: float | None = None,
                  generator: torch.Generator | None = None) -> None:
         if isinstance(model_factory, nn.Module) or not callable(model_factory):
             raise ValueError(f"Invalid model_factory: {model_factory!r} (accepted: a callable returning an "
@@ -159,6 +161,7 @@ class IBCL:
         self.likelihood = check_choice("likelihood", likelihood, ("categorical", "bernoulli"))
         self.init_sigma = check_positive("init_sigma", init_sigma)
         self.kl_weight = check_real("kl_weight", kl_weight, 0.0)
+        self.init = check_choice("init", init, ("zeros", "prior"))
         self.discard_threshold = None if discard_threshold is None else check_real(
             "discard_threshold", discard_threshold, 0.0)
         self.generator = generator
@@ -182,12 +185,18 @@ class IBCL:
         return {n: (torch.zeros_like(p), torch.full_like(p, s)) for n, p in self.template.named_parameters()}
 
     def start_task(self) -> None:
-        """Fresh variational parameters for each chain (mean 0, std ``init_sigma``) and an Adam per chain."""
+        """Fresh variational parameters for each chain (mean 0 and std ``init_sigma``, or the chain's prior with
+        ``init="prior"``) and an Adam per chain."""
         self._fit = []
-        for _ in range(self.num_extremes):
-            mu = {n: torch.zeros_like(p).requires_grad_(True) for n, p in self.template.named_parameters()}
-            u = {n: torch.full_like(p, math.log(self.init_sigma)).requires_grad_(True)
-                 for n, p in self.template.named_parameters()}
+        for j in range(self.num_extremes):
+            if self.init == "prior":
+                prior = self.prior(j)
+                mu = {n: prior[n][0].clone().requires_grad_(True) for n in self.names}
+                u = {n: prior[n][1].log().requires_grad_(True) for n in self.names}
+            else:
+                mu = {n: torch.zeros_like(p).requires_grad_(True) for n, p in self.template.named_parameters()}
+                u = {n: torch.full_like(p, math.log(self.init_sigma)).requires_grad_(True)
+                     for n, p in self.template.named_parameters()}
             opt = torch.optim.Adam([*mu.values(), *u.values()], lr=self.lr)
             self._fit.append((mu, u, opt))
 
