@@ -26,24 +26,14 @@ Their VI training (``fgcs_update``) is stochastic through pyro's sampling and, a
 Writes tests/data/ibcl_golden.pt.
 """
 import os
-import subprocess
-import sys
-import tempfile
 
 import torch
+from authors_code import extract
 
 COMMIT = "7bdfcef5a6c85fb9c4cda79040d06c8f668b8cfb"
 here = os.path.dirname(os.path.abspath(__file__))
-repo = os.environ["REPO"]
-tmp = tempfile.mkdtemp()
-for name in ("ibcl_main/zero_shot_model_locate.py", "models/models.py", "utils/dataloader_utils.py"):
-    src = subprocess.run(["git", "-C", repo, "show", f"{COMMIT}:{name}"], check=True, capture_output=True,
-                         text=True).stdout
-    os.makedirs(os.path.join(tmp, os.path.dirname(name)), exist_ok=True)
-    with open(os.path.join(tmp, name), "w") as f:
-        f.write(src)
-sys.path.insert(0, os.path.join(tmp, "ibcl_main"))
-sys.path.insert(0, tmp)
+extract(os.environ["REPO"], COMMIT, ["ibcl_main/zero_shot_model_locate.py", "models/models.py",
+                                     "utils/dataloader_utils.py"], on_path=("", "ibcl_main"))
 import pyro  # noqa: E402
 import pyro.distributions.constraints as constraints  # noqa: E402
 import zero_shot_model_locate as z  # noqa: E402
