@@ -121,6 +121,7 @@ def test_prior_chain_and_bernoulli_likelihood():
     start = IBCL(lambda: nn.Linear(5, 1), prior_stds=(0.5, 1.0), init="prior")
     start.load_state_dict(ib.state_dict())
     start.start_task()  # init="prior": each chain's fit starts at its last posterior
+    assert start.fitting and not ib.fitting
     for post, prior in zip(start.current(), (ib.buffer[0], ib.buffer[1])):
         for n in post:
             torch.testing.assert_close(post[n][0], prior[n][0])

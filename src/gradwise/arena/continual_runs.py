@@ -51,7 +51,7 @@ class IBCLLearner:
 
     def _params(self) -> dict[str, torch.Tensor]:
         if self._cache[0] != self._version:
-            k = len(self.ibcl.tasks) + (self.ibcl._fit is not None)
+            k = len(self.ibcl.tasks) + self.ibcl.fitting
             post = self.ibcl.posterior_for([1 / k] * k, include_current=True)
             self._cache = (self._version, {n: mu for n, (mu, _) in post.items()})
         return self._cache[1]

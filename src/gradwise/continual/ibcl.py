@@ -177,6 +177,11 @@ class IBCL:
     def num_extremes(self) -> int:
         return len(self.prior_stds)
 
+    @property
+    def fitting(self) -> bool:
+        """Whether a task is being fitted (between :meth:`start_task` and :meth:`end_task`)."""
+        return self._fit is not None
+
     def prior(self, j: int) -> Posterior:
         """Chain ``j``'s current prior: its last posterior, or :math:`\\mathcal N(0, s_j^2)` before any task."""
         if self.chain[j] is not None:
