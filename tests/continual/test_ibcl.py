@@ -8,6 +8,7 @@ from torch import nn
 from gradwise.continual import IBCL, convex_combination, gaussian_w2, normal_hdr
 
 GOLDEN = Path(__file__).parents[1] / "data" / "ibcl_golden.pt"
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models, one torch thread
 
 
 class _Small(nn.Module):  # the authors' BayesianClassifierSmall's parameters (fc1: 512 -> 1), logits out
@@ -69,11 +70,11 @@ def test_normal_hdr_matches_authors_icdf():
         assert abs(float(lo if q < 0.5 else hi) - want) < 1e-10
 
 
-def _two_tasks(seed=0):
+def _two_tasks(seed=0, n=120):
     gen = torch.Generator().manual_seed(seed)
-    x1, x2 = torch.randn(200, 5, generator=gen), torch.randn(200, 5, generator=gen)
+    x1, x2 = torch.randn(n, 5, generator=gen), torch.randn(n, 5, generator=gen)
     y1, y2 = (x1[:, 0] > 0).long(), (x2[:, 1] > 0).long()
-    split = lambda x, y: [(x[i:i + 20], y[i:i + 20]) for i in range(0, 200, 20)]  # noqa: E731
+    split = lambda x, y: [(x[i:i + 20], y[i:i + 20]) for i in range(0, n, 20)]  # noqa: E731
     return (x1, y1, split(x1, y1)), (x2, y2, split(x2, y2))
 
 
