@@ -120,4 +120,36 @@ def test_claim_verdict_says_shown_or_not_shown():
 
 
 def test_not_yet_methods_are_listed_and_not_runnable():
-    assert set(cs.NOT_YET) == {"TAME", "IBCL"} and not set(cs.NOT_YET) & set(cs.METHODS)
+    assert set(cs.NOT_YET) == {"TAME"} and not set(cs.NOT_YET) & set(cs.METHODS)
+
+
+def test_ibcl_learner_measures_zero_shot_against_trained_per_preference():
+    cfg = dataclasses.replace(CFG, ibcl_prefs=2)
+    row = cs.train_one(_task(), cfg, "IBCL", seed=0)
+    assert len(row["prefs"]) == 2 and all(math.isclose(sum(w), 1.0) and min(w) >= 0 for w in row["prefs"])
+    for k in ("pref_zero_shot", "pref_trained"):
+        assert 0.0 <= row[k] <= 1.0 and len(row[k + "_each"]) == 2
+    assert math.isclose(row["pref_gap"], row["pref_zero_shot"] - row["pref_trained"])
+    assert math.isclose(row["pref_zero_shot"], sum(row["pref_zero_shot_each"]) / 2)
+    # what the evaluator saw at the end: the uniform preference's zero-shot model over the 5 tasks
+    learner = cs.METHODS["IBCL"](cfg, 6, 10, torch.Generator().manual_seed(0))
+    for k, (x, y) in enumerate(_task()["train"]):
+        learner.start_task(k)
+        learner.step(x[:8], y[:8], k)
+        learner.end_task(k, x, y)
+    assert len(learner.ibcl.tasks) == cs.N_TASKS and len(learner.ibcl.buffer) == cs.N_TASKS * cfg.ibcl_extremes
+    x = _task()["test"][0][0]
+    torch.testing.assert_close(learner.predict(learner.model, x), learner.ibcl.model_for([0.2] * 5)(x))
+
+
+def _ibcl_summary(gap, half):
+    return [dict(method="IBCL", pref_gap_mean=gap, pref_gap_ci=half, pref_zero_shot_mean=0.8 + gap,
+                 pref_trained_mean=0.8)]
+
+
+def test_ibcl_verdict_says_shown_or_not_shown():
+    assert "NOT" not in cs.ibcl_verdict(_ibcl_summary(0.01, 0.02))       # better, interval above -2 points
+    assert "NOT" not in cs.ibcl_verdict(_ibcl_summary(-0.005, 0.01))     # slightly below, within the margin
+    assert "NOT SHOWN" in cs.ibcl_verdict(_ibcl_summary(-0.01, 0.02))    # interval reaches below -2 points
+    assert "NOT SHOWN" in cs.ibcl_verdict(_ibcl_summary(0.05, math.nan))  # one seed: no interval
+    assert "not run" in cs.ibcl_verdict([dict(method="ER")])

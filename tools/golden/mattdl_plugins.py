@@ -2,9 +2,9 @@
 (``make_continual_eval_golden.py``, ``make_lca_golden.py``): load their plugin module from a git directory
 of theirs at a commit, and drive one tracking pass as their ``ContinualEvaluationPhasePlugin.track`` does."""
 import os
-import subprocess
 import sys
-import tempfile
+
+from authors_code import extract
 
 FILES = ["src/eval/continual_eval_metrics.py", "avalanche/core.py", "avalanche/evaluation/__init__.py",
          "avalanche/evaluation/metric_definitions.py", "avalanche/evaluation/metric_results.py",
@@ -17,13 +17,7 @@ def load(repo, commit):
     ``git show`` into a temporary folder; ``avalanche/evaluation/metrics/__init__.py`` is written empty (theirs
     imports every metric, with GPU/RAM probes) and ``src/utils.py`` is a stub (only the gradnorm plugin calls
     it)."""
-    tmp = tempfile.mkdtemp()
-    for name in FILES:
-        src = subprocess.run(["git", "-C", repo, "show", f"{commit}:{name}"], check=True, capture_output=True,
-                             text=True).stdout
-        os.makedirs(os.path.join(tmp, os.path.dirname(name)), exist_ok=True)
-        with open(os.path.join(tmp, name), "w") as f:
-            f.write(src)
+    tmp = extract(repo, commit, FILES, on_path=())
     for pkg in ("avalanche/__init__.py", "avalanche/evaluation/metrics/__init__.py", "src/__init__.py",
                 "src/eval/__init__.py"):
         open(os.path.join(tmp, pkg), "w").close()

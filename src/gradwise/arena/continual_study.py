@@ -31,8 +31,21 @@ factory; a new method is one entry):
   every normalized prototype, all tasks' (their ``_classify_CI``, unseen tasks' untrained prototypes included).
   Replay-free: no buffer.
 
-TAME and IBCL (also in issue 17's ``continual`` bullet) are not yet in gradwise: :data:`NOT_YET` lists them; each
-becomes one entry of :data:`METHODS` once written.
+* ``IBCL``: :class:`gradwise.continual.IBCL` (Lu et al., arXiv:2305.14782; ibcl-anon/ibcl@7bdfcef) through
+  :class:`gradwise.arena.continual_runs.IBCLLearner`: 3 prior chains N(0, s^2), s = 0.25/0.3/0.35, each task's
+  posterior the chain's next prior, mean-field VI with the authors' start (mean 0, std 1) and KL (once per
+  minibatch), one Adam step (lr ``ibcl_lr`` 0.01, theirs 1e-3 over 10 epochs) per chain per minibatch, on
+  softmax regression (``ibcl_hidden`` (): the authors' "small" model is a logistic regression on features).
+  Evaluated as the zero-shot model (combined means) for the uniform preference over the tasks seen.
+  **Its claim** (issue 17: zero-shot vs trained per preference): after the stream, for ``ibcl_prefs``
+  Dirichlet(1) preferences w, the preference-weighted test accuracy sum_i w_i acc_i of the zero-shot model
+  against a model of the same architecture trained for w (SGD, ``lr``, ``steps_per_task`` steps on
+  sum_i w_i CE_i with a minibatch of every task: all data at hand); shown when the paired difference
+  (zero-shot minus trained, mean over the preferences, one value per seed) has its 95% interval above
+  -:data:`PREF_MARGIN` (:func:`ibcl_verdict`).
+
+TAME (also in issue 17's ``continual`` bullet) is not yet in gradwise: :data:`NOT_YET` lists it; it becomes one
+entry of :data:`METHODS` once written.
 
 Evaluation: :class:`gradwise.continual.ContinualEvaluator` on each seen task's test split after every
 ``eval_every`` steps, at each task's last step, and before each task's first step (the zero-shot point A-GEM's LCA
@@ -47,6 +60,7 @@ min-ACC. The claim (for ER) counts as shown when the hidden dip is at least 2 po
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,14 +71,18 @@ from gradwise.arena.stats import CI_NOTE, RANK_NOTE, fmt_ci
 from gradwise.arena.study import Column, Run, Selection, Study, ci_column, option, register_study
 
 __all__ = ["HELP", "Config", "METHODS", "NOT_YET", "STUDY", "Learner", "split_digits", "train_one",
-           "claim_verdict"]
+           "claim_verdict", "ibcl_verdict"]
 
-HELP = ("split-digits, 5 class-incremental tasks, evaluated every iteration: finetune, ER, EWC, PRD; final ACC, "
-        "min-ACC (per iteration and at task boundaries), WC-ACC, WF10, LCA, stability gap")
+HELP = ("split-digits, 5 class-incremental tasks, evaluated every iteration: finetune, ER, EWC, PRD, IBCL; final "
+        "ACC, min-ACC (per iteration and at task boundaries), WC-ACC, WF10, LCA, stability gap; IBCL zero-shot vs "
+        "trained per preference")
 
 N_TASKS = 5
 # the claim's threshold: the dip boundary evaluation misses, in accuracy (fraction), for it to count as shown
 DIP_SHOWN = 0.02
+# IBCL's claim: how far (accuracy, fraction) below the trained models the zero-shot ones may be and still count
+PREF_MARGIN = 0.02
+IBCL_KEYS = ("pref_zero_shot", "pref_trained", "pref_gap")
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,13 @@ class Config:
     prototypes_lr: float = 0.01
     lca_beta: int = 10
     wf_window: int = 10
+    ibcl_extremes: int = option(3, "IBCL: prior chains (extreme points per task)", at_least=1)
+    ibcl_prefs: int = option(4, "IBCL: preferences drawn for the zero-shot vs trained claim", at_least=1)
+    ibcl_hidden: tuple[int, ...] = ()  # IBCL: its network, softmax regression as the authors' "small" model
+    ibcl_lr: float = 0.01              # IBCL: Adam's learning rate on the variational parameters
+    ibcl_prior_std: float = 0.25       # IBCL: first chain's prior std; chain j: x (1 + 0.2 j), as 0.25/0.3/0.35
+    ibcl_init_sigma: float = 1.0       # IBCL: the variational std's start with init "zeros" (the authors' 1)
+    ibcl_init: str = "zeros"           # IBCL: each task's fit starts at mean 0 (the authors'; "prior": the chain's)
     threads: int = 1
 
 
@@ -240,11 +265,16 @@ class _PRD(Learner):
 
 LearnerFactory = Callable[[Config, int, int, Any], Learner]
 # The methods, in the leaderboard's default order: a new method is one entry here.
-METHODS: dict[str, LearnerFactory] = {"finetune": Learner, "ER": _Replay, "EWC": _EWC, "PRD": _PRD}
+def _ibcl(cfg: Config, num_features: int, num_classes: int, gen) -> Any:
+    from gradwise.arena.continual_runs import IBCLLearner
+
+    return IBCLLearner(cfg, num_features, num_classes, gen)
+
+
+METHODS: dict[str, LearnerFactory] = {"finetune": Learner, "ER": _Replay, "EWC": _EWC, "PRD": _PRD, "IBCL": _ibcl}
 # issue 17's other continual methods, not in gradwise yet: one METHODS entry each once they are
 NOT_YET: dict[str, str] = {
     "TAME": "task-agnostic mixture of experts with a loss-shift detector (claim: boundary precision/recall)",
-    "IBCL": "convex-hull posterior knowledge base, zero-shot model per preference (claim: zero-shot vs trained)",
 }
 
 
@@ -286,6 +316,7 @@ def train_one(task: dict[str, Any], cfg: Config, method: str, seed: int) -> dict
         boundary.append(len(ev.history) - 1)
         learner.end_task(k, xk, yk)
     wall = time.perf_counter() - start
+    extra = learner.report(task) if hasattr(learner, "report") else {}
     acc, cur = ev.accuracy, ev.current_task
     m = ev.metrics(windows=(cfg.wf_window,))
     idx = torch.tensor(boundary)
@@ -295,7 +326,7 @@ def train_one(task: dict[str, Any], cfg: Config, method: str, seed: int) -> dict
                 lca=float(ev.lca(cfg.lca_beta)), stability_gap=m["stability_gap"],
                 hidden_dip=boundary_min - m["avg_min_acc"], final_minus_min=m["final_avg_acc"] - m["avg_min_acc"],
                 boundary_acc=acc[:, idx].T.tolist(), wall_s=wall,
-                curve_steps=ev.steps.tolist(), task1_curve=acc[0].tolist())
+                curve_steps=ev.steps.tolist(), task1_curve=acc[0].tolist(), **extra)
 
 
 def claim_verdict(summary: list[dict[str, Any]], method: str = "ER") -> str:
@@ -316,12 +347,42 @@ def claim_verdict(summary: list[dict[str, Any]], method: str = "ER") -> str:
             f"(shown: hidden dip >= {100 * DIP_SHOWN:g} points, both intervals above 0)")
 
 
+def ibcl_verdict(summary: list[dict[str, Any]]) -> str:
+    """IBCL's claim line: zero-shot models per preference against models trained per preference. Shown when
+    the paired difference (zero-shot minus trained preference-weighted accuracy) has its 95% interval above
+    -:data:`PREF_MARGIN`."""
+    row = next((s for s in summary if s["method"] == "IBCL" and "pref_gap_mean" in s), None)
+    if row is None:
+        return "IBCL zero-shot vs trained claim: IBCL not run"
+    gap, half = row["pref_gap_mean"], row["pref_gap_ci"]
+    shown = half is not None and math.isfinite(half) and gap - half > -PREF_MARGIN
+    return (f"IBCL zero-shot vs trained claim: preference-weighted ACC zero-shot "
+            f"{100 * row['pref_zero_shot_mean']:.1f}% (no training per preference) vs trained per preference "
+            f"{100 * row['pref_trained_mean']:.1f}% "
+            f"(zero-shot minus trained {fmt_ci(gap, half, 1, scale=100)} points): {'SHOWN' if shown else 'NOT SHOWN'}"
+            f" (shown: interval above -{100 * PREF_MARGIN:g} points)")
+
+
+def _summarize(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The driver's summary; IBCL's row adds its claim's means and intervals over seeds."""
+    from gradwise.arena.driver import summarize_rows
+    from gradwise.arena.stats import mean_ci_fields
+
+    out = summarize_rows(STUDY, rows, run.methods)
+    mine = [r for r in rows if r["method"] == "IBCL" and "pref_gap" in r]
+    for s in out:
+        if s["method"] == "IBCL" and mine:
+            s.update(mean_ci_fields(mine, IBCL_KEYS))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- report
 def _title(run: Run, rows: list[dict[str, Any]]) -> str:
     c = run.cfg
     return (f"continual: split-digits, {N_TASKS} class-incremental tasks of 2 classes, MLP {c.hidden}, SGD lr "
             f"{c.lr:g}, {c.steps_per_task} steps x batch {c.batch_size} per task, evaluated every {c.eval_every} "
-            f"step(s), {c.seeds} seed(s); ER buffer {c.buffer_size}, EWC lambda {c.ewc_lambda:g}")
+            f"step(s), {c.seeds} seed(s); ER buffer {c.buffer_size}, EWC lambda {c.ewc_lambda:g}; IBCL "
+            f"{c.ibcl_extremes} chains, {c.ibcl_prefs} preferences")
 
 
 def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
@@ -331,7 +392,8 @@ def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
             f"boundary min-ACC minus min-ACC; WF{c.wf_window}: windowed forgetting (window {c.wf_window} "
             f"evaluations), mean over tasks; LCA{c.lca_beta}: A-GEM's learning curve area; stab. gap: accuracy "
             f"at the end of a task minus its minimum during the next, mean over tasks 1-{N_TASKS - 1}; "
-            f"{claim_verdict(summary)}; not yet in gradwise: {', '.join(NOT_YET)}; {CI_NOTE}; {RANK_NOTE} "
+            f"{claim_verdict(summary)}; IBCL: the zero-shot model of the uniform preference over the tasks seen; "
+            f"{ibcl_verdict(summary)}; not yet in gradwise: {', '.join(NOT_YET)}; {CI_NOTE}; {RANK_NOTE} "
             f"(ranked on final ACC)")
 
 
@@ -372,7 +434,7 @@ STUDY = register_study(Study(
     run_one=lambda run, method, seed, shared: train_one(run.task, run.cfg, method, seed),
     summary_keys=("final_acc", "boundary_min_acc", "avg_min_acc", "wc_acc", "wf10", "lca", "stability_gap",
                   "hidden_dip", "final_minus_min", "wall_s"),
-    rank_on="final_acc", title=_title, notes=_notes,
+    rank_on="final_acc", summarize=_summarize, title=_title, notes=_notes,
     columns=(Column("method", lambda s: s["method"], "left"), ci_column("final ACC (%)", "final_acc", 1, scale=100),
              ci_column("boundary min-ACC (%)", "boundary_min_acc", 1, scale=100),
              ci_column("min-ACC (%)", "avg_min_acc", 1, scale=100), ci_column("WC-ACC (%)", "wc_acc", 1, scale=100),
@@ -380,8 +442,10 @@ STUDY = register_study(Study(
              ci_column("stab. gap (%)", "stability_gap", 1, scale=100),
              ci_column("hidden dip (%)", "hidden_dip", 1, scale=100),
              Column("s/run", lambda s: f"{s['wall_s_mean']:.1f}")),
-    csv_skip=("boundary_acc", "curve_steps", "task1_curve"),
-    json_extra=lambda run, summary: {"not_yet": dict(NOT_YET), "claim": claim_verdict(summary)},
+    csv_skip=("boundary_acc", "curve_steps", "task1_curve", "prefs", "pref_zero_shot_each", "pref_trained_each",
+              *IBCL_KEYS),
+    json_extra=lambda run, summary: {"not_yet": dict(NOT_YET), "claim": claim_verdict(summary),
+                                     "ibcl_claim": ibcl_verdict(summary)},
     write_files=_write_plot, outputs=("task1_accuracy.png",),
     smoke=("--seeds", "1", "--steps-per-task", "3", "--batch-size", "8", "--eval-every", "2"),
 ))
