@@ -14,7 +14,7 @@ APG_ETA = 0.0  # the paper's down-weighting of the parallel component: dropped a
 
 
 @register(kind="guidance", name="APG", paper=APG_PAPER, year=2024, arxiv="2410.02416",
-          code="https://github.com/huggingface/diffusers (guiders/adaptive_projected_guidance.py, 0.42.1)",
+          code=None,
           summary="CFG whose update is rescaled to a norm threshold, pushed by reverse momentum and stripped of "
                   "its component parallel to the conditional prediction")
 def adaptive_projected_guidance(guidance_scale: float = 7.5, *, momentum: float, norm_threshold: float,
