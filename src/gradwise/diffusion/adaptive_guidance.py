@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from gradwise._validate import check_real
-from gradwise.diffusion._guiders import BaseGuidance, GuiderOutput, register_to_config
+from gradwise.diffusion._diffusers import BaseGuidance, GuiderOutput, register_to_config
 from gradwise.registry import register
 
 __all__ = ["AdaptiveGuidance", "prediction_cosine"]

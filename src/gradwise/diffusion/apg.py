@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from gradwise._validate import check_nonneg, check_real
-from gradwise.diffusion._guiders import require_diffusers
+from gradwise.diffusion._diffusers import require_diffusers
 from gradwise.registry import register
 
 __all__ = ["adaptive_projected_guidance", "APG_ETA"]

@@ -1,7 +1,8 @@
-"""diffusers' guider base class, or a stand-in when the optional ``diffusion`` extra is missing.
+"""diffusers' base classes that gradwise subclasses (the guider base, UniPC), or stand-ins when the optional
+``diffusion`` extra is missing.
 
-gradwise.diffusion imports without diffusers; a guider subclass built on :data:`BaseGuidance` then
-raises ImportError (saying how to install the extra) when it is constructed, not when it is imported.
+gradwise.diffusion imports without diffusers; a subclass built on a stand-in raises ImportError (saying
+how to install the extra) when it is constructed, not when it is imported.
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-__all__ = ["BaseGuidance", "GuiderOutput", "register_to_config", "require_diffusers", "HAVE_DIFFUSERS"]
+__all__ = ["BaseGuidance", "GuiderOutput", "UniPCMultistepScheduler", "register_to_config", "require_diffusers",
+           "HAVE_DIFFUSERS"]
 
 INSTALL_HINT = "pip install 'diffusers==0.42.*' (or gradwise[diffusion])"
 
@@ -25,6 +27,7 @@ def require_diffusers(module: str = "diffusers") -> ModuleType:
 try:
     from diffusers.configuration_utils import register_to_config
     from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
+    from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
     HAVE_DIFFUSERS = True
 except ImportError:  # pragma: no cover - exercised only without diffusers
     HAVE_DIFFUSERS = False
@@ -38,3 +41,9 @@ except ImportError:  # pragma: no cover - exercised only without diffusers
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             require_diffusers("diffusers.guiders")
+
+    class UniPCMultistepScheduler:  # type: ignore[no-redef]
+        """Stand-in for ``diffusers.UniPCMultistepScheduler``: constructing it raises ImportError."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            require_diffusers("diffusers.schedulers")
