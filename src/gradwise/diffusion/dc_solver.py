@@ -1,6 +1,7 @@
 """DC-Solver: UniPC whose newest model output is replaced by a Lagrange extrapolation at a fitted time."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -8,10 +9,10 @@ import numpy as np
 import torch
 
 from gradwise._validate import check_int, check_positive
-from gradwise.diffusion._diffusers import UniPCMultistepScheduler, register_to_config
+from gradwise.diffusion._diffusers import require_diffusers
 from gradwise.registry import register
 
-__all__ = ["DCSolverScheduler", "reference_trajectory"]
+__all__ = ["dc_solver_scheduler", "dc_solver_class", "reference_trajectory"]
 
 DC_PAPER = "DC-Solver: Improving Predictor-Corrector Diffusion Sampler via Dynamic Compensation"
 DC_CODE = "https://github.com/wl-zhao/DC-Solver"
@@ -35,10 +36,7 @@ def reference_trajectory(denoiser: Callable[[torch.Tensor, Any], torch.Tensor], 
     return {"ts": torch.stack([torch.as_tensor(t) for t in ts]), "intermediates": torch.stack(xs, dim=1)}
 
 
-@register(kind="sampler", name="DC-Solver", paper=DC_PAPER, year=2024, arxiv="2409.03755", code=DC_CODE,
-          summary="UniPC with dynamic compensation: the newest model output is replaced by a Lagrange "
-                  "extrapolation of the last outputs at a per-step time ratio fitted to a reference trajectory")
-class DCSolverScheduler(UniPCMultistepScheduler):
+class _DCSolverRule:
     """DC-Solver (Zhao, Wang, Rao, Zhou, Lu, ECCV 2024, arXiv 2409.03755): diffusers'
     ``UniPCMultistepScheduler`` (predictor-corrector, used as is) with dynamic compensation.
 
@@ -68,7 +66,6 @@ class DCSolverScheduler(UniPCMultistepScheduler):
     coefficients fitted on Stable Diffusion 2.1) is not included.
     """
 
-    @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas: Any = None, solver_order: int = 2,
                  prediction_type: str = "epsilon", thresholding: bool = False,
@@ -203,3 +200,31 @@ class DCSolverScheduler(UniPCMultistepScheduler):
         finally:
             self._fit = None
         return self.dc_ratios
+
+
+@functools.cache  # built once, on first use: diffusers is imported only then
+def dc_solver_class() -> type:
+    """The scheduler class ``DCSolverScheduler``, a subclass of ``diffusers.UniPCMultistepScheduler`` (also
+    ``gradwise.diffusion.DCSolverScheduler``), built on first call; see :func:`dc_solver_scheduler`."""
+    unipc = require_diffusers("diffusers.schedulers.scheduling_unipc_multistep")
+    config_utils = require_diffusers("diffusers.configuration_utils")
+    return type("DCSolverScheduler", (_DCSolverRule, unipc.UniPCMultistepScheduler), {
+        "__init__": config_utils.register_to_config(_DCSolverRule.__init__), "__module__": __name__,
+        "__qualname__": "DCSolverScheduler", "__doc__": _DCSolverRule.__doc__})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DCSolverScheduler":
+        return dc_solver_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@register(kind="sampler", name="DC-Solver", paper=DC_PAPER, year=2024, arxiv="2409.03755", code=DC_CODE,
+          summary="UniPC with dynamic compensation: the newest model output is replaced by a Lagrange "
+                  "extrapolation of the last outputs at a per-step time ratio fitted to a reference trajectory")
+def dc_solver_scheduler(**config: Any) -> Any:
+    return dc_solver_class()(**config)
+
+
+dc_solver_scheduler.__doc__ = ("A :class:`DCSolverScheduler` (keyword arguments: its configuration; built on first "
+                               "use so that gradwise.diffusion imports without diffusers).\n" + _DCSolverRule.__doc__)

@@ -1,16 +1,17 @@
 """AG: classifier-free guidance until the conditional and unconditional predictions align, then one pass."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import torch
 
 from gradwise._validate import check_real
-from gradwise.diffusion._diffusers import BaseGuidance, GuiderOutput, register_to_config
+from gradwise.diffusion._diffusers import require_diffusers
 from gradwise.registry import register
 
-__all__ = ["AdaptiveGuidance", "prediction_cosine"]
+__all__ = ["adaptive_guidance", "adaptive_guidance_class", "prediction_cosine"]
 
 AG_PAPER = "Adaptive Guidance: Training-free Acceleration of Conditional Diffusion Models"
 
@@ -26,10 +27,7 @@ def prediction_cosine(pred_cond: torch.Tensor, pred_uncond: torch.Tensor) -> tor
     return (c * u).sum(1) / (c.norm(dim=1) * u.norm(dim=1))
 
 
-@register(kind="guidance", name="AG", paper=AG_PAPER, year=2023, arxiv="2312.12487", code=None,
-          summary="CFG until the cosine of the conditional and unconditional predictions reaches gamma_bar, "
-                  "then the conditional pass alone (fewer network evaluations)")
-class AdaptiveGuidance(BaseGuidance):
+class _AdaptiveGuidanceRule:
     """Adaptive Guidance (Castillo, Kohler, Pérez, Pérez, Pumarola, Ghanem, Arbeláez, Thabet, AAAI 2025,
     arXiv 2312.12487), a diffusers guider (``diffusers.guiders.guider_utils.BaseGuidance``).
 
@@ -56,7 +54,6 @@ class AdaptiveGuidance(BaseGuidance):
 
     _input_predictions = ["pred_cond", "pred_uncond"]
 
-    @register_to_config
     def __init__(self, guidance_scale: float = 7.5, *, gamma_bar: float, start: float = 0.0, stop: float = 1.0,
                  enabled: bool = True):
         guidance_scale = check_real("guidance_scale", guidance_scale)
@@ -91,13 +88,13 @@ class AdaptiveGuidance(BaseGuidance):
         if pred_uncond is None or not self._is_cfg_enabled():
             if self._switched and self.switch_step is None:
                 self.switch_step = self._step
-            return GuiderOutput(pred=pred_cond, pred_cond=pred_cond, pred_uncond=pred_uncond)
+            return self._output_type(pred=pred_cond, pred_cond=pred_cond, pred_uncond=pred_uncond)
         pred = pred_uncond + self.guidance_scale * (pred_cond - pred_uncond)
         gamma = float(prediction_cosine(pred_cond, pred_uncond).min())
         self.cosines.append(gamma)
         if gamma >= self.gamma_bar:  # NaN never switches
             self._switched = True
-        return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+        return self._output_type(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
 
     @property
     def is_conditional(self) -> bool:
@@ -118,3 +115,33 @@ class AdaptiveGuidance(BaseGuidance):
 
     def get_state(self) -> dict[str, Any]:
         return {**super().get_state(), "switched": self._switched, "switch_step": self.switch_step}
+
+
+@functools.cache  # built once, on first use: diffusers is imported only then
+def adaptive_guidance_class() -> type:
+    """The guider class ``AdaptiveGuidance``, a subclass of ``diffusers.guiders.guider_utils.BaseGuidance``
+    (also ``gradwise.diffusion.AdaptiveGuidance``), built on first call; see :func:`adaptive_guidance`."""
+    guider_utils = require_diffusers("diffusers.guiders.guider_utils")
+    config_utils = require_diffusers("diffusers.configuration_utils")
+    return type("AdaptiveGuidance", (_AdaptiveGuidanceRule, guider_utils.BaseGuidance), {
+        "__init__": config_utils.register_to_config(_AdaptiveGuidanceRule.__init__),
+        "_output_type": guider_utils.GuiderOutput, "__module__": __name__, "__qualname__": "AdaptiveGuidance",
+        "__doc__": _AdaptiveGuidanceRule.__doc__})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AdaptiveGuidance":
+        return adaptive_guidance_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@register(kind="guidance", name="AG", paper=AG_PAPER, year=2023, arxiv="2312.12487", code=None,
+          summary="CFG until the cosine of the conditional and unconditional predictions reaches gamma_bar, "
+                  "then the conditional pass alone (fewer network evaluations)")
+def adaptive_guidance(guidance_scale: float = 7.5, *, gamma_bar: float, start: float = 0.0, stop: float = 1.0,
+                      enabled: bool = True) -> Any:
+    return adaptive_guidance_class()(guidance_scale, gamma_bar=gamma_bar, start=start, stop=stop, enabled=enabled)
+
+
+adaptive_guidance.__doc__ = ("An :class:`AdaptiveGuidance` guider (a diffusers guider, built on first use so that "
+                             "gradwise.diffusion imports without diffusers).\n" + _AdaptiveGuidanceRule.__doc__)

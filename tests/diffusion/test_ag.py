@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from gradwise.diffusion import AdaptiveGuidance, guided_prediction, guided_sample, prediction_cosine  # noqa: E402
+from gradwise.diffusion import AdaptiveGuidance, guided_prediction, guided_sample, prediction_cosine  # noqa: E402,F401
 
 from .guidance_cases import ScriptedModel, TinyEpsNet  # noqa: E402
 
