@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from gradwise._validate import check_real
-from gradwise.diffusion._diffusers import require_diffusers
+from gradwise.diffusion._diffusers import require_diffusers, subclass_with_config
 from gradwise.registry import register
 
 __all__ = ["adaptive_guidance", "adaptive_guidance_class", "prediction_cosine"]
@@ -122,17 +122,8 @@ def adaptive_guidance_class() -> type:
     """The guider class ``AdaptiveGuidance``, a subclass of ``diffusers.guiders.guider_utils.BaseGuidance``
     (also ``gradwise.diffusion.AdaptiveGuidance``), built on first call; see :func:`adaptive_guidance`."""
     guider_utils = require_diffusers("diffusers.guiders.guider_utils")
-    config_utils = require_diffusers("diffusers.configuration_utils")
-    return type("AdaptiveGuidance", (_AdaptiveGuidanceRule, guider_utils.BaseGuidance), {
-        "__init__": config_utils.register_to_config(_AdaptiveGuidanceRule.__init__),
-        "_output_type": guider_utils.GuiderOutput, "__module__": __name__, "__qualname__": "AdaptiveGuidance",
-        "__doc__": _AdaptiveGuidanceRule.__doc__})
-
-
-def __getattr__(name: str) -> Any:
-    if name == "AdaptiveGuidance":
-        return adaptive_guidance_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return subclass_with_config(_AdaptiveGuidanceRule, "AdaptiveGuidance", "diffusers.guiders.guider_utils",
+                                "BaseGuidance", "gradwise.diffusion", _output_type=guider_utils.GuiderOutput)
 
 
 @register(kind="guidance", name="AG", paper=AG_PAPER, year=2023, arxiv="2312.12487", code=None,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from gradwise._validate import check_int, check_positive
-from gradwise.diffusion._diffusers import require_diffusers
+from gradwise.diffusion._diffusers import subclass_with_config
 from gradwise.registry import register
 
 __all__ = ["dc_solver_scheduler", "dc_solver_class", "reference_trajectory"]
@@ -206,17 +206,8 @@ class _DCSolverRule:
 def dc_solver_class() -> type:
     """The scheduler class ``DCSolverScheduler``, a subclass of ``diffusers.UniPCMultistepScheduler`` (also
     ``gradwise.diffusion.DCSolverScheduler``), built on first call; see :func:`dc_solver_scheduler`."""
-    unipc = require_diffusers("diffusers.schedulers.scheduling_unipc_multistep")
-    config_utils = require_diffusers("diffusers.configuration_utils")
-    return type("DCSolverScheduler", (_DCSolverRule, unipc.UniPCMultistepScheduler), {
-        "__init__": config_utils.register_to_config(_DCSolverRule.__init__), "__module__": __name__,
-        "__qualname__": "DCSolverScheduler", "__doc__": _DCSolverRule.__doc__})
-
-
-def __getattr__(name: str) -> Any:
-    if name == "DCSolverScheduler":
-        return dc_solver_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return subclass_with_config(_DCSolverRule, "DCSolverScheduler", "diffusers.schedulers.scheduling_unipc_multistep",
+                                "UniPCMultistepScheduler", "gradwise.diffusion")
 
 
 @register(kind="sampler", name="DC-Solver", paper=DC_PAPER, year=2024, arxiv="2409.03755", code=DC_CODE,
