@@ -79,6 +79,8 @@ ALLOWED = {
     "unlearning": set(),
     "continual": {"metrics"},
     "diffusion": set(),
+    "rl": set(),
+    "bandits": set(),
 }
 
 
