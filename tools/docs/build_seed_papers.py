@@ -49,7 +49,7 @@ ARXIV: dict[int, str] = {
     248: "2412.11768", 165: "2505.24452", 24: "2302.02607", 251: "2403.17919", 144: "2311.05645",
     20: "2408.12300", 162: "2302.10429", 161: "2310.03156", 148: "2206.10189",
     110: "2506.18640", 168: "2212.12712", 211: "2310.12508", 224: "2201.05718", 225: "2304.12566",
-    206: "2302.12480",
+    206: "2302.12480", 149: "2106.09516",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
@@ -86,6 +86,11 @@ CORRECTIONS: dict[int, Correction] = {
              "checkpoints) and the claim is about LLM pretraining; no training component",
         reason="monitors need expert-routing pathways of pretrained MoE LLM checkpoints (7B OLMoE); "
                "not demonstrable on CPU"),
+    149: Correction(
+        "B", "issue 17 plans it (transductive_clustering): inference by Laplacian-regularized K-means of support "
+             "and query features, a test-time component any feature extractor can use, small enough for CPU; "
+             "the authors' code (imtiazziko/SLK-few-shot) runs on numpy",
+        component="transductive few-shot inference: Laplacian-regularized K-means of support and query"),
     255: Correction(
         "C", "PSO fine-tunes an existing timestep-distilled diffusion model (e.g. SDXL-Turbo class); "
              "there is nothing to fine-tune without one",
