@@ -119,8 +119,8 @@ def test_claim_verdict_says_shown_or_not_shown():
     assert "not run" in cs.claim_verdict([])
 
 
-def test_not_yet_methods_are_listed_and_not_runnable():
-    assert set(cs.NOT_YET) == {"TAME"} and not set(cs.NOT_YET) & set(cs.METHODS)
+def test_issue_17_continual_methods_are_all_runnable():
+    assert not cs.NOT_YET and {"finetune", "ER", "EWC", "PRD", "IBCL", "TAME"} <= set(cs.METHODS)
 
 
 def test_ibcl_learner_measures_zero_shot_against_trained_per_preference():
@@ -153,3 +153,19 @@ def test_ibcl_verdict_says_shown_or_not_shown():
     assert "NOT SHOWN" in cs.ibcl_verdict(_ibcl_summary(-0.01, 0.02))    # interval reaches below -2 points
     assert "NOT SHOWN" in cs.ibcl_verdict(_ibcl_summary(0.05, math.nan))  # one seed: no interval
     assert "not run" in cs.ibcl_verdict([dict(method="ER")])
+
+
+def test_tame_boundary_scores_and_verdict():
+    from types import SimpleNamespace
+    cfg = dataclasses.replace(cs.Config(), steps_per_task=100)
+    fake = SimpleNamespace(model=SimpleNamespace(boundaries=[0, 100, 205, 300], experts=[0] * 5))
+    got = cs.boundary_scores(fake, cfg)  # true: 100, 200, 300, 400; 0 is spurious, 205 within 10 of 200
+    assert got["boundary_precision"] == 0.75 and got["boundary_recall"] == 0.75 and got["n_experts"] == 5
+    none = cs.boundary_scores(SimpleNamespace(model=SimpleNamespace(boundaries=[], experts=[0])), cfg)
+    assert none["boundary_precision"] == 0.0 and none["boundary_recall"] == 0.0
+    assert math.isnan(cs.boundary_scores(SimpleNamespace(model=torch.nn.Linear(1, 1)), cfg)["boundary_recall"])
+    row = dict(method="TAME", boundary_precision_mean=1.0, boundary_precision_ci=0.0, boundary_recall_mean=0.95,
+               boundary_recall_ci=0.1, n_experts_mean=5.0)
+    assert "SHOWN" in cs.tame_verdict([row]) and "NOT" not in cs.tame_verdict([row])
+    assert "NOT SHOWN" in cs.tame_verdict([{**row, "boundary_recall_mean": 0.5}])
+    assert "not run" in cs.tame_verdict([])

@@ -51,7 +51,7 @@ ARXIV: dict[int, str] = {
     110: "2506.18640", 168: "2212.12712", 211: "2310.12508", 224: "2201.05718", 225: "2304.12566",
     206: "2302.12480", 233: "2208.08661", 226: "2309.17230", 243: "2110.04065",
     106: "2112.04137", 189: "2310.14189", 167: "2502.01441",
-    223: "2410.02416", 239: "2312.12487", 83: "2409.03755",
+    223: "2410.02416", 239: "2312.12487", 83: "2409.03755", 149: "2106.09516",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
@@ -92,6 +92,11 @@ CORRECTIONS: dict[int, Correction] = {
              "checkpoints) and the claim is about LLM pretraining; no training component",
         reason="monitors need expert-routing pathways of pretrained MoE LLM checkpoints (7B OLMoE); "
                "not demonstrable on CPU"),
+    149: Correction(
+        "B", "issue 17 plans it (transductive_clustering): inference by Laplacian-regularized K-means of support "
+             "and query features, a test-time component any feature extractor can use, small enough for CPU; "
+             "the authors' code (imtiazziko/SLK-few-shot) runs on numpy",
+        component="transductive few-shot inference: Laplacian-regularized K-means of support and query"),
     255: Correction(
         "C", "PSO fine-tunes an existing timestep-distilled diffusion model (e.g. SDXL-Turbo class); "
              "there is nothing to fine-tune without one",
@@ -104,10 +109,6 @@ CORRECTIONS: dict[int, Correction] = {
     83: Correction(
         "B", _TOY18 + " (the sampler runs on that teacher; diffusers' UniPC is the base)",
         component="DC-Solver dynamic compensation for the UniPC predictor-corrector sampler"),
-    149: Correction(
-        "B", "issue 17 plans it: the regularized transductive clustering is a few-shot inference objective that runs "
-            "on features of any classifier, demonstrable on digits",
-        component="transductive few-shot clustering"),
     154: Correction(
         "B", _TOY18 + " (one-step distillation of that teacher)"),
     155: Correction(
