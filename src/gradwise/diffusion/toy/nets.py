@@ -75,7 +75,7 @@ class ToyConv8x8(nn.Module):
     (initialised to zero). Stays at 8x8 resolution: the images are small enough for 3x3 receptive fields to
     cover them after a few blocks."""
 
-    def __init__(self, num_classes: int = 10, channels: int = 48, blocks: int = 3):
+    def __init__(self, num_classes: int = 10, channels: int = 32, blocks: int = 2):
         super().__init__()
         self.num_classes = check_int("num_classes", num_classes, 0)
         check_int("channels", channels, 8)
