@@ -52,10 +52,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=TEACHER_FILE)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=sorted(TEACHERS), action="append",
+                        help="retrain only these teachers, keeping the others of --out (each teacher's training "
+                             "is independent of the others', so the file is the same as a full run's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cache = {"torch": torch.__version__}
-    for name in TEACHERS:
+    names = args.only or list(TEACHERS)
+    cache = torch.load(args.out, weights_only=True) if args.only else {}
+    cache["torch"] = str(torch.__version__)
+    for name in names:
         start = time.perf_counter()
         model = train_teacher(name, seed=args.seed)
         seconds = time.perf_counter() - start

@@ -47,7 +47,7 @@ def test_mixture_teacher_samples_the_unequal_mixture(one_thread):
     x = edm_sample(teacher, torch.randn(1000, 2, generator=g), steps=18)
     centers = mixture_2d_centers(8, 2.0)
     assert mode_recall(x, centers, MIXTURE_TEACHER_WEIGHTS, 0.25).item() == 1.0
-    assert energy_distance(x, data).item() < 0.02
+    assert energy_distance(x, data).item() < 0.01  # 0.0038 made; data vs data of this size: ~0.001
     labels = torch.arange(400) % 8  # class-conditional: every sample lands on its mode
     xc = edm_sample(teacher, torch.randn(400, 2, generator=g), steps=18, class_labels=labels)
     assert (torch.cdist(xc, centers).argmin(1) == labels).double().mean() > 0.98
@@ -61,8 +61,13 @@ def test_digits_teacher_samples_recognisable_digits(clf, one_thread):
     with torch.no_grad():
         acc = (clf(x).argmax(1) == labels).double().mean().item()
     data, _ = digits_8x8("test")
-    assert acc >= 0.85
-    assert feature_frechet(clf, x, data[:200]).item() < 5 * feature_frechet(clf, data[200:400], data[:200]).item() + 1
+    assert acc >= 0.8  # 0.855 made
+    # 9.3 made; two halves of the test split: 7.8 (200 samples per side bias the distance up)
+    assert feature_frechet(clf, x, data[:200]).item() < 1.5 * feature_frechet(clf, data[200:400], data[:200]).item()
+    guided = edm_sample(teacher, torch.randn(100, 1, 8, 8, generator=g), steps=18, class_labels=labels[:100],
+                        guidance_scale=2.0)
+    with torch.no_grad():
+        assert (clf(guided).argmax(1) == labels[:100]).double().mean().item() >= 0.95  # CFG sharpens
 
 
 def test_loader_bad_name_and_missing_file(tmp_path):

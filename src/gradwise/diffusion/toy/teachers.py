@@ -27,18 +27,20 @@ __all__ = ["TEACHERS", "MIXTURE_TEACHER_WEIGHTS", "TEACHER_FILE", "build_teacher
 MIXTURE_TEACHER_WEIGHTS = (0.30, 0.20, 0.15, 0.10, 0.10, 0.07, 0.05, 0.03)
 
 # name -> architecture, denoiser and training recipe (denoisers: train_denoiser phases, each a fresh Adam
-# with its own learning rate and seed + phase index; label dropout 0.1 throughout). sigma_data is the data's
+# with its own learning rate and seed + phase index). Label dropout: 0.5 for the mixture, whose unconditional
+# samples (the null label) are what the one-step study distils; 0.2 for the digits (conditional sampling and
+# CFG). sigma_data is the data's
 # standard deviation per coordinate, measured: 1.3 for the mixture (radius 2, weights above), 0.75 for the
 # digits in [-1, 1].
 TEACHERS = {
     "mixture": {"net": {"dim": 2, "num_classes": 8, "width": 128, "depth": 3}, "sigma_data": 1.3,
                 "data": {"n": 20000, "modes": 8, "weights": MIXTURE_TEACHER_WEIGHTS, "radius": 2.0, "std": 0.05},
-                "train": [{"steps": 4000, "lr": 2e-3, "batch_size": 512},
-                          {"steps": 2000, "lr": 3e-4, "batch_size": 512}]},
+                "train": [{"steps": 4000, "lr": 2e-3, "batch_size": 512, "label_dropout": 0.5},
+                          {"steps": 2000, "lr": 3e-4, "batch_size": 512, "label_dropout": 0.5}]},
     "digits": {"net": {"num_classes": 10, "channels": 32, "blocks": 2}, "sigma_data": 0.75,
                "data": {"split": "train"},
-               "train": [{"steps": 1200, "lr": 2e-3, "batch_size": 128},
-                         {"steps": 300, "lr": 3e-4, "batch_size": 128}]},
+               "train": [{"steps": 2400, "lr": 3e-3, "batch_size": 64, "label_dropout": 0.2},
+                         {"steps": 600, "lr": 3e-4, "batch_size": 64, "label_dropout": 0.2}]},
     "classifier": {"net": {"channels": 32, "feature_dim": 64}, "data": {"split": "train"},
                    "train": {"epochs": 60}},
 }
