@@ -144,3 +144,13 @@ def test_labels_for_an_unconditional_net_and_bad_arguments_raise():
         EDMDenoiser(lambda x: x)
     with pytest.raises(ValueError, match="x"):
         ToyMLP(3)(torch.zeros(2, 2), torch.zeros(2))
+
+
+def test_nets_check_their_input():
+    with pytest.raises(ValueError, match="x"):
+        ToyConv8x8(channels=8, blocks=1)(torch.zeros(2, 1, 7, 7), torch.zeros(2))
+    with pytest.raises(ValueError, match="class_labels"):
+        ToyMLP(2)(torch.zeros(2, 2), torch.zeros(2), torch.zeros(2, dtype=torch.long))
+    for bad in ({"dim": 0}, {"dim": 2, "width": 0}, {"dim": 2, "depth": 0}, {"dim": 2, "num_classes": -1}):
+        with pytest.raises(ValueError, match=next(k for k, v in bad.items() if v in (0, -1))):
+            ToyMLP(**bad)

@@ -104,3 +104,12 @@ def test_edm_sigmas_match_diffusers_karras_schedule():
 def test_guidance_needs_labels():
     with pytest.raises(ValueError, match="guidance_scale"):
         edm_sample(GaussianDenoiser(0.5), torch.zeros(2, 2), guidance_scale=3.0)
+
+
+def test_unconditional_mlp_trains_without_labels(one_thread):
+    torch.manual_seed(0)
+    den = EDMDenoiser(ToyMLP(2, width=16, depth=1), sigma_data=1.3)
+    x, _ = mixture_2d(64, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(train_denoiser(den, x, steps=2, batch_size=8)).all()
+    with pytest.raises(ValueError, match="y"):
+        train_denoiser(den, x, torch.zeros(64, dtype=torch.long), steps=1)
