@@ -157,15 +157,14 @@ def test_ibcl_verdict_says_shown_or_not_shown():
 
 def test_tame_boundary_scores_and_verdict():
     from types import SimpleNamespace
-    cfg = dataclasses.replace(cs.Config(), steps_per_task=100)
     fake = SimpleNamespace(model=SimpleNamespace(boundaries=[0, 100, 205, 300], experts=[0] * 5))
-    got = cs.boundary_scores(fake, cfg)  # true: 100, 200, 300, 400; 0 is spurious, 205 within 10 of 200
+    got = cs.boundary_scores(fake, 100, 5)  # true: 100, 200, 300, 400; 0 is spurious, 205 within 10 of 200
     assert got["boundary_precision"] == 0.75 and got["boundary_recall"] == 0.75 and got["n_experts"] == 5
-    none = cs.boundary_scores(SimpleNamespace(model=SimpleNamespace(boundaries=[], experts=[0])), cfg)
+    none = cs.boundary_scores(SimpleNamespace(model=SimpleNamespace(boundaries=[], experts=[0])), 100, 5)
     assert none["boundary_precision"] == 0.0 and none["boundary_recall"] == 0.0
-    assert math.isnan(cs.boundary_scores(SimpleNamespace(model=torch.nn.Linear(1, 1)), cfg)["boundary_recall"])
+    assert math.isnan(cs.boundary_scores(SimpleNamespace(model=torch.nn.Linear(1, 1)), 100, 5)["boundary_recall"])
     row = dict(method="TAME", boundary_precision_mean=1.0, boundary_precision_ci=0.0, boundary_recall_mean=0.95,
                boundary_recall_ci=0.1, n_experts_mean=5.0)
-    assert "SHOWN" in cs.tame_verdict([row]) and "NOT" not in cs.tame_verdict([row])
-    assert "NOT SHOWN" in cs.tame_verdict([{**row, "boundary_recall_mean": 0.5}])
-    assert "not run" in cs.tame_verdict([])
+    assert "SHOWN" in cs.tame_verdict([row], 5) and "NOT" not in cs.tame_verdict([row], 5)
+    assert "NOT SHOWN" in cs.tame_verdict([{**row, "boundary_recall_mean": 0.5}], 5)
+    assert "not run" in cs.tame_verdict([], 5)

@@ -78,6 +78,7 @@ from pathlib import Path
 from typing import Any
 
 from gradwise.arena.stats import CI_NOTE, RANK_NOTE, fmt_ci
+from gradwise.arena.continual_tame import boundary_scores, tame_verdict
 from gradwise.arena.study import Column, Run, Selection, Study, ci_column, option, register_study
 
 __all__ = ["HELP", "Config", "METHODS", "NOT_YET", "STUDY", "Learner", "split_digits", "train_one",
@@ -273,35 +274,6 @@ class _PRD(Learner):
         self.old_prototypes = copy.deepcopy(self.prototypes).requires_grad_(False)
 
 
-class _TAME(Learner):
-    """TAME (Zhu et al., arXiv:2210.03869) as :class:`gradwise.continual.TAME`: one expert (the study's MLP with
-    the authors' sigmoid output) per detected task, each trained by the authors' optimizer (SGD, lr 0.1,
-    momentum 0.9, weight decay 5e-4, not the study's ``lr``), window :data:`TAME_WINDOW`, their threshold 3 and
-    smoothing 0.2; it never sees the task index. Prediction: the active expert (the selector network is not
-    built)."""
-
-    def __init__(self, cfg, num_features, num_classes, gen) -> None:
-        import torch
-        from torch import nn
-
-        from gradwise.arena.tasks import mlp
-        from gradwise.continual import TAME
-
-        self.cfg, self.gen, self.num_classes = cfg, gen, num_classes
-        self.model = TAME(lambda: nn.Sequential(mlp(num_features, num_classes, cfg.hidden), nn.Sigmoid()),
-                          lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4),
-                          window=TAME_WINDOW)
-        self.predict = self._active_expert
-
-    def _active_expert(self, model, x):
-        import torch
-
-        return model(x) if len(model.experts) else torch.zeros(x.shape[0], self.num_classes)
-
-    def step(self, x, y, task: int) -> None:
-        self.model.step(x, y)
-
-
 LearnerFactory = Callable[[Config, int, int, Any], Learner]
 # The methods, in the leaderboard's default order: a new method is one entry here.
 def _ibcl(cfg: Config, num_features: int, num_classes: int, gen) -> Any:
@@ -310,47 +282,16 @@ def _ibcl(cfg: Config, num_features: int, num_classes: int, gen) -> Any:
     return IBCLLearner(cfg, num_features, num_classes, gen)
 
 
+def _tame(cfg: Config, num_features: int, num_classes: int, gen) -> Any:
+    from gradwise.arena.continual_tame import TAMELearner
+
+    return TAMELearner(cfg, num_features, num_classes, gen)
+
+
 METHODS: dict[str, LearnerFactory] = {"finetune": Learner, "ER": _Replay, "EWC": _EWC, "PRD": _PRD, "IBCL": _ibcl,
-                                      "TAME": _TAME}
+                                      "TAME": _tame}
 # issue 17's continual methods not in gradwise yet (none left): one METHODS entry each once they are
 NOT_YET: dict[str, str] = {}
-# TAME: the loss window (the authors' split-MNIST value; their CIFAR runs use 100, more than a task's 100 steps
-# here), how many steps after a true task boundary a detected one may come to count, and the claim's bar
-TAME_WINDOW = 35
-TAME_TOLERANCE = 10
-TAME_SHOWN = 0.9
-
-
-def boundary_scores(learner: Learner, cfg: Config) -> dict[str, float]:
-    """TAME's detected task boundaries (steps at which its training expert changed) against the true ones
-    (``k * steps_per_task``, k = 1..4): a detection within :data:`TAME_TOLERANCE` steps at or after a true
-    boundary matches it (each boundary once). Precision: matched detections / detections (0 with none);
-    recall: matched boundaries / 4. NaN for the other methods."""
-    detected = getattr(learner.model, "boundaries", None)
-    if detected is None:
-        return dict(boundary_precision=float("nan"), boundary_recall=float("nan"), n_experts=float("nan"),
-                    tame_boundaries=[])
-    true = [k * cfg.steps_per_task for k in range(1, N_TASKS)]
-    matched = {b for b in true if any(b <= d < b + TAME_TOLERANCE for d in detected)}
-    hits = sum(any(b <= d < b + TAME_TOLERANCE for b in true) for d in detected)
-    return dict(boundary_precision=hits / len(detected) if detected else 0.0, boundary_recall=len(matched) / len(true),
-                n_experts=float(len(learner.model.experts)), tame_boundaries=list(detected))
-
-
-def tame_verdict(summary: list[dict[str, Any]]) -> str:
-    """TAME's claim: the loss-shift detector finds the task boundaries (precision and recall of the detected
-    boundaries, mean over seeds, both at least :data:`TAME_SHOWN`)."""
-    row = next((s for s in summary if s["method"] == "TAME"), None)
-    if row is None:
-        return "TAME boundary claim: TAME not run"
-    p, r = row["boundary_precision_mean"], row["boundary_recall_mean"]
-    shown = p >= TAME_SHOWN and r >= TAME_SHOWN
-    return (f"TAME boundary claim: precision {fmt_ci(p, row['boundary_precision_ci'] or 0.0, 2)}, recall "
-            f"{fmt_ci(r, row['boundary_recall_ci'] or 0.0, 2)} of the detected task boundaries (within "
-            f"{TAME_TOLERANCE} steps), {row['n_experts_mean']:.1f} experts for {N_TASKS} tasks: "
-            f"{'SHOWN' if shown else 'NOT SHOWN'} (shown: both >= {TAME_SHOWN:g})")
-
-
 # ---------------------------------------------------------------------------------------------------- runs
 def split_digits(cfg: Any = None, methods: tuple[str, ...] = ()) -> dict[str, Any]:
     """The digits task cut into 5 class-incremental tasks (classes in order 0-1, ..., 8-9): training and test
@@ -399,7 +340,8 @@ def train_one(task: dict[str, Any], cfg: Config, method: str, seed: int) -> dict
                 lca=float(ev.lca(cfg.lca_beta)), stability_gap=m["stability_gap"],
                 hidden_dip=boundary_min - m["avg_min_acc"], final_minus_min=m["final_avg_acc"] - m["avg_min_acc"],
                 boundary_acc=acc[:, idx].T.tolist(), wall_s=wall,
-                curve_steps=ev.steps.tolist(), task1_curve=acc[0].tolist(), **extra, **boundary_scores(learner, cfg))
+                curve_steps=ev.steps.tolist(), task1_curve=acc[0].tolist(), **extra,
+                **boundary_scores(learner, cfg.steps_per_task, N_TASKS))
 
 
 def claim_verdict(summary: list[dict[str, Any]], method: str = "ER") -> str:
@@ -470,7 +412,7 @@ def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
             f"evaluations), mean over tasks; LCA{c.lca_beta}: A-GEM's learning curve area; stab. gap: accuracy "
             f"at the end of a task minus its minimum during the next, mean over tasks 1-{N_TASKS - 1}; "
             f"{claim_verdict(summary)}; IBCL: the zero-shot model of the uniform preference over the tasks seen; "
-            f"{ibcl_verdict(summary)}; {tame_verdict(summary)}; not yet in gradwise: {', '.join(NOT_YET) or 'none'}; "
+            f"{ibcl_verdict(summary)}; {tame_verdict(summary, N_TASKS)}; not yet in gradwise: {', '.join(NOT_YET) or 'none'}; "
             f"{CI_NOTE}; {RANK_NOTE} "
             f"(ranked on final ACC)")
 
@@ -523,7 +465,7 @@ STUDY = register_study(Study(
     csv_skip=("boundary_acc", "curve_steps", "task1_curve", "prefs", "pref_zero_shot_each", "pref_trained_each",
               "tame_boundaries", *IBCL_KEYS),
     json_extra=lambda run, summary: {"not_yet": dict(NOT_YET), "claim": claim_verdict(summary),
-                                     "ibcl_claim": ibcl_verdict(summary), "tame_claim": tame_verdict(summary)},
+                                     "ibcl_claim": ibcl_verdict(summary), "tame_claim": tame_verdict(summary, N_TASKS)},
     write_files=_write_plot, outputs=("task1_accuracy.png",),
     smoke=("--seeds", "1", "--steps-per-task", "3", "--batch-size", "8", "--eval-every", "2"),
 ))
