@@ -41,6 +41,7 @@ import torch
 
 from gradwise._validate import check_int, check_positive, check_real
 from gradwise.registry import register
+from gradwise.unlearning._common import describe
 
 __all__ = ["margins", "klom"]
 
@@ -53,13 +54,13 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The authors' margin ``z_y − logsumexp_{k≠y} z_k`` of every point: ``logits`` ``(..., n, C)``
     (one or more models), ``labels`` ``(n,)``; returns ``(..., n)``."""
     if not isinstance(logits, torch.Tensor) or logits.dim() < 2 or logits.shape[-1] < 2:
-        raise ValueError(f"Invalid logits: {_describe(logits)} (accepted: a tensor (..., n, C) with C >= 2)")
+        raise ValueError(f"Invalid logits: {describe(logits)} (accepted: a tensor (..., n, C) with C >= 2)")
     if not logits.is_floating_point():
         raise ValueError(f"Invalid logits: dtype {logits.dtype} (accepted: a floating-point tensor)")
     n, c = logits.shape[-2], logits.shape[-1]
     if (not isinstance(labels, torch.Tensor) or labels.shape != (n,) or labels.is_floating_point()
             or labels.dtype == torch.bool):
-        raise ValueError(f"Invalid labels: {_describe(labels)} (accepted: an integer tensor of shape ({n},))")
+        raise ValueError(f"Invalid labels: {describe(labels)} (accepted: an integer tensor of shape ({n},))")
     if n and (int(labels.min()) < 0 or int(labels.max()) >= c):
         raise ValueError(f"Invalid labels: values outside [0, {c - 1}] (accepted: class indices of the logits)")
     one_hot = torch.nn.functional.one_hot(labels.to(logits.device), c).bool().expand_as(logits)
@@ -67,15 +68,10 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return correct - logits.masked_fill(one_hot, float("-inf")).logsumexp(-1)
 
 
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}"
-    return type(value).__name__
-
 
 def _as_margins(name: str, value, labels) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() not in (2, 3):
-        raise ValueError(f"Invalid {name}: {_describe(value)} (accepted: floating-point margins (models, points), "
+        raise ValueError(f"Invalid {name}: {describe(value)} (accepted: floating-point margins (models, points), "
                          "or logits (models, points, classes) with labels)")
     if value.dim() == 3:
         if labels is None:
