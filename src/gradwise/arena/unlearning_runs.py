@@ -91,8 +91,9 @@ def ensemble(x: Any, y: Any, idx: Any, num_classes: int, cfg: Any, seeds: list[i
 
 def datamodel(x: Any, y: Any, num_classes: int, cfg: Any, seed: int) -> Any:
     """DMM's datamodel weights ``(n, n, C)``: ``cfg.dm_models`` MLPs on random halves of the training set
-    (seeded by ``seed``), their logits on every training point regressed on the subset masks by
-    :func:`gradwise.unlearning.fit_datamodels` (ridge ``cfg.dm_ridge``)."""
+    (seeded by ``seed``), their logits on every training point against the subset masks by
+    :func:`gradwise.unlearning.fit_datamodels` (difference of means: with a few dozen models the ridge weights
+    are shrunk to nothing, see the study's docstring)."""
     import torch
 
     from gradwise.unlearning import fit_datamodels, subset_masks
@@ -104,7 +105,7 @@ def datamodel(x: Any, y: Any, num_classes: int, cfg: Any, seed: int) -> Any:
     params = train_stacked(x, y, subsets, num_classes, cfg, seeds)
     with torch.no_grad():
         logits = stacked_logits(params, x)  # (K, n, C)
-    return fit_datamodels(masks, logits, ridge=cfg.dm_ridge)[0]
+    return fit_datamodels(masks, logits, estimator="difference")[0]
 
 
 def klom_scores(unlearned: list[Any], retrained: list[Any], x_forget: Any, y_forget: Any, x_test: Any,

@@ -17,14 +17,21 @@ the subset's indicator ``1_S``::
 
     o_m ≈ b + Σ_j w_j 1[j ∈ S_m]        (w_j: the effect of training on point j)
 
-fitted here by ridge regression on the centred indicators, ``W = M_cᵀ (M_c M_cᵀ + λ I)⁻¹ O_c`` (the dual
-form: ``N`` is far below ``n``). The authors estimate theirs with regression on many more models
-(datamodels) or TRAK; this plain ridge estimator is the departure that makes ~100-200 tiny retrains
-enough, and ``λ`` (``ridge``) is its one knob.
+fitted here either by ridge regression on the centred indicators (``estimator="ridge"``,
+``W = M_cᵀ (M_c M_cᵀ + λ I)⁻¹ O_c``, the dual form: ``N`` is far below ``n``) or, per point separately, by
+the difference of means (``estimator="difference"``: ``w_j = mean(o | j ∈ S) − mean(o | j ∉ S)``, the
+least-squares slope of ``o`` on the one indicator ``1[j ∈ S]``). The authors estimate theirs with
+regression on far more models (datamodels) or TRAK; these two plain estimators are the departure that
+lets a few dozen tiny retrains serve. With ``N ≪ n`` the ridge weights are shrunk towards 0 and the
+difference weights are unbiased but noisy; summed over a forget set the noise of the off-diagonal
+weights dominates, which is why the authors' ``diagonal_only`` option (below) matters here.
 
 **Prediction** (:func:`predict_retrain_outputs`, the authors' ``DatamodelWrappedModel``)::
 
     ô_i = o_i(θ_full) − multiplier · Σ_{j ∈ F} w_{j,i}
+
+with ``diagonal_only=True`` (the authors' ``dm_direct`` option) only the point's own weight is kept:
+``ô_i = o_i − multiplier · w_{i,i}`` for ``i ∈ F``, and the other points' outputs are left as they are.
 
 **Matching** (:func:`datamodel_matching`, the authors' ``dm_matching`` + ``finetune``): the fine-tuning
 set is the forget set repeated ``forget_multiplier`` times (the fraction part: its first points) followed
@@ -71,8 +78,11 @@ def subset_masks(n_train: int, num_models: int, *, alpha: float = 0.5,
     return masks
 
 
-def fit_datamodels(masks: torch.Tensor, outputs: torch.Tensor, *, ridge: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linear datamodels ``o ≈ b + 1_Sᵀ W`` by ridge regression (float64): ``masks`` ``(N, n)`` (bool or 0/1:
+def fit_datamodels(masks: torch.Tensor, outputs: torch.Tensor, *, estimator: str = "ridge",
+                   ridge: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear datamodels ``o ≈ b + 1_Sᵀ W`` (float64), by ridge regression (``estimator="ridge"``, penalty
+    ``ridge``) or per-point difference of means (``"difference"``; every point must be in and out of some
+    subset): ``masks`` ``(N, n)`` (bool or 0/1:
     which training points each of ``N`` models saw), ``outputs`` ``(N, *shape)`` (what each model output,
     e.g. logits ``(N, points, classes)``). Returns ``(weights (n, *shape), bias (*shape))``; ``weights[j]``
     is the predicted effect on every output of training on point ``j``."""
@@ -87,21 +97,30 @@ def fit_datamodels(masks: torch.Tensor, outputs: torch.Tensor, *, ridge: float =
                          f"dimension is the {masks.shape[0]} models of masks)")
     if not bool(torch.isfinite(outputs).all()):
         raise ValueError("Invalid outputs: non-finite values (accepted: finite model outputs)")
+    check_choice("estimator", estimator, ("ridge", "difference"))
     lam = check_nonneg("ridge", ridge)
     m = masks.to(torch.float64)
     y = outputs.detach().to(torch.float64).reshape(len(m), -1)
-    mc, yc = m - m.mean(0), y - y.mean(0)
-    gram = mc @ mc.T + lam * torch.eye(len(m), dtype=torch.float64)
-    weights = mc.T @ torch.linalg.lstsq(gram, yc).solution  # lstsq: the min-norm answer when lam = 0
+    if estimator == "ridge":
+        mc, yc = m - m.mean(0), y - y.mean(0)
+        gram = mc @ mc.T + lam * torch.eye(len(m), dtype=torch.float64)
+        weights = mc.T @ torch.linalg.lstsq(gram, yc).solution  # lstsq: the min-norm answer when lam = 0
+    else:
+        inside = m.sum(0)
+        if bool(((inside == 0) | (inside == len(m))).any()):
+            raise ValueError("Invalid masks: a point is in every subset or in none (accepted, with estimator="
+                             "'difference': every point both in and out of some subset)")
+        weights = (m.T @ y) / inside[:, None] - ((1 - m).T @ y) / (len(m) - inside)[:, None]
     bias = y.mean(0) - m.mean(0) @ weights
     return weights.reshape(m.shape[1], *outputs.shape[1:]), bias.reshape(outputs.shape[1:])
 
 
 def predict_retrain_outputs(original_outputs: torch.Tensor, weights: torch.Tensor, forget_idx: torch.Tensor, *,
-                            multiplier: float = 1.0) -> torch.Tensor:
+                            multiplier: float = 1.0, diagonal_only: bool = False) -> torch.Tensor:
     """The datamodels' prediction of the outputs after retraining without ``forget_idx``:
     ``original_outputs − multiplier · weights[forget_idx].sum(0)`` (the authors' ``DatamodelWrappedModel``),
-    in the dtype of ``original_outputs``."""
+    in the dtype of ``original_outputs``. ``diagonal_only``: only each forget point's own weight
+    ``weights[i, i]`` (the outputs must then be indexed by the training points, as ``weights[:, :n]``)."""
     if not isinstance(original_outputs, torch.Tensor) or not original_outputs.is_floating_point():
         raise ValueError(f"Invalid original_outputs: {describe(original_outputs)} (accepted: a floating-point tensor)")
     if not isinstance(weights, torch.Tensor) or tuple(weights.shape[1:]) != tuple(original_outputs.shape):
@@ -109,7 +128,15 @@ def predict_retrain_outputs(original_outputs: torch.Tensor, weights: torch.Tenso
                          f"*{tuple(original_outputs.shape)}) as fit_datamodels returns)")
     idx = _check_index("forget_idx", forget_idx, weights.shape[0])
     check_real("multiplier", multiplier)
-    shift = weights[idx].to(torch.float64).sum(0)
+    check_bool("diagonal_only", diagonal_only)
+    if diagonal_only:
+        if int(idx.max()) >= original_outputs.shape[0]:
+            raise ValueError(f"Invalid forget_idx: indices past the {original_outputs.shape[0]} outputs (accepted, "
+                             "with diagonal_only: outputs indexed by the training points)")
+        shift = torch.zeros(original_outputs.shape, dtype=torch.float64)
+        shift[idx] = weights[idx, idx].to(torch.float64)
+    else:
+        shift = weights[idx].to(torch.float64).sum(0)
     return (original_outputs.detach().to(torch.float64) - multiplier * shift.to(original_outputs.device)).to(
         original_outputs.dtype)
 
