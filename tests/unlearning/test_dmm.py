@@ -29,6 +29,9 @@ def test_ridge_without_penalty_recovers_exact_linear_outputs_and_difference_a_si
     one = masks[:, :1]
     d_w, d_b = fit_datamodels(one, 2.0 + 3.0 * one.double(), estimator="difference")
     assert float(d_w) == pytest.approx(3.0, abs=1e-12) and float(d_b) == pytest.approx(2.0, abs=1e-12)
+    always = fit_datamodels(torch.tensor([[1, 1], [0, 1]], dtype=torch.bool), torch.tensor([[1.0], [5.0]]),
+                            estimator="difference")[0]
+    assert always.flatten().tolist() == [-4.0, 0.0]  # point 1 is in every subset: no evidence, weight 0
 
 
 def test_prediction_subtracts_the_forget_weights_or_only_each_own():
@@ -108,8 +111,6 @@ def test_bad_datamodel_input_names_the_argument():
         fit_datamodels(masks, torch.zeros(2, 2))
     with pytest.raises(ValueError, match="Invalid estimator"):
         fit_datamodels(masks, torch.zeros(3, 2), estimator="lasso")
-    with pytest.raises(ValueError, match="Invalid masks"):  # point 1 is in no... point always in for 'difference'
-        fit_datamodels(torch.tensor([[1, 1], [0, 1]], dtype=torch.bool), torch.zeros(2, 1), estimator="difference")
     with pytest.raises(ValueError, match="Invalid weights"):
         predict_retrain_outputs(torch.zeros(4, 2), torch.zeros(4, 3, 2), torch.tensor([0]))
     with pytest.raises(ValueError, match="Invalid alpha"):

@@ -81,8 +81,8 @@ def subset_masks(n_train: int, num_models: int, *, alpha: float = 0.5,
 def fit_datamodels(masks: torch.Tensor, outputs: torch.Tensor, *, estimator: str = "ridge",
                    ridge: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear datamodels ``o ≈ b + 1_Sᵀ W`` (float64), by ridge regression (``estimator="ridge"``, penalty
-    ``ridge``) or per-point difference of means (``"difference"``; every point must be in and out of some
-    subset): ``masks`` ``(N, n)`` (bool or 0/1:
+    ``ridge``) or per-point difference of means (``"difference"``; a point that is in every subset or in none
+    gets weight 0): ``masks`` ``(N, n)`` (bool or 0/1:
     which training points each of ``N`` models saw), ``outputs`` ``(N, *shape)`` (what each model output,
     e.g. logits ``(N, points, classes)``). Returns ``(weights (n, *shape), bias (*shape))``; ``weights[j]``
     is the predicted effect on every output of training on point ``j``."""
@@ -106,11 +106,9 @@ def fit_datamodels(masks: torch.Tensor, outputs: torch.Tensor, *, estimator: str
         gram = mc @ mc.T + lam * torch.eye(len(m), dtype=torch.float64)
         weights = mc.T @ torch.linalg.lstsq(gram, yc).solution  # lstsq: the min-norm answer when lam = 0
     else:
-        inside = m.sum(0)
-        if bool(((inside == 0) | (inside == len(m))).any()):
-            raise ValueError("Invalid masks: a point is in every subset or in none (accepted, with estimator="
-                             "'difference': every point both in and out of some subset)")
-        weights = (m.T @ y) / inside[:, None] - ((1 - m).T @ y) / (len(m) - inside)[:, None]
+        inside = m.sum(0)[:, None]
+        weights = (m.T @ y) / inside.clamp_min(1) - ((1 - m).T @ y) / (len(m) - inside).clamp_min(1)
+        weights[((inside == 0) | (inside == len(m))).flatten()] = 0.0  # never or always in: no evidence, no effect
     bias = y.mean(0) - m.mean(0) @ weights
     return weights.reshape(m.shape[1], *outputs.shape[1:]), bias.reshape(outputs.shape[1:])
 
