@@ -49,7 +49,7 @@ ARXIV: dict[int, str] = {
     248: "2412.11768", 165: "2505.24452", 24: "2302.02607", 251: "2403.17919", 144: "2311.05645",
     20: "2408.12300", 162: "2302.10429", 161: "2310.03156", 148: "2206.10189",
     110: "2506.18640", 168: "2212.12712", 211: "2310.12508", 224: "2201.05718", 225: "2304.12566",
-    206: "2302.12480",
+    206: "2302.12480", 155: "2410.23232",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
@@ -86,6 +86,11 @@ CORRECTIONS: dict[int, Correction] = {
              "checkpoints) and the claim is about LLM pretraining; no training component",
         reason="monitors need expert-routing pathways of pretrained MoE LLM checkpoints (7B OLMoE); "
                "not demonstrable on CPU"),
+    155: Correction(
+        "B", "the datamodels need many retrained models, but on digits with a small MLP a few dozen retrains "
+             "trained at once (batched) cost about a minute per seed; DMM and its KLoM measure are in issue 17's "
+             "unlearning study",
+        component="DMM datamodel matching (datamodel-predicted retrain outputs, fine-tune to match) and KLoM"),
     255: Correction(
         "C", "PSO fine-tunes an existing timestep-distilled diffusion model (e.g. SDXL-Turbo class); "
              "there is nothing to fine-tune without one",
@@ -114,7 +119,6 @@ REASONS: dict[int, str] = {
     111: "convergence analysis of federated adversarial training; no new component",
     125: "needs a pretrained DINO teacher and ImageNet-scale DiT training",
     152: "data-scaling recipe (one epoch on more data); nothing to implement",
-    155: "needs costly datamodels (many retrained models) for data attribution",
     177: "needs a pretrained ViT for prompt tuning; not demonstrable on CPU",
     181: "bag of FSCIL tricks not specified in the abstract",
     190: "quantization supernet with genetic mixed-precision search; architecture search",
