@@ -1,5 +1,6 @@
 """The unlearning study's pieces at a tiny size: the loss-threshold MIA against a brute-force search, the forget
-splits, each method of the table on a small job, one seed of the study and its claim verdicts. (Its smallest
+splits, each method of the table (DMM included) on a small job, one seed of the study with its KLoM columns and
+its claim verdicts. (Its smallest
 command line runs in tests/arena/test_studies.py.)"""
 import copy
 import json
@@ -65,7 +66,8 @@ def tiny():
 
 def _job(tiny, seed=0):
     x, y, cfg, model, forget, retain = tiny
-    return us.UnlearnJob(copy.deepcopy(model), x, y, forget, retain, 4, cfg, torch.Generator().manual_seed(seed))
+    dm = torch.randn(120, 120, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # DMM's weights
+    return us.UnlearnJob(copy.deepcopy(model), x, y, forget, retain, 4, cfg, torch.Generator().manual_seed(seed), dm)
 
 
 def test_every_method_of_the_table_changes_the_model_as_it_should(tiny):
@@ -88,7 +90,13 @@ def test_every_method_of_the_table_changes_the_model_as_it_should(tiny):
     a, b = _job(tiny, seed=5), _job(tiny, seed=5)  # a method's run is seeded by its generator
     us.METHODS["RL"](a), us.METHODS["RL"](b)
     assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
-    assert set(us.NOT_YET) == {"DMM"} and "DMM" not in us.METHODS
+    assert us.NOT_YET == {} and "DMM" in us.METHODS and "DMM" not in us.CHEAP
+    assert moved["DMM"] == n  # Adam moves every weight
+    dmm = _job(tiny)
+    target = model(x).detach()[forget] - dmm.datamodel[forget, forget].float()  # each forget point's own effect
+    us.METHODS["DMM"](dmm)
+    gap = lambda m: float(((m(x[forget]).detach() - target) ** 2).mean())  # noqa: E731
+    assert gap(dmm.model) < gap(model)  # the matching moves the forget outputs towards the prediction
 
 
 def _one_seed(cfg, methods=us.CHEAP):
@@ -98,10 +106,13 @@ def _one_seed(cfg, methods=us.CHEAP):
 
 
 def test_one_seed_of_the_class_scenario():
-    cfg = us.Config(forget_class=3, epochs=2, unlearn_epochs=1)
-    out = _one_seed(cfg, ("RL",))
+    cfg = us.Config(forget_class=3, epochs=2, unlearn_epochs=1, dm_models=2, klom_models=2)
+    out = _one_seed(cfg, ("RL", "DMM"))
     rows = {r["method"]: r for r in out}
-    assert list(rows) == ["original", "retrain", "RL"]
+    assert list(rows) == ["original", "retrain", "RL", "DMM"]
+    assert math.isnan(rows["retrain"]["klom_forget"]) and rows["DMM"]["dm_s"] > 0 == rows["RL"]["dm_s"]
+    for name in ("original", "RL", "DMM"):
+        assert rows[name]["klom_forget"] >= 0.0 and rows[name]["klom_test"] >= 0.0
     assert rows["retrain"]["avg_gap"] == 0.0 and rows["retrain"]["forget_acc"] < 5.0  # never saw a 3
     assert rows["original"]["forget_acc"] > 50.0 and rows["original"]["avg_gap"] > 10.0
     for r in rows.values():
@@ -109,13 +120,17 @@ def test_one_seed_of_the_class_scenario():
         assert all(0.0 <= r[k] <= 100.0 for k in us.METRICS)
         gap = sum(abs(r[k] - rows["retrain"][k]) for k in us.METRICS) / 4
         assert r["avg_gap"] == pytest.approx(gap)
-    summary = us._summarize(Run(cfg=cfg, task=None, methods=("RL",), seeds=(0,)), out)
-    assert [(s["method"], s["rank"]) for s in summary] == [("retrain", None), ("original", None), ("RL", 1)]
+    summary = us._summarize(Run(cfg=cfg, task=None, methods=("RL", "DMM"), seeds=(0,)), out)
+    assert [(s["method"], s["rank"]) for s in summary][:2] == [("retrain", None), ("original", None)]
+    assert {s["method"] for s in summary[2:]} == {"RL", "DMM"}
 
 
-def _summary(gaps):
+def _summary(gaps, kloms=None):
+    kloms = kloms or {}
+    fields = lambda m: {f"klom_{k}_{s}": v for k in ("forget", "test")  # noqa: E731
+                        for s, v in zip(("mean", "ci"), kloms.get(m, (5.0, 1.0)))}
     return [{"method": "retrain", "rank": None, "avg_gap_mean": 0.0, "avg_gap_ci": 0.0}] + [
-        {"method": m, "rank": 1, "avg_gap_mean": g, "avg_gap_ci": h} for m, (g, h) in gaps.items()]
+        {"method": m, "rank": 1, "avg_gap_mean": g, "avg_gap_ci": h, **fields(m)} for m, (g, h) in gaps.items()]
 
 
 def test_claim_verdicts_say_shown_tied_or_not_shown():
@@ -123,12 +138,17 @@ def test_claim_verdicts_say_shown_tied_or_not_shown():
     claim = "SalUn has the smallest gap to retrain among the cheap methods"
     v = us.claim_verdicts(run, _summary({"SalUn": (1.0, 0.5), "FT": (3.0, 0.5)}))
     assert v[claim] == "shown (SalUn has the smallest avg gap, its interval clear of FT)"
-    assert v["DMM has the lowest KLoM"].startswith("not tested")
+    assert v["DMM has the lowest KLoM"].startswith("not tested")  # DMM not run
+    dmm = "DMM has the lowest KLoM"
+    v = us.claim_verdicts(run, _summary({"DMM": (2.0, 0.1), "FT": (1.0, 0.1)}, {"DMM": (1.0, 0.2), "FT": (4.0, 0.2)}))
+    assert v[dmm].startswith("shown (DMM has the smallest KLoM on the forget set, its interval clear of FT)")
+    v = us.claim_verdicts(run, _summary({"DMM": (2.0, 0.1), "FT": (1.0, 0.1)}, {"DMM": (3.0, 2.0), "FT": (4.0, 2.0)}))
+    assert v[dmm].startswith("not shown (tied with FT")
     v = us.claim_verdicts(run, _summary({"FT": (1.0, 1.0), "SalUn": (2.0, 1.0), "GA": (9.0, 1.0)}))
     assert v[claim] == "not shown (tied with FT: intervals overlap; smallest mean: FT)"
     v = us.claim_verdicts(run, _summary({"GA": (1.0, 0.1), "SalUn": (2.0, 0.1)}))
-    assert v[claim] == "not shown (SalUn ranks 2 of the cheap methods; smallest gap: GA)"
-    # a method outside the cheap ones (DMM, when in) does not enter this claim
+    assert v[claim] == "not shown (SalUn ranks 2 of 2; smallest avg gap: GA)"
+    # a method outside the cheap ones (DMM) does not enter this claim
     v = us.claim_verdicts(run, _summary({"DMM": (0.1, 0.01), "SalUn": (1.0, 0.1), "FT": (3.0, 0.1)}))
     assert v[claim].startswith("shown")
     assert us.claim_verdicts(run, _summary({"SalUn": (1.0, 0.1)}))[claim].startswith("not tested")
@@ -139,10 +159,10 @@ def test_cli_reports_the_claims_and_what_is_not_yet_in(tmp_path, capsys):
     from gradwise.cli import main
 
     out = tmp_path / "run"
-    assert main(["arena", "unlearning", "--seeds", "1", "--epochs", "2", "--unlearn-epochs", "1", "--methods",
-                 "SalUn,GA", "--out", str(out)]) == 0
+    assert main(["arena", "unlearning", "--seeds", "1", "--epochs", "2", "--unlearn-epochs", "1", "--klom-models", "2",
+                 "--methods", "SalUn,GA", "--out", str(out)]) == 0
     doc = json.loads((out / "results.json").read_text())
     assert [s["method"] for s in doc["summary"]][:2] == ["retrain", "original"]
     assert {s["method"] for s in doc["summary"] if s["rank"] is not None} == {"SalUn", "GA"}
-    assert "DMM" in doc["not_yet"] and len(doc["claims"]) == 2
-    assert "DMM" in capsys.readouterr().out
+    assert doc["not_yet"] == {} and len(doc["claims"]) == 2
+    assert "DMM has the lowest KLoM" in capsys.readouterr().out

@@ -52,6 +52,7 @@ ARXIV: dict[int, str] = {
     206: "2302.12480", 233: "2208.08661", 226: "2309.17230", 243: "2110.04065",
     106: "2112.04137", 189: "2310.14189", 167: "2502.01441",
     223: "2410.02416", 239: "2312.12487", 83: "2409.03755", 149: "2106.09516",
+    155: "2410.23232",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
@@ -97,6 +98,11 @@ CORRECTIONS: dict[int, Correction] = {
              "and query features, a test-time component any feature extractor can use, small enough for CPU; "
              "the authors' code (imtiazziko/SLK-few-shot) runs on numpy",
         component="transductive few-shot inference: Laplacian-regularized K-means of support and query"),
+    155: Correction(
+        "B", "the datamodels need many retrained models, but on digits with a small MLP a few dozen retrains "
+             "trained at once (batched) cost about a minute per seed; DMM and its KLoM measure are in issue 17's "
+             "unlearning study",
+        component="DMM datamodel matching (datamodel-predicted retrain outputs, fine-tune to match) and KLoM"),
     255: Correction(
         "C", "PSO fine-tunes an existing timestep-distilled diffusion model (e.g. SDXL-Turbo class); "
              "there is nothing to fine-tune without one",
@@ -111,8 +117,6 @@ CORRECTIONS: dict[int, Correction] = {
         component="DC-Solver dynamic compensation for the UniPC predictor-corrector sampler"),
     154: Correction(
         "B", _TOY18 + " (one-step distillation of that teacher)"),
-    155: Correction(
-        "B", "issue 17 plans it: datamodels of a small MLP on digits need only ~200 tiny retrains, which fit on a CPU"),
     167: Correction(
         "B", _TOY18 + " (consistency training from scratch)",
         component="sLCT Cauchy loss, OT coupling, scaling-c and early-step diffusion loss for consistency training"),

@@ -30,10 +30,26 @@ the smallest τ on ties; MIA is the fraction of forget samples with ``loss <= τ
 SalUn paper's) is the mean over these four of ``|method - retrain|`` in points, per seed against that
 seed's retrain, then mean and interval over seeds. Also: wall time of the unlearning (retrain: its training).
 
-Methods are the entries of :data:`METHODS` (name -> factory of one unlearning run). **DMM** (datamodel
-matching, "Attribute-to-Delete: Machine Unlearning via Datamodel Matching", seed 155) and its KLoM measure are
-**not yet in** (``gradwise.unlearning`` has no DMM yet): they are listed in :data:`NOT_YET` and named in the
-report; when DMM lands it is one more entry of :data:`METHODS`.
+* **DMM** -- datamodel matching (:func:`gradwise.unlearning.datamodel_matching`, "Attribute-to-Delete: Machine
+  Unlearning via Datamodel Matching", seed 155): per seed, ``dm_models`` MLPs of the same recipe are trained on
+  random halves of the training set and :func:`gradwise.unlearning.fit_datamodels` (difference of means) gives
+  each training point's effect on the logits of every point; the retrained model's logits on a forget point
+  are predicted as the model's own minus that point's effect on itself (the authors' ``diagonal_only``; a probe
+  on seed 0 with 64 models: the ridge weights, any penalty 0-100, predicted margins uncorrelated with the
+  retrains' (r = -0.06), the full difference-of-means sum overshot (r = 0.07), the diagonal alone followed
+  them (r = 0.88, a mean drop of 0.58 against the retrains' 0.80)), and the model is fine-tuned (the authors' Adam,
+  MSE to the predicted logits, the forget set and 3x as many retain points, ``unlearn_epochs`` epochs, in
+  minibatches of ``batch_size`` instead of their 512) to output them. ``dm_lr`` is 5e-3, not their 5e-4: on seed 0
+  their rate left the model where it was in both scenarios (45 Adam steps), 5e-3 moved it towards the prediction. The datamodels are built once per seed (their time is the row's ``dm_s``, not in
+  s/run) and serve every unlearning run of that seed.
+
+**KLoM** (the same paper's KL divergence of margins, :func:`gradwise.unlearning.klom`, the authors' 20-bin
+histogram): per seed, ``klom_models`` originals and as many retrains are trained (batched, from the same
+initializations pairwise), every method unlearns each original, and per point the margins of the unlearned models
+are compared with those of the retrains; **KLoM forget** and **KLoM test** are the means over the forget points and
+over the test points (lower is better; the original's row is doing nothing; retrain has none).
+
+Methods are the entries of :data:`METHODS` (name -> factory of one unlearning run).
 """
 from __future__ import annotations
 
@@ -45,18 +61,18 @@ from pathlib import Path
 from typing import Any
 
 from gradwise.arena.noisy_labels_study import digits_task
-from gradwise.arena.stats import CI_NOTE, RANK_NOTE, mean_ci_fields, rank_summaries
+from gradwise.arena.stats import CI_NOTE, RANK_NOTE, fmt_ci, mean_ci_fields, rank_summaries
 from gradwise.arena.study import Column, Run, Selection, Study, ci_column, option, register_study
 
 __all__ = ["HELP", "Config", "METHODS", "NOT_YET", "CHEAP", "STUDY", "UnlearnJob", "forget_split",
            "loss_threshold_mia", "train_model", "evaluate"]
 
 HELP = ("machine unlearning on digits (forget 10% random or one class): retrain oracle vs FT, gradient ascent, "
-        "random labels, SalUn; forget/retain/test acc, loss-threshold MIA, avg gap to retrain (DMM not yet in)")
+        "random labels, SalUn, DMM; forget/retain/test acc, loss-threshold MIA, avg gap to retrain, KLoM")
 
 ORACLE, ORIGINAL = "retrain", "original"
 METRICS = ("forget_acc", "retain_acc", "test_acc", "mia")
-NOT_YET = {"DMM": "datamodel matching (seed 155) and its KLoM measure: not yet in gradwise.unlearning"}
+NOT_YET: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,10 @@ class Config:
     ga_lr: float = option(0.01, "SGD learning rate of gradient ascent (constant)", at_least=1e-6)
     salun_ratio: float = option(0.5, "SalUn: fraction of the weights in the saliency mask (1 would be RL)",
                                 at_least=1e-3, below=1.0)
+    dm_models: int = option(32, "DMM: models trained on random halves of the training set for the datamodels",
+                            at_least=2)
+    dm_lr: float = option(5e-3, "DMM: Adam learning rate of the matching (the authors' default: 5e-4)", at_least=1e-8)
+    klom_models: int = option(8, "KLoM: originals and retrains per seed whose margins are compared", at_least=2)
     batch_size: int = option(64, "minibatch size", at_least=1)
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -93,6 +113,7 @@ class UnlearnJob:
     num_classes: int
     cfg: Config
     generator: Any
+    datamodel: Any = None  # DMM's datamodel weights (n, n, C), built once per seed
 
     def batches(self, idx: Any) -> "_Shuffled":
         return _Shuffled(self.x, self.y, idx, self.cfg.batch_size, self.generator)
@@ -151,14 +172,28 @@ def _salun(job: UnlearnJob) -> None:
     _random_labels(job, mask)
 
 
-# name -> one unlearning run on job.model (in place); DMM will be one more entry here
+def _dmm(job: UnlearnJob) -> None:
+    import torch
+
+    from gradwise.unlearning import datamodel_matching, predict_retrain_outputs
+
+    with torch.no_grad():
+        own = job.model.eval()(job.x)
+    target = predict_retrain_outputs(own, job.datamodel, job.forget_idx, diagonal_only=True)
+    datamodel_matching(job.model, job.forget_idx, target, job.x, retain_idx=job.retain_idx,
+                       epochs=job.cfg.unlearn_epochs, lr=job.cfg.dm_lr, batch_size=job.cfg.batch_size,
+                       generator=job.generator)
+
+
+# name -> one unlearning run on job.model (in place)
 METHODS: dict[str, Callable[[UnlearnJob], None]] = {
     "FT": _fine_tune,
     "GA": _gradient_ascent,
     "RL": _random_labels,
     "SalUn": _salun,
+    "DMM": _dmm,
 }
-CHEAP = ("FT", "GA", "RL", "SalUn")  # the methods SalUn's claim compares (DMM, when in, is not one of them)
+CHEAP = ("FT", "GA", "RL", "SalUn")  # the methods SalUn's claim compares (DMM needs its datamodels: not cheap)
 
 
 def forget_split(y: Any, cfg: Config, seed: int) -> tuple[Any, Any]:
@@ -264,8 +299,11 @@ def _run_seed(run: Run, seed: int) -> list[dict[str, Any]]:
     """The seed's original and retrain models, then every selected method on a copy of the original; each row
     with its gap to this seed's retrain."""
     import copy
+    from functools import partial
 
     import torch
+
+    from gradwise.arena.unlearning_runs import datamodel, ensemble, klom_scores
 
     cfg, task = run.cfg, run.task
     forget, retain = forget_split(task.y_train, cfg, seed)
@@ -273,62 +311,90 @@ def _run_seed(run: Run, seed: int) -> list[dict[str, Any]]:
     base = dict(seed=seed, n_forget=len(forget), n_retain=len(retain))
     rows = []
     models = {}
-    for name, idx in ((ORIGINAL, torch.arange(len(task.y_train))), (ORACLE, retain)):
+    x, y, n = task.x_train, task.y_train, len(task.y_train)
+    for name, idx in ((ORIGINAL, torch.arange(n)), (ORACLE, retain)):
         t0 = time.perf_counter()
-        models[name] = train_model(task.x_train, task.y_train, idx, task.num_classes, cfg, seed)
-        rows.append(dict(method=name, **base, wall_s=time.perf_counter() - t0,
+        models[name] = train_model(x, y, idx, task.num_classes, cfg, seed)
+        rows.append(dict(method=name, **base, wall_s=time.perf_counter() - t0, dm_s=0.0,
                          **_measure(models[name], task, forget, retain, test_keep)))
-    for i, name in enumerate(run.methods):
-        model = copy.deepcopy(models[ORIGINAL])
-        job = UnlearnJob(model, task.x_train, task.y_train, forget, retain, task.num_classes, cfg,
-                         torch.Generator().manual_seed(40_000 + 100 * seed + i))
+    # KLoM's ensembles (batched; pair k of originals and retrains shares its initialization)
+    ens_seeds = [1_000 * (seed + 1) + k for k in range(cfg.klom_models)]
+    originals = ensemble(x, y, torch.arange(n), task.num_classes, cfg, ens_seeds)
+    retrains = ensemble(x, y, retain, task.num_classes, cfg, ens_seeds)
+    scores = partial(klom_scores, retrained=retrains, x_forget=x[forget], y_forget=y[forget],
+                     x_test=task.x_eval[test_keep], y_test=task.y_eval[test_keep])
+    rows[0].update(scores(originals))
+    rows[1].update(klom_forget=math.nan, klom_test=math.nan)
+    dm, dm_s = None, 0.0
+    if "DMM" in run.methods:
         t0 = time.perf_counter()
-        METHODS[name](job)
-        rows.append(dict(method=name, **base, wall_s=time.perf_counter() - t0,
-                         **_measure(model, task, forget, retain, test_keep)))
+        dm = datamodel(x, y, task.num_classes, cfg, seed)
+        dm_s = time.perf_counter() - t0
+    for i, name in enumerate(run.methods):
+        def unlearn(original: Any, k: int) -> tuple[Any, float]:
+            model = copy.deepcopy(original)
+            job = UnlearnJob(model, x, y, forget, retain, task.num_classes, cfg,
+                             torch.Generator().manual_seed(40_000 + 100 * seed + i + 10_000 * k), dm)
+            t0 = time.perf_counter()
+            METHODS[name](job)
+            return model, time.perf_counter() - t0
+
+        model, wall = unlearn(models[ORIGINAL], 0)
+        rows.append(dict(method=name, **base, wall_s=wall, dm_s=dm_s if name == "DMM" else 0.0,
+                         **_measure(model, task, forget, retain, test_keep),
+                         **scores([unlearn(m, k + 1)[0] for k, m in enumerate(originals)])))
     oracle = rows[1]
     for r in rows:
         r["avg_gap"] = sum(abs(r[k] - oracle[k]) for k in METRICS) / len(METRICS)
     return rows
 
 
-KEYS = (*METRICS, "avg_gap", "wall_s")
+KEYS = (*METRICS, "avg_gap", "klom_forget", "klom_test", "wall_s", "dm_s")
 
 
 def _summarize(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Retrain and the original first, unranked; the methods ranked on the average gap (lower first)."""
     def one(name: str) -> dict[str, Any]:
         mine = [r for r in rows if r["method"] == name]
+        if name == ORACLE:  # no KLoM against itself
+            nan = {f"{k}_{s}": math.nan for k in ("klom_forget", "klom_test") for s in ("mean", "std", "ci")}
+            return {"method": name, "runs": len(mine), **mean_ci_fields(mine, [k for k in KEYS if "klom" not in k]),
+                    **nan}
         return {"method": name, "runs": len(mine), **mean_ci_fields(mine, KEYS)}
 
     refs = [{**one(name), "rank": None, "tied": False} for name in (ORACLE, ORIGINAL)]
     return refs + rank_summaries([one(m) for m in run.methods], "avg_gap", higher_is_better=False)
 
 
-def claim_verdicts(run: Run, summary: list[dict[str, Any]]) -> dict[str, str]:
-    """The issue's two claims, in words: SalUn's gap against the other cheap methods run (ranked among those
-    only, ties where the intervals overlap), and DMM (not yet in)."""
+def _lowest(summary: list[dict[str, Any]], names: tuple[str, ...], key: str, who: str, what: str) -> str:
+    """Whether ``who`` has the lowest mean ``key`` among the ranked methods in ``names`` that ran, its interval
+    clear of every other's (ties where the intervals overlap), in words."""
     from gradwise.arena.stats import tie_ranks
 
-    cheap = [s for s in summary if s.get("rank") is not None and s["method"] in CHEAP]
-    names = [s["method"] for s in cheap]
-    if "SalUn" not in names or len(names) < 2:
-        salun = "not tested (needs SalUn and another cheap method)"
-    else:
-        ranks = dict(zip(names, tie_ranks([s["avg_gap_mean"] for s in cheap], [s["avg_gap_ci"] for s in cheap],
-                                          higher_is_better=False)))
-        best = min(cheap, key=lambda s: s["avg_gap_mean"])["method"]
-        mine = ranks["SalUn"]
-        if mine.rank == 1 and not mine.tied:
-            others = ", ".join(n for n in names if n != "SalUn")
-            salun = f"shown (SalUn has the smallest avg gap, its interval clear of {others})"
-        elif mine.rank == 1:
-            tied = ", ".join(n for n in names if n != "SalUn" and ranks[n].rank == 1)
-            salun = f"not shown (tied with {tied}: intervals overlap; smallest mean: {best})"
-        else:
-            salun = f"not shown (SalUn ranks {mine.rank} of the cheap methods; smallest gap: {best})"
-    return {"SalUn has the smallest gap to retrain among the cheap methods": salun,
-            "DMM has the lowest KLoM": "not tested: DMM and KLoM are not yet in"}
+    group = [s for s in summary if s.get("rank") is not None and s["method"] in names]
+    ran = [s["method"] for s in group]
+    if who not in ran or len(ran) < 2:
+        return f"not tested (needs {who} and another method)"
+    ranks = dict(zip(ran, tie_ranks([s[key + "_mean"] for s in group], [s[key + "_ci"] for s in group],
+                                    higher_is_better=False)))
+    best = min(group, key=lambda s: s[key + "_mean"])["method"]
+    mine = ranks[who]
+    if mine.rank == 1 and not mine.tied:
+        return f"shown ({who} has the smallest {what}, its interval clear of {', '.join(n for n in ran if n != who)})"
+    if mine.rank == 1:
+        tied = ", ".join(n for n in ran if n != who and ranks[n].rank == 1)
+        return f"not shown (tied with {tied}: intervals overlap; smallest mean: {best})"
+    return f"not shown ({who} ranks {mine.rank} of {len(ran)}; smallest {what}: {best})"
+
+
+def claim_verdicts(run: Run, summary: list[dict[str, Any]]) -> dict[str, str]:
+    """The issue's two claims, in words: SalUn's avg gap against the other cheap methods run, and DMM's KLoM on
+    the forget set against every other method run (each ranked among those only, ties where the intervals
+    overlap)."""
+    return {"SalUn has the smallest gap to retrain among the cheap methods":
+            _lowest(summary, CHEAP, "avg_gap", "SalUn", "avg gap"),
+            "DMM has the lowest KLoM": _lowest(summary, tuple(METHODS), "klom_forget", "DMM", "KLoM on the forget set")
+            + f" (on the test points: {_lowest(summary, tuple(METHODS), 'klom_test', 'DMM', 'KLoM')})"}
 
 
 def _title(run: Run, rows: list[dict[str, Any]]) -> str:
@@ -336,7 +402,8 @@ def _title(run: Run, rows: list[dict[str, Any]]) -> str:
     what = f"class {c.forget_class}" if c.forget_class >= 0 else f"a random {c.forget_fraction:.0%}"
     return (f"unlearning: digits, MLP {c.hidden}, forget {what} of the training set; original and retrain "
             f"{c.epochs} epochs (SGD lr {c.lr:g} cosine), methods {c.unlearn_epochs} epochs (lr {c.unlearn_lr:g}, "
-            f"GA {c.ga_lr:g}, SalUn mask {c.salun_ratio:g}), {c.seeds} seed(s)")
+            f"GA {c.ga_lr:g}, SalUn mask {c.salun_ratio:g}, DMM Adam {c.dm_lr:g} on {c.dm_models} datamodel runs), KLoM "
+            f"over {c.klom_models} models, {c.seeds} seed(s)")
 
 
 def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
@@ -345,9 +412,16 @@ def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
     return (f"ranked on avg gap (lower first): mean over forget, retain, test acc and MIA of |method - retrain| "
             f"(points), per seed; test acc on {test}; MIA: % of forget samples predicted member by a per-sample "
             f"loss threshold fitted (best balanced accuracy) to the losses of the retain set vs {test}; s/run: the "
-            f"unlearning's wall time (retrain, original: training); retrain (oracle) and original are not ranked; "
-            f"not yet in: {'; '.join(f'{k} ({v})' for k, v in NOT_YET.items())}; {CI_NOTE}; {RANK_NOTE}; "
-            f"{verdicts}")
+            f"unlearning's wall time (retrain, original: training; DMM without its datamodels, built once per seed "
+            f"in {_dm_time(summary)}); KLoM forget/test: mean over the forget/test points of the KL divergence of "
+            f"the margins of {run.cfg.klom_models} unlearned models from those of as many retrains (20 bins; lower "
+            f"is better; original: doing nothing); retrain (oracle) and original are not ranked; {CI_NOTE}; "
+            f"{RANK_NOTE}; {verdicts}")
+
+
+def _dm_time(summary: list[dict[str, Any]]) -> str:
+    dmm = [s for s in summary if s["method"] == "DMM"]
+    return f"{dmm[0]['dm_s_mean']:.1f} s" if dmm else "- (DMM not run)"
 
 
 def _plot(out: Path, run: Run, rows: list[dict[str, Any]], summary: list[dict[str, Any]], title: str) -> None:
@@ -361,14 +435,16 @@ def _plot(out: Path, run: Run, rows: list[dict[str, Any]], summary: list[dict[st
 
     names = [s["method"] for s in summary]
     labels = {"forget_acc": "forget acc (%)", "retain_acc": "retain acc (%)", "test_acc": "test acc (%)",
-              "mia": "MIA: forget predicted member (%)", "avg_gap": "avg gap to retrain (points)"}
-    fig, axes = plt.subplots(1, len(labels), figsize=(18, 4))
+              "mia": "MIA: forget predicted member (%)", "avg_gap": "avg gap to retrain (points)",
+              "klom_forget": "KLoM on the forget set (retrain: none)"}
+    fig, axes = plt.subplots(1, len(labels), figsize=(21, 4))
     for ax, (key, label) in zip(axes, labels.items()):
-        means = [s[key + "_mean"] for s in summary]
+        means = [s[key + "_mean"] if math.isfinite(s[key + "_mean"]) else 0.0 for s in summary]  # retrain's KLoM
         halves = [s[key + "_ci"] if math.isfinite(s[key + "_ci"]) else 0.0 for s in summary]  # one seed: none
         ax.bar(range(len(names)), means, yerr=halves, capsize=3,
                color=["0.6" if s.get("rank") is None else f"C{i}" for i, s in enumerate(summary)])
-        ax.axhline(summary[0][key + "_mean"], color="k", lw=0.8, ls="--")
+        if math.isfinite(summary[0][key + "_mean"]):
+            ax.axhline(summary[0][key + "_mean"], color="k", lw=0.8, ls="--")
         ax.set_xticks(range(len(names)), names, rotation=45, fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
@@ -376,6 +452,13 @@ def _plot(out: Path, run: Run, rows: list[dict[str, Any]], summary: list[dict[st
     fig.tight_layout()
     fig.savefig(out / "unlearning.png", dpi=110)
     plt.close(fig)
+
+
+def _klom_column(label: str, key: str) -> Column:
+    """KLoM's mean ± interval; a dash for retrain (compared with itself it has none)."""
+    from gradwise.arena.stats import DASH
+
+    return Column(label, lambda s: DASH if s["method"] == ORACLE else fmt_ci(s[key + "_mean"], s[key + "_ci"], 2))
 
 
 def _methods_cell(s: dict[str, Any]) -> str:
@@ -388,10 +471,11 @@ STUDY = register_study(Study(
     setup=_setup, run_seed=_run_seed, summarize=_summarize, title=_title, notes=_notes,
     columns=(Column("method", _methods_cell, "left"), ci_column("forget acc", "forget_acc", 1),
              ci_column("retain acc", "retain_acc", 1), ci_column("test acc", "test_acc", 1),
-             ci_column("MIA", "mia", 1), ci_column("avg gap", "avg_gap", 2),
-             Column("s/run", lambda s: f"{s['wall_s_mean']:.2f}")),
-    csv_fields=("method", "seed", "n_forget", "n_retain", *METRICS, "mia_threshold", "avg_gap", "wall_s"),
+             ci_column("MIA", "mia", 1), ci_column("avg gap", "avg_gap", 2), _klom_column("KLoM forget", "klom_forget"),
+             _klom_column("KLoM test", "klom_test"), Column("s/run", lambda s: f"{s['wall_s_mean']:.2f}")),
+    csv_fields=("method", "seed", "n_forget", "n_retain", *METRICS, "mia_threshold", "avg_gap", "klom_forget",
+                "klom_test", "wall_s", "dm_s"),
     json_extra=lambda run, summary: {"claims": claim_verdicts(run, summary), "not_yet": NOT_YET},
     write_files=_plot, outputs=("unlearning.png",),
-    smoke=("--seeds", "1", "--epochs", "2", "--unlearn-epochs", "1"),
+    smoke=("--seeds", "1", "--epochs", "2", "--unlearn-epochs", "1", "--dm-models", "4", "--klom-models", "2"),
 ))
