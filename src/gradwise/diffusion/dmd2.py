@@ -63,7 +63,7 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _sample_mean(t: Tensor) -> Tensor:
-    return t if t.ndim == 1 else t.flatten(1).mean(1)
+    return t if t.ndim == 1 else t.mean(1) if t.ndim == 2 else t.flatten(1).mean(1)
 
 
 @register(**_KW, summary="DMD2 distribution matching: 0.5 mean((x - sg[x - g])^2), g = (fake_x0 - real_x0) s / "
@@ -94,14 +94,14 @@ def dmd_loss(x: Tensor, pred_real_x0: Tensor, pred_fake_x0: Tensor, *, scale=Non
     with torch.no_grad():
         real = pred_real_x0.reshape(xf.shape)
         wd = _work_dtype(x.dtype)
-        norm = (xf.to(wd) - real.to(wd)).abs().mean(1, keepdim=True)
+        norm = (xf.to(wd) - real.to(wd)).abs_().mean(1, keepdim=True)
         if eps:
-            norm = norm + eps
-        w = norm.reciprocal()
+            norm += eps
+        w = norm.reciprocal_()
         if scale is not None:
-            w = w * per_sample("scale", scale, w)
-        target = xf - (pred_fake_x0.reshape(xf.shape) - real) * w.to(x.dtype)
-    return 0.5 * (xf - target).square().mean(1)
+            w *= per_sample("scale", scale, w)
+        target = (pred_fake_x0.reshape(xf.shape) - real).mul_(w.to(x.dtype)).neg_().add_(xf)  # x - g
+    return 0.5 * F.mse_loss(xf, target, reduction="none").mean(1)
 
 
 @register(**_KW, summary="DMD2 fake-score denoising loss (sigma^-2 + sigma_data^-2) mean((fake_x0 - sg[x])^2)")
@@ -126,7 +126,7 @@ def fake_score_loss(pred_x0: Tensor, x: Tensor, sigma, *, sigma_data: float = 0.
     pf = pred_x0.reshape(pred_x0.shape[0], -1)
     s = per_sample("sigma", sigma, pf)
     w = s.pow(-2) + 1.0 / (sd * sd)
-    return (w * (pf - x.detach().reshape(pf.shape)).square()).mean(1)
+    return (w * F.mse_loss(pf, x.detach().reshape(pf.shape), reduction="none")).mean(1)
 
 
 @register(**_KW, summary="DMD2 non-saturating GAN generator loss softplus(-fake_logits)")
