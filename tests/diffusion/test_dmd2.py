@@ -143,3 +143,23 @@ def test_registered_under_the_seed_title():
         rec = get(name)
         assert rec.paper == "Improved Distribution Matching Distillation for Fast Image Synthesis"
         assert rec.kind == "diffusion-objective" and rec.family == "diffusion" and rec.arxiv == "2405.14867"
+
+
+def test_dmd_moves_a_gaussian_generator_to_the_teacher():
+    # data N(2, 1), generator x = m + z; both x0-predictions are the exact Gaussian posterior means
+    torch.manual_seed(0)
+    m = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([m], lr=0.5)
+
+    def x0_hat(xt, mean, sigma):
+        return mean + (xt - mean) / (1 + sigma ** 2)
+
+    for _ in range(60):
+        x = m + torch.randn(256, 1)
+        sigma = torch.rand(256, 1) * 2 + 0.1
+        xt = x.detach() + sigma * torch.randn(256, 1)
+        loss = dmd_loss(x, x0_hat(xt, 2.0, sigma), x0_hat(xt, m.detach(), sigma), eps=1e-6).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert abs(m.item() - 2.0) < 0.1
