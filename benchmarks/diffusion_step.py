@@ -6,7 +6,8 @@
 One "step" of a loss is forward and backward on float32 tensors ``[batch, 1, side, side]`` (the input
 requires grad; its ``.grad`` is cleared untimed before each step): ``loss(x, y).sum().backward()``. Each
 gradwise loss is paired with the hand-written torch expression of its reference (diffusers' element-wise
-Pseudo-Huber, ECT's per-sample one, LCT's Cauchy lines, DDPO's DDIM log-prob, D3PO's loss lines). All
+Pseudo-Huber, ECT's per-sample one, LCT's Cauchy lines, DDPO's DDIM log-prob, D3PO's loss lines, DMD2's
+EDMGuidance losses, FastGen's VSD loss). All
 are timed interleaved in one process: after warm-up, each round runs every candidate ``--reps`` times in
 a freshly shuffled order; the median is reported with its ratio to its torch twin (the median over
 rounds of the per-round ratio of medians, steadier than the ratio of overall medians on a busy
@@ -32,7 +33,10 @@ OT_TARGET_MS = 20.0
 
 def _pairs(x, y, prev, a_t, a_prev, c):
     """name -> (gradwise step fn, torch step fn); each returns the loss to backpropagate."""
-    from gradwise.diffusion import cauchy_loss, ddim_step_logprob, pseudo_huber_loss
+    import torch.nn.functional as F
+
+    from gradwise.diffusion import (cauchy_loss, ddim_step_logprob, dmd_loss, fake_score_loss, gan_discriminator_loss,
+                                    gan_generator_loss, pseudo_huber_loss)
     from gradwise.preference import d3po_loss
 
     dims = tuple(range(1, x.ndim))
@@ -55,7 +59,38 @@ def _pairs(x, y, prev, a_t, a_prev, c):
         r1 = torch.clamp(torch.exp(lp[2] - lp[3]), 0.9, 1.1)
         return -torch.log(torch.sigmoid(0.1 * torch.log(r0) - 0.1 * torch.log(r1)))
 
+    sigma = a_t + 0.5
+    h = a_prev * 2
+    logit, logit2 = x.flatten(1)[:, :1], y.flatten(1)[:, :1]
+
+    def dmd2_torch():  # DMD2's compute_distribution_matching_loss, per sample
+        with torch.no_grad():
+            p_real, p_fake = x - y, x - prev
+            grad = torch.nan_to_num((p_real - p_fake) / p_real.abs().mean(dim=dims, keepdim=True))
+        return 0.5 * F.mse_loss(x, (x - grad).detach(), reduction="none").mean(dim=dims)
+
+    def vsd_torch():  # FastGen's variational_score_distillation_loss with additional_scale=h, per sample
+        with torch.no_grad():
+            w = 1 / ((x - y).abs().mean(dim=dims, keepdim=True) + 1e-6) * h.view(-1, *(1,) * (x.ndim - 1))
+            target = x - (prev - y) * w
+        return 0.5 * F.mse_loss(x, target, reduction="none").mean(dim=dims)
+
     return {
+        "dmd_loss (DMD2)": (
+            lambda: dmd_loss(x, y, prev),
+            dmd2_torch),
+        "dmd_loss (scale=h, eps=1e-6, FastGen VSD)": (
+            lambda: dmd_loss(x, y, prev, scale=h, eps=1e-6),
+            vsd_torch),
+        "fake_score_loss (DMD2)": (
+            lambda: fake_score_loss(x, y, sigma),
+            lambda: ((sigma.view(-1, *(1,) * (x.ndim - 1)) ** -2 + 1.0 / 0.5 ** 2) * (x - y) ** 2).mean(dim=dims)),
+        f"gan_generator_loss ([{B}, 1], DMD2)": (
+            lambda: gan_generator_loss(logit),
+            lambda: F.softplus(-logit).mean(dim=1)),
+        f"gan_discriminator_loss ([{B}, 1], DMD2)": (
+            lambda: gan_discriminator_loss(logit2, logit),
+            lambda: (F.softplus(logit) + F.softplus(-logit2)).mean(dim=1)),
         "pseudo_huber_loss (sum, ECT)": (
             lambda: pseudo_huber_loss(x, y, c=c),
             lambda: torch.sqrt(((x - y) ** 2).sum(dim=dims) + c ** 2) - c),

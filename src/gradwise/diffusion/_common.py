@@ -12,9 +12,10 @@ import math
 import torch
 from torch import Tensor
 
-from gradwise._validate import check_choice, check_positive
+from gradwise._validate import check_choice, check_positive, check_real
 
-__all__ = ["check_batch_tensor", "check_pair", "default_c", "squared_distance", "check_sigmas", "DISTANCES"]
+__all__ = ["check_batch_tensor", "check_pair", "default_c", "squared_distance", "check_sigmas", "per_sample",
+           "DISTANCES"]
 
 # How a per-element penalty becomes a per-sample distance: on the sum or the mean of the squared
 # differences over the non-batch dims, or kept per element.
@@ -68,3 +69,20 @@ def check_sigmas(sigmas, name: str = "sigmas") -> Tensor:
         raise ValueError(f"Invalid {name}: {sigmas.tolist()[:8]}... (accepted: noise levels > 0, strictly "
                          "increasing)")
     return sigmas
+
+
+def per_sample(name: str, value, like: Tensor, *, positive: bool = True) -> Tensor:
+    """``value`` (a number, a 0-d tensor, or a ``[B]`` or ``[B, 1, ...]`` tensor, B = ``like.shape[0]``) shaped to broadcast
+    against ``like`` ``[B, ...]``, in ``like``'s dtype and device. With ``positive``, values must be > 0:
+    checked for numbers and CPU tensors (no device sync; on an accelerator only types and shapes are)."""
+    if not torch.is_tensor(value):
+        value = check_positive(name, value) if positive else check_real(name, value)
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
+    if value.ndim > 1 and value.shape[0] == like.shape[0] and value.numel() == like.shape[0]:
+        value = value.reshape(-1)  # [B, 1, ..., 1], as the authors' per-sample sigmas
+    if not value.is_floating_point() or value.ndim > 1 or (value.ndim == 1 and value.shape[0] != like.shape[0]):
+        raise ValueError(f"Invalid {name}: {value.dtype} tensor of shape {tuple(value.shape)} (accepted: a number, "
+                         f"a 0-d tensor or a floating-point tensor [B] or [B, 1, ...] with B = {like.shape[0]})")
+    if positive and value.device.type == "cpu" and bool((value <= 0).any()):
+        raise ValueError(f"Invalid {name}: values <= 0 (accepted: values > 0)")
+    return value.reshape(value.shape + (1,) * (like.ndim - value.ndim)).to(device=like.device, dtype=like.dtype)
