@@ -1,11 +1,13 @@
 """AdjointDPM: the authors' torchdiffeq solver reproduced (float64, rel 1e-10, tests/data/adjoint_dpm_golden.pt);
 the discrete scheme equals autograd through the Euler sampler; memory flat in the number of steps; bad input."""
-import types
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from gradwise.diffusion import adjoint_sample_grad, karras_sigmas
 from gradwise.registry import get
@@ -82,8 +84,41 @@ def test_torchdiffeq_scheme_error_shrinks_with_steps():
     assert errs[1] < errs[0] / 2
 
 
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of live tensor storages created while active (each storage counted once, released when its
+    last reference dies): what the CPU allocator holds for the run, without the profiler's overhead."""
+
+    def __init__(self):
+        super().__init__()
+        self.cur = self.peak = 0
+        self.seen = {}
+
+    def _free(self, key, n):
+        self.seen.pop(key, None)
+        self.cur -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                if st._cdata not in self.seen:
+                    n = st.nbytes()
+                    self.seen[st._cdata] = n
+                    self.cur += n
+                    self.peak = max(self.peak, self.cur)
+                    weakref.finalize(st, self._free, st._cdata, n)
+        return out
+
+
 def peak_bytes(fn):
-    """Peak of live CPU tensor bytes during fn (torch profiler memory events, in time order)."""
+    with LiveBytes() as m:
+        fn()
+    return m.peak
+
+
+def profiler_peak_bytes(fn):
+    """Peak of live CPU tensor bytes during fn from the torch profiler's memory events, in time order."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     cur = best = 0
@@ -93,22 +128,28 @@ def peak_bytes(fn):
     return best
 
 
-def memory_ratio(lo, hi, width, batch, checkpoint="log"):
+def memory_ratio(lo, hi, width, batch, checkpoint="log", measure=peak_bytes):
     torch.manual_seed(0)
     den = Den(width)
     x_T = torch.randn(batch, 2) * 10
-    run = lambda n: peak_bytes(lambda: adjoint_sample_grad(den, x_T, karras_sigmas(n, sigma_max=10.0).flip(0).float(),
+    run = lambda n: measure(lambda: adjoint_sample_grad(den, x_T, karras_sigmas(n, sigma_max=10.0).flip(0).float(),
                                                            lambda x: x.square().mean(), checkpoint=checkpoint))
     return run(hi) / run(lo)
 
 
 def test_memory_flat_in_steps_fast():
-    assert memory_ratio(8, 64, width=256, batch=16) <= 1.3
+    assert memory_ratio(4, 32, width=16, batch=64) <= 1.3
+
+
+@pytest.mark.slow
+def test_stored_states_grow_with_steps():
+    assert memory_ratio(8, 64, width=16, batch=64, checkpoint="all") > 1.3
 
 
 @pytest.mark.slow
 def test_memory_at_200_steps_within_1_3x_of_20():
     assert memory_ratio(20, 200, width=512, batch=64) <= 1.3
+    assert memory_ratio(20, 200, width=512, batch=64, measure=profiler_peak_bytes) <= 1.3
 
 
 def test_registered_under_seed_title():

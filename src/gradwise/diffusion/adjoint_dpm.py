@@ -22,13 +22,24 @@ The gradients of :math:`L(x_N)` then come from the adjoint ODE integrated back u
     a_{k-1} = a_k + (\sigma_k - \sigma_{k-1})\, a_k^\top \partial_x f_\theta,\qquad
     g_\theta \mathrel{+}= (\sigma_k - \sigma_{k-1})\, a_k^\top \partial_\theta f_\theta,\qquad a_N = \nabla_{x_N} L,
 
-one vector-Jacobian product per step, so memory does not grow with the number of steps beyond the N + 1
-states (no graphs). ``scheme="torchdiffeq"`` (default) is the authors' setting exactly: torchdiffeq's adjoint
-takes each backward Euler step from the later grid point, evaluating the Jacobians at
-:math:`(x_k, \sigma_k)`, and restarts each interval from the forward state :math:`x_k` it stored (its
-``aug_state[1] = y[i - 1]``); this differs from back-propagating through the Euler sampler by
-:math:`O(\max_k|\sigma_k - \sigma_{k-1}|)`. ``scheme="discrete"`` evaluates them at
-:math:`(x_{k-1}, \sigma_{k-1})`, which is the exact gradient of the Euler sampler (step-wise recomputation).
+one vector-Jacobian product per step and no graph kept across steps. Two schemes:
+
+* ``scheme="discrete"`` (default) evaluates the Jacobians at :math:`(x_{k-1}, \sigma_{k-1})`: the exact
+  gradient of the Euler sampler (equal to autograd through it to float64 round-off at 100 steps,
+  ``tests/diffusion/test_adjoint_dpm.py``).
+* ``scheme="torchdiffeq"`` is the authors' setting exactly: torchdiffeq's adjoint takes each backward Euler
+  step from the later grid point, evaluating the Jacobians at :math:`(x_k, \sigma_k)`, restarting each
+  interval from the forward state :math:`x_k` (its ``aug_state[1] = y[i - 1]``); it reproduces their solver
+  to rel 1e-10 (``tests/data/adjoint_dpm_golden.pt``) but differs from back-propagating through the sampler
+  by :math:`O(\max_k|\sigma_k - \sigma_{k-1}|)`: on a 100-step Karras grid (0.002..80) with a small MLP
+  denoiser, 0.26 relative on the :math:`x_T` gradient and 0.07 on the weights, so it is not the default.
+
+The states the backward pass needs: ``checkpoint="log"`` (default) keeps :math:`O(\log N)` of them and
+recomputes the others by bisection (:math:`O(N \log N)` denoiser calls instead of N), so memory is flat in
+the number of steps; ``checkpoint="all"`` stores the N + 1 states (N + 1 calls, as torchdiffeq, which
+returns the whole solution). Live tensor bytes measured on the CPU (AMD EPYC, 2 shared cores; batch 64 of
+2-D points, MLP width 512, float32; 20 vs 200 steps): ``"log"`` 427 kB vs 430 kB (1.01x), ``"all"`` 434 kB vs
+527 kB (1.21x), autograd through the sampler 2.8 MB vs 26.7 MB (9.5x).
 
 Returns a dict: ``loss`` (detached), ``sample`` (:math:`x_N`, detached) and the gradients named in ``wrt``:
 ``"x_T"`` (:math:`x_T`'s shape) and ``"params"`` (a tuple aligned with ``params``, which default to the
@@ -76,8 +87,9 @@ def adjoint_sample_grad(denoiser: Callable[..., Tensor], x_T: Tensor, sigmas: Te
     r"""Sample from ``x_T`` down ``sigmas`` (decreasing, > 0) and return the adjoint gradients of
     ``loss_fn(sample)`` (a 0-d tensor) with respect to ``wrt``.
 
-    ``denoiser(x, sigma [B], class_labels) -> x0_hat``. ``scheme``: ``"torchdiffeq"`` (the authors') or
-    ``"discrete"`` (the exact gradient of the Euler sampler). Bad input: ValueError naming the argument.
+    ``denoiser(x, sigma [B], class_labels) -> x0_hat``. ``scheme``: ``"discrete"`` (the exact gradient of the
+    Euler sampler) or ``"torchdiffeq"`` (the authors'); ``checkpoint``: ``"log"`` (memory flat in the steps)
+    or ``"all"`` (store every state). Bad input: ValueError naming the argument.
 
     Example::
 
