@@ -85,7 +85,8 @@ def adjoint_sample_grad(denoiser: Callable[..., Tensor], x_T: Tensor, sigmas: Te
                         params: Sequence[torch.nn.Parameter] | None = None,
                         scheme: str = "discrete", checkpoint: str = "log") -> dict[str, object]:
     r"""Sample from ``x_T`` down ``sigmas`` (decreasing, > 0) and return the adjoint gradients of
-    ``loss_fn(sample)`` (a 0-d tensor) with respect to ``wrt``.
+    ``loss_fn(sample)`` (a 0-d tensor) with respect to ``wrt`` (AdjointDPM, Pan et al., ICLR 2024, arXiv
+    2307.10711; authors' code HanshuYAN/AdjointDPM @ ff45b81, see the module docstring).
 
     ``denoiser(x, sigma [B], class_labels) -> x0_hat``. ``scheme``: ``"discrete"`` (the exact gradient of the
     Euler sampler) or ``"torchdiffeq"`` (the authors'); ``checkpoint``: ``"log"`` (memory flat in the steps)

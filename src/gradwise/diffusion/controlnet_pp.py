@@ -69,7 +69,8 @@ def single_step_reward_loss(denoiser: Callable[..., Tensor], reward_fn: Callable
                             x0: Tensor, y, *, sigma_max: float, generator: torch.Generator | None = None,
                             ladder: Tensor | None = None, index: Tensor | None = None,
                             noise: Tensor | None = None) -> Tensor:
-    r"""ControlNet++'s reward loss on single-step denoised samples, per sample ``[B]``.
+    r"""ControlNet++'s reward loss on single-step denoised samples, per sample ``[B]`` (Li et al., ECCV 2024,
+    arXiv 2404.07987; authors' code liming-ai/ControlNet_Plus_Plus @ 8ded27a, see the module docstring).
 
     ``denoiser(x, sigma [B], y) -> x0_hat`` (an EDM denoiser); ``reward_fn(x0_hat, y) -> [B]`` (higher is
     better; a ``[B, ...]`` output is averaged per sample, as the authors' per-pixel losses). ``sigma_max``:

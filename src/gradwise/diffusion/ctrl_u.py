@@ -58,7 +58,8 @@ def uncertainty_weighted_reward_loss(denoiser: Callable[..., Tensor], reward_fn:
                                      u_scale: float = 1.0, reward_scale: float = 1.0, add_index: int = 1,
                                      ladder: Tensor | None = None, index: Tensor | None = None,
                                      noise: Tensor | None = None) -> Tensor:
-    r"""Ctrl-U's uncertainty-weighted reward loss per sample ``[B]``.
+    r"""Ctrl-U's uncertainty-weighted reward loss per sample ``[B]`` (Zhang et al., ICLR 2025, arXiv 2410.11236;
+    authors' code grenoble-zhang/Ctrl-U @ 704d51d, see the module docstring).
 
     ``denoiser(x, sigma [B], y) -> x0_hat``; ``reward_fn(x0_hat, y)`` the reward (``[B]`` or per pixel);
     ``logits_fn(x0_hat) -> [B, C, ...]`` the reward model's class logits, whose two predictions give U
