@@ -15,7 +15,7 @@ from torch import Tensor
 from gradwise._validate import check_choice, check_positive
 
 __all__ = ["check_batch_tensor", "check_pair", "default_c", "squared_distance", "check_sigmas", "DISTANCES",
-           "sd_sigma_ladder", "ladder_top", "draw_noisy"]
+           "sd_sigma_ladder", "ladder_top", "draw_noisy", "check_reward"]
 
 # How a per-element penalty becomes a per-sample distance: on the sum or the mean of the squared
 # differences over the non-batch dims, or kept per element.
@@ -114,3 +114,12 @@ def draw_noisy(x0: Tensor, hi: int, generator, index: Tensor | None,
     else:
         check_pair(x0, noise, "x0", "noise")
     return index, noise
+
+
+def check_reward(name: str, r, b: int) -> Tensor:
+    """A reward function's output: a floating tensor with batch dim B."""
+    if not torch.is_tensor(r) or not r.is_floating_point() or r.ndim < 1 or r.shape[0] != b:
+        got = type(r).__name__ if not torch.is_tensor(r) else f"{r.dtype} of shape {tuple(r.shape)}"
+        raise ValueError(f"Invalid {name}: its output is {got} (accepted: a floating-point tensor [B, ...] with "
+                         f"B = {b})")
+    return r

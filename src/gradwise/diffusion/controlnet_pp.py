@@ -45,21 +45,12 @@ from torch import Tensor
 
 from gradwise.registry import register
 
-from ._common import check_batch_tensor, draw_noisy, ladder_top
+from ._common import check_batch_tensor, check_reward, draw_noisy, ladder_top
 
 __all__ = ["single_step_reward_loss"]
 
 PAPER = "ControlNet++: Improving Conditional Controls with Efficient Consistency Feedback"
 CODE = "https://github.com/liming-ai/ControlNet_Plus_Plus"
-
-
-def check_reward(name: str, r, b: int) -> Tensor:
-    """A reward function's output: a floating tensor with batch dim B."""
-    if not torch.is_tensor(r) or not r.is_floating_point() or r.ndim < 1 or r.shape[0] != b:
-        got = type(r).__name__ if not torch.is_tensor(r) else f"{r.dtype} of shape {tuple(r.shape)}"
-        raise ValueError(f"Invalid {name}: its output is {got} (accepted: a floating-point tensor [B, ...] with "
-                         f"B = {b})")
-    return r
 
 
 @register(kind="diffusion-objective", name="ControlNet++", paper=PAPER, year=2024, arxiv="2404.07987",

@@ -40,8 +40,7 @@ from torch import Tensor
 from gradwise._validate import check_int, check_real
 from gradwise.registry import register
 
-from ._common import check_batch_tensor, draw_noisy, ladder_top
-from .controlnet_pp import check_reward
+from ._common import check_batch_tensor, check_reward, draw_noisy, ladder_top
 
 __all__ = ["uncertainty_weighted_reward_loss"]
 
