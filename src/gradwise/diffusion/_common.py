@@ -15,7 +15,7 @@ from torch import Tensor
 from gradwise._validate import check_choice, check_positive, check_real
 
 __all__ = ["check_batch_tensor", "check_pair", "default_c", "squared_distance", "check_sigmas", "per_sample",
-           "DISTANCES"]
+           "DISTANCES", "sd_sigma_ladder", "ladder_top", "draw_noisy", "check_reward"]
 
 # How a per-element penalty becomes a per-sample distance: on the sum or the mean of the squared
 # differences over the non-batch dims, or kept per element.
@@ -86,3 +86,57 @@ def per_sample(name: str, value, like: Tensor, *, positive: bool = True) -> Tens
     if positive and value.device.type == "cpu" and bool((value <= 0).any()):
         raise ValueError(f"Invalid {name}: values <= 0 (accepted: values > 0)")
     return value.reshape(value.shape + (1,) * (like.ndim - value.ndim)).to(device=like.device, dtype=like.dtype)
+
+
+def sd_sigma_ladder(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
+                    beta_end: float = 0.012) -> Tensor:
+    """The noise levels of Stable Diffusion's DDPM training schedule as EDM sigmas, ascending ([T] float64).
+
+    diffusers' ``DDPMScheduler(beta_schedule="scaled_linear")`` computes
+    ``betas = linspace(beta_start**0.5, beta_end**0.5, T) ** 2`` and ``alphas_cumprod`` in float32;
+    timestep t is the noise level sigma_t = sqrt((1 - abar_t) / abar_t) (``x_t / sqrt(abar_t) = x_0 +
+    sigma_t eps``). Same float32 arithmetic, then float64, so a draw of timestep t here is the reward
+    fine-tuning scripts' (ControlNet++, Ctrl-U) draw of t.
+    """
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=torch.float32) ** 2
+    abar = torch.cumprod(1.0 - betas, dim=0).to(torch.float64)
+    return ((1.0 - abar) / abar).sqrt()
+
+
+def ladder_top(ladder, sigma_max) -> tuple[Tensor, int]:
+    """The noise-level ladder (``sd_sigma_ladder()`` when None; else ascending, > 0, on the host) and the
+    index of its highest level <= ``sigma_max`` (ValueError when none is)."""
+    ladder = sd_sigma_ladder() if ladder is None else check_sigmas(ladder, "ladder").detach().cpu()
+    sigma_max = check_positive("sigma_max", sigma_max)
+    hi = int(torch.searchsorted(ladder.to(torch.float64), torch.tensor([sigma_max], dtype=torch.float64),
+                                right=True).item()) - 1
+    if hi < 0:
+        raise ValueError(f"Invalid sigma_max: {sigma_max!r} (accepted: >= the ladder's lowest noise level "
+                         f"{float(ladder[0])!r})")
+    return ladder, hi
+
+
+def draw_noisy(x0: Tensor, hi: int, generator, index: Tensor | None,
+               noise: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Ladder indices ``[B]`` (uniform on 0..hi unless given) and the noise ``eps`` (standard normal in x0's
+    dtype unless given) of a perturb-and-denoise reward step."""
+    b = x0.shape[0]
+    if index is None:
+        index = torch.randint(0, hi + 1, (b,), generator=generator, device="cpu").to(x0.device)
+    elif not torch.is_tensor(index) or index.dtype not in (torch.int32, torch.int64) or index.shape != (b,):
+        got = type(index).__name__ if not torch.is_tensor(index) else f"{index.dtype} of shape {tuple(index.shape)}"
+        raise ValueError(f"Invalid index: {got} (accepted: an integer tensor [B] with B = {b})")
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device="cpu").to(x0.device)
+    else:
+        check_pair(x0, noise, "x0", "noise")
+    return index, noise
+
+
+def check_reward(name: str, r, b: int) -> Tensor:
+    """A reward function's output: a floating tensor with batch dim B."""
+    if not torch.is_tensor(r) or not r.is_floating_point() or r.ndim < 1 or r.shape[0] != b:
+        got = type(r).__name__ if not torch.is_tensor(r) else f"{r.dtype} of shape {tuple(r.shape)}"
+        raise ValueError(f"Invalid {name}: its output is {got} (accepted: a floating-point tensor [B, ...] with "
+                         f"B = {b})")
+    return r
