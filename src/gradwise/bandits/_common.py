@@ -123,7 +123,7 @@ class LinearUCBState:
         self.b = torch.zeros(trials, d, dtype=torch.float64)
         self.G = (arms @ arms.T / lam).expand(trials, k, k).clone()
         self.z = torch.zeros(trials, k, dtype=torch.float64)
-        self._rows = torch.arange(trials)
+        self._eye = torch.eye(k, dtype=torch.float64)
 
     def scores(self, beta: float) -> torch.Tensor:
         """[N, K] optimistic indices ``z + beta sqrt(diag G)``."""
@@ -135,14 +135,16 @@ class LinearUCBState:
 
     def update(self, arm: torch.Tensor, reward: torch.Tensor) -> None:
         """One observation per trial: ``arm`` [N] long, ``reward`` [N] float64."""
-        rows = self._rows
-        g = self.G[rows, :, arm]                    # [N, K]: column of the played arm
-        denom = 1 + g[rows, arm]                    # 1 + a^T V^{-1} a
-        self.G -= (g.unsqueeze(-1) * g.unsqueeze(-2)) / denom[:, None, None]
-        self.z += g * ((reward - self.z[rows, arm]) / denom)[:, None]
-        u = self.arms[arm]                          # [N, d]
-        self.V += u.unsqueeze(-1) * u.unsqueeze(-2)
-        self.b += u * reward[:, None]
+        e = self._eye[arm]                                           # [N, K] one-hot of the played arm
+        g = torch.bmm(self.G, e.unsqueeze(-1)).squeeze(-1)          # [N, K]: G's column of the arm
+        gk = (g * e).sum(-1)
+        denom = 1 + gk                                               # 1 + a^T V^{-1} a
+        step = (reward - (self.z * e).sum(-1)) / denom
+        self.z.addcmul_(g, step.unsqueeze(-1))
+        self.G.baddbmm_((g / denom.unsqueeze(-1)).unsqueeze(-1), g.unsqueeze(-2), alpha=-1)
+        u = self.arms[arm]                                           # [N, d]
+        self.V.baddbmm_(u.unsqueeze(-1), u.unsqueeze(-2))
+        self.b.addcmul_(u, reward.unsqueeze(-1))
 
     def estimate(self) -> torch.Tensor:
         """[N, d] ``V^{-1} b``."""

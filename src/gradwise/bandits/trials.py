@@ -1,0 +1,139 @@
+"""Many independent runs of one bandit agent on a :class:`~gradwise.bandits.DynamicalLinearBanditEnv`, batched
+over the trials, and the regret of the arms they played.
+
+``run_trials(agent, env, trials)`` plays ``trials`` fresh copies of ``agent`` (a :class:`DynLinUCB`,
+:class:`LinUCB` or :class:`Exp3`, used as a template: its settings, ``first_arm`` and ``seed``) for the whole
+horizon, trial i on the environment's trial i noise, and returns the arm of every round, ``[trials, horizon]``
+(int16). It gives the same arms as stepping the agent and ``env.step`` by hand (up to rounding at near-ties),
+much faster:
+
+* by linearity, reward_t = (the response to the noise, ``env.noise_rewards``, computed once for all rounds)
+  + (the response to the actions), so the loop only follows the noise-free state;
+* DynLin-UCB holds its action over an epoch, so the loop runs per epoch, not per round: the state at the
+  epoch's last round is ``A^(L-1) x + sum_{i<L-1} A^i B u`` (powers precomputed per epoch length);
+* the agents' least-squares state is batched over trials (Sherman-Morrison per arm,
+  :class:`gradwise.bandits._common.LinearUCBState`).
+
+The first arm of trial i is the template's ``first_arm``, or uniform from ``seed + i``. Exp3's draws come from
+a generator seeded ``seed + i`` per trial, in blocks.
+"""
+from __future__ import annotations
+
+import torch
+
+from gradwise.bandits._common import EpochAgent, LinearUCBState, first_arms
+from gradwise.bandits.environment import DynamicalLinearBanditEnv
+from gradwise.bandits.exp3 import Exp3
+
+__all__ = ["run_trials", "cumulative_regret"]
+
+_BLOCK = 4096
+
+
+def _check(agent, env: DynamicalLinearBanditEnv, trials: int) -> None:
+    if not isinstance(env, DynamicalLinearBanditEnv):
+        raise ValueError(f"Invalid env: {type(env).__name__} (accepted: a DynamicalLinearBanditEnv)")
+    if isinstance(trials, bool) or int(trials) != trials or trials < 1:
+        raise ValueError(f"Invalid trials: {trials!r} (accepted: an integer >= 1)")
+    if not isinstance(agent, (EpochAgent, Exp3)):
+        raise ValueError(f"Invalid agent: {type(agent).__name__} (accepted: DynLinUCB, LinUCB or Exp3)")
+    if agent.horizon != env.horizon:
+        raise ValueError(f"Invalid agent: horizon {agent.horizon} (accepted: the environment's, {env.horizon})")
+    if isinstance(agent, EpochAgent) and agent.arms.shape[1] != env.p:
+        raise ValueError(f"Invalid agent: arms of dimension {agent.arms.shape[1]} (accepted: the environment's "
+                         f"action dimension p = {env.p})")
+
+
+def run_trials(agent, env: DynamicalLinearBanditEnv, trials: int = 1, *, arms=None) -> torch.Tensor:
+    """The arm index of every round of ``trials`` runs of ``agent`` on ``env``: ``[trials, horizon]`` int16.
+
+    ``arms`` [K, p] is needed for :class:`Exp3` (it only knows K); the UCB agents use their own.
+    """
+    _check(agent, env, trials)
+    noise = env.noise_rewards(trials)                           # [N, T]
+    if isinstance(agent, Exp3):
+        if arms is None:
+            raise ValueError("Invalid arms: None (accepted: the [K, p] action vectors, needed for Exp3)")
+        arms = torch.as_tensor(arms, dtype=torch.float64)
+        if arms.shape != (agent.n_arms, env.p):
+            raise ValueError(f"Invalid arms: shape {tuple(arms.shape)} (accepted: ({agent.n_arms}, {env.p}))")
+        return _run_exp3(agent, env, arms, noise)
+    return _run_epochs(agent, env, noise)
+
+
+def _run_epochs(agent: EpochAgent, env: DynamicalLinearBanditEnv, noise: torch.Tensor) -> torch.Tensor:
+    arms = agent.arms
+    N, T = noise.shape
+    K = arms.shape[0]
+    ends = torch.as_tensor(agent._schedule).tolist()
+    lengths = [ends[0] + 1] + [b - a for a, b in zip(ends, ends[1:])]
+    Lmax = max(lengths)
+    A, B, c, d = env.A, env.B, env.c, env.d
+    # per epoch length L: A^(L-1) and, per arm, sum_{i<L-1} A^i B a
+    apow = [torch.eye(env.n, dtype=torch.float64)]
+    acc = [torch.zeros(env.n, env.p, dtype=torch.float64)]
+    for _ in range(Lmax):
+        acc.append(acc[-1] + apow[-1] @ B)
+        apow.append(apow[-1] @ A)
+    powT = [p.T.contiguous() for p in apow]                     # x @ (A^j)^T
+    drive = [arms @ s.T for s in acc]                           # [K, n] each
+    du = arms @ d                                               # [K]
+    Bu = arms @ B.T                                             # [K, n]
+    AT = A.T.contiguous()
+    state = LinearUCBState(arms, agent.lam, N)
+    k = torch.as_tensor(first_arms(K, N, agent.seed) if agent.first_arm is None else [agent.first_arm] * N)
+    out = torch.empty(N, T, dtype=torch.int16)
+    x = torch.zeros(N, env.n, dtype=torch.float64)
+    start = 0
+    for j, (e, L) in enumerate(zip(ends, lengths)):
+        last = min(e, T - 1)
+        out[:, start:last + 1] = k.to(torch.int16).unsqueeze(-1)
+        if e >= T:
+            break
+        xl = x @ powT[L - 1] + drive[L - 1][k] if L > 1 else x
+        r = xl @ c + du[k] + noise[:, e]
+        state.update(k, r)
+        x = xl @ AT + Bu[k]
+        start = e + 1
+        if start < T:
+            k = state.choose(agent.beta(start))
+    return out
+
+
+def _run_exp3(agent: Exp3, env: DynamicalLinearBanditEnv, arms: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    N, T = noise.shape
+    K = agent.n_arms
+    base = 0 if agent.seed is None else int(agent.seed)
+    gens = [torch.Generator().manual_seed(base + i) for i in range(N)]
+    du, Bu, AT, c = arms @ env.d, arms @ env.B.T, env.A.T.contiguous(), env.c
+    G = torch.zeros(N, K, dtype=torch.float64)
+    p = torch.full((N, K), 1.0 / K, dtype=torch.float64)
+    x = torch.zeros(N, env.n, dtype=torch.float64)
+    out = torch.empty(N, T, dtype=torch.int16)
+    rows = torch.arange(N)
+    g, eta, add, mx = agent.gamma, agent.eta, agent.add_factor, agent.max_reward
+    for s in range(0, T, _BLOCK):
+        u = torch.stack([torch.rand(_BLOCK, dtype=torch.float64, generator=gen) for gen in gens], 1)  # [B, N]
+        for i in range(min(_BLOCK, T - s)):
+            t = s + i
+            cdf = torch.cumsum(p / p.sum(-1, keepdim=True), -1)
+            k = (cdf <= u[i].unsqueeze(-1)).sum(-1).clamp_max(K - 1)
+            out[:, t] = k
+            r = x @ c + du[k] + noise[:, t]
+            x = x @ AT + Bu[k]
+            G[rows, k] += ((r + add) / mx) / p[rows, k]
+            p = (1 - g) * torch.softmax(eta * G, -1) + g / K
+    return out
+
+
+def cumulative_regret(env: DynamicalLinearBanditEnv, arms, played: torch.Tensor,
+                      rounds: list[int] | None = None) -> torch.Tensor:
+    """The authors' regret: per round, the best arm's steady reward minus the played arm's
+    (``env.steady_rewards``), summed over rounds; ``[trials, len(rounds)]`` at the given rounds (1-based counts;
+    None: every round)."""
+    steady = env.steady_rewards(arms)
+    gap = (steady.max() - steady)[played.long()]                # [N, T]
+    cum = torch.cumsum(gap, -1)
+    if rounds is None:
+        return cum
+    return cum[:, [r - 1 for r in rounds]]
