@@ -113,38 +113,55 @@ def estimate_rounds(horizon: int, rho: float, epsilon: float = 1e-6) -> np.ndarr
 
 
 class LinearUCBState:
-    """Batched least-squares state of a UCB agent over fixed arms (see the module docstring)."""
+    """Batched least-squares state of a UCB agent over fixed arms (see the module docstring).
+
+    Kept in NumPy float64: the agents' loops do a few dozen operations on [N, K, K] arrays per round, where
+    NumPy's per-call cost is a fraction of torch's. ``V`` and ``b`` are not updated per round: the pull counts
+    and reward sums per arm are, and ``V = lam I + sum_k n_k a_k a_k^T``, ``b = sum_k a_k s_k`` are formed when
+    asked for.
+    """
 
     def __init__(self, arms: torch.Tensor, lam: float, trials: int):
-        self.arms = arms
-        k, d = arms.shape
+        a = arms.numpy()
+        k, d = a.shape
+        self.arms = a
         self.lam = lam
-        self.V = (lam * torch.eye(d, dtype=torch.float64)).expand(trials, d, d).clone()
-        self.b = torch.zeros(trials, d, dtype=torch.float64)
-        self.G = (arms @ arms.T / lam).expand(trials, k, k).clone()
-        self.z = torch.zeros(trials, k, dtype=torch.float64)
-        self._eye = torch.eye(k, dtype=torch.float64)
+        self.G = np.broadcast_to(a @ a.T / lam, (trials, k, k)).copy()
+        self.z = np.zeros((trials, k))
+        self.count = np.zeros((trials, k))
+        self.reward_sum = np.zeros((trials, k))
+        self._rows = np.arange(trials)
 
-    def scores(self, beta: float) -> torch.Tensor:
-        """[N, K] optimistic indices ``z + beta sqrt(diag G)``."""
-        return self.z + beta * torch.diagonal(self.G, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    def scores(self, beta) -> np.ndarray:
+        """[N, K] optimistic indices ``z + beta sqrt(diag G)`` (``beta`` a number or [N, 1])."""
+        return self.z + beta * np.sqrt(np.maximum(np.diagonal(self.G, axis1=1, axis2=2), 0))
 
-    def choose(self, beta: float) -> torch.Tensor:
+    def choose(self, beta) -> np.ndarray:
         """[N] the arm of highest index (ties: the lowest index)."""
-        return torch.argmax(self.scores(beta), dim=-1)
+        return np.argmax(self.scores(beta), axis=1)
 
-    def update(self, arm: torch.Tensor, reward: torch.Tensor) -> None:
-        """One observation per trial: ``arm`` [N] long, ``reward`` [N] float64."""
-        e = self._eye[arm]                                           # [N, K] one-hot of the played arm
-        g = torch.bmm(self.G, e.unsqueeze(-1)).squeeze(-1)          # [N, K]: G's column of the arm
-        gk = (g * e).sum(-1)
-        denom = 1 + gk                                               # 1 + a^T V^{-1} a
-        step = (reward - (self.z * e).sum(-1)) / denom
-        self.z.addcmul_(g, step.unsqueeze(-1))
-        self.G.baddbmm_((g / denom.unsqueeze(-1)).unsqueeze(-1), g.unsqueeze(-2), alpha=-1)
-        u = self.arms[arm]                                           # [N, d]
-        self.V.baddbmm_(u.unsqueeze(-1), u.unsqueeze(-2))
-        self.b.addcmul_(u, reward.unsqueeze(-1))
+    def update(self, arm: np.ndarray, reward: np.ndarray) -> None:
+        """One observation per trial: ``arm`` [N] int, ``reward`` [N] float64."""
+        rows = self._rows
+        g = self.G[rows, arm]                    # [N, K]: G is symmetric, its row of the arm is its column
+        denom = 1 + g[rows, arm]                 # 1 + a^T V^{-1} a
+        self.z += g * ((reward - self.z[rows, arm]) / denom)[:, None]
+        gs = g / denom[:, None]
+        self.G -= gs[:, :, None] * g[:, None, :]
+        self.count[rows, arm] += 1
+        self.reward_sum[rows, arm] += reward
+
+    @property
+    def V(self) -> torch.Tensor:
+        """[N, d, d] ``lam I + sum_s u_s u_s^T``."""
+        a = self.arms
+        v = np.einsum("nk,ki,kj->nij", self.count, a, a) + self.lam * np.eye(a.shape[1])
+        return torch.from_numpy(v)
+
+    @property
+    def b(self) -> torch.Tensor:
+        """[N, d] ``sum_s u_s r_s``."""
+        return torch.from_numpy(self.reward_sum @ self.arms)
 
     def estimate(self) -> torch.Tensor:
         """[N, d] ``V^{-1} b``."""
@@ -197,7 +214,7 @@ class EpochAgent:
             raise ValueError(f"Invalid update: the horizon ({self.horizon} rounds) is over")
         self._arm = k
         if self._next < len(self._schedule) and self.t == int(self._schedule[self._next]):
-            self._state.update(torch.tensor([k]), torch.tensor([r], dtype=torch.float64))
+            self._state.update(np.array([k]), np.array([r]))
             self._next += 1
         self.t += 1
 

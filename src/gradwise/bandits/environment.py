@@ -130,23 +130,22 @@ class DynamicalLinearBanditEnv:
         for _ in range(L):
             powers.append(powers[-1] @ self.A)
         apow = torch.stack(powers)                     # [L+1, n, n]: A^0 .. A^L
-        for i in range(trials):
-            gen = torch.Generator().manual_seed(self.seed + start_trial + i)
-            x = torch.zeros(self.n, dtype=torch.float64)
-            for s in range(0, self.horizon, L):
-                e = noise_block(gen, self.n + self.m, self.noise_std)
-                w, v = e[:, :self.n], e[:, self.n:]
-                # y_j = sum_{i<j} A^{j-1-i} w_i (zero start), by doubling: y <- y + A^k y shifted by k
-                y = torch.zeros(L, self.n, dtype=torch.float64)
-                y[1:] = w[:-1]
-                k = 1
-                while k < L:
-                    y[k:] = y[k:] + y[:-k] @ apow[k].T
-                    k *= 2
-                xs = y + torch.einsum("jab,b->ja", apow[:L], x)   # x^w at the block's rounds
-                n_here = min(L, self.horizon - s)
-                out[i, s:s + n_here] = (xs @ self.c + v.sum(1))[:n_here]
-                x = self.A @ xs[-1] + w[-1]
+        gens = [torch.Generator().manual_seed(self.seed + start_trial + i) for i in range(trials)]
+        x = torch.zeros(trials, self.n, dtype=torch.float64)
+        for s in range(0, self.horizon, L):
+            e = torch.stack([noise_block(g, self.n + self.m, self.noise_std) for g in gens])   # [N, L, n+m]
+            w, v = e[..., :self.n], e[..., self.n:]
+            # y_j = sum_{i<j} A^{j-1-i} w_i (zero start), by doubling: y <- y + A^k y shifted by k
+            y = torch.zeros(trials, L, self.n, dtype=torch.float64)
+            y[:, 1:] = w[:, :-1]
+            k = 1
+            while k < L:
+                y[:, k:] = y[:, k:] + y[:, :-k] @ apow[k].T
+                k *= 2
+            xs = y + torch.einsum("jab,nb->nja", apow[:L], x)   # x^w at the block's rounds
+            n_here = min(L, self.horizon - s)
+            out[:, s:s + n_here] = (xs @ self.c + v.sum(-1))[:, :n_here]
+            x = xs[:, -1] @ self.A.T + w[:, -1]
         return out
 
 

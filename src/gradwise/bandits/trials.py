@@ -19,6 +19,7 @@ a generator seeded ``seed + i`` per trial, in blocks.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from gradwise.bandits._common import EpochAgent, LinearUCBState, first_arms
@@ -68,36 +69,35 @@ def _run_epochs(agent: EpochAgent, env: DynamicalLinearBanditEnv, noise: torch.T
     ends = torch.as_tensor(agent._schedule).tolist()
     lengths = [ends[0] + 1] + [b - a for a, b in zip(ends, ends[1:])]
     Lmax = max(lengths)
-    A, B, c, d = env.A, env.B, env.c, env.d
-    # per epoch length L: A^(L-1) and, per arm, sum_{i<L-1} A^i B a
-    apow = [torch.eye(env.n, dtype=torch.float64)]
-    acc = [torch.zeros(env.n, env.p, dtype=torch.float64)]
+    A, B = env.A.numpy(), env.B.numpy()
+    # per epoch length L: (A^(L-1))^T and, per arm, sum_{i<L-1} A^i B a  [K, n]
+    apow, acc = [np.eye(env.n)], [np.zeros((env.n, env.p))]
     for _ in range(Lmax):
         acc.append(acc[-1] + apow[-1] @ B)
         apow.append(apow[-1] @ A)
-    powT = [p.T.contiguous() for p in apow]                     # x @ (A^j)^T
-    drive = [arms @ s.T for s in acc]                           # [K, n] each
-    du = arms @ d                                               # [K]
-    Bu = arms @ B.T                                             # [K, n]
-    AT = A.T.contiguous()
+    a_np = arms.numpy()
+    powT = [np.ascontiguousarray(p.T) for p in apow]
+    drive = [a_np @ s.T for s in acc]
+    c = env.c.numpy()
+    du, Bu, AT = a_np @ env.d.numpy(), a_np @ B.T, np.ascontiguousarray(A.T)
+    nz = noise.numpy()
     state = LinearUCBState(arms, agent.lam, N)
-    k = torch.as_tensor(first_arms(K, N, agent.seed) if agent.first_arm is None else [agent.first_arm] * N)
-    out = torch.empty(N, T, dtype=torch.int16)
-    x = torch.zeros(N, env.n, dtype=torch.float64)
+    k = np.array(first_arms(K, N, agent.seed) if agent.first_arm is None else [agent.first_arm] * N)
+    out = np.empty((N, T), dtype=np.int16)
+    x = np.zeros((N, env.n))
     start = 0
-    for j, (e, L) in enumerate(zip(ends, lengths)):
-        last = min(e, T - 1)
-        out[:, start:last + 1] = k.to(torch.int16).unsqueeze(-1)
+    for e, L in zip(ends, lengths):
+        out[:, start:min(e, T - 1) + 1] = k[:, None]
         if e >= T:
             break
         xl = x @ powT[L - 1] + drive[L - 1][k] if L > 1 else x
-        r = xl @ c + du[k] + noise[:, e]
+        r = xl @ c + du[k] + nz[:, e]
         state.update(k, r)
         x = xl @ AT + Bu[k]
         start = e + 1
         if start < T:
             k = state.choose(agent.beta(start))
-    return out
+    return torch.from_numpy(out)
 
 
 def _run_exp3(agent: Exp3, env: DynamicalLinearBanditEnv, arms: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -105,25 +105,28 @@ def _run_exp3(agent: Exp3, env: DynamicalLinearBanditEnv, arms: torch.Tensor, no
     K = agent.n_arms
     base = 0 if agent.seed is None else int(agent.seed)
     gens = [torch.Generator().manual_seed(base + i) for i in range(N)]
-    du, Bu, AT, c = arms @ env.d, arms @ env.B.T, env.A.T.contiguous(), env.c
-    G = torch.zeros(N, K, dtype=torch.float64)
-    p = torch.full((N, K), 1.0 / K, dtype=torch.float64)
-    x = torch.zeros(N, env.n, dtype=torch.float64)
-    out = torch.empty(N, T, dtype=torch.int16)
-    rows = torch.arange(N)
+    a_np = arms.numpy()
+    du, Bu, AT, c = a_np @ env.d.numpy(), a_np @ env.B.numpy().T, np.ascontiguousarray(env.A.numpy().T), env.c.numpy()
+    nz = noise.numpy()
+    G = np.zeros((N, K))
+    p = np.full((N, K), 1.0 / K)
+    x = np.zeros((N, env.n))
+    out = np.empty((N, T), dtype=np.int16)
+    rows = np.arange(N)
     g, eta, add, mx = agent.gamma, agent.eta, agent.add_factor, agent.max_reward
     for s in range(0, T, _BLOCK):
-        u = torch.stack([torch.rand(_BLOCK, dtype=torch.float64, generator=gen) for gen in gens], 1)  # [B, N]
+        u = torch.stack([torch.rand(_BLOCK, dtype=torch.float64, generator=gen) for gen in gens], 1).numpy()
         for i in range(min(_BLOCK, T - s)):
             t = s + i
-            cdf = torch.cumsum(p / p.sum(-1, keepdim=True), -1)
-            k = (cdf <= u[i].unsqueeze(-1)).sum(-1).clamp_max(K - 1)
+            cdf = np.cumsum(p / p.sum(1, keepdims=True), 1)
+            k = np.minimum((cdf <= u[i][:, None]).sum(1), K - 1)
             out[:, t] = k
-            r = x @ c + du[k] + noise[:, t]
+            r = x @ c + du[k] + nz[:, t]
             x = x @ AT + Bu[k]
             G[rows, k] += ((r + add) / mx) / p[rows, k]
-            p = (1 - g) * torch.softmax(eta * G, -1) + g / K
-    return out
+            w = np.exp(eta * (G - G.max(1, keepdims=True)))
+            p = (1 - g) * w / w.sum(1, keepdims=True) + g / K
+    return torch.from_numpy(out)
 
 
 def cumulative_regret(env: DynamicalLinearBanditEnv, arms, played: torch.Tensor,
