@@ -116,6 +116,25 @@ class DynamicalLinearBanditEnv:
         """[K] the expected reward of holding each arm forever, ``1^T markov() a``."""
         return torch.as_tensor(arms, dtype=torch.float64) @ self.markov().sum(0)
 
+    def constants(self, arms) -> dict[str, float]:
+        """The bounds DynLin-UCB takes, computed as the authors' script does for this system and ``arms``:
+        ``rho`` (spectral radius of A), ``omega_norm`` ||1^T C||, ``theta_norm`` ||1^T D||, ``b_norm`` ||B||_2,
+        ``u_max`` the largest arm norm, ``phi_a`` max over i = 1..999 of ||A^i||_2 / rho^i (their ``spectr``,
+        skipping the powers that underflow)."""
+        a = torch.as_tensor(arms, dtype=torch.float64)
+        phi = 1.0
+        if self.rho > 0:
+            powers = [self.A]
+            for _ in range(998):
+                powers.append(powers[-1] @ self.A)
+            scale = self.rho ** torch.arange(1, 1000, dtype=torch.float64)
+            ratios = torch.linalg.matrix_norm(torch.stack(powers), 2) / scale
+            phi = float(ratios[(scale > 0) & torch.isfinite(ratios)].max())
+        return {"rho": self.rho, "omega_norm": float(torch.linalg.vector_norm(self.c)),
+                "theta_norm": float(torch.linalg.vector_norm(self.d)),
+                "b_norm": float(torch.linalg.matrix_norm(self.B, 2)),
+                "u_max": float(torch.linalg.vector_norm(a, dim=1).max()), "phi_a": phi}
+
     # ---- batched noise (for run_trials) ----------------------------------------------------------
     def noise_rewards(self, trials: int, start_trial: int = 0) -> torch.Tensor:
         """[trials, horizon] the action-free part of each reward, ``1^T (C x^w_t + v_t)`` with

@@ -45,13 +45,19 @@ def _check(agent, env: DynamicalLinearBanditEnv, trials: int) -> None:
                          f"action dimension p = {env.p})")
 
 
-def run_trials(agent, env: DynamicalLinearBanditEnv, trials: int = 1, *, arms=None) -> torch.Tensor:
+def run_trials(agent, env: DynamicalLinearBanditEnv, trials: int = 1, *, arms=None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
     """The arm index of every round of ``trials`` runs of ``agent`` on ``env``: ``[trials, horizon]`` int16.
 
-    ``arms`` [K, p] is needed for :class:`Exp3` (it only knows K); the UCB agents use their own.
+    ``arms`` [K, p] is needed for :class:`Exp3` (it only knows K); the UCB agents use their own. ``noise``:
+    ``env.noise_rewards(trials)`` when already computed (several agents on the same trials share it).
     """
     _check(agent, env, trials)
-    noise = env.noise_rewards(trials)                           # [N, T]
+    if noise is None:
+        noise = env.noise_rewards(trials)                       # [N, T]
+    elif tuple(noise.shape) != (trials, env.horizon):
+        raise ValueError(f"Invalid noise: shape {tuple(noise.shape)} (accepted: env.noise_rewards(trials), "
+                         f"({trials}, {env.horizon}))")
     if isinstance(agent, Exp3):
         if arms is None:
             raise ValueError("Invalid arms: None (accepted: the [K, p] action vectors, needed for Exp3)")
