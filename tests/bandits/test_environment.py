@@ -59,3 +59,16 @@ def test_bad_arguments():
     env.step(torch.ones(3))
     with pytest.raises(ValueError, match="horizon"):
         env.step(torch.ones(3))
+
+
+def test_constants_match_the_authors_script():
+    from pathlib import Path
+
+    g = torch.load(Path(__file__).parents[1] / "data" / "dynlinucb_golden.pt", weights_only=True)
+    for run in (g["runs"][0], g["runs"][-1]):
+        inst = g["instances"][run["instance"]]
+        env = DynamicalLinearBanditEnv(inst["A"], inst["B"], inst["C"], inst["D"], 0.1, 10)
+        k = env.constants(inst["arms"])
+        for ours, theirs in (("rho", "rho"), ("omega_norm", "omega"), ("theta_norm", "theta"), ("b_norm", "b_val"),
+                             ("u_max", "u_val"), ("phi_a", "phi")):
+            assert k[ours] == pytest.approx(run[theirs], rel=1e-10), ours

@@ -44,7 +44,9 @@ _CODE = "https://github.com/marcomussi/DLB@7fb103ec"
           summary="Optimistic linear bandit for rewards driven by a hidden linear state: actions held over "
                   "growing epochs, only each epoch's last reward in the ridge estimate")
 class DynLinUCB(EpochAgent):
-    """DynLin-UCB (see the module docstring for the index and the authors' code it matches).
+    """DynLin-UCB of "Dynamical Linear Bandits" (Mussi, Metelli, Restelli, ICML 2023), arXiv 2211.08997; authors'
+    code https://github.com/marcomussi/DLB @7fb103ec (see the module docstring for the index, what was checked
+    against their code and the departures).
 
     ``arms`` [K, d]; ``horizon`` T; ``rho`` the spectral radius bound of A (|rho| < 1); ``omega_norm``
     ||1^T C||, ``theta_norm`` ||1^T D||, ``u_max`` max arm norm, ``b_norm`` ||B||_2, ``phi_a`` sup_i ||A^i||/rho^i,
