@@ -123,8 +123,11 @@ def run_methods(cfg: Config, methods: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _setup(cfg: Config, methods: tuple[str, ...]) -> dict[str, Any]:
+    from gradwise.arena.runner import torch_threads
+
     t0 = time.perf_counter()
-    res = run_methods(cfg, methods)
+    with torch_threads(cfg.threads):  # the setup runs outside the driver's thread setting (2 threads: 7x slower)
+        res = run_methods(cfg, methods)
     res["total_s"] = time.perf_counter() - t0
     return res
 
