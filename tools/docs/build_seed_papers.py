@@ -53,7 +53,7 @@ ARXIV: dict[int, str] = {
     106: "2112.04137", 189: "2310.14189", 167: "2502.01441",
     223: "2410.02416", 239: "2312.12487", 83: "2409.03755", 149: "2106.09516",
     155: "2410.23232", 30: "2405.14867", 154: "2502.15681", 8: "2410.16794",
-    207: "2404.07987", 184: "2410.11236", 221: "2307.10711", 254: "2407.19453",
+    207: "2404.07987", 184: "2410.11236", 221: "2307.10711", 254: "2407.19453", 56: "2211.08997",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
@@ -143,6 +143,37 @@ CORRECTIONS: dict[int, Correction] = {
     254: Correction(
         "B", _TOY18 + " (initial-noise policy on the digits teacher)",
         component="FIND initial-noise policy optimization"),
+    1: Correction(
+        "B", "issue 19 plans it (StepMix): a conservative-exploration rule shown on a random tabular MDP (S=10, "
+             "A=3, H=5)"),
+    40: Correction(
+        "B", "issue 19 plans it (f-DVL): a value loss on plain critics, checked on locally generated Pendulum "
+             "data"),
+    54: Correction(
+        "B", "issue 19 plans it (stock-augmented DP): dynamic programming on a small chain MDP, checked by "
+             "enumeration"),
+    56: Correction(
+        "B", "issue 19 plans it (DynLin-UCB): a bandit agent on the authors' synthetic instance, which runs on a "
+             "CPU"),
+    66: Correction("B", "issue 19 plans it (PMOE): a Gaussian-mixture policy head and its loss for any actor-critic"),
+    84: Correction(
+        "B", "issue 19 plans it (H2O): the dynamics-ratio weights and sim penalty, on Pendulum with two "
+             "gravities"),
+    97: Correction(
+        "B", "issue 19 plans it (ODICE): the orthogonal-gradient value update on plain critics, on generated "
+             "data"),
+    98: Correction("B", "issue 19 plans it (FamO2O): a balance-conditioned AWR objective, on generated data"),
+    191: Correction(
+        "B", "issue 19 plans it (NeuCB): a contextual-bandit loss, shown with sklearn digits as a 10-armed "
+             "bandit"),
+    202: Correction("B", "issue 19 plans it (VaGraM): a value-gradient weighted model loss for any dynamics model"),
+    213: Correction(
+        "B", "issue 19 plans it (RIQL): Huber Q loss and quantile value target, on generated Pendulum "
+             "data"),
+    216: Correction(
+        "B", "issue 19 plans it (Adaptive RR): the fraction of active units and the replay-ratio switch, any "
+             "critic"),
+    256: Correction("B", "issue 19 plans it (policy smoothing): the certified reward bound of a smoothed policy"),
 }
 
 FAMILY_REASONS: dict[str, str] = {
