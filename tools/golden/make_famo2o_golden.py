@@ -13,17 +13,14 @@ Everything runs with ``jax_enable_x64`` on seeded float64 inputs shaped as in th
 critics squeeze the last axis), the balances [B, 1] (a 1-dimensional balance policy, or their uniform draw of
 shape (B, 1)), so their ``exp_a`` broadcasts to [B, B]. Writes tests/data/famo2o_golden.pt.
 """
-import json
 import os
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from authors_code import extract  # noqa: E402
+from authors_code import extract, run_json  # noqa: E402
 
 COMMIT = "ea9cb01c86ca7d8cbd782b21cab5d7e1614bc6d7"
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "data", "famo2o_golden.pt")
@@ -85,15 +82,8 @@ def main() -> None:
                   "q_policy": torch.randn(b, generator=g, dtype=torch.float64) * 3}
         cases.append({"name": name, "range": list(rng), "n": n, "d": d, "temperature": temp,
                       "arrays": {k: v.tolist() for k, v in arrays.items()}})
-    tmp = tempfile.mkdtemp()
-    with open(os.path.join(tmp, "cases.json"), "w") as f:
-        json.dump(cases, f)
-    with open(os.path.join(tmp, "runner.py"), "w") as f:
-        f.write(RUNNER)
-    subprocess.run([os.environ["JAX_PYTHON"], os.path.join(tmp, "runner.py"), os.path.join(src, "jax_iql"),
-                    os.path.join(tmp, "cases.json"), os.path.join(tmp, "out.json")], check=True,
-                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    res = json.load(open(os.path.join(tmp, "out.json")))
+    res = run_json(os.environ["JAX_PYTHON"], RUNNER, os.path.join(src, "jax_iql"), cases,
+                   env={"JAX_PLATFORMS": "cpu"})
     golden = {}
     for c in cases:
         r = res[c["name"]]

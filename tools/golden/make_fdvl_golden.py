@@ -14,17 +14,14 @@ It writes ``offline/critic.py`` at that commit into a temporary folder, imports 
 not use), and for each case evaluates the loss elementwise on ``diff = q - v``, its mean, and ``jax.grad`` of
 the mean with respect to ``v``. This script then stores them with torch in tests/data/fdvl_golden.pt.
 """
-import json
 import os
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from authors_code import extract  # noqa: E402
+from authors_code import extract, run_json  # noqa: E402
 
 COMMIT = "918402875099b341d78a99241158913acd24452e"
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "data", "fdvl_golden.pt")
@@ -89,15 +86,7 @@ def main() -> None:
     repo, python = os.environ["REPO"], os.environ["JAX_PYTHON"]
     src = extract(repo, COMMIT, ["offline/critic.py"], on_path=())
     cases = make_cases()
-    tmp = tempfile.mkdtemp()
-    with open(os.path.join(tmp, "cases.json"), "w") as f:
-        json.dump(cases, f)
-    with open(os.path.join(tmp, "runner.py"), "w") as f:
-        f.write(RUNNER)
-    subprocess.run([python, os.path.join(tmp, "runner.py"), os.path.join(src, "offline"),
-                    os.path.join(tmp, "cases.json"), os.path.join(tmp, "out.json")], check=True,
-                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    res = json.load(open(os.path.join(tmp, "out.json")))
+    res = run_json(python, RUNNER, os.path.join(src, "offline"), cases, env={"JAX_PLATFORMS": "cpu"})
     golden = {}
     for c in cases:
         r = res[c["name"]]

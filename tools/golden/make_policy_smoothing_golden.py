@@ -13,12 +13,13 @@ passed as integers. Point REPO at a git directory of theirs and run from the rep
 
 Writes tests/data/policy_smoothing_golden.pt.
 """
-import json
 import os
-import subprocess
-import tempfile
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from authors_code import extract, run_json  # noqa: E402
 
 COMMIT = "282fd28de4316bb1949e82219527dc4056511435"
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "data",
@@ -56,24 +57,15 @@ json.dump(out, open(sys.argv[3], "w"))
 
 
 def main() -> None:
-    src = subprocess.run(["git", "-C", os.environ["REPO"], "show", f"{COMMIT}:Cartpole/cartpole_multiframe_plot_certs.py"],
-                         check=True, capture_output=True, text=True).stdout
-    tmp = tempfile.mkdtemp()
-    with open(os.path.join(tmp, "certs.py"), "w") as f:
-        f.write(src)
+    certs = os.path.join(extract(os.environ["REPO"], COMMIT, ["Cartpole/cartpole_multiframe_plot_certs.py"], on_path=()),
+                         "Cartpole", "cartpole_multiframe_plot_certs.py")
     g = torch.Generator().manual_seed(256)
     cases = []
     for name, (n, sigma, budget, mean) in {"good": (2000, 0.4, 0.2, 170.0), "mixed": (1000, 0.6, 0.5, 100.0),
                                            "clean": (3000, 0.2, 0.0, 150.0), "large_budget": (500, 0.4, 1.0, 190.0)}.items():
         r = torch.clamp(torch.round(mean + 40 * torch.randn(n, generator=g, dtype=torch.float64)), 0, 200)
         cases.append({"name": name, "rewards": r.tolist(), "sigma": sigma, "budget": budget})
-    with open(os.path.join(tmp, "cases.json"), "w") as f:
-        json.dump(cases, f)
-    with open(os.path.join(tmp, "runner.py"), "w") as f:
-        f.write(RUNNER)
-    subprocess.run([os.environ["JAX_PYTHON"], os.path.join(tmp, "runner.py"), os.path.join(tmp, "certs.py"),
-                    os.path.join(tmp, "cases.json"), os.path.join(tmp, "out.json")], check=True)
-    res = json.load(open(os.path.join(tmp, "out.json")))
+    res = run_json(os.environ["JAX_PYTHON"], RUNNER, certs, cases)
     golden = {c["name"]: {"rewards": torch.tensor(c["rewards"], dtype=torch.float64), "sigma": c["sigma"],
                           "budget": c["budget"], "bound": res[c["name"]]} for c in cases}
     torch.save(golden, OUT)
