@@ -369,6 +369,7 @@ _BAD_BY_OPTION = {
     ("noisy-labels", "--noise"): ["0.9", "-0.1", "nan", "inf", "x"],
     ("noisy-labels", "--losses"): ["nope", "CE,nope", "ce"],
     ("imbalance", "--ratio"): ["0.5", "nan", "inf", "-3", "x"],
+    ("fdvl", "--noise"): ["-0.1", "nan", "inf", "x"],
     ("lr-sensitivity", "--configs"): ["nope", "pre,mid", "pre+qk+qk"],
     ("lr-sensitivity", "--lr-min"): ["0", "-1e-3", "nan", "x"],
     ("lr-sensitivity", "--lr-max"): ["0", "-1", "nan", "x"],

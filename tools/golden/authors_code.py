@@ -19,3 +19,20 @@ def extract(repo: str, commit: str, names: list[str], *, on_path: tuple[str, ...
     for sub in on_path:
         sys.path.insert(0, os.path.join(tmp, sub))
     return tmp
+
+
+def run_json(python: str, runner: str, source: str, cases, *, env: dict | None = None):
+    """Runs the script text ``runner`` under another Python (``python``: one with the authors' dependencies,
+    e.g. CPU jax) as ``runner.py SOURCE CASES.json OUT.json`` and returns what it wrote to OUT.json; ``cases``
+    is dumped to CASES.json."""
+    import json
+
+    tmp = tempfile.mkdtemp()
+    paths = [os.path.join(tmp, n) for n in ("runner.py", "cases.json", "out.json")]
+    with open(paths[0], "w") as f:
+        f.write(runner)
+    with open(paths[1], "w") as f:
+        json.dump(cases, f)
+    subprocess.run([python, paths[0], source, paths[1], paths[2]], check=True, env={**os.environ, **(env or {})})
+    with open(paths[2]) as f:
+        return json.load(f)
