@@ -81,6 +81,8 @@ ALLOWED = {
     "diffusion": set(),
     "rl": set(),
     "bandits": set(),
+    "peft": set(),
+    "compression": set(),
 }
 
 
