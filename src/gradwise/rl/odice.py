@@ -159,6 +159,9 @@ def odice_value_backward(vf: nn.Module, vf_target: nn.Module, obs: Tensor, next_
     """Add one ODICE value update into ``vf``'s ``.grad`` (the caller steps the optimizer and the
     target); see the module docstring for the math and the departures from the authors' code.
 
+    "ODICE: Revealing the Mystery of Distribution Correction Estimation via Orthogonal-gradient Update"
+    (ICLR 2024), arXiv 2402.00348; authors' code maoliyuan/ODICE-Pytorch@1692507c.
+
     ``reward`` and ``done`` are ``[B]``; ``obs``/``next_obs`` ``[B, ...]``. ``value_fn(vf, x)`` gives
     the values being trained (default ``vf(x)``; twin V: ``lambda m, x: m.both(x)``); the targets are
     ``vf_target(x)``. Returns :class:`ODICEStep` (loss, residual, parallel_coef)."""

@@ -99,7 +99,11 @@ def riql_q_loss(q: Tensor, reward: Tensor, done: Tensor, next_v: Tensor, *, disc
                 reduction: str = "mean") -> Tensor:
     """RIQL's Q loss: Huber (``smooth_l1`` with ``beta=delta``) between each critic's ``q`` (``[K, B]``
     or ``[B]``) and the clipped target ``r + γ (1 − done) next_v`` (``next_v`` detached).
-    ``reduction="none"`` returns the ``[K, B]`` elementwise losses."""
+    ``reduction="none"`` returns the ``[K, B]`` elementwise losses. The authors' ``sigma`` is
+    ``delta = 1/sigma**2``.
+
+    "Towards Robust Offline Reinforcement Learning under Diverse Data Corruption" (ICLR 2024),
+    arXiv 2310.12955; authors' code YangRui2015/RIQL@cc07d812 (``RIQL.py``)."""
     check_range("discount", discount, 0.0, 1.0)
     check_positive("delta", delta)
     check_choice("reduction", reduction, REDUCTIONS)
