@@ -1,5 +1,6 @@
-"""What several rl modules share: batch checks that run before any ``.grad`` is written, and the
-Polyak (EMA) target update that ODICE and IQL-style loops use."""
+"""What several rl modules share: batch checks that run before any ``.grad`` is written, the
+Polyak (EMA) target update that ODICE and IQL-style loops use, and the transition fields and lazy
+gymnasium import of the data modules."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -7,7 +8,18 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_batch", "check_tensor", "polyak_update"]
+__all__ = ["check_batch", "check_tensor", "polyak_update", "require_gymnasium", "FIELDS"]
+
+FIELDS = ("obs", "action", "reward", "next_obs", "done", "timeout")  # a transition dataset's tensors
+
+
+def require_gymnasium():
+    """The gymnasium module (the optional ``rl`` extra), or ImportError saying how to install it."""
+    try:
+        import gymnasium
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("gradwise.rl.data needs gymnasium: pip install 'gradwise[rl]'") from e
+    return gymnasium
 
 
 def check_tensor(name: str, value, ndim: int | tuple[int, ...] | None = None) -> Tensor:
