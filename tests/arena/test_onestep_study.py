@@ -13,7 +13,7 @@ from gradwise.diffusion.toy import TEACHER_FILE, load_teacher
 
 torch.set_num_threads(1)
 
-TINY = dataclasses.replace(os_.Config(), seeds=1, gen_steps=2, batch_size=16, eval_n=64, checkpoints=2)
+TINY = dataclasses.replace(os_.Config(), seeds=1, gen_steps=1, batch_size=16, eval_n=64, checkpoints=2)
 
 
 def test_the_methods_table_is_the_study_s_list():
@@ -47,14 +47,17 @@ def test_metrics_see_a_dropped_light_mode():
 
 
 @pytest.mark.skipif(not TEACHER_FILE.is_file(), reason="no cached teachers")
-def test_every_method_runs_and_reports_finite_metrics():
+def test_the_loops_run_and_report_finite_metrics():
+    # the smoke run (tests/arena/test_studies.py) runs every method; here the three kinds of loop: f-distill's
+    # weighted update, the GAN term and the 4-step backward simulation
     teacher = load_teacher("mixture")
     before = [p.clone() for p in teacher.parameters()]
     ref = orr.mixture_reference(TINY.eval_n, 0)
     noise = torch.randn(TINY.eval_n, 2, generator=torch.Generator().manual_seed(0))
-    for name, spec in orr.METHODS.items():
+    for name in ("f-kl", "dmd-gan", "dmd-4step"):
+        spec = orr.METHODS[name]
         out = orr.run_method(spec, teacher, 0, TINY, ref, noise)
-        assert math.isfinite(out["ed"]) and len(out["ed_curve"]) == TINY.checkpoints, name
+        assert math.isfinite(out["ed"]) and len(out["ed_curve"]) == 1, name   # one checkpoint per update
         assert out["iterations"] == TINY.gen_steps * spec.ratio and out["nfe"] == spec.steps
     for p, q in zip(teacher.parameters(), before):   # the teacher is never trained
         assert torch.equal(p, q)

@@ -229,5 +229,5 @@ STUDY = register_study(Study(
     record=_record, json_extra=_json_extra,
     write_files=lambda out, run, rows, summary, title: _plot(out / "one-step.png", run, rows, summary, title),
     outputs=("one-step.png",),
-    smoke=("--seeds", "1", "--gen-steps", "2", "--eval-n", "64", "--checkpoints", "2", "--batch-size", "16"),
+    smoke=("--seeds", "1", "--gen-steps", "1", "--eval-n", "64", "--checkpoints", "2", "--batch-size", "16"),
 ))
