@@ -88,3 +88,28 @@ def test_train_digits_classifier_runs_briefly():
     assert isinstance(model, DigitsClassifier) and not model.training
     with pytest.raises(ValueError, match="y"):
         train_digits_classifier(x[:64], y[:10], epochs=1)
+
+
+def test_without_the_repository_cache_a_teacher_is_trained_once_into_the_user_cache(tmp_path, monkeypatch):
+    # an installed package has no tests/data: load_teacher trains the teacher and keeps it in the user cache
+    from gradwise.diffusion.toy import build_teacher
+    from gradwise.diffusion.toy import teachers as tm
+
+    calls = []
+
+    def fake_train(name, *, seed=0):
+        calls.append(name)
+        torch.manual_seed(123)
+        return build_teacher(name).eval()
+
+    monkeypatch.setattr(tm, "TEACHER_FILE", tmp_path / "missing.pt")
+    monkeypatch.setattr(tm, "train_teacher", fake_train)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    a = tm.load_teacher("mixture")
+    b = tm.load_teacher("mixture")
+    assert calls == ["mixture"]
+    assert (tmp_path / "cache" / "gradwise" / "diffusion_toy_teacher_mixture.pt").is_file()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb) and not pa.requires_grad
+    with pytest.raises(FileNotFoundError):
+        tm.load_teacher("mixture", tmp_path / "nope.pt")

@@ -49,6 +49,14 @@ TEACHERS = {
 TEACHER_FILE = Path(__file__).resolve().parents[4] / "tests" / "data" / "diffusion_toy_teachers.pt"
 
 
+def _user_cache(name: str) -> Path:
+    """Where an installed package keeps a teacher it trained: $XDG_CACHE_HOME (or ~/.cache)/gradwise."""
+    import os
+
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "gradwise" / f"diffusion_toy_teacher_{name}.pt"
+
+
 def build_teacher(name: str) -> nn.Module:
     """A freshly initialised (torch's global RNG) teacher ``name`` of :data:`TEACHERS`: an
     :class:`EDMDenoiser` for ``"mixture"``/``"digits"``, a :class:`DigitsClassifier` for ``"classifier"``."""
@@ -82,10 +90,21 @@ def train_teacher(name: str, *, seed: int = 0) -> nn.Module:
 
 def load_teacher(name: str, path: str | Path | None = None) -> nn.Module:
     """Teacher ``name`` (``"mixture"``, ``"digits"``, ``"classifier"``) with its cached weights, in eval mode
-    with gradients off. ``path`` defaults to :data:`TEACHER_FILE`; a missing file raises FileNotFoundError
-    saying how to make it."""
+    with gradients off. ``path`` defaults to :data:`TEACHER_FILE`; a missing ``path`` raises FileNotFoundError
+    saying how to make it. Without ``path`` and without :data:`TEACHER_FILE` (an installed package, which does
+    not ship tests/data), the teacher is trained with :func:`train_teacher` (seed 0) once and kept in the user
+    cache ($XDG_CACHE_HOME or ~/.cache, ``gradwise/diffusion_toy_teacher_<name>.pt``)."""
     check_choice("name", name, tuple(TEACHERS))
     file = Path(path) if path is not None else TEACHER_FILE
+    if path is None and not file.is_file():
+        cached = _user_cache(name)
+        if not cached.is_file():
+            model = train_teacher(name)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            torch.save({name: {"state_dict": model.state_dict()}}, tmp)
+            tmp.replace(cached)
+        file = cached
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no cached toy teachers (make them with "
                                 "`python tools/diffusion/make_toy_teachers.py`)")
