@@ -97,7 +97,8 @@ def consistency_training_loss(denoiser: nn.Module, x: Tensor, *, step: int, tota
                               c: float | str | None = None, distance: str | None = None,
                               sigma_sampling: str = "lognormal", s0: int = 10, s1: int = 1280,
                               sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-                              p_mean: float = -1.1, p_std: float = 2.0) -> Tensor:
+                              p_mean: float = -1.1, p_std: float = 2.0, noise: Tensor | None = None,
+                              index: Tensor | None = None) -> Tensor:
     r"""Per-sample consistency training loss ``[B]`` at training step ``step`` of ``total_steps`` (iCT,
     arXiv 2310.14189; sLCT options, arXiv 2502.01441). Formula, references and departures: module docstring.
 
@@ -114,6 +115,9 @@ def consistency_training_loss(denoiser: nn.Module, x: Tensor, *, step: int, tota
     distance: ``"sum"``/``"mean"``/``"elementwise"`` (then averaged per sample); default per metric.
     sigma_sampling: ``"lognormal"`` (iCT Eq. 10, p_mean, p_std) or ``"uniform"`` over the N-1 indices.
     s0, s1, sigma_min, sigma_max, rho: the curriculum and the Karras levels (iCT's defaults).
+    noise, index: the draws, when given (tests, or a caller's own sampling): the noise ``[B, ...]`` (before
+        OT pairing) and the teacher's level index ``[B]`` in 0..N-2 (ascending: teacher at sigmas[index],
+        student at sigmas[index + 1]); neither is then drawn from ``generator``.
     """
     check_batch_tensor("x", x)
     if x.ndim < 2:
@@ -136,8 +140,20 @@ def consistency_training_loss(denoiser: nn.Module, x: Tensor, *, step: int, tota
     sigmas = karras_sigmas(n, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
     probs = (lognormal_sigma_probs(sigmas, p_mean=p_mean, p_std=p_std) if sigma_sampling == "lognormal"
              else torch.full((n - 1,), 1.0 / (n - 1), dtype=torch.float64))
-    noise = torch.randn(x.shape, generator=generator, dtype=dt, device="cpu").to(dev)
-    idx = torch.multinomial(probs, b, replacement=True, generator=generator)
+    if noise is None:
+        noise = torch.randn(x.shape, generator=generator, dtype=dt, device="cpu").to(dev)
+    elif not torch.is_tensor(noise) or noise.shape != x.shape or noise.dtype != dt:
+        raise ValueError(f"Invalid noise: {getattr(noise, 'shape', noise)!r} (accepted: a tensor of x's shape "
+                         f"{tuple(x.shape)} and dtype {dt})")
+    if index is None:
+        idx = torch.multinomial(probs, b, replacement=True, generator=generator)
+    elif not torch.is_tensor(index) or index.dtype not in (torch.int32, torch.int64) or index.shape != (b,):
+        raise ValueError(f"Invalid index: {getattr(index, 'shape', index)!r} (accepted: an integer tensor [B] = "
+                         f"[{b}] with values in 0..N-2 = 0..{n - 2})")
+    else:
+        idx = index.detach().to("cpu", torch.long)
+        if bool(((idx < 0) | (idx > n - 2)).any()):
+            raise ValueError(f"Invalid index: values outside 0..N-2 = 0..{n - 2} (N = {n} levels at this step)")
     if ot:
         noise = ot_pair(x, noise)
     sig_t = sigmas[idx].to(device=dev, dtype=dt)          # teacher: sigma_i (lower)
