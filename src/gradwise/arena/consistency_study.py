@@ -48,7 +48,7 @@ CLAIMS = (
 
 @dataclass(frozen=True)
 class Config:
-    steps: int = option(1000, "training steps per 2-D run", at_least=20)
+    steps: int = option(800, "training steps per 2-D run", at_least=20)
     batch_size: int = option(128, "2-D batch size", at_least=2)
     lr: float = option(2e-3, "2-D Adam learning rate", at_least=1e-6)
     width: int = option(64, "2-D MLP width", at_least=8)
@@ -65,7 +65,7 @@ class Config:
     mid_sigma: float = option(0.8, "second sampling step's noise level", at_least=0.003)
     ema_mu0: float = option(0.9, "EMA arms: mu0 of CT's teacher schedule exp(s0 ln mu0 / N)", at_least=0.0,
                             below=1.0)
-    digits_steps: int = option(600, "training steps per digits run", at_least=20)
+    digits_steps: int = option(500, "training steps per digits run", at_least=20)
     digits_batch: int = option(64, "digits batch size", at_least=2)
     digits_lr: float = option(2e-3, "digits Adam learning rate", at_least=1e-6)
     digits_channels: int = option(16, "digits conv channels", at_least=8)
