@@ -88,7 +88,7 @@ def user_cache_file() -> Path:
 
     root = os.environ.get("GRADWISE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
         / "gradwise"
-    return Path(root) / TEACHER_FILE.name
+    return Path(root) / "diffusion_toy_teachers.pt"
 
 
 def load_teacher(name: str, path: str | Path | None = None) -> nn.Module:
