@@ -57,7 +57,7 @@ from gradwise._validate import check_choice, check_nonneg, check_positive
 from gradwise.registry import register
 
 from ._common import check_batch_tensor, default_c
-from .ict import (PAPER, _ARXIV, ict_discretization_steps, ict_loss_weights, karras_sigmas, lognormal_sigma_probs,
+from .ict import (PAPER, ict_discretization_steps, ict_loss_weights, karras_sigmas, lognormal_sigma_probs,
                   pseudo_huber_loss)
 from .slct import cauchy_loss, ot_pair, slct_scaling_c
 
@@ -88,7 +88,7 @@ def _resolve_c(c, metric: str, x: Tensor, n: int, s0: int):
     return check_positive("c", c)
 
 
-@register(kind="diffusion-objective", paper=PAPER, year=2023, arxiv=_ARXIV, code=None,
+@register(kind="diffusion-objective", paper=PAPER, year=2023, arxiv="2310.14189", code=None,
           summary="Consistency training loss (iCT: curriculum, lognormal levels, 1/dsigma weights, Pseudo-Huber, "
                   "no-EMA teacher; sLCT options: Cauchy, OT pairs, scaling-c, diffusion loss)")
 def consistency_training_loss(denoiser: nn.Module, x: Tensor, *, step: int, total_steps: int, class_labels=None,
