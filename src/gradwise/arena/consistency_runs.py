@@ -89,6 +89,8 @@ def run_one(cfg, method: str, seed: int, task: dict[str, Any]) -> dict[str, Any]
     part, opts = ARMS[method]
     opts = dict(opts)
     ema = opts.pop("ema", False)
+    if getattr(cfg, "c", 0.0) > 0 and "c" not in opts:
+        opts["c"] = cfg.c
     torch.manual_seed(seed)
     if part == "dig":
         net = ToyConv8x8(10, channels=cfg.digits_channels, blocks=1)

@@ -62,6 +62,8 @@ class Config:
     s0: int = option(10, "first curriculum stage: s0 + 1 levels", at_least=1)
     s1: int = option(160, "last curriculum stage: s1 + 1 levels", at_least=1)
     sigma_max: float = option(80.0, "largest noise level (training and sampling)", at_least=1.0)
+    c: float = option(0.0, "robust metrics' scale c (0: iCT's 0.00054 sqrt(d); the scaling-c arm keeps its schedule)",
+                      at_least=0.0)
     mid_sigma: float = option(0.8, "second sampling step's noise level", at_least=0.003)
     ema_mu0: float = option(0.9, "EMA arms: mu0 of CT's teacher schedule exp(s0 ln mu0 / N)", at_least=0.0,
                             below=1.0)
