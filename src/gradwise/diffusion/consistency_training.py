@@ -41,10 +41,12 @@ Departures: noise levels and indices are drawn from ``generator`` (``torch.multi
 global RNG (LCT's ``Categorical``, diffusers' ``multinomial``); the draws differ, the distribution is the
 same. ``metric="l2"`` (squared l2 summed over the sample, the original consistency training's d) is for
 the ablation. LCT's Cauchy/Huber act on the per-sample mean of the squared error, iCT/ECT's Pseudo-Huber on
-the sum (defaults of ``distance``; pass ``distance`` to change). The check against the references is
-equation-level (``tests/diffusion/test_consistency_training.py``): with the same draws, the loss is the
-references' formula written out (their loops cannot be run without their models and data pipelines; the
-metric pieces themselves are checked against runs of their code in ``test_ict.py``, ``test_slct.py``).
+the sum (defaults of ``distance``; pass ``distance`` to change). Checks (``tests/diffusion/
+test_consistency_training.py``): LCT's ``consistency_losses`` run unchanged at 34661b9 around a stub network
+(``tests/data/consistency_training_golden.pt``, float64, rel 1e-10: per-sample loss and ``cm + 5 * diff``,
+with the noise and indices it drew passed as ``noise``/``index``); the diffusers loop (inside the script's
+``main()``) and ECT (a continuous-time t/r mapping) at the equation level: shared noise and dropout state,
+stop-grad teacher, the metric on the whole sample.
 """
 from __future__ import annotations
 
