@@ -104,12 +104,15 @@ def test_without_the_repository_cache_a_teacher_is_trained_once_into_the_user_ca
 
     monkeypatch.setattr(tm, "TEACHER_FILE", tmp_path / "missing.pt")
     monkeypatch.setattr(tm, "train_teacher", fake_train)
+    monkeypatch.delenv("GRADWISE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     a = tm.load_teacher("mixture")
     b = tm.load_teacher("mixture")
     assert calls == ["mixture"]
-    assert (tmp_path / "cache" / "gradwise" / "diffusion_toy_teacher_mixture.pt").is_file()
+    assert (tmp_path / "cache" / "gradwise" / "diffusion_toy_teachers.pt").is_file()
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb) and not pa.requires_grad
     with pytest.raises(FileNotFoundError):
         tm.load_teacher("mixture", tmp_path / "nope.pt")
+    monkeypatch.setenv("GRADWISE_CACHE", str(tmp_path / "own"))  # $GRADWISE_CACHE comes first
+    assert tm.user_cache_file() == tmp_path / "own" / "diffusion_toy_teachers.pt"

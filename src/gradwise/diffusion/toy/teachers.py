@@ -20,7 +20,7 @@ from gradwise.diffusion.toy.nets import ToyConv8x8, ToyMLP
 from gradwise.diffusion.toy.training import train_denoiser
 
 __all__ = ["TEACHERS", "MIXTURE_TEACHER_WEIGHTS", "TEACHER_FILE", "build_teacher", "train_teacher",
-           "load_teacher"]
+           "load_teacher", "user_cache_file"]
 
 # The unequal-weight mixture of the one-step study: two light modes (3 % and 5 %) that mode-seeking
 # objectives drop.
@@ -47,14 +47,6 @@ TEACHERS = {
 
 # The cache, in the repository's tests/data (not installed with the package).
 TEACHER_FILE = Path(__file__).resolve().parents[4] / "tests" / "data" / "diffusion_toy_teachers.pt"
-
-
-def _user_cache(name: str) -> Path:
-    """Where an installed package keeps a teacher it trained: $XDG_CACHE_HOME (or ~/.cache)/gradwise."""
-    import os
-
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "gradwise" / f"diffusion_toy_teacher_{name}.pt"
 
 
 def build_teacher(name: str) -> nn.Module:
@@ -88,27 +80,43 @@ def train_teacher(name: str, *, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def user_cache_file() -> Path:
+    """Where teachers trained on first use are cached when the repository's file is absent (an installed
+    package): ``$GRADWISE_CACHE`` or ``$XDG_CACHE_HOME/gradwise`` (default ``~/.cache/gradwise``), file
+    ``diffusion_toy_teachers.pt``."""
+    import os
+
+    root = os.environ.get("GRADWISE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
+        / "gradwise"
+    return Path(root) / "diffusion_toy_teachers.pt"
+
+
 def load_teacher(name: str, path: str | Path | None = None) -> nn.Module:
     """Teacher ``name`` (``"mixture"``, ``"digits"``, ``"classifier"``) with its cached weights, in eval mode
-    with gradients off. ``path`` defaults to :data:`TEACHER_FILE`; a missing ``path`` raises FileNotFoundError
-    saying how to make it. Without ``path`` and without :data:`TEACHER_FILE` (an installed package, which does
-    not ship tests/data), the teacher is trained with :func:`train_teacher` (seed 0) once and kept in the user
-    cache ($XDG_CACHE_HOME or ~/.cache, ``gradwise/diffusion_toy_teacher_<name>.pt``)."""
+    with gradients off. ``path`` defaults to :data:`TEACHER_FILE` (the repository's cache), then to
+    :func:`user_cache_file`; where neither holds ``name`` (an installed package), it is trained with its recipe
+    (:func:`train_teacher`, seed 0; minutes) and saved to :func:`user_cache_file`. A ``path`` given but missing
+    raises FileNotFoundError saying how to make it."""
     check_choice("name", name, tuple(TEACHERS))
-    file = Path(path) if path is not None else TEACHER_FILE
-    if path is None and not file.is_file():
-        cached = _user_cache(name)
-        if not cached.is_file():
-            model = train_teacher(name)
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            torch.save({name: {"state_dict": model.state_dict()}}, tmp)
-            tmp.replace(cached)
-        file = cached
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no cached toy teachers (make them with "
-                                "`python tools/diffusion/make_toy_teachers.py`)")
-    stored = torch.load(file, map_location="cpu", weights_only=True)[name]
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no cached toy teachers (make them with "
+                                    "`python tools/diffusion/make_toy_teachers.py`)")
+        stored = torch.load(file, map_location="cpu", weights_only=True)[name]
+    elif TEACHER_FILE.is_file():
+        stored = torch.load(TEACHER_FILE, map_location="cpu", weights_only=True)[name]
+    else:
+        cache = user_cache_file()
+        table = torch.load(cache, map_location="cpu", weights_only=True) if cache.is_file() else {}
+        if name not in table:
+            trained = train_teacher(name)
+            table[name] = {"state_dict": {k: v.detach().float().clone() for k, v in trained.state_dict().items()}}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            torch.save(table, tmp)
+            tmp.replace(cache)
+        stored = table[name]
     model = build_teacher(name)
     model.load_state_dict(stored["state_dict"])
     return model.eval().requires_grad_(False)
