@@ -88,3 +88,28 @@ def test_train_digits_classifier_runs_briefly():
     assert isinstance(model, DigitsClassifier) and not model.training
     with pytest.raises(ValueError, match="y"):
         train_digits_classifier(x[:64], y[:10], epochs=1)
+
+
+def test_without_the_repository_cache_teachers_are_trained_once_into_the_user_cache(tmp_path, monkeypatch):
+    from gradwise.diffusion.toy import teachers
+
+    calls = []
+
+    def fake_train(name, *, seed=0):  # a real recipe takes minutes: an untrained teacher stands in
+        calls.append(name)
+        torch.manual_seed(1)
+        return teachers.build_teacher(name).eval()
+
+    monkeypatch.setattr(teachers, "TEACHER_FILE", tmp_path / "absent.pt")
+    monkeypatch.setattr(teachers, "train_teacher", fake_train)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = teachers.load_teacher("classifier")
+    assert teachers.user_cache_file() == tmp_path / "cache" / "gradwise" / "diffusion_toy_teachers.pt"
+    assert teachers.user_cache_file().is_file() and calls == ["classifier"]
+    again = teachers.load_teacher("classifier")  # read back, not retrained
+    assert calls == ["classifier"] and not any(p.requires_grad for p in again.parameters())
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    teachers.load_teacher("mixture")  # a second teacher joins the same file
+    assert calls == ["classifier", "mixture"]
+    assert set(torch.load(teachers.user_cache_file(), weights_only=True)) == {"classifier", "mixture"}

@@ -20,7 +20,7 @@ from gradwise.diffusion.toy.nets import ToyConv8x8, ToyMLP
 from gradwise.diffusion.toy.training import train_denoiser
 
 __all__ = ["TEACHERS", "MIXTURE_TEACHER_WEIGHTS", "TEACHER_FILE", "build_teacher", "train_teacher",
-           "load_teacher"]
+           "load_teacher", "user_cache_file"]
 
 # The unequal-weight mixture of the one-step study: two light modes (3 % and 5 %) that mode-seeking
 # objectives drop.
@@ -80,11 +80,24 @@ def train_teacher(name: str, *, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def user_cache_file() -> Path:
+    """Where :func:`load_teacher` keeps teachers it trained itself when the repository's cache is absent (an
+    installed package): ``$XDG_CACHE_HOME/gradwise/diffusion_toy_teachers.pt`` (default ``~/.cache``)."""
+    import os
+
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "gradwise" / "diffusion_toy_teachers.pt"
+
+
 def load_teacher(name: str, path: str | Path | None = None) -> nn.Module:
     """Teacher ``name`` (``"mixture"``, ``"digits"``, ``"classifier"``) with its cached weights, in eval mode
-    with gradients off. ``path`` defaults to :data:`TEACHER_FILE`; a missing file raises FileNotFoundError
-    saying how to make it."""
+    with gradients off. ``path`` defaults to :data:`TEACHER_FILE` (the repository's cache); when that file is
+    absent (an installed package), the teacher is read from :func:`user_cache_file`, or trained with its recipe
+    (:func:`train_teacher`, seed 0: a minute or two on a CPU) and saved there. An explicit ``path`` that is
+    missing raises FileNotFoundError saying how to make it."""
     check_choice("name", name, tuple(TEACHERS))
+    if path is None and not TEACHER_FILE.is_file():
+        return _user_cached(name)
     file = Path(path) if path is not None else TEACHER_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no cached toy teachers (make them with "
@@ -93,3 +106,16 @@ def load_teacher(name: str, path: str | Path | None = None) -> nn.Module:
     model = build_teacher(name)
     model.load_state_dict(stored["state_dict"])
     return model.eval().requires_grad_(False)
+
+
+def _user_cached(name: str) -> nn.Module:
+    file = user_cache_file()
+    stored = torch.load(file, map_location="cpu", weights_only=True) if file.is_file() else {}
+    if name not in stored:
+        model = train_teacher(name)
+        stored[name] = {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
+        torch.save(stored, tmp)
+        tmp.replace(file)
+    return load_teacher(name, file)
