@@ -41,11 +41,13 @@ Departures from the authors' code, each with its reason:
   ``IndexError`` on the empty list).
 * Unselected entries are written back with ``torch.where``; the authors' ``W'·M + W·(1 − M)`` turns a frozen
   entry into NaN when its (discarded) update is NaN or infinite. A NaN in a selected entry propagates as in theirs.
-* The authors' other optimizer, ``optim/adamw.py`` (their default import in ``examples/finetune.py``), differs:
-  it drops the nuclear-norm gradient (``rank_loss.backward()`` runs under ``no_grad``), holds ``|W|`` in the
-  selected entries until step 1, and resets Adam's state when an entry is re-selected; with the ``|W|`` line
-  patched, a run without re-selection equals ``adamw2`` (the golden generator checks this). This module follows
-  ``adamw2``.
+* The authors' other optimizer, ``optim/adamw.py`` (the "unstructural backpropagation" version, trainable
+  tensors of the selected entries spliced into the model), differs, as read at ea21192 (not run here): its
+  nuclear-norm term is taken on the original, detached parameters, so its gradient never reaches the trained
+  entries; it splices ``|W|`` (not ``W``) into the selected entries at construction, so they hold ``|W|`` until
+  the first update; its re-selection step rebuilds the optimizer (Adam's state restarts) and returns without an
+  update; it has no "more than 100 selected" check. The issue that planned this module reports that with the
+  ``|W|`` line patched a plain run equals ``adamw2``. This module follows ``adamw2``.
 * No ``amsgrad``, ``maximize``, ``capturable`` or complex parameters (unused by the authors' fine-tuning).
 """
 from __future__ import annotations
