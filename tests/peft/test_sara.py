@@ -125,7 +125,12 @@ def test_nan_propagates_in_selected_entries():
     opt = SaRA([w], threshold=1.0, lr=0.1)
     w.grad = torch.tensor([float("nan"), float("nan")])
     opt.step()
-    assert math.isnan(w[0].item()) and w[1].item() == 5.0
+    assert math.isnan(w[0].item()) and math.isnan(w[1].item())     # dense: as the authors' W'M + W(1 - M)
+    w = torch.nn.Parameter(torch.tensor([0.0, 5.0]))
+    opt = SaRA([w], threshold=1.0, lr=0.1, sparse=True)
+    w.grad = torch.tensor([float("nan"), float("nan")])
+    opt.step()
+    assert math.isnan(w[0].item()) and w[1].item() == 5.0          # sparse: frozen entries are never touched
 
 
 def test_state_dict_round_trip_with_reselection(golden):
