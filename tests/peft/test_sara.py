@@ -165,3 +165,25 @@ def test_sparse_state_is_smaller():
     nbytes = [sum(t.numel() * t.element_size() for s in o.state.values() for t in s.values() if t.dim())
               for o in (dense, sparse)]
     assert nbytes[1] < 0.5 * nbytes[0]
+
+
+def test_masks_follow_their_parameter_across_groups_and_missing_grads():
+    a = torch.nn.Parameter(torch.tensor([0.0, 9.0]))
+    b = torch.nn.Parameter(torch.tensor([9.0, 0.0, 9.0]))
+    c = torch.nn.Parameter(torch.tensor([0.0, 0.0]))
+    opt = SaRA([{"params": [a, b]}, {"params": [c], "lr": 0.5}], threshold=1.0, lr=0.1, weight_decay=0.0)
+    b.grad, c.grad = torch.ones(3), torch.ones(2)          # a gets no gradient
+    opt.step()
+    assert torch.equal(a.detach(), torch.tensor([0.0, 9.0]))
+    assert b[0].item() == 9.0 and b[2].item() == 9.0 and b[1].item() == pytest.approx(-0.1)
+    assert c.detach().tolist() == pytest.approx([-0.5, -0.5])
+
+
+def test_no_eligible_matrix_draws_nothing():
+    w = torch.nn.Parameter(torch.zeros(10, 70))           # min side 10 <= 64: not eligible
+    opt = SaRA([w], threshold=1.0, lambda_rank=1.0)
+    random.seed(0)
+    state = random.getstate()
+    w.grad = torch.zeros_like(w)
+    opt.step()
+    assert random.getstate() == state and torch.equal(w.detach(), torch.zeros_like(w))
