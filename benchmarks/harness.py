@@ -1,7 +1,7 @@
 """The harness every benchmark script in this folder uses: workload, interleaved timing, statistics, output.
 
 The scripts (``optim_step.py``, ``loss_step.py``, ``preference_step.py``, ``layer_step.py``,
-``state_bits.py``, ``unlearning_step.py``, ``lame_step.py``, ``tta_step.py``, ``diffusion_step.py``) keep
+``state_bits.py``, ``unlearning_step.py``, ``lame_step.py``, ``tta_step.py``, ``diffusion_step.py``, ``sara_step.py``) keep
 only what they time; this module holds how: the optimizers' tensor set, the candidates and their
 interleaved rounds with warm-up, the statistics (medians, spreads, paired ratios), the machine's
 description, peak memory, the common arguments and the markdown/JSON output. ``gradwise bench`` runs ``optim_step.py``.
