@@ -82,8 +82,12 @@ def _check_reste(o, t, interval) -> tuple[float, float, float]:
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
-    """torch.sign, except that NaN stays NaN (torch.sign(NaN) is 0)."""
-    return torch.where(torch.isnan(x), x, torch.sign(x))
+    """torch.sign, except that NaN stays NaN (torch.sign(NaN) is 0). On CPU the NaN pass runs only when a
+    read-only sum says there may be one (the sum is NaN); elsewhere it always runs (no host sync)."""
+    s = torch.sign(x)
+    if not x.is_cpu or torch.isnan(x.sum()):
+        s = torch.where(torch.isnan(x), x, s)
+    return s
 
 
 class _ReSTESign(torch.autograd.Function):
@@ -98,10 +102,18 @@ class _ReSTESign(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         o, t, interval = ctx.params
         a = x.abs()
-        power = a.pow((1.0 - o) / o).mul_(grad_out).mul_(1.0 / o)  # NaN in x stays NaN (pow(NaN, 0) = 1 at o = 1)
-        grad = torch.where(a > t, 0.0, power)
-        grad = torch.where(a <= interval, grad_out * (interval ** (1.0 / o) / interval), grad)
-        return grad, None, None, None
+        # (1/o) a^((1-o)/o) as exp(((1-o)/o) log a - log o), on a clamped below at interval and times o
+        # there (which gives interval^(1/o)/interval), times 0 beyond t. torch.pow with a general exponent
+        # is not vectorized on CPU; exp/log are, and arithmetic masks are cheaper than masked_fill/where.
+        # Agrees with the direct formula to ~1e-16 relative in float64; NaN in x stays NaN.
+        grad = a.clamp(min=interval).log_().mul_((1.0 - o) / o)
+        if o != 1.0:
+            grad.sub_(math.log(o))
+        grad.exp_()
+        if o != 1.0:
+            grad.mul_((a <= interval).to(grad.dtype).mul_(o - 1.0).add_(1.0))
+        grad.mul_(a <= t)
+        return grad.mul_(grad_out), None, None, None
 
 
 class _STESign(torch.autograd.Function):
