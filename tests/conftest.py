@@ -14,8 +14,9 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir())
     f"torchinductor_{getpass.getuser()}_{torch.backends.cpu.get_cpu_capability().lower()}")))
 
 # tests import helpers that sit beside them (optim_problem). Because tests/ is on sys.path, a test folder
-# must not be named like an importable package: the peft family's tests are in tests/peft_tests, since a
-# tests/peft package would shadow HF PEFT (transformers then fails to import its trainer).
+# must not be named like an importable package: the peft and compression families' tests are in
+# tests/peft_tests and tests/compression_tests, since a tests/peft package would shadow HF PEFT
+# (transformers then fails to import its trainer) and tests/compression Python 3.14's compression package.
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Hypothesis: no per-example deadline (CI machines vary in speed) and derandomized
