@@ -38,7 +38,10 @@ _PAPER = "Contextual Bandits with Online Neural Regression"
                   "exploration), checked against Vowpal Wabbit's --squarecb")
 def igw_probabilities(predicted: torch.Tensor, gamma, *, mu: float | None = None,
                       rewards: bool = True) -> torch.Tensor:
-    """IGW probabilities [..., K] from ``predicted`` [..., K] (see the module docstring).
+    """IGW probabilities [..., K] from ``predicted`` [..., K]: SquareCB's exploration (Foster & Rakhlin 2020,
+    arXiv 2002.04926) as used by "Contextual Bandits with Online Neural Regression" (Deb et al., ICLR 2024,
+    arXiv 2312.07145; no official code), checked against Vowpal Wabbit's ``--squarecb`` (see the module
+    docstring for the formula, what was checked and what is not built).
 
     ``gamma``: a number >= 0 or a tensor broadcastable to ``predicted[..., 0]`` (one per row); ``mu`` >= K
     (None: K), so that every non-greedy action gets at most 1/K; ``rewards``: True if ``predicted`` are rewards
