@@ -88,3 +88,27 @@ def test_train_digits_classifier_runs_briefly():
     assert isinstance(model, DigitsClassifier) and not model.training
     with pytest.raises(ValueError, match="y"):
         train_digits_classifier(x[:64], y[:10], epochs=1)
+
+
+def test_without_the_repository_cache_the_teacher_is_trained_once_and_kept(tmp_path, monkeypatch):
+    # an installed package has no tests/data: the loader trains (here: a stand-in) and keeps the weights
+    from gradwise.diffusion.toy import teachers
+
+    calls = []
+
+    def fake_train(name, *, seed=0):
+        calls.append((name, seed))
+        torch.manual_seed(123)
+        return teachers.build_teacher(name).eval()
+
+    monkeypatch.setattr(teachers, "TEACHER_FILE", tmp_path / "absent.pt")
+    monkeypatch.setattr(teachers, "train_teacher", fake_train)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = teachers.load_teacher("classifier")
+    second = teachers.load_teacher("classifier")
+    assert calls == [("classifier", 0)]
+    assert teachers.user_cache_file("classifier").is_file()
+    assert str(teachers.user_cache_file("classifier")).startswith(str(tmp_path / "cache"))
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not any(p.requires_grad for p in second.parameters())

@@ -7,6 +7,7 @@ saves their float32 state dicts with their configurations in ``tests/data/diffus
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from gradwise.diffusion.toy.nets import ToyConv8x8, ToyMLP
 from gradwise.diffusion.toy.training import train_denoiser
 
 __all__ = ["TEACHERS", "MIXTURE_TEACHER_WEIGHTS", "TEACHER_FILE", "build_teacher", "train_teacher",
-           "load_teacher"]
+           "load_teacher", "user_cache_file"]
 
 # The unequal-weight mixture of the one-step study: two light modes (3 % and 5 %) that mode-seeking
 # objectives drop.
@@ -80,12 +81,30 @@ def train_teacher(name: str, *, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def user_cache_file(name: str) -> Path:
+    """Where :func:`load_teacher` keeps teacher ``name`` trained on this machine when the repository's cache
+    is not there (an installed package): ``$XDG_CACHE_HOME`` (default ``~/.cache``)
+    ``/gradwise/diffusion_toy_teachers/<name>.pt``."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "gradwise" / "diffusion_toy_teachers" / f"{name}.pt"
+
+
 def load_teacher(name: str, path: str | Path | None = None) -> nn.Module:
     """Teacher ``name`` (``"mixture"``, ``"digits"``, ``"classifier"``) with its cached weights, in eval mode
     with gradients off. ``path`` defaults to :data:`TEACHER_FILE`; a missing file raises FileNotFoundError
-    saying how to make it."""
+    saying how to make it. Without ``path`` and without :data:`TEACHER_FILE` (tests/data does not ship with
+    the package), the teacher is trained here by :func:`train_teacher` (seed 0, the recipe that made the
+    repository's cache; up to two minutes) and kept in :func:`user_cache_file` for the next call."""
     check_choice("name", name, tuple(TEACHERS))
     file = Path(path) if path is not None else TEACHER_FILE
+    if path is None and not file.is_file():
+        own = user_cache_file(name)
+        if not own.is_file():
+            own.parent.mkdir(parents=True, exist_ok=True)
+            tmp = own.with_suffix(".tmp")
+            torch.save({name: {"state_dict": train_teacher(name).state_dict()}}, tmp)
+            tmp.replace(own)
+        file = own
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no cached toy teachers (make them with "
                                 "`python tools/diffusion/make_toy_teachers.py`)")
