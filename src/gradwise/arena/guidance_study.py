@@ -124,7 +124,7 @@ def _title(run: Run, rows: list[Any]) -> str:
 
 def _paired(rows: list[dict[str, Any]], a: str, b: str, key: str) -> tuple[float, float]:
     """Mean and 95% half-width over seeds of ``a``'s ``key`` minus ``b``'s (same seed, same noise)."""
-    by = {(r["method"], r["seed"]): r[key] for r in rows}
+    by = {(r["method"], r["seed"]): r[key] for r in rows if key in r}
     seeds = sorted({r["seed"] for r in rows if r["method"] == a})
     return mean_ci([by[(a, s)] - by[(b, s)] for s in seeds if (b, s) in by])
 
