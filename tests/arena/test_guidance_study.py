@@ -85,3 +85,11 @@ def test_solver_rows_tiny(task):
     assert [r["method"] for r in rows] == ["UniPC NFE=5", "DC-Solver NFE=5"]
     assert len(rows[1]["ratios"]) == 5 and rows[1]["ratios"][:2] == [1.0, 1.0]
     assert all(r["dist"] > 0 and math.isfinite(r["dist"]) for r in rows)
+
+
+def test_summary_over_seeds_leaves_untaken_measures_nan():
+    rows = [{"method": "CFG w=1", "part": "scale", "seed": s, "acc": 0.9, "oor": 0.01 * s, "norm": 6.0, "nfe": 4,
+             "dist": math.nan} for s in range(3)]
+    (s,) = gs._summarize(Run(cfg=TINY, task=None, methods=gs.NAMES, seeds=(0, 1, 2)), rows)
+    assert math.isnan(s["dist_mean"]) and math.isclose(s["oor_mean"], 0.01) and s["runs"] == 3
+    assert gs.COLUMNS[-1].cell(s) == "—"

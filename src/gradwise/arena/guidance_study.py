@@ -91,8 +91,11 @@ def _summarize(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(labels):
         mine = [r for r in rows if r["method"] == m]
+        # a measure a part does not take (the scale part's distance) is NaN in every row: NaN in the summary
+        kept = [k for k in KEYS if not all(math.isnan(r[k]) for r in mine)]
         out.append({"method": m, "part": mine[0]["part"], "runs": len(mine), "rank": i + 1, "tied": False,
-                    **mean_ci_fields(mine, KEYS)})
+                    **{f"{k}_{f}": math.nan for k in KEYS for f in ("mean", "std", "ci")},
+                    **mean_ci_fields(mine, kept)})
     return out
 
 
