@@ -88,8 +88,13 @@ def test_solver_rows_tiny(task):
 
 
 def test_summary_over_seeds_leaves_untaken_measures_nan():
-    rows = [{"method": "CFG w=1", "part": "scale", "seed": s, "acc": 0.9, "oor": 0.01 * s, "norm": 6.0, "nfe": 4,
-             "dist": math.nan} for s in range(3)]
-    (s,) = gs._summarize(Run(cfg=TINY, task=None, methods=gs.NAMES, seeds=(0, 1, 2)), rows)
-    assert math.isnan(s["dist_mean"]) and math.isclose(s["oor_mean"], 0.01) and s["runs"] == 3
-    assert gs.COLUMNS[-1].cell(s) == "—"
+    def row(label, s):
+        return {"method": label, "part": "scale", "seed": s, "acc": 0.9, "oor": 0.01 * s, "norm": 6.0, "nfe": 4,
+                "dist": math.nan}
+    rows = [{"method": "CFG", "seed": s, "settings": [row("CFG w=1", s), row("CFG w=8", s)]} for s in range(3)]
+    one, head = gs._summarize(Run(cfg=TINY, task=None, methods=("CFG",), seeds=(0, 1, 2)), rows)
+    assert math.isnan(one["dist_mean"]) and math.isclose(one["oor_mean"], 0.01) and one["runs"] == 3
+    assert gs.COLUMNS[-1].cell(one) == "—"
+    # the driver ranks one row per method: the headline setting (w nearest tune_w) carries the method's name
+    assert (one["method"], one["rank"]) == ("CFG w=1", None) and (head["method"], head["rank"]) == ("CFG", 1)
+    assert head["label"] == "CFG w=8"

@@ -70,30 +70,52 @@ def _setup(cfg: Config, methods: tuple[str, ...]) -> Any:
     return {"task": task, "apg": apg, "ag": ag}
 
 
+def _family(label: str) -> str:
+    return "CFG" if label == "conditional only" else label.split(" ")[0]
+
+
 def _run_seed(run: Run, seed: int) -> list[dict[str, Any]]:
+    """One row per method and seed (the driver's contract), each holding its settings' rows (``settings``:
+    one per guidance scale, NFE or AG arm, keyed by their label in ``method``)."""
     from gradwise.arena import guidance_runs as gr
 
     t = run.task
-    rows = gr.scale_rows(t["task"], run.cfg, seed, t["apg"])
-    rows += gr.ag_rows(t["task"], run.cfg, seed, t["ag"]["gamma_bar"])
-    rows += gr.solver_rows(t["task"], run.cfg, seed)
-    run.state.setdefault("rows", []).extend(rows)
-    return rows
+    flat = gr.scale_rows(t["task"], run.cfg, seed, t["apg"])
+    flat += gr.ag_rows(t["task"], run.cfg, seed, t["ag"]["gamma_bar"])
+    flat += gr.solver_rows(t["task"], run.cfg, seed)
+    run.state.setdefault("rows", []).extend(flat)
+    return [{"method": m, "seed": seed, "settings": [r for r in flat if _family(r["method"]) == m]}
+            for m in run.methods]
 
 
 KEYS = ("acc", "oor", "norm", "nfe", "dist")
 
 
+def _headlines(cfg: Config) -> dict[str, str]:
+    """The one setting per method that carries its rank (the driver ranks one row per method): CFG and APG at
+    the scale nearest ``tune_w``, AG at ``ag_w``, the solvers at the smallest NFE. The other settings are shown
+    unranked (dimmed)."""
+    w = min(cfg.scales, key=lambda v: abs(v - cfg.tune_w))
+    nfe = min(cfg.solver_nfes)
+    return {f"CFG w={w:g}": "CFG", f"APG w={w:g}": "APG", f"AG w={cfg.ag_w:g}": "AG", f"UniPC NFE={nfe}": "UniPC",
+            f"DC-Solver NFE={nfe}": "DC-Solver"}
+
+
 def _summarize(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from gradwise.arena.stats import mean_ci_fields
 
-    labels = list(dict.fromkeys(r["method"] for r in rows))
-    out = []
-    for i, m in enumerate(labels):
-        mine = [r for r in rows if r["method"] == m]
+    flat = [x for r in rows for x in r["settings"]]
+    head = _headlines(run.cfg)
+    labels = list(dict.fromkeys(r["method"] for r in flat))
+    out, rank = [], 0
+    for m in labels:
+        mine = [r for r in flat if r["method"] == m]
         # a measure a part does not take (the scale part's distance) is NaN in every row: NaN in the summary
         kept = [k for k in KEYS if not all(math.isnan(r[k]) for r in mine)]
-        out.append({"method": m, "part": mine[0]["part"], "runs": len(mine), "rank": i + 1, "tied": False,
+        if m in head and head[m] in run.methods:
+            rank += 1
+        out.append({"method": head.get(m, m), "label": m, "part": mine[0]["part"], "runs": len(mine),
+                    "rank": rank if m in head and head[m] in run.methods else None, "tied": False,
                     **{f"{k}_{f}": math.nan for k in KEYS for f in ("mean", "std", "ci")},
                     **mean_ci_fields(mine, kept)})
     return out
@@ -109,7 +131,7 @@ def _cell(key: str, digits: int, scale: float = 1.0):
 
 COLUMNS = (
     Column("part", lambda s: s["part"], "left"),
-    Column("method", lambda s: s["method"], "left"),
+    Column("method", lambda s: s["label"], "left"),
     Column("accuracy (%)", _cell("acc", 1, 100)),
     Column("out-of-range mass", _cell("oor", 4)),
     Column("L2 norm", _cell("norm", 2)),
@@ -183,7 +205,8 @@ def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
     lines = [f"scale: accuracy of the intended label (digits classifier), out-of-range mass (data: 0), L2 norm "
              f"(test digits: {t['task'].data_norm:.2f}); ag: distance = mean RMS to the full-CFG sample; solver: "
              f"distance = mean RMS to the {run.cfg.reference_steps}-step DDIM sample from the same noise; "
-             f"rows in run order, not ranked; {CI_NOTE}"]
+             f"rows in run order; the rank column numbers one headline setting per method in run order (the methods "
+             f"answer different questions: not a ranking), the other settings dimmed; {CI_NOTE}"]
     if t["apg"] is not None:
         lines.append(f"APG chosen by the validation sweep at w={run.cfg.tune_w:g} (not the paper's values): momentum "
                      f"{t['apg']['momentum']:g}, norm_threshold {t['apg']['norm_threshold']:g}, eta 0")
@@ -201,7 +224,7 @@ def _json_extra(run: Run, summary: list[dict[str, Any]]) -> dict[str, Any]:
 STUDY = register_study(Study(
     name="guidance", help=HELP, description=__doc__, config=Config, methods=lambda: NAMES,
     setup=_setup, run_seed=_run_seed, summarize=_summarize, rank_on="acc",
-    title=_title, notes=_notes, columns=COLUMNS, json_extra=_json_extra, csv_skip=("ratios",),
+    title=_title, notes=_notes, columns=COLUMNS, json_extra=_json_extra, csv_skip=("settings",),
     outputs=(),
     smoke=("--seeds", "1", "--per-class", "1", "--steps", "4", "--val-per-class", "1", "--reference-steps", "10"),
 ))
