@@ -7,6 +7,7 @@ saves their float32 state dicts with their configurations in ``tests/data/diffus
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -121,15 +122,3 @@ def load_teacher(name: str, path: str | Path | None = None) -> nn.Module:
     model.load_state_dict(stored["state_dict"])
     return model.eval().requires_grad_(False)
 
-
-def _user_cached(name: str) -> nn.Module:
-    file = user_cache_file()
-    stored = torch.load(file, map_location="cpu", weights_only=True) if file.is_file() else {}
-    if name not in stored:
-        model = train_teacher(name)
-        stored[name] = {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".tmp")
-        torch.save(stored, tmp)
-        tmp.replace(file)
-    return load_teacher(name, file)
