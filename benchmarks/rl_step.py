@@ -48,9 +48,17 @@ def _authors():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "golden"))
     from authors_code import extract
     extract(REPO, "1692507c", ["odice.py", "util.py", "value_functions.py"])
-    sys.modules.setdefault("wandb", types.ModuleType("wandb"))
-    import odice
-    import value_functions
+    # their module imports wandb at the top: a stub serves that import and is taken out again, since a stub
+    # left in sys.modules (no __spec__) breaks every later find_spec("wandb"), e.g. transformers' trainer import
+    stub = "wandb" not in sys.modules
+    if stub:
+        sys.modules["wandb"] = types.ModuleType("wandb")
+    try:
+        import odice
+        import value_functions
+    finally:
+        if stub:
+            del sys.modules["wandb"]
     return odice, value_functions
 
 
