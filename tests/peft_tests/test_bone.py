@@ -78,3 +78,10 @@ def test_bad_input():
         bone_config(0)
     with pytest.raises(ValueError, match="init_weights"):
         bone_config(4, init_weights=True)
+
+
+def test_without_peft_says_how_to_install(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ImportError, match=r"gradwise\[peft\]"):
+        bone_config(4)

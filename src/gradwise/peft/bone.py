@@ -48,6 +48,8 @@ def bone_config(r: int, **kw: Any):
     if "init_weights" in kw:
         raise ValueError(f"Invalid init_weights: {kw['init_weights']!r} (accepted: not given; Bone is "
                          f"init_weights='bat')")
-    from peft import MissConfig
-
+    try:
+        from peft import MissConfig
+    except ImportError as e:  # peft, or one of its dependencies, is missing
+        raise ImportError(f"gradwise.peft.bone_config needs HF PEFT: pip install 'gradwise[peft]' ({e})") from e
     return MissConfig(r=r, init_weights="bat", **kw)
