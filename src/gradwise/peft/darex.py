@@ -115,7 +115,7 @@ def darex_analytical_q(c: torch.Tensor, p: float, *, eta: float = 0.45, prob: fl
 
     ``c`` is ``ΔW ⊙ x̄`` (rows = output units; append ``Δb`` as a last column), ``p`` the drop rate in [0, 1).
     The scan, its early stop and the defaults are the authors' (module docstring); take ``.mean()`` for their
-    per-layer q. ``dtype`` is the dtype the scan runs in (default c's); ``torch.float16`` reproduces the authors'
+    per-layer q. ``stop_frac`` > 0 (above 1 the scan never stops early). ``dtype`` is the dtype the scan runs in (default c's); ``torch.float16`` reproduces the authors'
     float16 computation, ties included.
     """
     p = _check_p(p)
