@@ -41,6 +41,12 @@ Departures from the authors' code, each with its reason:
 * Their curves prune ``trunc(a n)`` weights (``torch.topk`` of the smallest ``|w|``) while their final
   pruning calls ``torch.nn.utils.prune.l1_unstructured`` (``round(a n)``); both rules are kept, as they are:
   :func:`rd_curves` truncates, :func:`prune_by_magnitude_` rounds.
+* Their lookup ``dp[n-1, c - k]`` is evaluated for masked-out choices too, whose index is then below
+  ``-T`` whenever a layer has more than ``T + 1`` weights: on CPU their ``dp_pruning`` raises IndexError
+  there (e.g. sizes 300/1200/150/800/2000 at sparsity 0.8). Here only the allowed choices are read.
+* As theirs, the first (smallest) layer takes the amount closest to the budget left, not the largest that
+  fits, so the result can exceed ``T`` surviving weights by less than one grid step of the smallest layer;
+  kept (the golden data depend on it).
 * Their layer sort is ``np.argsort`` (stable for fewer than 17 layers); here a stable sort always.
 * The authors' iterative loop (prune, retrain, recompute curves, ``prev`` = the last allocation) and the
   FLOPs-budget variant are the caller's loop; ``prev`` is the lower bound their iterations pass.
