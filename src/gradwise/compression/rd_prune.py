@@ -154,7 +154,7 @@ def allocate_sparsity_dp(rd_dist, amounts, nweights: Sequence[int], target_spars
     pruned fractions the curves were measured at (or ``[L, A]``), including 1.0; ``nweights``: ``L`` layer
     sizes; ``target_sparsity`` in ``[0, 1)``; ``prev``: optional ``L`` lower bounds on each layer's amount.
     Returns the chosen amounts (float64, ``[L]``, layer order as given). Cost ``O(L * A * T)`` with
-    ``T = (1 - s) * sum(nweights)``; memory ``O(L * T)``.
+    ``T = (1 - s) * sum(nweights)``; memory ``O(L * T)``. arXiv 2308.10438.
     """
     s = _check_sparsity(target_sparsity)
     if isinstance(rd_dist, (list, tuple)):
