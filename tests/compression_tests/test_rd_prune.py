@@ -105,6 +105,20 @@ def test_dp_speed_20_layers_100_amounts():
     assert sum(int(n * (1 - float(x))) for n, x in zip(sizes, a)) <= 0.5 * sum(sizes) + min(sizes) / 99
 
 
+def test_no_budget_prunes_everything():
+    # T = int((1 - s) N) = 0: every layer takes the full prune
+    a = allocate_sparsity_dp(torch.rand(2, 3).double(), [0, 0.5, 1.0], [1, 2], 0.7)
+    assert a.tolist() == [1.0, 1.0]
+
+
+def test_rd_curves_bad_amounts_leave_model():
+    lin = nn.Linear(3, 2)
+    w0 = lin.weight.detach().clone()
+    with pytest.raises(ValueError, match="amounts"):
+        rd_curves(lin, [lin], torch.randn(4, 3), [0.0, 1.2])
+    assert torch.equal(lin.weight.detach(), w0)
+
+
 def test_nan_propagates():
     dist = torch.rand(2, 5).double()
     dist[1, 2] = float("nan")

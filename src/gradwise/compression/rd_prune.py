@@ -132,7 +132,7 @@ def rd_curves(model: nn.Module, layers: Sequence[nn.Module], calib_x: torch.Tens
     return out
 
 
-def _as_grid(amounts, n_layers: int, n_points: int, dtype) -> torch.Tensor:
+def _as_grid(amounts, n_layers: int, n_points: int) -> torch.Tensor:
     a = torch.as_tensor(amounts, dtype=torch.float64)
     if a.dim() == 1:
         a = a.expand(n_layers, -1)
@@ -168,7 +168,7 @@ def allocate_sparsity_dp(rd_dist, amounts, nweights: Sequence[int], target_spars
     if not d.is_floating_point():
         d = d.double()
     n_layers, n_points = d.shape
-    phi = _as_grid(amounts, n_layers, n_points, d.dtype)
+    phi = _as_grid(amounts, n_layers, n_points)
     nw = [int(n) for n in nweights]
     if len(nw) != n_layers or any(n <= 0 for n in nw):
         raise ValueError(f"nweights must be {n_layers} positive layer sizes, got {list(nweights)}")
@@ -197,9 +197,8 @@ def allocate_sparsity_dp(rd_dist, amounts, nweights: Sequence[int], target_spars
         M = min(cum, T)
         dp = torch.full((max(T, 1),), float("inf"), dtype=d.dtype)
         gi = g[pos]
-        if T > 0:
-            dp[0] = dist[full]
-            gi[0] = full
+        dp[0] = dist[full]  # no budget left: the full prune (also T = 0)
+        gi[0] = full
         if pos == 0:
             if M > 1:
                 c = cols[1:M].to(torch.float64) / n
