@@ -164,7 +164,7 @@ def _delta(x: torch.Tensor, router_weight: torch.Tensor, lora_A: torch.Tensor, l
           aliases=("dynmole",))
 def dynmole_delta(x: torch.Tensor, router_weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, *,
                   scaling: float, **route: Any) -> torch.Tensor:
-    """The DynMoLE update ``Σ_e w_e(x) · B_e A_e x · scaling`` of inputs ``x`` [..., in] with router weight
+    """DynMoLE (arXiv 2504.00661) update ``Σ_e w_e(x) · B_e A_e x · scaling`` of inputs ``x`` [..., in] with router weight
     [E, in], ``lora_A`` [E, r, in], ``lora_B`` [E, out, r]; ``w`` from :func:`dynmole_route` on
     ``softmax(x W_rᵀ)`` (``route`` are its keywords). Returns [..., out]."""
     check_real("scaling", scaling)
