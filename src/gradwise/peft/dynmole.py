@@ -35,19 +35,36 @@ Departures from the authors' code, each with its reason:
 * The balance term divides by the number of real tokens the way the authors' code does for an integer mask (the
   count plus 1e-8, in float32, i.e. the count itself), whatever the mask's dtype.
 * Bad arguments raise ``ValueError`` (theirs ``assert`` in the config, or fail inside the computation).
+
+As a PEFT layer (``DynMoLEConfig``, ``get_dynmole_model``, ``dynmole_model_router_loss``; peft imported lazily): The experts of one adapted ``nn.Linear`` are stored as one rank-``E·r`` PEFT LoRA adapter (``lora_A`` [E·r, in]
+holds the experts' A stacked, ``lora_B`` [out, E·r] their B side by side), plus a router weight [E, in] in
+``lora_router`` (the ``lora_`` prefix makes PEFT train and save it). Each forward adds
+:func:`gradwise.peft.dynmole.dynmole_delta`'s update with scaling ``lora_alpha / r`` (per expert, as the
+authors' experts are LoRA adapters of rank r), and keeps the router logits for :func:`dynmole_model_router_loss`.
+The router is initialised as the authors' (``kaiming_uniform_(a=sqrt(router_init_range))``, 5.0); A and B as
+PEFT's LoRA (A Kaiming-uniform, B zero, so the model starts unchanged).
+
+Registered through PEFT's experimental ``LoraConfig._register_custom_module({nn.Linear: layer})`` (peft 0.21.2
+has no out-of-tree tuner type). That mapping is not serialised by ``save_pretrained``: reload by rebuilding
+with ``get_dynmole_model`` and loading the saved weights. Departures from the authors' ``DynMoleSparseMoe``: one
+dropout on the LoRA input shared by the experts (theirs draws one per expert; the default 0 makes them equal);
+merging into the base weight is refused (the update depends on the input through the router).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gradwise._validate import check_int, check_nonneg, check_positive, check_real
 from gradwise.registry import register
 
-__all__ = ["tsallis_entropy", "dynmole_route", "dynmole_router_loss", "dynmole_delta"]
+__all__ = ["tsallis_entropy", "dynmole_route", "dynmole_router_loss", "dynmole_delta", "DynMoLEConfig",
+           "get_dynmole_model", "dynmole_model_router_loss"]
 
 _PAPER = "DynMoLE: Boosting Mixture of LoRA Experts Fine-Tuning with a Hybrid Routing Mechanism"
 _CODE = "https://github.com/mikecovlee/DynMoLE@2f428d38"
@@ -148,14 +165,16 @@ def _check_experts(x: torch.Tensor, router_weight: torch.Tensor, lora_A: torch.T
         raise ValueError(f"Invalid x: last dimension {x.shape[-1]} (accepted: {din}, lora_A's input size)")
 
 
-def _delta(x: torch.Tensor, router_weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
-           scaling: float, route: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mixture's update and the router logits (unchecked)."""
-    e, r, din = lora_A.shape
+def _delta(x: torch.Tensor, router_weight: torch.Tensor, a_flat: torch.Tensor, b_flat: torch.Tensor,
+           scaling: float, route: dict, lora_x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mixture's update and the router logits (unchecked). ``a_flat`` [E·r, in] stacks the experts' A,
+    ``b_flat`` [out, E·r] their B (PEFT's rank-E·r LoRA layout); ``lora_x`` is the LoRA path's input (x after
+    dropout) when it differs from the router's."""
+    e = router_weight.shape[0]
     logits = x @ router_weight.T
     weights, _ = dynmole_route(F.softmax(logits, dim=-1), **route)
-    h = (x @ lora_A.reshape(e * r, din).T) * weights.repeat_interleave(r, dim=-1)
-    return (h @ lora_B.permute(1, 0, 2).reshape(lora_B.shape[1], e * r).T) * scaling, logits
+    h = ((x if lora_x is None else lora_x) @ a_flat.T) * weights.repeat_interleave(a_flat.shape[0] // e, dim=-1)
+    return (h @ b_flat.T) * scaling, logits
 
 
 @register(kind="adapter", paper=_PAPER, year=2025, arxiv="2504.00661", code=_CODE,
@@ -170,7 +189,118 @@ def dynmole_delta(x: torch.Tensor, router_weight: torch.Tensor, lora_A: torch.Te
     check_real("scaling", scaling)
     _check_experts(x, router_weight, lora_A, lora_B)
     _check_route(**{**_ROUTE_DEFAULTS, **route})
-    return _delta(x, router_weight, lora_A, lora_B, scaling, route)[0]
+    e, r, din = lora_A.shape
+    b_flat = lora_B.permute(1, 0, 2).reshape(lora_B.shape[1], e * r)
+    return _delta(x, router_weight, lora_A.reshape(e * r, din), b_flat, scaling, route)[0]
 
 
 _ROUTE_DEFAULTS = dict(top_p=0.75, keep_top_k=2, entropy_threshold=0.9, entropy_index=1.1, entropy_eps=1e-5)
+
+
+@dataclass
+class DynMoLEConfig:
+    """DynMoLE adapter settings (defaults are the authors'): ``num_experts`` LoRA experts of rank ``r`` on each
+    of ``target_modules`` (PEFT's matching), scaling ``lora_alpha / r``, routing keywords of
+    :func:`gradwise.peft.dynmole.dynmole_route`, and the router-loss coefficients."""
+
+    r: int = 8
+    lora_alpha: float = 16.0
+    target_modules: Any = None
+    num_experts: int = 6
+    lora_dropout: float = 0.0
+    top_p: float = 0.75
+    keep_top_k: int = 2
+    entropy_threshold: float = 0.9
+    entropy_index: float = 1.1
+    entropy_eps: float = 1e-5
+    router_init_range: float = 5.0
+    entropy_coef: float = 0.01
+    balance_coef: float = 0.001
+    modules_to_save: list[str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        check_int("r", self.r, 1)
+        check_int("num_experts", self.num_experts, 1)
+        check_positive("lora_alpha", self.lora_alpha)
+        check_real("lora_dropout", self.lora_dropout, 0.0, 1.0, hi_open=True)
+        check_nonneg("router_init_range", self.router_init_range)
+        check_nonneg("entropy_coef", self.entropy_coef)
+        check_nonneg("balance_coef", self.balance_coef)
+        _check_route(self.top_p, self.keep_top_k, self.entropy_threshold, self.entropy_index, self.entropy_eps)
+
+    @property
+    def route(self) -> dict:
+        return dict(top_p=self.top_p, keep_top_k=self.keep_top_k, entropy_threshold=self.entropy_threshold,
+                    entropy_index=self.entropy_index, entropy_eps=self.entropy_eps)
+
+
+
+def _layer_class(cfg: DynMoLEConfig) -> type:
+    """A subclass of PEFT's LoRA ``Linear`` carrying ``cfg`` (built on first use: peft is optional)."""
+    from peft.tuners.lora.layer import Linear
+
+    class DynMoLELinear(Linear):
+        adapter_layer_names = Linear.adapter_layer_names + ("lora_router",)
+        dynmole_config = cfg
+
+        def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs):
+            if not hasattr(self, "lora_router"):
+                self.lora_router = nn.ParameterDict()
+                self.dynmole_logits: dict[str, torch.Tensor] = {}
+            base = self.get_base_layer()
+            w = torch.empty(cfg.num_experts, base.in_features, dtype=base.weight.dtype, device=base.weight.device)
+            nn.init.kaiming_uniform_(w, a=math.sqrt(cfg.router_init_range))
+            self.lora_router[adapter_name] = nn.Parameter(w)
+            super().update_layer(adapter_name, r, lora_alpha, config=config, **kwargs)
+
+        def merge(self, *args, **kwargs):
+            raise ValueError("DynMoLE adapters cannot be merged: the update depends on the input via the router")
+
+        def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
+                return super().forward(x, *args, **kwargs)
+            result = self.base_layer(x, *args, **kwargs)
+            out_dtype = result.dtype
+            for name in self.active_adapters:
+                if name not in self.lora_router:
+                    continue
+                a, b = self.lora_A[name].weight, self.lora_B[name].weight
+                xa = self._cast_input_dtype(x, a.dtype)
+                delta, logits = _delta(xa, self.lora_router[name], a, b, cfg.lora_alpha / cfg.r, cfg.route,
+                                       lora_x=self.lora_dropout[name](xa))
+                self.dynmole_logits[name] = logits.reshape(-1, cfg.num_experts)
+                result = result + delta
+            return result.to(out_dtype)
+
+        def __repr__(self) -> str:
+            return "dynmole." + super().__repr__()
+
+    return DynMoLELinear
+
+
+def get_dynmole_model(model: nn.Module, config: DynMoLEConfig, adapter_name: str = "default"):
+    """Wraps ``model`` with PEFT (``get_peft_model``) so that every ``nn.Linear`` matched by
+    ``config.target_modules`` carries a DynMoLE mixture of ``config.num_experts`` LoRA experts."""
+    if not isinstance(config, DynMoLEConfig):
+        raise ValueError(f"Invalid config: {type(config).__name__} (accepted: DynMoLEConfig)")
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.r * config.num_experts, lora_alpha=config.lora_alpha,
+                      target_modules=config.target_modules, lora_dropout=config.lora_dropout,
+                      modules_to_save=config.modules_to_save)
+    lora._register_custom_module({nn.Linear: _layer_class(config)})
+    return get_peft_model(model, lora, adapter_name=adapter_name)
+
+
+def dynmole_model_router_loss(model: nn.Module, attention_mask: torch.Tensor | None = None,
+                              adapter_name: str = "default") -> torch.Tensor:
+    """The DynMoLE router loss of the last forward of ``model`` (from :func:`get_dynmole_model`): the router
+    logits of every DynMoLE layer, in module order, stacked as rows [layer, batch, seq]."""
+    layers = [m for m in model.modules() if hasattr(m, "dynmole_config") and adapter_name in m.dynmole_logits]
+    if not layers:
+        raise ValueError("Invalid model: no DynMoLE layer has run a forward for adapter "
+                         f"{adapter_name!r} (accepted: a model from get_dynmole_model after a forward)")
+    cfg = layers[0].dynmole_config
+    logits = torch.cat([m.dynmole_logits[adapter_name] for m in layers], dim=0)
+    return dynmole_router_loss(logits, attention_mask, entropy_coef=cfg.entropy_coef,
+                               balance_coef=cfg.balance_coef, **cfg.route)
