@@ -14,8 +14,9 @@ Two textual patches, both dtype only, so that float64 inputs stay float64 end to
 
 * ``tsallis_entropy``: the normaliser ``torch.tensor(X, dtype=torch.float32)`` becomes
   ``torch.full([], X, dtype=p.dtype)`` (gradwise normalises in the input dtype; under TorchScript even
-  ``torch.tensor(X, dtype=torch.float64)`` rounds X through float32, so ``full`` is used). The unpatched function is run too (``contract/raw_entropy``): it differs
-  from the patched one by the float32 rounding of the normaliser only.
+  ``torch.tensor(X, dtype=torch.float64)`` rounds X through float32, so ``full`` is used). The unpatched
+  function is run too (``contract/raw_entropy``): it differs from the patched one by the float32 rounding of
+  the normaliser only.
 * ``DynMoleSparseMoe``: its float32 gate, ``dtype_`` and softmax become float64. The block's LoRA experts are a
   stand-in object whose ``lora_forward(x)`` is their ``lora_b(lora_a(dropout(x))) * scaling`` with no dropout,
   written here as ``(x @ Aᵀ) @ Bᵀ * scaling``; its residual is zero, so the block returns the adapter delta.

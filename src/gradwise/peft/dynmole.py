@@ -36,8 +36,9 @@ Departures from the authors' code, each with its reason:
   count plus 1e-8, in float32, i.e. the count itself), whatever the mask's dtype.
 * Bad arguments raise ``ValueError`` (theirs ``assert`` in the config, or fail inside the computation).
 
-As a PEFT layer (``DynMoLEConfig``, ``get_dynmole_model``, ``dynmole_model_router_loss``; peft imported lazily): The experts of one adapted ``nn.Linear`` are stored as one rank-``E·r`` PEFT LoRA adapter (``lora_A`` [E·r, in]
-holds the experts' A stacked, ``lora_B`` [out, E·r] their B side by side), plus a router weight [E, in] in
+As a PEFT layer (``DynMoLEConfig``, ``get_dynmole_model``, ``dynmole_model_router_loss``; peft imported
+lazily): the experts of one adapted ``nn.Linear`` are stored as one rank-``E·r`` PEFT LoRA adapter (``lora_A``
+[E·r, in] holds the experts' A stacked, ``lora_B`` [out, E·r] their B side by side), plus a router weight [E, in] in
 ``lora_router`` (the ``lora_`` prefix makes PEFT train and save it). Each forward adds
 :func:`gradwise.peft.dynmole.dynmole_delta`'s update with scaling ``lora_alpha / r`` (per expert, as the
 authors' experts are LoRA adapters of rank r), and keeps the router logits for :func:`dynmole_model_router_loss`.
@@ -183,8 +184,8 @@ def _delta(x: torch.Tensor, router_weight: torch.Tensor, a_flat: torch.Tensor, b
           aliases=("dynmole",))
 def dynmole_delta(x: torch.Tensor, router_weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, *,
                   scaling: float, **route: Any) -> torch.Tensor:
-    """DynMoLE (arXiv 2504.00661) update ``Σ_e w_e(x) · B_e A_e x · scaling`` of inputs ``x`` [..., in] with router weight
-    [E, in], ``lora_A`` [E, r, in], ``lora_B`` [E, out, r]; ``w`` from :func:`dynmole_route` on
+    """DynMoLE (arXiv 2504.00661) update ``Σ_e w_e(x) · B_e A_e x · scaling`` of inputs ``x`` [..., in] with
+    router weight [E, in], ``lora_A`` [E, r, in], ``lora_B`` [E, out, r]; ``w`` from :func:`dynmole_route` on
     ``softmax(x W_rᵀ)`` (``route`` are its keywords). Returns [..., out]."""
     check_real("scaling", scaling)
     _check_experts(x, router_weight, lora_A, lora_B)
