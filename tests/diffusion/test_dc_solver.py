@@ -12,7 +12,9 @@ pytest.importorskip("diffusers")
 from gradwise.diffusion import DCSolverScheduler, reference_trajectory  # noqa: E402
 
 GOLDEN = torch.load(Path(__file__).parents[1] / "data" / "dc_solver_golden.pt")
-TOL = dict(rtol=1e-10, atol=1e-12)
+# diffusers' schedulers build their sigmas and timesteps in float32 (numpy/torch), whose rounding depends on the
+# CPU kernels (ATEN_CPU_CAPABILITY=default differs from AVX512 by ~1e-6 relative here): not bit-level tolerances
+TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def eps(x, t):
@@ -46,9 +48,9 @@ def test_search_finds_the_authors_ratios(i):
     case = GOLDEN["cases"][i]
     s = make()
     ratios = s.fit_compensation(eps, GOLDEN["noise"], GOLDEN["reference"], num_inference_steps=case["nfe"])
-    torch.testing.assert_close(torch.tensor(ratios, dtype=torch.float64), case["ratios"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.tensor(ratios, dtype=torch.float64), case["ratios"], rtol=1e-4, atol=1e-4)
     assert ratios[:2] == [1.0, 1.0] and s.dc_ratios == ratios
-    torch.testing.assert_close(run(s, case["nfe"]), case["sample"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(run(s, case["nfe"]), case["sample"], rtol=1e-4, atol=1e-4)
 
 
 def test_unit_ratios_are_unipc():
