@@ -211,40 +211,46 @@ class AdamR(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        size = 0
-        total: Any = 0.0
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("AdamR does not support sparse gradients")
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                state["exp_avg"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                size += p.numel()
-                total = total + (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sum()
-        if size == 0:
+        groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        groups = [(g, ps) for g, ps in groups if ps]
+        if any(p.grad.is_sparse for _, ps in groups for p in ps):  # before any state is written
+            raise RuntimeError("AdamR does not support sparse gradients")
+        if not groups:
             return loss
-        mean_sqrt = math.sqrt(total / size)
-        if mean_sqrt == 0:
-            mean_sqrt = 1.0
-        for group in self.param_groups:
+        # Adam moments per group with foreach ops; the L2/L1 pull to the reference weights is scaled by the
+        # root-mean of every bias-corrected second moment, a 0-dim tensor (no host sync)
+        work, sums, size = [], [], 0
+        for group, params in groups:
             beta1, beta2 = group["betas"]
+            states = [self.state[p] for p in params]
+            for p, st in zip(params, states):
+                if "step" not in st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["step"] += 1
+            grads = [p.grad for p in params]
+            m, v = [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states]
+            torch._foreach_mul_(m, beta1)
+            torch._foreach_add_(m, grads, alpha=1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+            v_hat = torch._foreach_div(v, [1 - beta2 ** st["step"] for st in states])
+            sums += [t.sum() for t in v_hat]
+            size += sum(p.numel() for p in params)
+            work.append((group, params, states, m, v_hat))
+        mean_sqrt = (torch.stack(sums).sum() / size).sqrt()
+        mean_sqrt = torch.where(mean_sqrt == 0, torch.ones_like(mean_sqrt), mean_sqrt)
+        for group, params, states, m, v_hat in work:
+            beta1 = group["betas"][0]
             lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if wd != 0:
-                    diff = p - state["ref"]
-                    p.add_(-wd * lr / mean_sqrt * (torch.sign(diff) if group["l1"] else diff))
-                denom = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt().add(group["eps"])
-                p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** state["step"]))
+            if wd != 0:
+                diff = torch._foreach_sub(params, [st["ref"] for st in states])
+                if group["l1"]:
+                    torch._foreach_sign_(diff)
+                torch._foreach_mul_(diff, -wd * lr / mean_sqrt)
+                torch._foreach_add_(params, diff)
+            denom = torch._foreach_sqrt(v_hat)
+            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_addcdiv_(params, m, denom, [-lr / (1 - beta1 ** st["step"]) for st in states])
         return loss
