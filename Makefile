@@ -20,7 +20,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml $(KERNEL_SOURCES)
 	$(BIN)/python -c "from gradwise._kernels import FAMILIES; [print(f) for f in FAMILIES.values() if f.load() or 1]"
 	touch $@
 
-# The test, bench, federated, diffusion, rl and peft extras alone (CI runs the Flower tests): `pip install -e '.[test]'` would rebuild the kernels.
+# The test, bench, federated, diffusion, rl, peft and sciml extras alone (CI runs the Flower tests): `pip install -e '.[test]'` would rebuild the kernels.
 # (tomllib is Python >= 3.11; pip vendors the same parser for 3.10.)
 define EXTRAS_PY
 import sys
@@ -33,7 +33,7 @@ print(*[req for name in sys.argv[1:] for req in extras[name]], sep="\n")
 endef
 export EXTRAS_PY
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -c "$$EXTRAS_PY" test bench federated diffusion rl peft > $(VENV)/test-requirements.txt
+	$(BIN)/python -c "$$EXTRAS_PY" test bench federated diffusion rl peft sciml > $(VENV)/test-requirements.txt
 	$(BIN)/pip install -q -r $(VENV)/test-requirements.txt
 	touch $@
 

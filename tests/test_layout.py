@@ -83,6 +83,9 @@ ALLOWED = {
     "bandits": set(),
     "peft": set(),
     "compression": set(),
+    "sciml": set(),
+    "diagnostics": set(),
+    "robustness": {"losses"},
 }
 
 

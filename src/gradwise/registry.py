@@ -28,14 +28,15 @@ KINDS = ("optimizer", "optimizer-wrapper", "grad-transform", "loss", "metric", "
          "test-time-adaptation",
          "unlearning", "continual-learning", "diffusion-objective", "guidance", "sampler",
          "rl-objective", "rl-component", "bandit", "adapter",
-         "quantizer", "pruning")
+         "quantizer", "pruning", "sciml-objective", "ode-solver", "diagnostic", "robustness")
 
 # The families: each is the package ``gradwise.<family>`` and every record's family is the package
 # its entry lives in. This tuple is the one list of them: `methods()` imports each package so the
 # registry is complete no matter what the caller imported first, and the docs, the CLI and the test
 # suites derive theirs from the records.
 FAMILIES = ("optim", "losses", "metrics", "calibration", "data_weighting", "nn", "schedules", "preference",
-            "distributed", "federated", "tta", "unlearning", "continual", "diffusion", "rl", "bandits", "peft", "compression")
+            "distributed", "federated", "tta", "unlearning", "continual", "diffusion", "rl", "bandits", "peft", "compression",
+            "sciml", "diagnostics", "robustness")
 _PACKAGES = tuple(f"gradwise.{f}" for f in FAMILIES)
 
 _REGISTRY: dict[str, "Method"] = {}

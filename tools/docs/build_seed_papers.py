@@ -84,6 +84,25 @@ _TOY18 = ("a CPU-scale version exists: a small denoiser trained from scratch on 
           "(issue 18's toy substrate) shows the claim")
 
 CORRECTIONS: dict[int, Correction] = {
+    # Issue 21 (scientific-ML training and five singles): each has a CPU-scale claim and a training component.
+    120: Correction("B", "issue 21 plans it (causal PINN): temporal causal weights on chunked residual losses, "
+                         "shown on a damped oscillator and a small Allen-Cahn grid"),
+    234: Correction("B", "issue 21 plans it: differentiable error (R_E) and stiffness (R_S) regularisers from an "
+                         "embedded Runge-Kutta solver, shown on 2-D neural-ODE toys (test NFE)"),
+    242: Correction("B", "issue 21 plans it: local regularisation of neural ODEs (one extra solver step at a "
+                         "random time), on the same 2-D toys"),
+    169: Correction("B", "issue 21 plans it (LPN): an input-convex network whose gradient is a proximal operator, "
+                         "trained with proximal matching; 1-D Laplacian and 8x8 digits deblurring"),
+    143: Correction("B", "issue 21 plans it: the empirical NTK as a training diagnostic (its spread and drift "
+                         "fall with width, paper Fig. 1 on points of the circle)"),
+    51: Correction("B", "issue 21 plans it: a tunable layer (kernel mixed by p) trained with a parametric "
+                        "multi-loss, one model standing for K fixed ones; digits denoising"),
+    235: Correction("B", "issue 21 plans it: a mixture of a standard and a robust classifier with a learned "
+                         "mixing network; digits MLPs under PGD"),
+    55: Correction("B", "issue 21 plans it: Lagrange multipliers on constraint returns that mix advantages, "
+                        "shown with proxy judges on a tiny LM"),
+    217: Correction("B", "issue 21 plans it (DR-PO): dataset resets (rollouts from offline prefixes) in PPO, "
+                         "on a tiny LM"),
     0: Correction(
         "C", "the method needs Stable Diffusion plus a step-aware preference model trained on noisy images",
         reason="needs Stable Diffusion and a step-aware preference model trained on noisy images; "

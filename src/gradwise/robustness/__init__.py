@@ -1,0 +1,10 @@
+"""Robustness methods built around models: mixtures of a standard and a robust classifier (adaptive
+smoothing). Attacks themselves live in ``gradwise.losses`` (``pgd_attack``).
+
+One method per module; each lists its public names in ``__all__`` and this package re-exports them.
+"""
+from __future__ import annotations
+
+from gradwise._autoexport import export_submodules
+
+__all__: list[str] = export_submodules(__name__, __path__, globals())
