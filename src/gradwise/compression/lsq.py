@@ -148,7 +148,9 @@ class LSQQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_from(self, v: torch.Tensor) -> None:
-        """Sets the step to ``2 mean|v| / sqrt(Q_P)`` (per channel: the mean over all dims but 0)."""
+        """Sets the step to ``2 mean|v| / sqrt(Q_P)`` (per channel: the mean over all dims but 0). The step is
+        written in place when its shape is unchanged; otherwise (the first per-channel call) it becomes a new
+        parameter, so call this before building the optimizer."""
         if not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.numel() == 0:
             raise ValueError("Invalid v: not a non-empty floating-point tensor (accepted: the weights, or a first "
                              "batch of activations)")
@@ -161,7 +163,10 @@ class LSQQuantizer(nn.Module):
         s = m * 2.0 / math.sqrt(self.q_p)
         if not bool((s > 0).all()):
             raise ValueError("Invalid v: a (channel) mean |v| of 0 gives a zero step (accepted: nonzero values)")
-        self.step = nn.Parameter(s.to(self.step.dtype))
+        if s.shape == self.step.shape:
+            self.step.copy_(s)
+        else:
+            self.step = nn.Parameter(s.to(self.step.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lsq_quantize(x, self.step, bits=self.bits, signed=self.signed, symmetric=self.symmetric,
