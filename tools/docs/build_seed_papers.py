@@ -59,6 +59,7 @@ ARXIV: dict[int, str] = {
     256: "2106.11420", 97: "2402.00348", 213: "2310.12955", 259: "2409.06633", 252: "2409.15371",
     127: "2504.00661",
     120: "2203.07404",
+    201: "2412.05551",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
