@@ -95,11 +95,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/adapter_step.py --markdown PATH` (issue 20); every number below is from "
         "that one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['torch_threads']} threads), Python {res['python']}, peft "
-        f"{harness.package_version('peft')}",
-        f"- Date: {res['date']}; load average at start: {res['load_average']:.1f}"
-        if res["load_average"] is not None else f"- Date: {res['date']}",
+        *harness.info_lines(res, "peft"),
         f"- Workload: float32 MLP Linear({res['width']}, {res['width']}) -> ReLU -> Linear, both adapted, "
         f"{res['tokens']} tokens; one step = zero_grad + forward + backward of mean(y^2); PEFT LoRA of rank "
         f"{res['rank']} against MiSS-bat (Bone) of block size {2 * res['rank']} and DiffoRA of rank {res['rank']} "
@@ -114,10 +110,8 @@ def to_markdown(res: dict) -> str:
                                   f"{r['ms']:.2f}", f"{r['ratio']:.2f}",
                                   "" if r["paired"] is None else f"{r['paired']:.2f}", r["verdict"])
                                  for r in res["rows"]), left=(0,)),
+        *harness.note_lines(res),
     ]
-    busy = harness.busy_note(res["load_average"])
-    for note in res["notes"] + ([busy] if busy else []):
-        lines += ["", f"Note: {note}."]
     return "\n".join(lines) + "\n"
 
 
