@@ -8,6 +8,7 @@ from gradwise.peft import (DiffoRAConfig, diffora_discretize, diffora_gates, dif
                            get_diffora_model, load_adapter)
 
 peft = pytest.importorskip("peft")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead on a shared CPU
 
 
 class TwoBranch(nn.Module):

@@ -9,6 +9,7 @@ from torch import nn
 from gradwise.peft import DiffoRAConfig, DynMoLEConfig, get_diffora_model, get_dynmole_model, load_adapter
 
 peft = pytest.importorskip("peft")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead on a shared CPU
 
 
 def base(seed=0):
