@@ -58,6 +58,7 @@ bench: test-env
 	$(BIN)/python benchmarks/sara_step.py --threads 1 --markdown docs/benchmarks.md
 	$(BIN)/python benchmarks/reste_step.py --threads 1 --markdown docs/benchmarks.md
 	$(BIN)/python benchmarks/dynmole_step.py --threads 1 --markdown docs/benchmarks.md
+	$(BIN)/python benchmarks/adapter_step.py --threads 1 --markdown docs/benchmarks.md
 # bandit_step.py and rl_step.py time the authors' code beside gradwise's, so they need a checkout of it
 # (their docstrings say how: REF_PYTHON/DLB_REPO, ODICE_REPO): run them by hand
 

@@ -75,11 +75,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/dynmole_step.py --markdown PATH` (issue 20); every number below is from "
         "that one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['torch_threads']} threads), Python {res['python']}, peft "
-        f"{harness.package_version('peft')}",
-        f"- Date: {res['date']}; load average at start: {res['load_average']:.1f}"
-        if res["load_average"] is not None else f"- Date: {res['date']}",
+        *harness.info_lines(res, "peft"),
         f"- Workload: float32 MLP Linear({res['width']}, {res['width']}) -> ReLU -> Linear, both adapted, "
         f"{res['tokens']} tokens; one step = zero_grad + forward + backward of mean(y^2); DynMoLE with E experts "
         "of rank r (authors' routing defaults) against PEFT LoRA of rank E*r",
@@ -91,10 +87,8 @@ def to_markdown(res: dict) -> str:
                                 ((str(r["experts"]), str(r["rank"]), f"{r['lora_ms']:.2f}", f"{r['dynmole_ms']:.2f}",
                                   f"{r['ratio']:.2f}", "" if r["paired"] is None else f"{r['paired']:.2f}",
                                   r["verdict"]) for r in res["rows"]), left=()),
+        *harness.note_lines(res),
     ]
-    busy = harness.busy_note(res["load_average"])
-    for note in res["notes"] + ([busy] if busy else []):
-        lines += ["", f"Note: {note}."]
     return "\n".join(lines) + "\n"
 
 

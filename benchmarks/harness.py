@@ -52,7 +52,7 @@ from gradwise.docsections import cpu_model, machine_description, save_results
 __all__ = ["Candidate", "interleave", "stats", "ratio", "paired_ratio", "load_average", "busy_note",
            "machine_info", "machine_description", "package_version", "tensor_specs", "make_tensors",
            "markdown_table", "add_output_args", "apply_threads", "save", "PeakRSS", "cpu_run_fields",
-           "cpu_run_lines"]
+           "cpu_run_lines", "info_lines", "note_lines"]
 
 
 # ---------------------------------------------------------------------------
@@ -325,6 +325,22 @@ def cpu_run_lines(res: dict[str, Any]) -> list[str]:
             f"- Software: torch {res['torch']} ({res['threads']} threads), Python {res['python']}",
             f"- Date: {res['date']}; load average at start: {res['loadavg']:.1f}" if res["loadavg"] is not None
             else f"- Date: {res['date']}"]
+
+
+def info_lines(res: dict[str, Any], package: str | None = None) -> list[str]:
+    """The machine, software (torch, threads, Python, and ``package``'s version) and date lines of a CPU
+    benchmark's markdown, from a result holding :func:`machine_info`'s fields and ``machine``."""
+    extra = f", {package} {package_version(package)}" if package else ""
+    return [f"- Machine: {res['machine']}, device `cpu`",
+            f"- Software: torch {res['torch']} ({res['torch_threads']} threads), Python {res['python']}{extra}",
+            f"- Date: {res['date']}; load average at start: {res['load_average']:.1f}"
+            if res["load_average"] is not None else f"- Date: {res['date']}"]
+
+
+def note_lines(res: dict[str, Any]) -> list[str]:
+    """The markdown "Note:" paragraphs of a result's ``notes`` and, when the machine was busy, :func:`busy_note`."""
+    busy = busy_note(res["load_average"])
+    return [line for note in res["notes"] + ([busy] if busy else []) for line in ("", f"Note: {note}.")]
 
 
 def machine_info(device: torch.device | str = "cpu", load: float | None = None,

@@ -46,8 +46,9 @@ The router is initialised as the authors' (``kaiming_uniform_(a=sqrt(router_init
 PEFT's LoRA (A Kaiming-uniform, B zero, so the model starts unchanged).
 
 Registered through PEFT's experimental ``LoraConfig._register_custom_module({nn.Linear: layer})`` (peft 0.21.2
-has no out-of-tree tuner type). That mapping is not serialised by ``save_pretrained``: reload by rebuilding
-with ``get_dynmole_model`` and loading the saved weights. Departures from the authors' ``DynMoleSparseMoe``: one
+has no out-of-tree tuner type). That mapping is not serialised by ``save_pretrained``; the config records
+``gradwise_adapter = {"method": "dynmole", "config": ...}`` in ``adapter_config.json`` and
+:func:`gradwise.peft.load_adapter` rebuilds the layers from it (``PeftModel.from_pretrained`` alone would not). Departures from the authors' ``DynMoleSparseMoe``: one
 dropout on the LoRA input shared by the experts (theirs draws one per expert; the default 0 makes them equal);
 merging into the base weight is refused (the update depends on the input through the router).
 """
@@ -62,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradwise._validate import check_int, check_nonneg, check_positive, check_real
+from gradwise.peft._common import lora_config_for, register_custom_adapter
 from gradwise.registry import register
 
 __all__ = ["tsallis_entropy", "dynmole_route", "dynmole_router_loss", "dynmole_delta", "DynMoLEConfig",
@@ -284,13 +286,20 @@ def get_dynmole_model(model: nn.Module, config: DynMoLEConfig, adapter_name: str
     ``config.target_modules`` carries a DynMoLE mixture of ``config.num_experts`` LoRA experts."""
     if not isinstance(config, DynMoLEConfig):
         raise ValueError(f"Invalid config: {type(config).__name__} (accepted: DynMoLEConfig)")
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lora = LoraConfig(r=config.r * config.num_experts, lora_alpha=config.lora_alpha,
-                      target_modules=config.target_modules, lora_dropout=config.lora_dropout,
-                      modules_to_save=config.modules_to_save)
-    lora._register_custom_module({nn.Linear: _layer_class(config)})
-    return get_peft_model(model, lora, adapter_name=adapter_name)
+    return get_peft_model(model, _lora_config(config), adapter_name=adapter_name)
+
+
+def _lora_config(config: DynMoLEConfig):
+    """The PEFT ``LoraConfig`` of ``config``: rank E·r, the DynMoLE layer registered, ``config`` recorded for
+    :func:`gradwise.peft.loading.load_adapter`."""
+    return lora_config_for("dynmole", config, _layer_class(config), r=config.r * config.num_experts,
+                           lora_alpha=config.lora_alpha, target_modules=config.target_modules,
+                           lora_dropout=config.lora_dropout, modules_to_save=config.modules_to_save)
+
+
+register_custom_adapter("dynmole", DynMoLEConfig, _lora_config)
 
 
 def dynmole_model_router_loss(model: nn.Module, attention_mask: torch.Tensor | None = None,
