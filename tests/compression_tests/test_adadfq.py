@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradwise.compression import (adadfq_bns_loss, adadfq_entropy, adadfq_losses, adadfq_margin_loss,
+from gradwise.compression import (BNStatsRecorder, adadfq_bns_loss, adadfq_entropy, adadfq_losses, adadfq_margin_loss,
                                   adadfq_student_loss)
 
 GOLDEN = torch.load(Path(__file__).parents[1] / "data" / "adadfq_golden.pt", weights_only=True)
@@ -90,3 +90,41 @@ def test_bad_input_raises_value_error(kw, match):
 def test_bad_temperature_raises_value_error():
     with pytest.raises(ValueError, match="temperature"):
         adadfq_student_loss(torch.zeros(2, 3), torch.zeros(2, 3), temperature=0.0)
+
+
+def test_bn_recorder_collects_the_authors_statistics_and_a_generator_step_lowers_the_loss():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 5),
+                                  torch.nn.BatchNorm1d(5)).eval()
+    with torch.no_grad():
+        teacher[0].running_mean.normal_()
+        teacher[0].running_var.uniform_(0.5, 2)
+    x = torch.randn(8, 2, 4, 4)
+    with BNStatsRecorder(teacher) as rec:
+        teacher(x)
+    assert len(rec.stats) == 2
+    torch.testing.assert_close(rec.stats[0][0], x.mean([0, 2, 3]))
+    torch.testing.assert_close(rec.stats[0][1], x.var([0, 2, 3], unbiased=False))
+    assert rec.stats[0][2] is teacher[0].running_mean
+    rec.clear()
+    teacher(x)
+    assert rec.stats == []  # hooks removed on exit
+    # gradient steps on the generated images (a generator reduced to its output) lower AdaDFQ's loss
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 5)).eval()
+    image = torch.randn(8, 2, 4, 4, requires_grad=True)
+    labels = torch.randint(0, 5, (8,))
+    losses = []
+    for _ in range(5):
+        with BNStatsRecorder(teacher) as rec:
+            t = teacher(image)
+        loss = adadfq_losses(t, student(image), labels, bn_stats=rec.stats)["loss"]
+        grad, = torch.autograd.grad(loss, image)
+        with torch.no_grad():
+            image -= 0.05 * grad
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_bad_recorder_model_raises_value_error():
+    with pytest.raises(ValueError, match="model"):
+        BNStatsRecorder(lambda x: x)

@@ -112,6 +112,18 @@ def test_how_close_a_fitted_state_gets_to_an_explicit_long_prefix():
     assert min(ratios.values()) > 0.2  # it does not approach the explicit prefix attention at this scale
 
 
+def test_a_large_masked_score_does_not_flush_the_visible_ones():
+    """Theirs takes the stabilising maximum over masked scores too: a future key scoring ~100 above the visible ones
+    underflows them in float32 (theirs returns NaN there, measured). Ours, float32, equals float64 causal softmax attention."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 1, 4, 8, dtype=torch.float64, generator=g) for _ in range(3))
+    k[0, 0, 3] = q[0, 0, 0] * 60  # query 0 must not see key 3
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    z = (torch.zeros(1, 8), torch.zeros(1, 8, 8))
+    out = ntk_attn(q.float(), k.float(), v.float(), *z, causal=True)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+
+
 def test_feature_dropout_only_in_training():
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, 1, 3, 4, generator=g) for _ in range(3))

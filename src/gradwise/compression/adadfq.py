@@ -49,11 +49,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from gradwise._validate import check_nonneg, check_positive, check_real
 from gradwise.registry import register
 
-__all__ = ["adadfq_entropy", "adadfq_margin_loss", "adadfq_bns_loss", "adadfq_losses", "adadfq_student_loss"]
+__all__ = ["adadfq_entropy", "adadfq_margin_loss", "adadfq_bns_loss", "adadfq_losses", "adadfq_student_loss",
+           "BNStatsRecorder"]
 
 _PAPER = "Adaptive Data-Free Quantization"
 _CODE = "https://github.com/hfutqian/AdaDFQ@84100f3"
@@ -158,3 +160,39 @@ def adadfq_student_loss(teacher_logits: torch.Tensor, student_logits: torch.Tens
     _check_logits(teacher_logits, student_logits)
     temperature = check_positive("temperature", temperature)
     return -(temperature ** 2) * adadfq_entropy(teacher_logits - student_logits, temperature).mean()
+
+
+class BNStatsRecorder:
+    """Collects :func:`adadfq_bns_loss`'s statistics from a network's BatchNorm layers, as the authors' forward
+    hook on every ``nn.BatchNorm2d`` of the full-precision network: per layer and forward, the input's batch mean
+    and biased variance over all but the channel dimension, with the layer's running mean and variance.
+
+    ``with BNStatsRecorder(teacher) as rec: t = teacher(x)`` then ``adadfq_losses(..., bn_stats=rec.stats)``;
+    the hooks are removed on exit, and :meth:`clear` empties ``stats`` between batches. BatchNorm1d/2d/3d with
+    running statistics are hooked (theirs 2d only).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._handles: list = []
+
+    def _hook(self, module: nn.modules.batchnorm._BatchNorm, inputs, output) -> None:
+        x = inputs[0]
+        dims = [d for d in range(x.dim()) if d != 1]
+        self.stats.append((x.mean(dims), x.var(dims, unbiased=False), module.running_mean, module.running_var))
+
+    def clear(self) -> None:
+        self.stats.clear()
+
+    def __enter__(self) -> "BNStatsRecorder":
+        self._handles = [m.register_forward_hook(self._hook) for m in self.model.modules()
+                         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

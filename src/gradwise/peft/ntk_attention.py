@@ -31,8 +31,9 @@ Departures from the authors' code, each with its reason:
   their ``.float()`` to ``.double()``; in float32 the two agree).
 * The stabilising maximum is taken over the unmasked scores only (theirs over all, masked included) and is
   detached, and the prefix terms are multiplied by ``exp(−max)`` instead of divided by ``exp(max)``: the
-  output is the same function (the maximum cancels), but a large masked score can no longer flush the visible
-  ones to zero, and ``exp(max)`` can no longer overflow to ``inf`` (which silently dropped the prefix terms).
+  output is the same function (the maximum cancels), but a masked score far above the visible ones can no longer
+  flush them to zero (measured: a masked score ~170 above query 0's visible ones makes theirs return NaN in
+  float32, with a zero or a random state; ours equals causal softmax attention).
 * A query row with every key masked (causal with more queries than keys) attends to the prefix only, as in
   theirs; its stabiliser is 0.
 * ``phi_k`` / ``phi_kv`` are ``[H, d]`` / ``[H, d, d]`` (theirs ``[1, H, d, 1]`` / ``[1, H, d, d]``; both shapes
