@@ -52,7 +52,8 @@ def test_zero_state_is_softmax_attention_as_in_the_authors():
 
 
 def test_prefix_state_replaces_exp_by_the_feature_kernel():
-    """With (k, Z) = Σφ(kp), Σφ(kp)vpᵀ the layer is prefix attention with e^{q·kp/√d} replaced by φ(q)·φ(kp)."""
+    """With (k, Z) = Σφ(kp), Σφ(kp)vpᵀ the layer is prefix attention with e^{q·kp/√d} replaced by
+    φ(q)·φ(kp)."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 4, 8, dtype=torch.float64, generator=g) for _ in range(3))
     pk, pv = (torch.randn(2, 5, 8, dtype=torch.float64, generator=g) for _ in range(2))
@@ -67,7 +68,8 @@ def test_prefix_state_replaces_exp_by_the_feature_kernel():
 
 
 def _fit(q, k, v, y):
-    """Least-squares (k, Z) from the linearised residual φ(q)ᵀZ − y φ(q)ᵀk = y·Σe^s − Σe^s v, then k ← |k|."""
+    """Least-squares (k, Z) from the linearised residual φ(q)ᵀZ − y φ(q)ᵀk = y·Σe^s − Σe^s v, then
+    k ← |k|."""
     d = q.shape[-1]
     a = (q @ k.transpose(-1, -2) / d ** 0.5).exp()
     r = (y * a.sum(-1, keepdim=True) - a @ v).reshape(-1, d)
@@ -114,7 +116,8 @@ def test_how_close_a_fitted_state_gets_to_an_explicit_long_prefix():
 
 def test_a_large_masked_score_does_not_flush_the_visible_ones():
     """Theirs takes the stabilising maximum over masked scores too: a future key scoring ~100 above the visible ones
-    underflows them in float32 (theirs returns NaN there, measured). Ours, float32, equals float64 causal softmax attention."""
+    underflows them in float32 (theirs returns NaN there, measured). Ours, float32, equals float64 causal
+    softmax attention."""
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, 1, 4, 8, dtype=torch.float64, generator=g) for _ in range(3))
     k[0, 0, 3] = q[0, 0, 0] * 60  # query 0 must not see key 3

@@ -14,8 +14,8 @@ Cases (float64, seeded): 8 settings of ``ntk_attn`` (causal or not, nq = nk or n
 zero / negative / large ``phi_k``, large scores) with the output and the gradients of a fixed linear functional of
 it with respect to ``sum_phi_k`` and ``sum_phi_kv``, and, without the causal mask, query, key and value too
 (their causal branch multiplies exp's output in place, ``A *= mask``, which autograd refuses to differentiate
-through; in their ChatGLM training the attention inputs come from frozen layers, so it never had to); a contract case with ``phi_k = phi_kv =
-0`` (their output next to plain softmax attention).
+through; in their ChatGLM training the attention inputs come from frozen layers, so it never had to); a
+contract case with ``phi_k = phi_kv = 0`` (their output next to plain softmax attention).
 
 Output: tests/data/ntk_attention_golden.pt (``torch.load(..., weights_only=True)``).
 """

@@ -106,7 +106,7 @@ def _softmax_parts(query, key, value, causal: bool, extra_scores=None):
 
 
 def ntk_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, phi_k: torch.Tensor,
-                  phi_kv: torch.Tensor, *, causal: bool = True) -> torch.Tensor:
+             phi_kv: torch.Tensor, *, causal: bool = True) -> torch.Tensor:
     """NTK-Attention (arXiv 2406.14036): ``(Σ_j e^{s_j} v_j + φ(q)ᵀZ) / (Σ_j e^{s_j} + φ(q)ᵀ|k|)`` per query.
 
     ``query`` ``[B, H, nq, d]``, ``key``/``value`` ``[B, H, nk, d]``; ``phi_k`` (the paper's ``k``) ``[H, d]`` and
