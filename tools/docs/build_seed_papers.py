@@ -61,6 +61,8 @@ ARXIV: dict[int, str] = {
     120: "2203.07404",
     201: "2412.05551",
     238: "2502.08905",
+    108: "2406.14036",
+    250: "2303.06869",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
