@@ -242,8 +242,10 @@ class AdaPTController:
         self.lookback[i] = self._adapt_lookback(gd, self.lookback[i])
         self.resolution[i] = self._adapt_resolution(self.lookback[i], self.resolution[i])
         if count >= self.lookback[i]:
-            fl = self._push_down_fl(weight[0], 4, self.fl[i], self.wl[i], self.resolution[i])
-            wl = self._push_down_wl(weight[0], fl, self.wl[i], fl, self.resolution[i])
+            w, wl, res = weight[0], self.wl[i], self.resolution[i]
+            # the authors evaluate the fl bisection at its lower end, not the midpoint (module docstring)
+            fl = self._bisect(4, self.fl[i], lambda lo, mid: 0 < self._loss(w, wl, lo, res))
+            wl = self._bisect(fl, wl, lambda lo, mid: 0 < self._loss(w, mid, fl, res))
             self.wl[i], self.fl[i] = self._push_up(gd, wl, fl)
             del self._sums[i]
         return self.wl[i], self.fl[i]
@@ -266,21 +268,13 @@ class AdaPTController:
     def _loss(self, w, wl, fl, res) -> torch.Tensor:
         return _kl_loss(w, fixed_point_quantize(w, wl, fl, generator=self.generator), res)
 
-    def _push_down_fl(self, w, lo, hi, wl, res) -> int:
+    @staticmethod
+    def _bisect(lo: int, hi: int, lossy) -> int:
+        """The authors' push-down bisection over ``[lo, hi]``: ``lo`` moves up to the midpoint while
+        ``lossy(lo, mid)`` (a positive KL loss), else ``hi`` moves down; returns ``lo``."""
         for _ in range(hi - lo):
             mid = _ceil_int((hi + lo) / 2)
-            if 0 < self._loss(w, wl, lo, res):  # the authors evaluate at lo, not mid (module docstring)
-                lo = mid
-            else:
-                hi = mid
-            if hi - lo <= 1:
-                break
-        return lo
-
-    def _push_down_wl(self, w, lo, hi, fl, res) -> int:
-        for _ in range(hi - lo):
-            mid = _ceil_int((hi + lo) / 2)
-            if 0 < self._loss(w, mid, fl, res):
+            if lossy(lo, mid):
                 lo = mid
             else:
                 hi = mid
