@@ -2,6 +2,7 @@
 (tests/data/adapt_golden.pt, made by tools/golden/make_adapt_golden.py from lorenz0890/AdaPT@980eead with
 qtorch 0.3.0). Discrete outputs (word/fraction lengths, lookbacks, resolutions, strategies, grid codes) exactly;
 float32 master weights within 1e-6."""
+import copy
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,57 @@ def test_bad_input_raises_before_any_state_changes():
     assert torch.equal(p.detach(), torch.ones(2, 2)) and opt.controller._losses == []
     with pytest.raises(ValueError, match="nesterov"):
         AdaPTSGD([p], nesterov=True)
+
+
+def test_state_dict_round_trip_resumes_the_same_run():
+    run = GOLDEN["runs"][0]
+
+    def fresh():
+        params = [torch.nn.Parameter(t.clone()) for t in run["init"]]
+        return params, AdaPTSGD(params, **run["opt"], **run["ctl"])
+
+    def steps(params, opt, ts):
+        for t in ts:
+            for p, g in zip(params, run["grads"][t]):
+                p.grad = g.clone()
+            opt.step(run["losses"][t].clone())
+
+    params, opt = fresh()
+    torch.manual_seed(7)
+    steps(params, opt, range(6))
+    saved, rng = copy.deepcopy(opt.state_dict()), torch.get_rng_state()  # torch's state_dict holds references
+    values = [p.detach().clone() for p in params]
+    steps(params, opt, range(6, 12))
+    params2, opt2 = fresh()
+    with torch.no_grad():
+        for p, v in zip(params2, values):
+            p.copy_(v)
+    opt2.load_state_dict(saved)
+    torch.set_rng_state(rng)
+    steps(params2, opt2, range(6, 12))
+    assert opt2.controller.state_dict()["wl"] == opt.controller.wl and opt2.controller.fl == opt.controller.fl
+    for a, b in zip(params, params2):
+        assert torch.equal(a, b)
+
+
+def test_float64_training_lowers_the_loss_and_keeps_weights_on_their_grid():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 8, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(8, 2, generator=gen, dtype=torch.float64)
+    model = torch.nn.Linear(8, 2).double()
+    opt = AdaPTSGD(model.parameters(), lr=0.05, momentum=0.9, min_lookback=4, max_lookback=8,
+                   min_resolution=8, max_resolution=16, generator=gen)
+    losses = []
+    for _ in range(40):
+        loss = (model(x) - y).square().mean()
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step(loss.detach())
+    assert losses[-1] < 0.3 * losses[0]
+    for i, p in enumerate(model.parameters()):
+        assert p.dtype == torch.float64
+        scaled = p.detach() * 2.0 ** opt.controller.fl[i]
+        assert torch.equal(scaled, scaled.round())
+        lo, hi = opt.controller.quantizer(i).range
+        assert lo <= float(p.detach().min()) and float(p.detach().max()) <= hi

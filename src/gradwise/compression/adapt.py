@@ -307,6 +307,16 @@ class AdaPTController:
                 "sums": {i: (c, t.clone()) for i, (c, t) in self._sums.items()},
                 "losses": [t.clone() for t in self._losses]}
 
+    def load_state_dict(self, state: dict) -> None:
+        n = len(self.wl)
+        if any(len(state[k]) != n for k in ("wl", "fl", "lookback", "resolution")):
+            raise ValueError(f"Invalid state: per-parameter lists of another length (accepted: {n} entries)")
+        self.wl, self.fl = list(state["wl"]), list(state["fl"])
+        self.lookback, self.resolution = list(state["lookback"]), list(state["resolution"])
+        self.strategy = check_choice("strategy", state["strategy"], _STRATEGIES)
+        self._sums = {int(i): (int(c), t.clone()) for i, (c, t) in state["sums"].items()}
+        self._losses = [t.clone() for t in state["losses"]]
+
 
 @register(kind="quantizer", paper=_PAPER, year=2021, arxiv="2107.13490", code=_CODE,
           summary="SGD on a float master copy with unit-norm fixed-point gradients; per-layer word and "
@@ -369,3 +379,19 @@ class AdaPTSGD(torch.optim.Optimizer):
                 master.add_(d_p, alpha=-group["lr"])
                 p.copy_(ctl.quantize(i, master))
         return loss
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["adapt"] = {"controller": self.controller.state_dict(), "master": [m.clone() for m in self.master]}
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("adapt", None)
+        if extra is None or len(extra["master"]) != len(self.master):
+            raise ValueError("Invalid state_dict: no 'adapt' entry for these parameters (accepted: an AdaPTSGD "
+                             "state_dict of the same parameters)")
+        self.controller.load_state_dict(extra["controller"])
+        super().load_state_dict(state_dict)
+        for m, saved in zip(self.master, extra["master"]):
+            m.copy_(saved)
