@@ -16,7 +16,8 @@ def _from_theirs(init):
     return ScalarCodebookWeight(init["codes"][..., 0], init["codebook"].reshape(-1), init["scales"].reshape(-1, 1))
 
 
-@pytest.mark.parametrize("run", GOLDEN["runs"], ids=lambda r: f"{r['settings']['nbits']}bit-tr{r['settings']['trust_ratio']}")
+@pytest.mark.parametrize("run", GOLDEN["runs"],
+                         ids=lambda r: f"{r['settings']['nbits']}bit-tr{r['settings']['trust_ratio']}")
 def test_runs_equal_the_authors_pv_optimizer(run):
     st = run["settings"]
     qw = _from_theirs(run["init"])

@@ -16,9 +16,9 @@ Writes tests/data/adapt_golden.pt:
   quantize: 8 (wl, fl, rounding, symmetric, clamp) settings on 301 seeded points (ties, out of range, 0):
             input, seed and qtorch's output;
   kl: 4 values of their ``__fpq_loss`` (weights, wl, fl, resolution, seed);
-  runs: 4 MSGD_FP runs of 12 steps on two linear layers (weight + bias each): optimizer and controller
-        settings, seed, per-step gradients and losses (falling, or rising in runs 1 and 3), and after each step qwl, qfl, lb, res, the push-up
-        strategy, the parameters and the float master weights;
+  runs: 4 MSGD_FP runs of 12 steps on two linear layers (weight + bias each): optimizer and controller settings,
+        seed, per-step gradients and losses (falling, or rising in runs 1 and 3), and after each step qwl, qfl, lb, res,
+        the push-up strategy, the parameters and the float master weights;
   contract: their push-down bisection for fl evaluates the loss at fl_min (source line), their
             ``quant_grads=False`` path calls exit.
 """
@@ -47,13 +47,14 @@ base = torch.cat([torch.randn(200, generator=g) * 4,
                   torch.tensor([0.0, 1e6, -1e6, 7.96875, -8.0, 7.9375, 0.03125, -0.03125, 1e-8, -1e-8,
                                 3.0e-3, 12.34, -12.34, 0.5, -0.5, 0.25, 1.75, -1.75, 2.0**-20, 100.0])])
 qcases = []
-for k, (wl, fl, rounding, sym, clamp) in enumerate([(8, 4, "nearest", False, True), (8, 4, "stochastic", False, True),
-                                                     (4, 2, "nearest", False, True), (4, 2, "stochastic", True, True),
-                                                     (16, 10, "stochastic", False, True), (6, 1, "nearest", True, True),
-                                                     (8, 5, "stochastic", False, False), (12, 12, "nearest", False, True)]):
+QSETTINGS = [(8, 4, "nearest", False, True), (8, 4, "stochastic", False, True), (4, 2, "nearest", False, True),
+             (4, 2, "stochastic", True, True), (16, 10, "stochastic", False, True), (6, 1, "nearest", True, True),
+             (8, 5, "stochastic", False, False), (12, 12, "nearest", False, True)]
+for k, (wl, fl, rounding, sym, clamp) in enumerate(QSETTINGS):
     torch.manual_seed(100 + k)
     y = fixed_point_quantize(base.clone(), wl, fl, clamp=clamp, symmetric=sym, rounding=rounding)
-    qcases.append(dict(wl=wl, fl=fl, rounding=rounding, symmetric=sym, clamp=clamp, seed=100 + k, x=base.clone(), out=y))
+    qcases.append(dict(wl=wl, fl=fl, rounding=rounding, symmetric=sym, clamp=clamp, seed=100 + k, x=base.clone(),
+                       out=y))
 out["quantize"] = qcases
 
 # KL loss of their push-down

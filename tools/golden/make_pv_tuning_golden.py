@@ -7,13 +7,13 @@ and imported from there unchanged. It runs on CPU as it is: with one process ``t
 initialized, so the optimizer takes its unsharded path; nothing is patched. (``src/pv_utils.py`` imports
 transformers, which the project venv has.) Their TorchScript helpers are scripted (``AQ_USE_JIT`` unset).
 
-Each case: a ``QuantizedWeight`` with ``in_group_size = out_group_size = num_codebooks = 1`` (a scalar codebook
-of 2^nbits values shared by the matrix, one scale per output row, AQLM's k-means initialization) of a seeded
-float64 weight; the dequantized weight as the model's parameter; the loss ``0.5 ||X W^T - Y||^2 / n`` on
-seeded data; ``StraightThroughAdamW`` in PV mode (``delta_decay = 1``: codebooks and scales by Adam, codes by
-the linearized V step (Adam with ``code_betas``; their finetune.py default (0, 0.95) in runs 0 and 1) through beam search of width 1 on the Adam-updated dequantized weight, limited by
-``max_code_change_per_step`` and ``code_trust_ratio``). Every step records the gradient, codes, codebook,
-scales and the dequantized weight.
+Each case: a ``QuantizedWeight`` with ``in_group_size = out_group_size = num_codebooks = 1`` (a scalar codebook of
+2^nbits values shared by the matrix, one scale per output row, AQLM's k-means initialization) of a seeded float64
+weight; the dequantized weight as the model's parameter; the loss ``0.5 ||X W^T - Y||^2 / n`` on seeded data;
+``StraightThroughAdamW`` in PV mode (``delta_decay = 1``: codebooks and scales by Adam, codes by the linearized V
+step (Adam with ``code_betas``; their finetune.py default (0, 0.95) in runs 0 and 1) through beam search of width 1
+on the Adam-updated dequantized weight, limited by ``max_code_change_per_step`` and ``code_trust_ratio``). Every
+step records the gradient, codes, codebook, scales and the dequantized weight.
 
 Run from the repository root with their repository as a git directory at AQLM_REPO:
 

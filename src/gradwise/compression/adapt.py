@@ -25,16 +25,16 @@ parameter with more than one dimension) are summed. Their *gradient diversity*
 and the histogram *resolution* moves one bin up when ``lb = max_lb`` and down when ``lb = min_lb`` (within
 ``[min_resolution, max_resolution]``). When ``count >= lb`` the layer switches precision and its sum is reset:
 
-* push down: two bisections on the first row of the layer's (float) weight, each returning its lower end:
-  ``fl`` over ``[4, fl]`` (the lower end moves up to the midpoint if quantizing at the *lower end* loses
-  information, else the upper end moves down to it), then ``wl`` over ``[fl, wl]`` (the same test at the midpoint). "Loses information" is a
-  positive loss between ``res``-bin histograms of the weights and of their stochastic quantization: the
-  authors' ``KLDivLoss(batchmean, log_target=True)`` on the two normalized histograms, both as given, i.e.
-  ``sum exp(q) (q - p) / res``;
+* push down: two bisections on the first row of the layer's (float) weight, each returning its lower end: ``fl``
+  over ``[4, fl]`` (the lower end moves up to the midpoint if quantizing at the *lower end* loses information, else
+  the upper end moves down to it), then ``wl`` over ``[fl, wl]`` (the same test at the midpoint). "Loses
+  information" is a positive loss between ``res``-bin histograms of the weights and of their stochastic
+  quantization: the authors' ``KLDivLoss(batchmean, log_target=True)`` on the two normalized histograms, both as
+  given, i.e. ``sum exp(q) (q - p) / res``;
 * push up: the fraction grows by ``s``: with ``l = log(gd) - 1 > 0`` (float32), ``s = min(s1, s2)``,
   ``s1 = max(ceil(1/l^2), 1)``, ``s2 = max(min(ceil(32 l^2), 32) - fl, 0)`` (``"mean"``: ``ceil((s1 + s2)/2)``,
-  ``"max"``: ``max(s1, s2)``), and ``s = 1`` when ``l <= 0``; ``fl <- min(fl + s, 32)``, ``wl <- min(max(wl, fl) + 1, 32)``, and then
-  ``fl <= 32 - results_buffer``, ``wl >= min(fl + results_buffer, 32)``.
+  ``"max"``: ``max(s1, s2)``), and ``s = 1`` when ``l <= 0``; ``fl <- min(fl + s, 32)``,
+  ``wl <- min(max(wl, fl) + 1, 32)``, and then ``fl <= 32 - results_buffer``, ``wl >= min(fl + results_buffer, 32)``.
 
 One-dimensional parameters (biases) take the precision, lookback and resolution of the parameter before them.
 The strategy (``"min"``/``"mean"``/``"max"``) adapts to the loss: if ``|sum of the kept losses| / avg_lb``
