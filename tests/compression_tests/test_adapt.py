@@ -11,6 +11,7 @@ import torch
 from gradwise.compression import AdaPTController, AdaPTSGD, FixedPointQuantizer, fixed_point_quantize
 from gradwise.compression.adapt import _kl_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: intra-op threads only wait
 GOLDEN = torch.load(Path(__file__).parents[1] / "data" / "adapt_golden.pt", weights_only=True)
 
 

@@ -8,6 +8,7 @@ import torch
 
 from gradwise.compression import ScalarCodebookWeight, pv_tuning_step
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: intra-op threads only wait
 GOLDEN = torch.load(Path(__file__).parents[1] / "data" / "pv_tuning_golden.pt", weights_only=True)
 TOL = dict(rtol=1e-10, atol=1e-12)
 
