@@ -63,6 +63,7 @@ ARXIV: dict[int, str] = {
     238: "2502.08905",
     108: "2406.14036",
     250: "2303.06869",
+    237: "2107.13490",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
