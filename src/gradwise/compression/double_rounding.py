@@ -133,7 +133,7 @@ class DoubleRoundingQuantizer(nn.Module):
     :meth:`set_bits`; the highest width at first), eq. 1-3 with straight-through rounding. The scale starts
     uninitialised: pass ``scale=`` or call :meth:`init_scale_` (the first forward does it from its ``w``).
     :meth:`quantize_int` and :meth:`dequantize_int` are the storage path: ``W~_h`` as integers, then any
-    width from them alone. Module docstring: the math, the gradient, our choices.
+    width from them alone. Module docstring: the math, the gradient, our choices. arXiv 2502.01199.
     """
 
     def __init__(self, bits: Sequence[int] = (8, 6, 4, 2), *, scale: float | None = None,

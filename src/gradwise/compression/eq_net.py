@@ -238,6 +238,7 @@ class ElasticQuantLinear(_ElasticQuant, nn.Linear):
     ``bits``/``act_bits``: the elastic bit widths (default 2..8, theirs). The first forward initialises every
     configuration's step size from its batch (:meth:`init_quantizers_`). ``quantize_weight`` and
     ``quantize_input`` (attributes) turn either side off. Module docstring: the math and departures.
+    arXiv 2308.07650.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
