@@ -134,7 +134,8 @@ skew = criterion.SkewnessLoss(model)
 (0.015 * kurt).backward()
 (1.0 * skew).backward()
 wdr = dict(weights=[m.weight.detach().clone() for m in model], kurtosis=kurt.detach(), skewness=skew.detach(),
-           grads=[torch.zeros_like(m.weight) if m.weight.grad is None else m.weight.grad.clone() for m in model], kurt_rate=0.015, skew_rate=1.0)
+           grads=[torch.zeros_like(m.weight) if m.weight.grad is None else m.weight.grad.clone()
+                  for m in model], kurt_rate=0.015, skew_rate=1.0)
 
 gpg = []
 for n, temperature in [(3, 1.0), (4, 1.0), (3, 2.0)]:
