@@ -4,7 +4,7 @@ Claim (Double Rounding, Huang et al., "Nearly Lossless Adaptive Bit Switching", 
 Xu et al., arXiv 2308.07650; issue 20, study 5): a model trained once for several bit widths is, at each width,
 near a model quantization-aware-trained for that width alone.
 
-Model: scikit-learn's 8x8 digits (1,347 training, 450 test images), an MLP 64 -> H -> H -> H -> 10 (ReLU)
+Model: scikit-learn's 8x8 digits (1,347 training, 450 test images; the split of ``digits_task``), an MLP 64 -> H -> H -> H -> 10 (ReLU)
 whose first and last layers stay full precision (as both papers) and whose two middle layers have quantized
 weights (inputs stay full precision: W{8,6,4,2}A32, since our Double Rounding has no activation quantizer).
 Every run starts from the same full-precision model (``pre_epochs`` of Adam, fixed by the seed), then
@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gradwise.arena.noisy_labels_study import digits_task
 from gradwise.arena.stats import CI_NOTE, RANK_NOTE
 from gradwise.arena.study import Column, Run, Study, ci_column, option, register_study
 
@@ -42,8 +43,6 @@ WIDTHS = (8, 6, 4, 2)
 
 @dataclass(frozen=True)
 class Config:
-    test_fraction: float = 0.25
-    split_seed: int = 0
     hidden: int = 64
     batch_size: int = 64
     lr: float = 1e-3
@@ -211,12 +210,6 @@ def _plot(path, rows: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def _task(cfg: Config, methods: tuple[str, ...]):
-    from gradwise.arena.tasks import digits
-
-    return digits(eval_split="test", test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
-
-
 def _title(run: Run, rows: list[dict[str, Any]]) -> str:
     cfg = run.cfg
     return (f"bit-widths on digits: MLP 64-{cfg.hidden}-{cfg.hidden}-{cfg.hidden}-10, two middle layers W8/6/4/2 "
@@ -232,7 +225,7 @@ def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
 
 STUDY = register_study(Study(
     name="bit-widths", help=HELP, description=__doc__, config=Config, methods=lambda: METHODS,
-    setup=_task, run_one=lambda run, method, seed, _: run_one(run.task, run.cfg, method, seed),
+    setup=digits_task, run_one=lambda run, method, seed, _: run_one(run.task, run.cfg, method, seed),
     summary_keys=tuple(f"acc_w{b}" for b in WIDTHS) + ("acc_mean", "fp_accuracy", "negative_lr", "wall_s"),
     rank_on="acc_mean", title=_title, notes=_notes,
     columns=(Column("method", lambda s: s["method"], "left"),
