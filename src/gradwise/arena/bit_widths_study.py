@@ -44,7 +44,7 @@ WIDTHS = (8, 6, 4, 2)
 @dataclass(frozen=True)
 class Config:
     hidden: int = 64
-    batch_size: int = 64
+    batch_size: int = option(64, "minibatch size", at_least=1)
     lr: float = 1e-3
     pre_epochs: int = option(10, "full-precision epochs before quantization", at_least=1)
     epochs: int = option(10, "quantization-aware epochs per run", at_least=1)
@@ -234,5 +234,5 @@ STUDY = register_study(Study(
              Column("neg lr", lambda s: f"{s['negative_lr_mean']:.0f}"),
              Column("s/run", lambda s: f"{s['wall_s_mean']:.1f}")),
     write_files=lambda out, run, rows, summary, title: _plot(out / "widths.png", rows, title),
-    outputs=("widths.png",), smoke=("--seeds", "1", "--pre-epochs", "1", "--epochs", "1"),
+    outputs=("widths.png",), smoke=("--seeds", "1", "--pre-epochs", "1", "--epochs", "1", "--batch-size", "512"),
 ))
