@@ -64,6 +64,8 @@ ARXIV: dict[int, str] = {
     108: "2406.14036",
     250: "2303.06869",
     237: "2107.13490",
+    101: "2502.01199",
+    190: "2308.07650",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
