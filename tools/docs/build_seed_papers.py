@@ -92,6 +92,11 @@ _TOY18 = ("a CPU-scale version exists: a small denoiser trained from scratch on 
           "(issue 18's toy substrate) shows the claim")
 
 CORRECTIONS: dict[int, Correction] = {
+    # Issue 20 moves these two in from C (quantization methods runnable on a digits CNN/MLP).
+    190: Correction("B", "issue 20 plans it (EQ-Net): elastic quantization layers and their two losses, trained on "
+                         "plain modules; one model serves several bit widths on digits"),
+    250: Correction("B", "issue 20 plans it (AdaDFQ): the data-free quantization generator losses, on a small "
+                         "digits CNN without data"),
     # Issue 21 (scientific-ML training and five singles): each has a CPU-scale claim and a training component.
     120: Correction("B", "issue 21 plans it (causal PINN): temporal causal weights on chunked residual losses, "
                          "shown on a damped oscillator and a small Allen-Cahn grid"),
