@@ -48,8 +48,8 @@ EVAL_SEED = 42  # their eval_seed
 
 @dataclass(frozen=True)
 class Config:
-    seeds: int = option(3, "seeds 0..N-1 (corruption draws, network init, batches)", at_least=1)
-    steps: int = option(3000, "updates per run (the issue's budget: 30000)", at_least=1)
+    seeds: int = option(2, "seeds 0..N-1 (corruption draws, network init, batches)", at_least=1)
+    steps: int = option(1000, "updates per run (the issue's budget: 30000)", at_least=1)
     data_steps: int = option(20_000, "SAC steps whose replay buffer is the dataset (buffers of at most 1000 "
                                      "steps are SAC's uniform-random warm-up: not cached)", at_least=2)
     rate: float = option(0.3, "fraction of rows corrupted", at_least=0.0, below=1.0)
