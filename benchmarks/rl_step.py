@@ -58,6 +58,23 @@ class _Policy(nn.Module):
         return torch.distributions.Independent(torch.distributions.Normal(self.lin(x), 1.0), 1)
 
 
+def _ratio_rows(cands: dict, ref_name: str, target: float) -> list[dict]:
+    """Median ms/step of each candidate that ran, its ratio to ``ref_name``'s and PASS/MISS against ``target``."""
+    timed = {name: statistics.median(c.samples_ms) for name, c in cands.items() if not c.error}
+    ref = timed[ref_name]
+    return [dict(name=name, ms=ms, ratio=ms / ref,
+                 verdict="" if name == ref_name else ("PASS" if ms / ref <= target else "MISS"))
+            for name, ms in timed.items()]
+
+
+def _table(res: dict) -> list[str]:
+    """The markdown table of ``res["rows"]`` and its notes."""
+    return [*harness.markdown_table(("step", "ms", "ratio to authors'", "target"),
+                                    ((r["name"], f"{r['ms']:.3f}", f"{r['ratio']:.2f}", r["verdict"])
+                                     for r in res["rows"]), left=(0, 3)),
+            *[line for note in res["notes"] for line in ("", f"Note: {note}.")]]
+
+
 def _authors():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "golden"))
     from authors_code import extract
@@ -114,11 +131,7 @@ def run(obs: int, hidden: int, batch: int, rounds: int, reps: int, warmup: int =
              "gradwise odice_value_backward": harness.Candidate("gradwise odice_value_backward", gradwise_step)}
     notes = [n for n in (harness.busy_note(load),) if n]
     harness.interleave(cands, rounds=rounds, steps=reps, warmup=warmup, seed=seed, mode="shuffled", notes=notes)
-    timed = {name: statistics.median(c.samples_ms) for name, c in cands.items() if not c.error}
-    ref = timed[REF]
-    rows = [dict(name=name, ms=ms, ratio=ms / ref,
-                 verdict="" if name == REF else ("PASS" if ms / ref <= TARGET else "MISS"))
-            for name, ms in timed.items()]
+    rows = _ratio_rows(cands, REF, TARGET)
     n_params = sum(p.numel() for p in base_v.parameters())
     return dict(rows=rows, notes=notes, obs=obs, hidden=hidden, batch=batch, params=n_params, rounds=rounds,
                 reps=reps, warmup=warmup, **harness.cpu_run_fields(load))
@@ -138,10 +151,7 @@ def to_markdown(res: dict) -> str:
         "candidate in shuffled order; median ms/step; ratio = median / median of the authors' update; target <= "
         f"{TARGET} (PASS/MISS)",
         "",
-        *harness.markdown_table(("step", "ms", "ratio to authors'", "target"),
-                                ((r["name"], f"{r['ms']:.3f}", f"{r['ratio']:.2f}", r["verdict"])
-                                 for r in res["rows"]), left=(0, 3)),
-        *[line for note in res["notes"] for line in ("", f"Note: {note}.")],
+        *_table(res),
     ]
     return "\n".join(lines) + "\n"
 
@@ -194,11 +204,7 @@ def run_riql(obs: int, act: int, critics: int, hidden: int, batch: int, rounds: 
              name: harness.Candidate(name, lambda: train_step(agent, *ours))}
     notes = [n for n in (harness.busy_note(load),) if n]
     harness.interleave(cands, rounds=rounds, steps=reps, warmup=warmup, seed=seed, mode="shuffled", notes=notes)
-    timed = {k: statistics.median(c.samples_ms) for k, c in cands.items() if not c.error}
-    ref = timed[RIQL_REF]
-    rows = [dict(name=k, ms=ms, ratio=ms / ref,
-                 verdict="" if k == RIQL_REF else ("PASS" if ms / ref <= RIQL_TARGET else "MISS"))
-            for k, ms in timed.items()]
+    rows = _ratio_rows(cands, RIQL_REF, RIQL_TARGET)
     n_params = sum(p.numel() for m in (qf, vf, actor) for p in m.parameters())
     return dict(rows=rows, notes=notes, obs=obs, act=act, critics=critics, hidden=hidden, batch=batch,
                 params=n_params, rounds=rounds, reps=reps, warmup=warmup, **harness.cpu_run_fields(load))
@@ -219,10 +225,7 @@ def riql_to_markdown(res: dict) -> str:
         "candidate in shuffled order; median ms/step; ratio = median / median of the authors' train; target <= "
         f"{RIQL_TARGET} (PASS/MISS)",
         "",
-        *harness.markdown_table(("step", "ms", "ratio to authors'", "target"),
-                                ((r["name"], f"{r['ms']:.3f}", f"{r['ratio']:.2f}", r["verdict"])
-                                 for r in res["rows"]), left=(0, 3)),
-        *[line for note in res["notes"] for line in ("", f"Note: {note}.")],
+        *_table(res),
     ]
     return "\n".join(lines) + "\n"
 
