@@ -3,8 +3,8 @@ authors' random reward and dynamics corruption (issue 19, study 1; "Towards Robu
 Learning under Diverse Data Corruption", Yang et al., ICLR 2024).
 
 Data: :func:`gradwise.rl.data.collect` ``("Pendulum-v1", "medium-replay", n_steps=data_steps, seed=0)``, the
-replay buffer of a ``data_steps``-step SAC run (cached; 20k steps take about half an hour on a loaded 2-core
-machine the first time). Each seed corrupts it with :func:`gradwise.rl.corrupt_transitions` (rate ``rate``,
+replay buffer of a ``data_steps``-step SAC run (cached; 20k steps took 1,264 s on the loaded 2-core machine
+the first time). Each seed corrupts it with :func:`gradwise.rl.corrupt_transitions` (rate ``rate``,
 scale 1; the same corrupted data for every variant of a seed): ``reward`` (a picked row's reward becomes
 U(-1, 1) x 30) and ``dynamics`` (a picked row's next observation moves by U(-1, 1) x its column's std).
 
