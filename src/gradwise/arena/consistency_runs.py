@@ -102,7 +102,7 @@ def run_one(cfg, method: str, seed: int, task: dict[str, Any]) -> dict[str, Any]
         steps, batch, lr = cfg.steps, cfg.batch_size, cfg.lr
     den = ConsistencyDenoiser(net, sigma_data=SIGMA_DATA[part])
     teacher = copy.deepcopy(den).requires_grad_(False) if ema else None
-    opt = torch.optim.Adam(den.parameters(), lr=lr)
+    opt = torch.optim.Adam(den.parameters(), lr=lr, foreach=True)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for k in range(steps):

@@ -168,7 +168,7 @@ def evaluate(x: Tensor, ref: Tensor) -> dict[str, float]:
 
 def _adamw(module: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999),
-                             weight_decay=0.01)
+                             weight_decay=0.01, foreach=True)
 
 
 def _step(opt: torch.optim.Optimizer, module: nn.Module, loss: Tensor) -> None:

@@ -125,7 +125,7 @@ def finetune_single_step(task: Task, cfg: Any, seed: int, *, kind: str, noisy: b
     model = copy.deepcopy(task.teacher).requires_grad_(True).train()
     logits_fn = NoisyClassifier(task.clf, cfg.noise_p, seed) if noisy else task.clf
     reward = log_p(logits_fn)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, foreach=True)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(cfg.reward_steps):
         idx = torch.randint(len(task.y_train), (cfg.batch_size,), generator=gen)
@@ -153,7 +153,7 @@ def finetune_adjoint(task: Task, cfg: Any, seed: int) -> nn.Module:
 
     model = copy.deepcopy(task.teacher).requires_grad_(True).eval()
     sigmas = edm_sigmas(cfg.adjoint_steps, dtype=torch.float32)[:-1]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.adjoint_lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.adjoint_lr, foreach=True)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(cfg.adjoint_updates):
         y = torch.randint(10, (cfg.adjoint_batch,), generator=gen)
@@ -330,7 +330,7 @@ def finetune_d3po(task: Task, cfg: Any, seed: int, pairs: dict[str, Tensor]) -> 
     from gradwise.preference import d3po_loss
 
     model = copy.deepcopy(task.teacher).requires_grad_(True).eval()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.pref_lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.pref_lr, foreach=True)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(cfg.pref_updates):
         i = torch.randint(cfg.pairs, (cfg.pref_batch,), generator=gen)
@@ -348,7 +348,7 @@ def finetune_sft(task: Task, cfg: Any, seed: int, pairs: dict[str, Tensor]) -> n
     batch (in images) and learning rate as D3PO."""
     model = copy.deepcopy(task.teacher).requires_grad_(True).train()
     x, y = ddim_images(pairs["win"], cfg.ddim_steps), pairs["y"]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.pref_lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.pref_lr, foreach=True)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(cfg.pref_updates):
         i = torch.randint(cfg.pairs, (2 * cfg.pref_batch,), generator=gen)

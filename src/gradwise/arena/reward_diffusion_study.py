@@ -58,7 +58,7 @@ NAMES = ("teacher", "controlnet++", "plain/noisy", "ctrl-u/noisy", "adjointdpm",
 
 @dataclass(frozen=True)
 class Config:
-    seeds: int = option(3, "seeds 0..N-1 (fine-tuning draws, pairs; the issue asks for 5: --seeds 5)", at_least=1)
+    seeds: int = option(5, "seeds 0..N-1 (fine-tuning draws, pairs; the issue's 5)", at_least=1)
     eval_samples: int = option(200, "samples per method and seed for the metrics", at_least=10)
     eval_steps: int = option(10, "EDM Heun sampler levels for the evaluation", at_least=2)
     lr: float = option(1e-4, "ControlNet++/Ctrl-U: Adam learning rate", at_least=1e-8)
