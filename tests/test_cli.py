@@ -499,6 +499,10 @@ _BAD_BY_OPTION = {
     ("tta", "--npc-k"): ["0", "1078", "x", "2.5"],
     ("tta", "--test-limit"): ["1", "0", "x", "2.5"],
     ("tta", "--rws"): ["-1", "2", "x", "0.5"],
+    ("causal-pinn", "--chunks"): ["1", "0", "x", "2.5"],
+    ("causal-pinn", "--t-end"): ["0.5", "nan", "inf", "x"],
+    ("causal-pinn", "--ac-t-end"): ["0.05", "nan", "inf", "x"],
+    ("causal-pinn", "--causal-eps"): ["-1", "nan", "inf", "x"],
 }
 
 # options every study has

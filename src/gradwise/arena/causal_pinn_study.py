@@ -35,16 +35,16 @@ METHODS = tuple(f"{k}@{p}" for p in ("oscillator", "allen-cahn") for k in ("plai
 
 @dataclass(frozen=True)
 class Config:
-    steps: int = option(3000, "Adam steps per run", at_least=1)
+    steps: int = option(2000, "Adam steps per run", at_least=1)
     seeds: int = option(3, "seeds 0..N-1", at_least=1)
-    chunks: int = option(32, "time chunks (causal weights)", at_least=2)
+    chunks: int = option(16, "time chunks (causal weights)", at_least=2)
     points_per_chunk: int = 4
-    t_end: float = option(20.0, "oscillator time window [0, t_end]", at_least=1.0)
+    t_end: float = option(10.0, "oscillator time window [0, t_end]", at_least=1.0)
     zeta: float = 0.05
     omega: float = 1.0
     nu: float = 1e-4
     ac_t_end: float = option(0.5, "Allen-Cahn time window [0, t_end] (the authors' is 1)", at_least=0.1)
-    ac_points: int = 32
+    ac_points: int = 16
     ac_modes: int = 2
     width: int = 64
     depth: int = 3
