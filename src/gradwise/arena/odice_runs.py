@@ -54,7 +54,7 @@ class GridWorld:
         return cells.float() * (2.0 / (self.n - 1)) - 1.0
 
     def step(self, cell: tuple[int, int], action: int, rng: np.random.Generator) -> tuple[tuple[int, int], float, bool]:
-        if rng.random() < self.slip:
+        if self.slip > 0 and rng.random() < self.slip:
             action = int(rng.integers(4))
         dx, dy = _MOVES[action]
         nxt = (min(max(cell[0] + dx, 0), self.n - 1), min(max(cell[1] + dy, 0), self.n - 1))
