@@ -198,12 +198,12 @@ def pendulum_data(replay_steps: int) -> tuple[dict[str, Tensor], str]:
     """Pendulum-v1 transitions for the study: the replay buffer of the cached ``replay_steps``-step SAC run
     (medium-replay, seed 0), or, with ``replay_steps == 0``, 10,000 random-policy steps (seed 0). Never
     starts a SAC run: a buffer that is not cached is a ValueError saying how to make it."""
-    from gradwise.rl._sac import SACConfig, _file, cache_dir
+    from gradwise.rl._sac import SACConfig, cache_file
     from gradwise.rl.data import collect
 
     if replay_steps == 0:
         return collect("Pendulum-v1", "random", n_steps=10_000, seed=0), "random (10k steps)"
-    path = _file(SACConfig("Pendulum-v1", replay_steps, 0), cache_dir())
+    path = cache_file(SACConfig("Pendulum-v1", replay_steps, 0))
     if not path.exists():
         raise ValueError(f"replay_steps={replay_steps}: no cached SAC buffer at {path}; make it first with "
                          f"gradwise.rl.data.collect('Pendulum-v1', 'medium-replay', n_steps={replay_steps}, seed=0) "
