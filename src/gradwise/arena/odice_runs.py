@@ -212,21 +212,21 @@ def pendulum_data(replay_steps: int) -> tuple[dict[str, Tensor], str]:
 
 
 def prepare_pendulum(data: dict[str, Tensor]) -> dict[str, Any]:
-    """The authors' locomotion preprocessing at Pendulum scale: rewards scaled by
-    ``episode length / (max - min episode return)`` (their ``return_range`` recipe; Pendulum's episodes are 200
-    steps, cut by the time limit), observations normalised by the data's mean and std (+1e-3), actions
-    divided by 2 (Pendulum's torque bound) into [-1, 1]."""
+    """Observations normalised by the data's mean and std (+1e-3, the authors' ``normalize``), actions divided
+    by 2 (Pendulum's torque bound) into [-1, 1], rewards as Pendulum gives them (in [-16.3, 0]). Not the
+    authors' locomotion scaling (``episode length / (max - min episode return)``, 0.113 here): with it every
+    χ² residual of a 1,500-update run was below 0 (95% quantile -0.04, measured on the medium-replay
+    buffer), so no transition had a positive policy weight and the policy never moved from its
+    initialisation; unscaled, 10-12% of the residuals are positive. ``episode_returns`` lists the data's."""
     ends = (data["done"] | data["timeout"]).nonzero().flatten().tolist()
     rets, start = [], 0
     for e in ends:
         rets.append(float(data["reward"][start:e + 1].sum()))
         start = e + 1
-    scale = 200.0 / (max(rets) - min(rets)) if len(rets) > 1 and max(rets) > min(rets) else 1.0
     mean, std = data["obs"].mean(0), data["obs"].std(0) + 1e-3
     return {"obs": (data["obs"] - mean) / std, "next_obs": (data["next_obs"] - mean) / std,
-            "action": (data["action"] / 2.0).clamp(-1.0, 1.0), "reward": data["reward"] * scale,
-            "done": data["done"], "mean": mean, "std": std, "reward_scale": scale,
-            "episode_returns": rets}
+            "action": (data["action"] / 2.0).clamp(-1.0, 1.0), "reward": data["reward"],
+            "done": data["done"], "mean": mean, "std": std, "episode_returns": rets}
 
 
 @torch.no_grad()
