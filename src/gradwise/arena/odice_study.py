@@ -48,7 +48,7 @@ SIGMAS = (0.0, 0.05, 0.1, 0.2)
 @dataclass(frozen=True)
 class Config:
     seeds: int = option(3, "seeds 0..N-1 (nets, minibatches, grid data, evaluation starts)", at_least=1)
-    steps: int = option(1500, "Pendulum updates per run", at_least=1)
+    steps: int = option(1000, "Pendulum updates per run", at_least=1)
     grid_steps: int = option(800, "grid-world updates per run", at_least=1)
     replay_steps: int = option(20000, "the cached SAC run whose replay buffer is the Pendulum data "
                                       "(medium-replay); 0: 10k random-policy steps", at_least=0)
