@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from gradwise.rl._common import FIELDS, require_gymnasium
 
-__all__ = ["SACConfig", "train_sac", "cache_dir", "load_actor"]
+__all__ = ["SACConfig", "train_sac", "cache_dir", "cache_file", "load_actor"]
 
 VERSION = 1  # bump when the training code changes: cached buffers of another version are not reused
 
@@ -78,6 +78,12 @@ class _Actor(nn.Module):
 def _file(config: dict[str, Any], root: Path) -> Path:
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     return root / f"sac_{config['env_id']}_{key}.pt"
+
+
+def cache_file(config: dict[str, Any], cache: str | os.PathLike | None = None) -> Path:
+    """The file the run of ``config`` is (or would be) cached in, under :func:`cache_dir` ``(cache)``: lets a
+    caller check for a cached buffer without starting a run (the arena's odice study)."""
+    return _file(config, cache_dir(cache))
 
 
 def train_sac(config: dict[str, Any], *, cache: str | os.PathLike | None | bool = None) -> dict[str, Any]:
