@@ -61,6 +61,7 @@ ARXIV: dict[int, str] = {
     120: "2203.07404",
     201: "2412.05551",
     238: "2502.08905",
+    55: "2310.04373", 217: "2404.08495",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.

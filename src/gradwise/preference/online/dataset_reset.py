@@ -110,6 +110,8 @@ def ppo_clip_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Te
                   clip_range: float = 0.2) -> Tensor:
     r"""PPO's clipped policy loss over the tokens of ``mask`` (DR-PO: the forced tokens left out).
 
+    Paper: Chang et al., "Dataset Reset Policy Optimization for RLHF", 2024, arXiv 2404.08495.
+
     Per token, with ``r = exp(logps - old_logps)``::
 
         l = max(-A r, -A clip(r, 1 - eps, 1 + eps))          loss = sum(l * mask) / sum(mask)
