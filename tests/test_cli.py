@@ -494,6 +494,9 @@ _BAD_BY_OPTION = {
     ("tta", "--npc-k"): ["0", "1078", "x", "2.5"],
     ("tta", "--test-limit"): ["1", "0", "x", "2.5"],
     ("tta", "--rws"): ["-1", "2", "x", "0.5"],
+    ("rlhf-resets", "--batch"): ["1", "0", "x", "2.5"],
+    ("rlhf-resets", "--kl-coef"): ["-0.1", "nan", "inf", "x"],
+    ("rlhf-resets", "--beta"): ["-0.1", "1.5", "nan", "inf", "x"],
 }
 
 # options every study has
