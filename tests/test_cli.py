@@ -507,6 +507,9 @@ _BAD_BY_OPTION = {
     ("causal-pinn", "--t-end"): ["0.5", "nan", "inf", "x"],
     ("causal-pinn", "--ac-t-end"): ["0.05", "nan", "inf", "x"],
     ("causal-pinn", "--causal-eps"): ["-1", "nan", "inf", "x"],
+    ("rlhf-resets", "--batch"): ["1", "0", "x", "2.5"],
+    ("rlhf-resets", "--kl-coef"): ["-0.1", "nan", "inf", "x"],
+    ("rlhf-resets", "--beta"): ["-0.1", "1.5", "nan", "inf", "x"],
 }
 
 # options every study has

@@ -66,6 +66,8 @@ ARXIV: dict[int, str] = {
     237: "2107.13490",
     101: "2502.01199",
     190: "2308.07650",
+    55: "2310.04373",
+    217: "2404.08495",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.

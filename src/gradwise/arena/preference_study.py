@@ -44,7 +44,7 @@ from gradwise.arena.stats import CI_NOTE, RANK_NOTE, rank_summaries
 from gradwise.arena.study import Column, Run, Study, ci_column, option, register_study
 
 __all__ = ["HELP", "Config", "CONFIG", "OFFLINE", "ONLINE", "METHODS", "STUDY", "add_arguments", "run",
-           "PAD", "BOS", "SEP", "EOS", "random_prompt", "judge_reward", "sft_response", "tiny_lm"]
+           "PAD", "BOS", "SEP", "EOS", "random_prompt", "judge_reward", "sft_response", "tiny_lm", "sft_model"]
 
 HELP = "DPO, IPO, SimPO, f-DPO, RPO and online INPO/DNO/APO/EGPO and hybrid HyPO on a tiny LM learning to reverse strings for a judge"
 
@@ -194,7 +194,8 @@ def _setup(cfg: Config, methods: tuple[str, ...]) -> _Setup:
                   dict(max_new_tokens=cfg.max_len + 2, temperature=1.0, eos_token_id=EOS, pad_token_id=PAD))
 
 
-def _sft(cfg: Config, seed: int):
+def sft_model(cfg: Config, seed: int):
+    """The seed's SFT warm-up model (frozen): the reference of the preference studies."""
     import random
 
     import torch
@@ -281,7 +282,7 @@ def _seed_setup(run: Run, seed: int) -> tuple[_Seed, dict[str, Any]]:
 
     cfg, gen_kw = run.cfg, run.task.gen_kw
     t0 = time.perf_counter()
-    ref = _sft(cfg, seed)
+    ref = sft_model(cfg, seed)
     rng = random.Random(90_000 + seed)
     eval_prompts = [random_prompt(rng, cfg) for _ in range(cfg.eval_prompts)] * cfg.eval_samples
     train_prompts = [random_prompt(rng, cfg) for _ in range(cfg.pairs_prompts)]

@@ -24,7 +24,11 @@ Pieces (each usable alone):
 
 Modules: ``sampling`` (generation, log-probs, KL), ``oracle`` (judge and
 pairs), ``methods`` (the hooks, discovery), ``iterative``/``egpo``/``hypo`` (the
-built-in methods), ``loop`` (the loop).
+built-in methods), ``loop`` (the loop); RLHF pieces for a PPO loop of your own:
+``constrained_rlhf`` (:class:`LagrangeMultipliers`, constrained RLHF's dynamic
+weights of component rewards, and :func:`nelder_mead_thresholds`) and
+``dataset_reset`` (DR-PO: :func:`dataset_reset_mask`, :func:`forced_prefixes`
+for ``generate(forced_prefixes=...)``, :func:`ppo_clip_loss`).
 
 Which iterates are kept (see docs/preference_iterative.md):
 

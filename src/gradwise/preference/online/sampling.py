@@ -51,7 +51,8 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 def generate(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, eos_token_id: int | None = None,
              pad_token_id: int = 0, generator: torch.Generator | None = None,
-             batch_size: int | None = None) -> list[list[int]]:
+             batch_size: int | None = None,
+             forced_prefixes: Sequence[Sequence[int] | None] | None = None) -> list[list[int]]:
     """Sample one response per prompt from a causal LM.
 
     ``model`` maps ids ``[N, T]`` to logits ``[N, T, V]`` (or an object with
@@ -63,6 +64,12 @@ def generate(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_toke
     Sampling draws from ``generator`` (on the model's device), so a seeded
     generator gives the same responses for the same prompts in the same order.
     The model is put in eval mode for the call and restored after.
+
+    ``forced_prefixes`` (DR-PO's dataset reset, :func:`~gradwise.preference.dataset_reset_mask`): one
+    token-id list (or None / empty) per prompt; response ``i`` starts with ``forced_prefixes[i]`` (teacher
+    forcing, as the authors' ``RollinProcessor`` in Cornell-RL/tril: the sampler still draws at forced
+    positions, so a seeded generator is consumed the same way) and continues from there by sampling. A
+    forced prefix may not be longer than ``max_new_tokens``; an EOS inside it ends the response.
 
     Returns a list of responses (token-id lists), one per prompt, in order.
 
@@ -82,6 +89,7 @@ def generate(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_toke
     prompts = [token_ids(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
     if any(len(p) == 0 for p in prompts):
         raise ValueError("Invalid prompts: every prompt needs at least one token")
+    forced = _forced(forced_prefixes, len(prompts), max_new_tokens)
     device = next(iter(model.parameters()), torch.empty(0)).device
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
@@ -96,8 +104,14 @@ def generate(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_toke
                 chunk = idx[s:s + step]
                 x = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)
                 done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+                force = None
+                if forced is not None:
+                    force = torch.full((len(chunk), max_new_tokens), -1, dtype=torch.long)
+                    for r, i in enumerate(chunk):
+                        force[r, :len(forced[i])] = torch.tensor(forced[i], dtype=torch.long)
+                    force = force.to(device)
                 new = []
-                for _ in range(max_new_tokens):
+                for t in range(max_new_tokens):
                     logits = _logits(model, x)[:, -1].float()
                     if temperature == 0:
                         nxt = logits.argmax(-1)
@@ -107,6 +121,8 @@ def generate(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_toke
                             kth = logits.topk(top_k, dim=-1).values[:, -1:]
                             logits = logits.masked_fill(logits < kth, -math.inf)
                         nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
+                    if force is not None:
+                        nxt = torch.where(force[:, t] >= 0, force[:, t], nxt)
                     nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
                     new.append(nxt)
                     x = torch.cat([x, nxt[:, None]], dim=1)
@@ -121,6 +137,25 @@ def generate(model: nn.Module, prompts: Sequence[Sequence[int]], *, max_new_toke
                     out[i] = row
     finally:
         model.train(was_training)
+    return out
+
+
+def _forced(forced_prefixes, n: int, max_new_tokens: int) -> list[list[int]] | None:
+    """``forced_prefixes`` checked: None, or ``n`` token-id lists of at most ``max_new_tokens`` each."""
+    if forced_prefixes is None:
+        return None
+    if isinstance(forced_prefixes, (str, bytes)) or not isinstance(forced_prefixes, Sequence) \
+            or len(forced_prefixes) != n:
+        got = len(forced_prefixes) if isinstance(forced_prefixes, Sequence) else type(forced_prefixes).__name__
+        raise ValueError(f"Invalid forced_prefixes: expected one token-id list (or None) per prompt ({n}), got {got}")
+    out = []
+    for i, f in enumerate(forced_prefixes):
+        ids = [] if f is None else token_ids(f, f"forced_prefixes[{i}]")
+        if len(ids) > max_new_tokens:
+            raise ValueError(f"Invalid forced_prefixes[{i}]: {len(ids)} tokens > max_new_tokens = {max_new_tokens}")
+        if any(t < 0 for t in ids):
+            raise ValueError(f"Invalid forced_prefixes[{i}]: token ids must be >= 0")
+        out.append(ids)
     return out
 
 
