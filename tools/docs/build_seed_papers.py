@@ -60,6 +60,7 @@ ARXIV: dict[int, str] = {
     127: "2504.00661",
     120: "2203.07404",
     201: "2412.05551",
+    234: "2105.03918", 242: "2303.02262",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
