@@ -76,6 +76,8 @@ def run_one(cfg: Config, method: str, seed: int) -> dict[str, Any]:
 
     from gradwise.sciml import solve_ode
 
+    if method not in METHODS:
+        raise ValueError(f"Invalid method: {method!r} (accepted: one of {METHODS})")
     torch.set_num_threads(cfg.threads)
     dataset, mode = method.split("/")
     gen = torch.Generator().manual_seed(50_000 + seed + (0 if dataset == "spirals" else 1000))
