@@ -36,7 +36,7 @@ METHODS = tuple(f"{d}/{m}" for d in DATASETS for m in MODES)
 @dataclass(frozen=True)
 class Config:
     train: int = 512
-    noise: float = 0.05
+    noise: float = 0.1
     aug: int = 2
     hidden: int = 32
     batch_size: int = 128
