@@ -267,12 +267,25 @@ def test_every_benchmark_script_uses_the_harness():
     folder = _benchmarks.benchmarks_dir()
     scripts = sorted(p for p in folder.glob("*.py") if p.name not in ("harness.py", "optim_rows.py"))
     assert [p.name for p in scripts] == ["adapter_step.py", "bandit_step.py", "diffusion_step.py", "dynmole_step.py",
-                                          "lame_step.py", "layer_step.py", "loss_step.py", "optim_step.py",
-                                          "preference_step.py",
-                                          "reste_step.py", "rl_step.py", "sara_step.py", "state_bits.py",
+                                          "lame_step.py", "layer_step.py", "loss_step.py", "ode_step.py",
+                                          "optim_step.py", "preference_step.py", "reste_step.py", "rl_step.py",
+                                          "sara_step.py", "state_bits.py",
                                           "tta_step.py", "unlearning_step.py"]
     for p in scripts:
         text = p.read_text()
         assert "\nimport harness" in text, p.name
         assert "harness.save(" in text or "harness.int_options_main(" in text, p.name
         assert "save_results" not in text and "getloadavg" not in text, p.name  # the harness's job
+
+
+def test_ode_step_small_run_reports_ratios_and_the_r_e_overhead():
+    ode_step = _benchmarks.load("ode_step")
+    res = ode_step.run(batch=8, hidden=8, rounds=1, reps=1, warmup=0)
+    names = [r["name"] for r in res["rows"]]
+    assert "gradwise dopri5" in names and "gradwise dopri5 + R_E" in names
+    rows = {r["name"]: r for r in res["rows"]}
+    if "torchdiffeq dopri5" in rows:  # the controller reproduces odeint's steps: the same NFE
+        assert rows["gradwise dopri5"]["nfe"] == rows["torchdiffeq dopri5"]["nfe"]
+        assert rows["gradwise dopri5"]["verdict"] in ("PASS", "MISS")
+    assert res["reg_ratio"] > 0 and res["reg_verdict"] in ("PASS", "MISS")
+    assert "## Neural-ODE solve time per function evaluation" in ode_step.to_markdown(res)

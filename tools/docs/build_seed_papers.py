@@ -68,6 +68,8 @@ ARXIV: dict[int, str] = {
     190: "2308.07650",
     55: "2310.04373",
     217: "2404.08495",
+    234: "2105.03918",
+    242: "2303.02262",
 }
 
 # Project issue planning each paper: 2 optimizers, 3 objectives/losses, 4 preference optimization.
