@@ -153,11 +153,11 @@ def run_seed(task, cfg: Config, seed: int) -> list[dict[str, Any]]:
     def norm(ds) -> float:
         return float(torch.sqrt(sum((d.double() ** 2).sum() for d in ds)))
 
-    rows = [{"method": REFERENCES[0], "seed": seed, "accuracy": _accuracy(pre, x_eval, y_eval), "q": float("nan")},
-            {"method": REFERENCES[1], "seed": seed, "accuracy": _accuracy(ft, x_eval, y_eval), "q": float("nan"),
+    rows = [{"method": REFERENCES[0], "seed": seed, "accuracy": _accuracy(pre, x_eval, y_eval), "delta_norm": 0.0},
+            {"method": REFERENCES[1], "seed": seed, "accuracy": _accuracy(ft, x_eval, y_eval),
              "delta_norm": norm(deltas)},
             {"method": REFERENCES[2], "seed": seed, "accuracy": _accuracy(ftr, x_eval, y_eval),
-             "q": float("nan"), "delta_norm": norm(deltas_r)}]
+             "delta_norm": norm(deltas_r)}]
     xbar = _mean_inputs(ft, x_val)
     for p in PS:
         mgen = torch.Generator().manual_seed(1000 * seed + int(round(p * 1000)))
@@ -218,7 +218,7 @@ def _summarize(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [r for r in rows if r["method"] == ref]
         if mine:
             out.append({"method": ref, "runs": len(mine), "rank": None, "tied": False,
-                        **mean_ci_fields(mine, keys)})
+                        **mean_ci_fields(mine, ("accuracy", "delta_norm", "wall_s"))})
     for p in PS:
         part = []
         for m in (m for m in run.methods if m.startswith(f"p{p:g}-")):
@@ -265,13 +265,15 @@ def _title(run: Run, rows: list[dict[str, Any]]) -> str:
 
 def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
     return ("each p ranked on its own, best first by test accuracy; q = the rescaling 1/q (mean over layers "
-            "and seeds; DARE's is 1 - p); darex-search picks q on the validation split; references unranked; "
+            "and seeds; DARE's is 1 - p); darex-search picks q on the validation split; references unranked, "
+            "‖Δ‖ = the fine-tuning delta's Frobenius norm over all parameters; "
             f"{CI_NOTE}; {RANK_NOTE}")
 
 
-def _q_cell(s: dict[str, Any]) -> str:
-    q = s["q_mean"]
-    return "" if q != q else f"{q:.3f}"
+def _cell(key: str, fmt: str):
+    def cell(s: dict[str, Any]) -> str:
+        return format(s[key + "_mean"], fmt) if key + "_mean" in s else ""
+    return cell
 
 
 STUDY = register_study(Study(
@@ -279,7 +281,7 @@ STUDY = register_study(Study(
     setup=_task, run_seed=lambda run, seed: run_seed(run.task, run.cfg, seed), summarize=_summarize,
     title=_title, notes=_notes,
     columns=(Column("method", lambda s: s["method"], "left"), ci_column("test acc", "accuracy"),
-             Column("q", _q_cell), Column("s/seed", lambda s: f"{s['wall_s_mean']:.1f}")),
+             Column("q", _cell("q", ".3f")), Column("‖Δ‖", _cell("delta_norm", ".2f")), Column("s/seed", lambda s: f"{s['wall_s_mean']:.1f}")),
     write_files=lambda out, run, rows, summary, title: _plot(out / "delta_pruning.png", summary, title),
     outputs=("delta_pruning.png",), smoke=("--seeds", "1", "--pre-epochs", "1", "--ft-epochs", "1"),
 ))
