@@ -116,25 +116,33 @@ def run_seed(task, cfg: Config, seed: int) -> list[dict[str, Any]]:
     nweights = [m.weight.numel() for m in layers]
     t_dense = time.perf_counter() - t0
     rows = [{"method": "dense", "seed": seed, "accuracy": accuracy(model), "sparsity": 0.0}]
+    work = copy.deepcopy(model)  # pruned copies are this one, reloaded with the dense weights each time
+    w_layers = prunable(work)
+    dense = copy.deepcopy(model.state_dict())
+
+    def accuracy_after(amt) -> float:
+        work.load_state_dict(dense)
+        prune_by_magnitude_(w_layers, amt.tolist())
+        return accuracy(work)
+
     for s in SPARSITIES:
         allocs = {"uniform": uniform_amounts(layers, s), "global": global_magnitude_amounts(layers, s),
                   "lamp": lamp_amounts(layers, s), "rd-dp": allocate_sparsity_dp(curves, amounts, nweights, s)}
         for kind, amt in allocs.items():
             t1 = time.perf_counter()
-            pruned = copy.deepcopy(model)
-            p_layers = prunable(pruned)
-            prune_by_magnitude_(p_layers, amt.tolist())
-            kept = sum(int(m.weight.count_nonzero()) for m in p_layers)
-            joint = _distortion(model, pruned, x_cal)
+            work.load_state_dict(dense)
+            prune_by_magnitude_(w_layers, amt.tolist())
+            kept = sum(int(m.weight.count_nonzero()) for m in w_layers)
+            joint = _distortion(model, work, x_cal)
             # each layer pruned alone at its amount (the same rounding rule as the joint prune)
             alone = []
             for li in range(len(layers)):
-                single = copy.deepcopy(model)
-                prune_by_magnitude_([prunable(single)[li]], [float(amt[li])])
-                alone.append(_distortion(model, single, x_cal))
+                work.load_state_dict(dense)
+                prune_by_magnitude_([w_layers[li]], [float(amt[li])])
+                alone.append(_distortion(model, work, x_cal))
             total = sum(alone)
             rows.append({"method": f"s{s:g}-{kind}", "seed": seed, "sparsity": 1 - kept / sum(nweights),
-                         "accuracy": accuracy(pruned), "joint_distortion": joint, "sum_distortion": total,
+                         "accuracy": accuracy_after(amt), "joint_distortion": joint, "sum_distortion": total,
                          "additivity": joint / total if total > 0 else float("nan"),
                          "amounts": [round(float(a), 4) for a in amt],
                          "wall_s": time.perf_counter() - t1 + t_dense / (len(SPARSITIES) * len(allocs))})
