@@ -34,7 +34,7 @@ class Config:
     seeds: int = option(3, "seeds 0..N-1", at_least=1)
     eps: float = option(0.2, "L-inf radius of the attacks (pixels in [0, 1])", at_least=1e-6, below=1.0)
     epochs: int = option(20, "epochs of each base model", at_least=1)
-    mix_epochs: int = option(8, "epochs of the mixing network", at_least=1)
+    mix_epochs: int = option(15, "epochs of the mixing network", at_least=1)
     pgd_steps: int = option(20, "PGD steps of the evaluation attack", at_least=1)
     train_pgd_steps: int = option(5, "PGD steps of the training attacks (robust model, mixing network)", at_least=1)
     gamma_scale: float = 2.0       # the mixing network's gamma scale (their trainer: 2 while training)
