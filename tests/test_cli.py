@@ -405,6 +405,7 @@ _BAD_BY_OPTION = {
     ("sharpness", "--temperature"): ["0", "-1", "nan", "inf", "x"],
     ("sharpness", "--mesa-horizon"): ["0", "-1", "nan", "inf", "x"],
     ("adaptive-smoothing", "--eps"): ["0", "1", "-0.1", "nan", "inf", "x"],
+    ("adaptive-smoothing", "--alpha-min"): ["1", "-0.1", "nan", "inf", "x"],
     ("compression", "--methods"): ["nope", "ls-sgd,nope", "cnn-powersgd-3"],
     ("compression", "--heterogeneity"): ["-1", "nan", "inf", "x"],
     ("compression", "--topk-ratio"): ["0", "1", "-0.1", "nan", "x"],

@@ -11,7 +11,7 @@ from gradwise.arena.adaptive_smoothing_study import ALPHAS, claims
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = SimpleNamespace(hidden=16, lr=1e-2, epochs=1, batch_size=128, eps=0.2, train_pgd_steps=1, pgd_steps=3,
-                      mix_epochs=1, gamma_scale=2.0, threads=1)
+                      mix_epochs=1, gamma_scale=2.0, alpha_min=0.0, threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -90,13 +90,15 @@ class MixingMLP(nn.Module):
 def train_mixing_net(std: nn.Module, rob: nn.Module, data: DigitsData, cfg: Any, seed: int):
     """:class:`gradwise.robustness.AdaptiveSmoothing` with a fresh :class:`MixingMLP`, trained as the authors'
     trainer does: each batch holds the clean images (is_adv 0, weight 2) and the same images attacked through the
-    whole mixture in eval mode (is_adv 1, weight 1); :func:`gradwise.robustness.adaptive_smoothing_loss` with their
-    CIFAR-10 constants (bce 1, ce 0.5, prod 0.1), Adam on the mixing network only."""
+    whole mixture in eval mode (is_adv 1, weight 1; eval-time alpha range [alpha_min, 1]);
+    :func:`gradwise.robustness.adaptive_smoothing_loss` with their CIFAR-10 constants (bce 1, ce 0.5, prod 0.1),
+    Adam on the mixing network only."""
     from gradwise.robustness import AdaptiveSmoothing, adaptive_smoothing_loss
 
     torch.manual_seed(20_000 + seed)
     mixer = MixingMLP()
-    model = AdaptiveSmoothing(std, rob, mixer, gamma_scale=cfg.gamma_scale)
+    model = AdaptiveSmoothing(std, rob, mixer, gamma_scale=cfg.gamma_scale, alpha_scale=1.0 - cfg.alpha_min,
+                              alpha_bias=cfg.alpha_min)
     opt = torch.optim.Adam(mixer.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(30_000 + seed)
     n = data.x_train.shape[0]

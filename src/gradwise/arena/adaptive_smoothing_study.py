@@ -37,6 +37,8 @@ class Config:
     mix_epochs: int = option(15, "epochs of the mixing network", at_least=1)
     pgd_steps: int = option(20, "PGD steps of the evaluation attack", at_least=1)
     train_pgd_steps: int = option(5, "PGD steps of the training attacks (robust model, mixing network)", at_least=1)
+    alpha_min: float = option(0.0, "adaptive: the lowest alpha at test time (alpha range [alpha_min, 1]: their "
+                              "alpha_bias, alpha_scale = 1 - alpha_min)", at_least=0.0, below=1.0)
     gamma_scale: float = 2.0       # the mixing network's gamma scale (their trainer: 2 while training)
     hidden: int = 128
     lr: float = 1e-3
@@ -116,7 +118,7 @@ def _title(run: Run, rows: list[dict[str, Any]]) -> str:
     c = run.cfg
     return (f"adaptive-smoothing: digits MLPs, L-inf eps {c.eps:g} PGD-{c.pgd_steps} through the whole model; base "
             f"models {c.epochs} epochs (robust: PGD-{c.train_pgd_steps} training), mixing network {c.mix_epochs} "
-            f"epochs; {c.seeds} seed(s)")
+            f"epochs, test-time alpha in [{c.alpha_min:g}, 1]; {c.seeds} seed(s)")
 
 
 COLUMNS = (

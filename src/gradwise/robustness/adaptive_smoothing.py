@@ -16,15 +16,17 @@ depend on the input (:class:`AdaptiveSmoothing`, the authors' ``CompositeModel.f
 :math:`\gamma(x)`; in training mode :math:`\gamma` is clamped to ``mean ± train_clamp · std`` of the batch (constants,
 unbiased std, as their ``.item()`` values), then normalised by a ``BatchNorm1d(1, affine=False,
 momentum=bn_momentum)`` (batch statistics in training, running ones in eval), then
-:math:`\gamma \leftarrow \gamma\cdot` ``gamma_scale`` :math:`+` ``gamma_bias`` and :math:`\alpha = \sigma(\gamma)`; in eval
-mode :math:`\alpha \leftarrow \alpha\cdot` ``alpha_scale`` :math:`+` ``alpha_bias`` (the range of :math:`\alpha` at test
-time is [alpha_bias, alpha_bias + alpha_scale]). Without a mixing network :math:`\alpha = \sigma(` ``gamma`` :math:`)` is
-fixed (``gamma = -inf``: the standard model alone, ``+inf``: the robust one alone; the unused model is not run).
+:math:`\gamma \leftarrow \gamma\cdot` ``gamma_scale`` :math:`+` ``gamma_bias`` and
+:math:`\alpha = \sigma(\gamma)`; in eval mode :math:`\alpha \leftarrow \alpha\cdot` ``alpha_scale`` :math:`+`
+``alpha_bias`` (the range of :math:`\alpha` at test time is [alpha_bias, alpha_bias + alpha_scale]). Without a mixing
+network :math:`\alpha = \sigma(` ``gamma`` :math:`)` is fixed (``gamma = -inf``: the standard model alone,
+``+inf``: the robust one alone; the unused model is not run).
 
 The mixing network is trained with their composite loss (:func:`adaptive_smoothing_loss`, ``CompLoss``) on clean
 inputs (``is_adv = 0``: small :math:`\alpha` is right) and on inputs attacked through the whole mixture (``is_adv =
-1``), :math:`c_{BCE}\,\mathrm{BCE}(\gamma, \text{is\_adv}) + c_{CE}\,\mathrm{CE}(\log f, y) + c_{prod}\,\mathrm{BCE}\cdot
-\mathrm{CE}`, each sample weighted (their ``scale``: 2 for clean, 1 for attacked inputs in the CIFAR-10 config), mean
+1``), :math:`c_{BCE}\,\mathrm{BCE}(\gamma, \text{is\_adv}) + c_{CE}\,\mathrm{CE}(\log f, y)
++ c_{prod}\,\mathrm{BCE}\cdot\mathrm{CE}`, each sample weighted (their ``scale``: 2 for clean, 1 for attacked
+inputs in the CIFAR-10 config), mean
 over the batch. Their trainer uses ``gamma_scale, gamma_bias = (2, 0.4)`` while training and ``(3, 20)`` in eval (set
 the attributes between phases as their ``set_gamma_scale_bias`` does).
 
@@ -46,6 +48,8 @@ Departures from the authors' code, and why:
 * **alpha_scale = 0 with a mixing network**: their forward uses :math:`\alpha` = ``alpha_bias`` and then fails (it
   returns an unset ``gammas``); here eval mode gives :math:`\alpha` = ``alpha_bias`` and returns the network's
   :math:`\gamma`.
+* ``gamma`` is used as given: their ``__init__`` sets the configured ``gamma`` and then overwrites it with ``-inf``
+  (so their fixed-gamma model is the standard model until ``set_gamma_value`` is called).
 * No ``scale_alpha`` switch (theirs lets eval run without the alpha range), no autocast, no image resizing for the
   standard model, no ``.cuda()`` of the mixing net (move the module yourself).
 
@@ -139,9 +143,11 @@ class AdaptiveSmoothing(nn.Module):
 
     ``forward(x) -> (log_probs [B, C], gammas [B])``. ``std_model`` and ``rob_model`` map ``x`` to logits [B, C];
     ``mixing_net(x, std_logits, rob_logits)`` gives :math:`\\gamma` [B] or [B, 1] (``None``: fixed
-    :math:`\\alpha = \\sigma(` ``gamma`` :math:`)`). Training mode clamps :math:`\\gamma` to ``mean ± train_clamp·std``
-    (``None``: no clamp), then BatchNorm (``affine=False``, ``momentum=bn_momentum``), then ``gamma_scale·γ +
-    gamma_bias``; :math:`\\alpha = \\sigma(\\gamma)`; eval mode maps :math:`\\alpha` to ``alpha_scale·α + alpha_bias``.
+    :math:`\\alpha = \\sigma(` ``gamma`` :math:`)`). Training mode clamps :math:`\\gamma` to
+    ``mean ± train_clamp·std`` (``None``: no clamp), then BatchNorm (``affine=False``, ``momentum=bn_momentum``),
+    then ``gamma_scale·γ +
+    gamma_bias``; :math:`\\alpha = \\sigma(\\gamma)`; eval mode maps :math:`\\alpha` to
+    ``alpha_scale·α + alpha_bias``.
     The returned ``gammas`` are the values after BatchNorm, scale and bias (what :func:`adaptive_smoothing_loss`
     takes; their ``CompositeModel`` returns the same), or ``gamma`` repeated without a mixing network.
 
