@@ -407,6 +407,8 @@ _BAD_BY_OPTION = {
     ("sharpness", "--start-epoch"): ["-1", "x", "0.5"],
     ("sharpness", "--temperature"): ["0", "-1", "nan", "inf", "x"],
     ("sharpness", "--mesa-horizon"): ["0", "-1", "nan", "inf", "x"],
+    ("adaptive-smoothing", "--eps"): ["0", "1", "-0.1", "nan", "inf", "x"],
+    ("adaptive-smoothing", "--alpha-min"): ["1", "-0.1", "nan", "inf", "x"],
     ("compression", "--methods"): ["nope", "ls-sgd,nope", "cnn-powersgd-3"],
     ("compression", "--heterogeneity"): ["-1", "nan", "inf", "x"],
     ("compression", "--topk-ratio"): ["0", "1", "-0.1", "nan", "x"],
