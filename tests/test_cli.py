@@ -487,6 +487,8 @@ _BAD_BY_OPTION = {
     ("neucb", "--rounds"): ["9", "0", "x", "2.5"],
     ("neucb", "--gamma-scale"): ["-1", "nan", "inf", "x"],
     ("neucb", "--epsilon"): ["-0.1", "1", "nan", "x"],
+    ("ntk", "--widths"): ["nope", "64,nope", "100", ","],
+    ("ntk", "--points"): ["1", "0", "x", "2.5"],
     ("tta", "--batch-size"): ["1", "0", "x", "2.5"],
     ("tta", "--label-alpha"): ["-0.1", "nan", "inf", "x"],
     ("tta", "--lr"): ["0", "-1", "nan", "inf", "x"],
