@@ -82,7 +82,7 @@ def _check_batch(name: str, x) -> Tensor:
 
 def _single(model: nn.Module, buffers: dict):
     def f(params, x):
-        out = functional_call(model, (params, buffers), (x.unsqueeze(0),))
+        out = functional_call(model, (params, buffers) if buffers else params, (x.unsqueeze(0),))
         return out.reshape(-1)  # one sample's output, flattened to [O]
     return f
 
