@@ -7,7 +7,7 @@ import pytest
 
 from gradwise.arena import ntk_study as ns
 
-TINY = dataclasses.replace(ns.Config(), seeds=1, steps=20, points=8, train=4)
+TINY = dataclasses.replace(ns.Config(), seeds=1, steps=20, points=8, train=4, draws=2)
 
 
 def test_slope_of_a_power_law():

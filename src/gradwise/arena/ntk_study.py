@@ -9,7 +9,8 @@ beta = 0.1, NTK parametrisation (N(0, 1) parameters); the kernel Theta(x0, x) fo
 random N(0, I_2) inputs (the paper: f*(x) = x1 x2 on random N(0, 1) inputs; its N is not stated). float32.
 
 Per run (one seed: every width, each with its own initialisation): ``spread`` = RMS over the circle of
-Theta_0(x0, x) - Theta_inf(x0, x), over Theta_inf(x0, x0) (Theta_inf: :func:`gradwise.diagnostics.limit_ntk_relu`);
+Theta_0(x0, x) - Theta_inf(x0, x), over Theta_inf(x0, x0) (Theta_inf: :func:`gradwise.diagnostics.limit_ntk_relu`),
+averaged over ``draws`` initialisations (the paper plots 10);
 ``drift`` = RMS over the circle of Theta_T(x0, x) - Theta_0(x0, x), over Theta_inf(x0, x0), after training;
 ``lin gap``: the linearised network (the kernel held at Theta_0: f <- f - lr/N Theta_0(., X)(f(X) - y), the paper's
 kernel gradient descent with the initial NTK) against the trained network on the circle and the training inputs:
@@ -43,6 +44,8 @@ class Config:
     steps: int = option(200, "gradient-descent steps (learning rate 1.0; the paper's Fig. 1: 200)", at_least=1)
     points: int = option(16, "points on the unit circle where Theta(x0, x) is read", at_least=2)
     train: int = option(8, "training inputs drawn from N(0, I_2), target x1 * x2", at_least=1)
+    draws: int = option(4, "initialisations per width and seed whose spread is averaged (the first is trained)",
+                        at_least=1)
     threads: int = 1
 
 
@@ -94,8 +97,12 @@ def run_width(cfg: Config, width: int, seed: int) -> dict[str, Any]:
         train_loss = float(0.5 * ((model(x_tr)[:, 0] - y_tr) ** 2).mean())
     row0 = theta0[0, :cfg.points].double()
     rms = lambda v: float(v.double().pow(2).mean().sqrt())  # noqa: E731
+    spreads = [rms(row0 - lim) / scale]
+    for _ in range(cfg.draws - 1):  # more initialisations, kernel at x0 only (not trained)
+        other = NTKMLP([2] + [width] * (DEPTH - 1) + [1], beta=BETA, generator=g)
+        spreads.append(rms(empirical_ntk(other, circle[:1], circle, mode="trace")[0].double() - lim) / scale)
     return {"width": str(width), "seed": seed,
-            "spread": rms(row0 - lim) / scale, "drift": rms(theta_t.double() - row0) / scale,
+            "spread": sum(spreads) / len(spreads), "drift": rms(theta_t.double() - row0) / scale,
             "lin_gap": rms(f_t - f_lin) / max(rms(f_t - f0), 1e-30), "train_loss": train_loss,
             "theta_x0": float(row0[0]), "limit_x0": scale, "wall_s": time.perf_counter() - t0}
 
@@ -120,7 +127,8 @@ SUMMARY_KEYS = ("spread", "drift", "lin_gap", "train_loss", "theta_x0", "spread_
 def _title(run: Run, rows: list[Any]) -> str:
     c = run.cfg
     return (f"ntk: depth-{DEPTH} ReLU NTKMLP (beta {BETA}), Theta(x0, x) on {c.points} points of the unit circle; "
-            f"GD lr {LR} x {c.steps} steps on f* = x1 x2 ({c.train} inputs); {len(run.seeds)} seed(s)")
+            f"GD lr {LR} x {c.steps} steps on f* = x1 x2 ({c.train} inputs); spread over {c.draws} draw(s); "
+            f"{len(run.seeds)} seed(s)")
 
 
 def _verdict(name: str, m: float, h: float, n: int) -> str:
@@ -157,5 +165,6 @@ STUDY = register_study(Study(
              ci_column("train loss", "train_loss", 4),
              ci_column("Theta(x0,x0)", "theta_x0", 3),
              Column("s/run", lambda s: f"{s['wall_s_mean']:.1f}")),
-    outputs=(), smoke=("--seeds", "1", "--widths", "64,128", "--steps", "2", "--points", "4", "--train", "2"),
+    outputs=(), smoke=("--seeds", "1", "--widths", "64,128", "--steps", "2", "--points", "4", "--train", "2",
+                       "--draws", "1"),
 ))
