@@ -506,6 +506,8 @@ _BAD_BY_OPTION = {
     ("odice", "--replay-steps"): ["-1", "x", "0.5"],
     ("odice", "--lam"): ["-0.1", "1", "nan", "x"],
     ("odice", "--eta"): ["-1", "nan", "inf", "x"],
+    ("ntk", "--widths"): ["nope", "64,nope", "100", ","],
+    ("ntk", "--points"): ["1", "0", "x", "2.5"],
     ("tta", "--batch-size"): ["1", "0", "x", "2.5"],
     ("tta", "--label-alpha"): ["-0.1", "nan", "inf", "x"],
     ("tta", "--lr"): ["0", "-1", "nan", "inf", "x"],
