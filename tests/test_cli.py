@@ -370,6 +370,8 @@ _BAD_BY_OPTION = {
     ("noisy-labels", "--losses"): ["nope", "CE,nope", "ce"],
     ("imbalance", "--ratio"): ["0.5", "nan", "inf", "-3", "x"],
     ("fdvl", "--noise"): ["-0.1", "nan", "inf", "x"],
+    ("lpn", "--gamma-min"): ["0", "-0.1", "nan", "inf", "x"],
+    ("lpn", "--rho"): ["0", "-1", "nan", "inf", "x"],
     ("lr-sensitivity", "--configs"): ["nope", "pre,mid", "pre+qk+qk"],
     ("lr-sensitivity", "--lr-min"): ["0", "-1e-3", "nan", "x"],
     ("lr-sensitivity", "--lr-max"): ["0", "-1", "nan", "x"],
