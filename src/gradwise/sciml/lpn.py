@@ -160,7 +160,8 @@ def proximal_matching_loss(pred: Tensor, target: Tensor, gamma: float, *, reduct
 @register(**_REG, summary="The authors' gamma schedule: L1 pretraining, then gamma_min * 2^(stages-1-stage).")
 def proximal_matching_gamma(step: int, *, total: int, pretrain: int, stages: int = 4, gamma_min: float
                             ) -> float | None:
-    """Proximal matching gamma at ``step`` (0-based), their ``get_loss_hparams_and_lr``.
+    """Proximal matching gamma at ``step`` (0-based), their ``get_loss_hparams_and_lr`` (Fang, Buchanan, Sulam,
+    arXiv:2310.14344).
 
     ``None`` during the first ``pretrain`` steps: train with an L1 loss then (their ``nn.L1Loss``, with
     their ``pretrain_lr``). After it, the remaining ``total - pretrain`` steps split into ``stages`` equal
