@@ -46,6 +46,7 @@ class Config:
     rho: float = option(0.1, "PnP-ADMM penalty rho (the regulariser's weight)", at_least=1e-6)
     admm_iters: int = option(60, "PnP-ADMM iterations", at_least=1)
     seeds: int = option(3, "seeds 0..N-1", at_least=1)
+    inv_steps: int = option(500, "Adam steps of the regulariser's convex inversion", at_least=1)
     batch_size: int = 256
     hidden: int = 32
     layers: int = 2
@@ -53,7 +54,6 @@ class Config:
     digits_hidden: int = 128
     digits_batch: int = 128
     digits_noise: float = 0.1
-    inv_steps: int = 500
     threads: int = 1
 
 
@@ -251,12 +251,14 @@ def _ci(s, key, d=3):
 
 def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
     lines = ["Laplacian rows ranked on phi err = RMS of phi - |x| over [-3, 3] (phi shifted to min 0); prox err: RMS "
-             "against soft thresholding at 1; ranks are within each part (the digits row is alone in its part)", CI_NOTE]
+             "against soft thresholding at 1; ranks are within each part (the digits row is alone in its part)",
+             CI_NOTE]
     for s in summary:
         if s["method"] == "digits-pnp":
             phis = ", ".join(f"{v:g}: {_ci(s, f'phi_{v:g}', 1)}" for v in (0.0, *NOISE_LEVELS))
             lines.append(f"digits: PSNR blurred {_ci(s, 'psnr_blurred', 2)} dB -> PnP-ADMM {_ci(s, 'psnr_pnp', 2)} "
-                         f"dB (Tikhonov, same rho, no prior: {_ci(s, 'psnr_tikhonov', 2)} dB; LPN denoising at noise {run.cfg.digits_noise:g}: {_ci(s, 'psnr_denoise', 2)} dB); "
+                         f"dB (Tikhonov, same rho, no prior: {_ci(s, 'psnr_tikhonov', 2)} dB; LPN denoising at "
+                         f"noise {run.cfg.digits_noise:g}: {_ci(s, 'psnr_denoise', 2)} dB); "
                          f"PnP residual ||x - z|| last/first {_ci(s, 'resid_ratio', 5)}; mean phi at noise std {phis}; "
                          f"phi rising in {s['phi_rises_mean'] * s['runs']:.0f}/{s['runs']} seeds")
     return "; ".join(lines)
@@ -274,6 +276,7 @@ STUDY = register_study(Study(
              Column("phi rises", lambda s: "-" if "phi_rises_mean" not in s
                     else f"{s['phi_rises_mean'] * s['runs']:.0f}/{s['runs']}"),
              Column("s/run", lambda s: f"{s['wall_s_mean']:.1f}")),
-    outputs=(), smoke=("--seeds", "1", "--steps", "6", "--digits-steps", "6", "--admm-iters", "2"),
+    outputs=(), smoke=("--seeds", "1", "--steps", "6", "--digits-steps", "6", "--admm-iters", "2",
+                       "--inv-steps", "5"),
 ))
 add_arguments, run = STUDY.add_arguments, STUDY.run
