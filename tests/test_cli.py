@@ -373,6 +373,8 @@ _BAD_BY_OPTION = {
     ("node-reg", "--lam-error"): ["-0.1", "nan", "inf", "x"],
     ("node-reg", "--lam-stiffness"): ["-0.1", "nan", "inf", "x"],
     ("node-reg", "--lam-local"): ["-0.1", "nan", "inf", "x"],
+    ("lpn", "--gamma-min"): ["0", "-0.1", "nan", "inf", "x"],
+    ("lpn", "--rho"): ["0", "-1", "nan", "inf", "x"],
     ("lr-sensitivity", "--configs"): ["nope", "pre,mid", "pre+qk+qk"],
     ("lr-sensitivity", "--lr-min"): ["0", "-1e-3", "nan", "x"],
     ("lr-sensitivity", "--lr-max"): ["0", "-1", "nan", "x"],
