@@ -59,8 +59,11 @@ bench: test-env
 	$(BIN)/python benchmarks/reste_step.py --threads 1 --markdown docs/benchmarks.md
 	$(BIN)/python benchmarks/dynmole_step.py --threads 1 --markdown docs/benchmarks.md
 	$(BIN)/python benchmarks/adapter_step.py --threads 1 --markdown docs/benchmarks.md
-# bandit_step.py and rl_step.py time the authors' code beside gradwise's, so they need a checkout of it
-# (their docstrings say how: REF_PYTHON/DLB_REPO, ODICE_REPO): run them by hand
+	$(BIN)/python benchmarks/ode_step.py --threads 1 --markdown docs/benchmarks.md
+	$(BIN)/python benchmarks/ntk_step.py --threads 1 --markdown docs/benchmarks.md
+	$(BIN)/python benchmarks/pinn_step.py --threads 1 --markdown docs/benchmarks.md
+# bandit_step.py, rl_step.py and lpn_step.py time the authors' code beside gradwise's, so they need a checkout of
+# it (their docstrings say how: REF_PYTHON/DLB_REPO, ODICE_REPO, LPN_REPO): run them by hand
 
 docs: env
 	$(BIN)/python tools/docs/gen_docs.py

@@ -268,7 +268,8 @@ def test_every_benchmark_script_uses_the_harness():
     scripts = sorted(p for p in folder.glob("*.py") if p.name not in ("harness.py", "optim_rows.py"))
     assert [p.name for p in scripts] == ["adapter_step.py", "bandit_step.py", "diffusion_step.py", "dynmole_step.py",
                                           "lame_step.py", "layer_step.py", "loss_step.py", "lpn_step.py",
-                                          "ntk_step.py", "ode_step.py", "optim_step.py", "preference_step.py",
+                                          "ntk_step.py", "ode_step.py", "optim_step.py", "pinn_step.py",
+                                          "preference_step.py",
                                           "reste_step.py", "rl_step.py", "sara_step.py", "state_bits.py",
                                           "tta_step.py", "unlearning_step.py"]
     for p in scripts:
