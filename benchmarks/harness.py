@@ -445,20 +445,25 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]], left: 
 
 
 def int_options_main(argv: list[str] | None, description: str, defaults: dict[str, int], run, to_markdown,
-                     section: str, row_line) -> int:
-    """The ``main()`` of a script whose workload options are all integers (``defaults``: name -> default):
-    parse them and :func:`add_output_args`, run ``run(**options)``, print ``row_line(row)`` per result row and
-    the notes, then :func:`save` under ``section``."""
+                     section: str, row_line, *, flags: dict[str, str] | None = None, footer=None) -> int:
+    """The ``main()`` of a script whose workload options are integers (``defaults``: name -> default) and
+    on/off switches (``flags``: name -> help): parse them and :func:`add_output_args`, run
+    ``run(**options)``, print ``row_line(row)`` per result row, ``footer(res)`` if given, and the notes, then
+    :func:`save` under ``section``."""
     if argv is None:
         reexec_with_malloc_env()
     p = argparse.ArgumentParser(description=description)
+    for key, help_text in (flags or {}).items():
+        p.add_argument(f"--{key}", action="store_true", help=help_text)
     for key, value in defaults.items():
         p.add_argument(f"--{key}", type=int, default=value)
     add_output_args(p)
     args = p.parse_args(argv)
     apply_threads(args.threads)
-    res = run(**{key: getattr(args, key) for key in defaults})
+    res = run(**{key: getattr(args, key) for key in [*(flags or {}), *defaults]})
     print("\n".join(row_line(r) for r in res["rows"]))
+    if footer is not None:
+        print(footer(res))
     print("\n".join(f"note: {n}" for n in res["notes"]))
     save(res, args, section, to_markdown(res))
     return 0

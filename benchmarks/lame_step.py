@@ -101,10 +101,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/lame_step.py --markdown PATH` (issue 17); every number below is from "
         "that one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['torch_threads']} threads), Python {res['python']}",
-        f"- Date: {res['date']}; load average at start: {res['load_average']:.1f}"
-        if res["load_average"] is not None else f"- Date: {res['date']}",
+        *harness.info_lines(res),
         f"- Workload: a BatchNorm CNN for 8x8 digits (conv 16, conv 32, max-pool, linear 64, linear 10) trained "
         f"{res['epochs']} epochs on {res['source']}, eval mode, `torch.no_grad`; batches of N digits images; "
         "`LAME(model)` with its defaults (rbf, knn 5, lambda 1, at most 100 steps; features = input of the "
@@ -119,9 +116,7 @@ def to_markdown(res: dict) -> str:
                                   "" if r["paired"] is None else f"{r['paired']:.2f}", str(r["steps"]), r["verdict"])
                                  for r in res["rows"]), left=()),
     ]
-    busy = harness.busy_note(res["load_average"])
-    for note in res["notes"] + ([busy] if busy else []):
-        lines += ["", f"Note: {note}."]
+    lines += harness.note_lines(res)
     return "\n".join(lines) + "\n"
 
 

@@ -86,10 +86,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/lpn_step.py --markdown PATH` (issue 21); every number below is from "
         "that one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['torch_threads']} threads), Python {res['python']}",
-        f"- Date: {res['date']}; load average at start: {res['load_average']:.1f}"
-        if res["load_average"] is not None else f"- Date: {res['date']}",
+        *harness.info_lines(res),
         "- Workload: float32; one step = zero_grad, prox forward, mean((f(x) - target)^2).backward() (a double "
         "backward); `gradwise.sciml.LPN` against the authors' `LPN` (`exps/laplacian/network.py` @ cbc3cfa) "
         "with the same weights; config = (in_dim, hidden, layers, beta, batch)",
@@ -102,9 +99,7 @@ def to_markdown(res: dict) -> str:
                                   f"{r['ratio']:.2f}", "" if r["paired"] is None else f"{r['paired']:.2f}",
                                   r["verdict"]) for r in res["rows"]), left=(0, 1)),
     ]
-    busy = harness.busy_note(res["load_average"])
-    for note in res["notes"] + ([busy] if busy else []):
-        lines += ["", f"Note: {note}."]
+    lines += harness.note_lines(res)
     return "\n".join(lines) + "\n"
 
 

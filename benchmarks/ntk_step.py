@@ -14,7 +14,6 @@ implementation, target <= 1.2 (issue 21).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -127,10 +126,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/ntk_step.py --markdown PATH` (issue 21); every number below is from "
         "that one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['torch_threads']} threads), Python {res['python']}",
-        f"- Date: {res['date']}; load average at start: {res['load_average']:.1f}"
-        if res["load_average"] is not None else f"- Date: {res['date']}",
+        *harness.info_lines(res),
         "- Workloads (float32): `ntkmlp` NTKMLP [2, 512, 512, 512, 1] on 32 x 32 points of the circle, trace; "
         "`mlp` nn.Sequential [16, 256, 256, 10] on 16 x 16 inputs, full; `cnn` two 3x3 convs (16 channels, "
         "3x8x8 input) + linear to 10 on 8 x 8 inputs, full" + (" (small mode: smaller)" if res["small"] else ""),
@@ -147,30 +143,16 @@ def to_markdown(res: dict) -> str:
                                   "" if r["paired"] is None else f"{r['paired']:.2f}", r["verdict"])
                                  for r in res["rows"]), left=(0, 3)),
     ]
-    busy = harness.busy_note(res["load_average"])
-    for note in res["notes"] + ([busy] if busy else []):
-        lines += ["", f"Note: {note}."]
+    lines += harness.note_lines(res)
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        harness.reexec_with_malloc_env()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", action="store_true", help="tiny workloads (tests)")
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--reps", type=int, default=3)
-    harness.add_output_args(p)
-    args = p.parse_args(argv)
-    harness.apply_threads(args.threads)
-    res = run(args.small, args.rounds, args.reps)
-    for r in res["rows"]:
-        print(f"{r['workload']:7s} {r['impl']:8s} tutorial {r['tutorial_ms']:9.2f} ms  gradwise "
-              f"{r['gradwise_ms']:9.2f} ms  x{r['ratio']:.2f}  {r['verdict']}")
-    for note in res["notes"]:
-        print("note:", note)
-    harness.save(res, args, "ntk_step", to_markdown(res))
-    return 0
+    return harness.int_options_main(
+        argv, __doc__.splitlines()[0], {"rounds": 6, "reps": 3}, run, to_markdown, "ntk_step",
+        lambda r: (f"{r['workload']:7s} {r['impl']:8s} tutorial {r['tutorial_ms']:9.2f} ms  gradwise "
+                   f"{r['gradwise_ms']:9.2f} ms  x{r['ratio']:.2f}  {r['verdict']}"),
+        flags={"small": "tiny workloads (tests)"})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ NFE) gradwise / torchdiffeq, target <= 1.5; R_E overhead = median(with R_E) / me
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -116,10 +115,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/ode_step.py --markdown PATH` (issue 21); every number below is from that "
         "one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['torch_threads']} threads), Python {res['python']}",
-        f"- Date: {res['date']}; load average at start: {res['load_average']:.1f}"
-        if res["load_average"] is not None else f"- Date: {res['date']}",
+        *harness.info_lines(res),
         f"- Workload: MLP 2-{res['hidden']}-{res['hidden']}-2 (tanh, float32) neural ODE, batch {res['batch']}, "
         "t in [0, 1], rtol 1e-3, atol 1e-6; one step = solve, MSE at t = 1, backward through the steps",
         f"- Method: {res['warmup']} warm-up rounds, then {res['rounds']} rounds x {res['reps']} steps of every "
@@ -135,33 +131,19 @@ def to_markdown(res: dict) -> str:
         + ("" if res["reg_paired"] is None else f" (paired {res['reg_paired']:.3f})")
         + f", target <= {TARGET_REG}: {res['reg_verdict']}.",
     ]
-    busy = harness.busy_note(res["load_average"])
-    for note in res["notes"] + ([busy] if busy else []):
-        lines += ["", f"Note: {note}."]
+    lines += harness.note_lines(res)
     return "\n".join(lines) + "\n"
 
 
+def _row_line(r: dict) -> str:
+    ratio = "" if r["ratio"] is None else f"x{r['ratio']:.2f}"
+    return f"{r['name']:26s} {r['ms']:8.2f} ms  NFE {r['nfe']:4d}  {r['ms_per_nfe']:.3f} ms/NFE {ratio} {r['verdict']}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        harness.reexec_with_malloc_env()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--reps", type=int, default=3)
-    harness.add_output_args(p)
-    args = p.parse_args(argv)
-    harness.apply_threads(args.threads)
-    res = run(args.batch, args.hidden, args.rounds, args.reps)
-    for r in res["rows"]:
-        ratio = "" if r["ratio"] is None else f"x{r['ratio']:.2f}"
-        print(f"{r['name']:26s} {r['ms']:8.2f} ms  NFE {r['nfe']:4d}  {r['ms_per_nfe']:.3f} ms/NFE {ratio} "
-              f"{r['verdict']}")
-    print(f"R_E overhead x{res['reg_ratio']:.3f} {res['reg_verdict']}")
-    for note in res["notes"]:
-        print("note:", note)
-    harness.save(res, args, "ode_step", to_markdown(res))
-    return 0
+    return harness.int_options_main(
+        argv, __doc__.splitlines()[0], {"batch": 256, "hidden": 64, "rounds": 10, "reps": 3}, run, to_markdown,
+        "ode_step", _row_line, footer=lambda res: f"R_E overhead x{res['reg_ratio']:.3f} {res['reg_verdict']}")
 
 
 if __name__ == "__main__":

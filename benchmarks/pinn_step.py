@@ -11,7 +11,6 @@ median step, target < 1 % (issue 21).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -68,8 +67,8 @@ def run(small: bool = False, rounds: int = 6, reps: int = 3, warmup: int = 1, se
     step_ms = statistics.median(cands["PINN step"].samples_ms)
     w_ms = statistics.median(cands["causal_weights"].samples_ms)
     share = w_ms / step_ms
-    return dict(n_t=n_t, n_x=n_x, width=width, modes=modes, step_ms=step_ms, weights_ms=w_ms, share=share,
-                verdict="PASS" if share < TARGET else "MISS", notes=notes, rounds=rounds, reps=reps,
+    row = dict(step_ms=step_ms, weights_ms=w_ms, share=share, verdict="PASS" if share < TARGET else "MISS")
+    return dict(n_t=n_t, n_x=n_x, width=width, modes=modes, **row, rows=[row], notes=notes, rounds=rounds, reps=reps,
                 warmup=warmup, small=small, machine=harness.machine_description(), **harness.machine_info())
 
 
@@ -80,10 +79,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/pinn_step.py --markdown PATH` (issue 21); every number below is from "
         "that one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['torch_threads']} threads), Python {res['python']}",
-        f"- Date: {res['date']}; load average at start: {res['load_average']:.1f}"
-        if res["load_average"] is not None else f"- Date: {res['date']}",
+        *harness.info_lines(res),
         f"- Workload (float32): the authors' Allen-Cahn PINN, {res['modes']} Fourier modes, tanh MLP 4 x "
         f"{res['width']}, {res['n_t']} x {res['n_x']} collocation points; one step = residual by autograd, "
         "`causal_loss` + initial-condition loss, backward, Adam",
@@ -95,29 +91,16 @@ def to_markdown(res: dict) -> str:
                                  ("causal_weights", f"{res['weights_ms']:.4f}", f"{res['share']:.2%}",
                                   res["verdict"])), left=(0,)),
     ]
-    busy = harness.busy_note(res["load_average"])
-    for note in res["notes"] + ([busy] if busy else []):
-        lines += ["", f"Note: {note}."]
+    lines += harness.note_lines(res)
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        harness.reexec_with_malloc_env()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", action="store_true", help="tiny workload (tests)")
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--reps", type=int, default=3)
-    harness.add_output_args(p)
-    args = p.parse_args(argv)
-    harness.apply_threads(args.threads)
-    res = run(args.small, args.rounds, args.reps)
-    print(f"PINN step {res['step_ms']:.2f} ms  causal_weights {res['weights_ms']:.4f} ms  "
-          f"share {res['share']:.2%}  {res['verdict']}")
-    for note in res["notes"]:
-        print("note:", note)
-    harness.save(res, args, "pinn_step", to_markdown(res))
-    return 0
+    return harness.int_options_main(
+        argv, __doc__.splitlines()[0], {"rounds": 6, "reps": 3}, run, to_markdown, "pinn_step",
+        lambda r: (f"PINN step {r['step_ms']:.2f} ms  causal_weights {r['weights_ms']:.4f} ms  "
+                   f"share {r['share']:.2%}  {r['verdict']}"),
+        flags={"small": "tiny workload (tests)"})
 
 
 if __name__ == "__main__":

@@ -75,10 +75,7 @@ def to_markdown(res: dict) -> str:
         "Written by `python benchmarks/reste_step.py --markdown PATH` (issue 20); every number below is from "
         "that one run.",
         "",
-        f"- Machine: {res['machine']}, device `cpu`",
-        f"- Software: torch {res['torch']} ({res['torch_threads']} threads), Python {res['python']}",
-        f"- Date: {res['date']}; load average at start: {res['load_average']:.1f}"
-        if res["load_average"] is not None else f"- Date: {res['date']}",
+        *harness.info_lines(res),
         f"- Workload: float32 tensor of N entries ~ N(0, 0.5^2); one step = forward + backward with a fixed "
         f"incoming gradient; `reste_sign(x, o={res['o']:g})` (t 1.5, interval 0.1) against a bare sign + clipped "
         "STE autograd Function; `ste_sign` is gradwise's STE (NaN-keeping forward)",
@@ -91,9 +88,7 @@ def to_markdown(res: dict) -> str:
                                   f"{r['ratio']:.2f}", "" if r["paired"] is None else f"{r['paired']:.2f}",
                                   r["verdict"]) for r in res["rows"]), left=()),
     ]
-    busy = harness.busy_note(res["load_average"])
-    for note in res["notes"] + ([busy] if busy else []):
-        lines += ["", f"Note: {note}."]
+    lines += harness.note_lines(res)
     return "\n".join(lines) + "\n"
 
 
