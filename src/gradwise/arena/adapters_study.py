@@ -47,8 +47,8 @@ TARGETS = ["q_proj", "v_proj"]
 
 @dataclass(frozen=True)
 class Config:
-    steps: int = option(150, "fine-tuning steps on reversal per method", at_least=1)
-    pre_steps: int = option(400, "copy pretraining steps per seed", at_least=1)
+    steps: int = option(300, "fine-tuning steps on reversal per method", at_least=1)
+    pre_steps: int = option(500, "copy pretraining steps per seed", at_least=1)
     seeds: int = option(3, "seeds 0..N-1", at_least=1)
     lr: float = option(3e-3, "Adam/AdamW learning rate of every adapter", at_least=1e-6, below=1.0)
     batch_size: int = 32
