@@ -41,3 +41,15 @@ def test_claims_need_an_interval_above_zero():
     assert verdicts[ad.CLAIMS[0][0]] == "SHOWN"
     assert verdicts[ad.CLAIMS[1][0]] == "NOT SHOWN"  # equal accuracy
     assert verdicts[ad.CLAIMS[2][0]] == "not run"  # no top-k MoLE rows
+
+
+def test_summary_over_seeds_leaves_entropy_out_for_methods_without_a_router():
+    from gradwise.arena.study import Run
+
+    rows = [dict(method=m, seed=s, trainable=1, rev_auc=1.0 + s, rev_acc=0.5 + 0.1 * s, copy_acc=0.9,
+                 entropy=0.5 if m == "dynmole" else math.nan, entropies=[0.5] if m == "dynmole" else [],
+                 losses=[1.0], wall_s=1.0) for s in range(2) for m in ("lora", "dynmole")]
+    run = Run(cfg=SMALL, task=None, methods=("lora", "dynmole"), seeds=(0, 1))
+    summary = {s["method"]: s for s in ad._summarize(run, rows)}
+    assert math.isnan(summary["lora"]["entropy_mean"]) and summary["dynmole"]["entropy_mean"] == 0.5
+    assert summary["lora"]["rev_acc_ci"] > 0 and len(run.state["claims"]) == len(ad.CLAIMS)

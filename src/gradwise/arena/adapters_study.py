@@ -240,8 +240,11 @@ def _summarize(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for method in run.methods:
         rs = [r for r in rows if r["method"] == method]
         if rs:
+            routed = rs[0]["entropies"] != []  # the MoLE methods; the others have no router (entropy nan)
             summary.append(dict(method=method, runs=len(rs), trainable=rs[0]["trainable"],
-                                **mean_ci_fields(rs, ("rev_acc", "rev_auc", "copy_acc", "entropy")),
+                                **mean_ci_fields(rs, ("rev_acc", "rev_auc", "copy_acc")),
+                                **(mean_ci_fields(rs, ("entropy",)) if routed else
+                                   dict(entropy_mean=math.nan, entropy_std=math.nan, entropy_ci=math.nan)),
                                 wall_s_mean=statistics.fmean(r["wall_s"] for r in rs)))
     run.state["claims"] = claims(rows)
     run.state["curves"] = {m: [r["entropies"] for r in rows if r["method"] == m and r["entropies"]]
