@@ -32,6 +32,7 @@ def test_budgets_are_equal_and_only_adapters_train():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the pretrained model is copied
     assert 0 <= rows["lora"]["copy_acc"] <= 1 and math.isfinite(rows["bone"]["rev_auc"])
     assert len(rows["mole-topk"]["entropies"]) == SMALL.steps and math.isnan(rows["lora"]["entropy"])
+    assert 0 <= rows["mole-topk"]["switched"] <= 1
 
 
 def test_claims_need_an_interval_above_zero():
@@ -47,7 +48,8 @@ def test_summary_over_seeds_leaves_entropy_out_for_methods_without_a_router():
     from gradwise.arena.study import Run
 
     rows = [dict(method=m, seed=s, trainable=1, rev_auc=1.0 + s, rev_acc=0.5 + 0.1 * s, copy_acc=0.9,
-                 entropy=0.5 if m == "dynmole" else math.nan, entropies=[0.5] if m == "dynmole" else [],
+                 entropy=0.5 if m == "dynmole" else math.nan,
+                 switched=0.1 if m == "dynmole" else math.nan, entropies=[0.5] if m == "dynmole" else [],
                  losses=[1.0], wall_s=1.0) for s in range(2) for m in ("lora", "dynmole")]
     run = Run(cfg=SMALL, task=None, methods=("lora", "dynmole"), seeds=(0, 1))
     summary = {s["method"]: s for s in ad._summarize(run, rows)}

@@ -22,7 +22,8 @@ experts (weights not renormalised, as DynMoLE's), the entropy switch off, the lo
 Measured per run: ``rev_auc`` the mean reversal training loss over all steps (lower: faster convergence),
 ``rev_acc`` the reversal answer-token accuracy on 512 held-out sequences after fine-tuning, ``copy_acc`` the copy
 accuracy after fine-tuning with the adapter on (forgetting: the pretrained model's copy accuracy is the reference
-row), ``entropy`` the mean normalised Tsallis (q 1.1) router entropy over the run (MoLE methods only).
+row), ``entropy`` the mean normalised Tsallis (q 1.1) router entropy over the run and ``switched`` the fraction
+of routed tokens whose entropy exceeds 0.9 (DynMoLE's all-expert threshold), MoLE methods only.
 """
 from __future__ import annotations
 
@@ -145,13 +146,17 @@ def _wrap(cfg: Config, method: str, model):
     return model, torch.optim.Adam(params, lr=cfg.lr), aux
 
 
-def _router_entropy(model) -> float:
+def _router_entropy(model) -> tuple[float, float]:
+    """The last forward's normalised Tsallis (q 1.1) router entropy, mean over layers and tokens, and the
+    fraction of routed tokens above 0.9 (where DynMoLE's all-expert switch fires)."""
+    import torch
     import torch.nn.functional as F
 
     from gradwise.peft import tsallis_entropy
 
     logits = [m.dynmole_logits["default"] for m in model.modules() if hasattr(m, "dynmole_config")]
-    return float(sum(tsallis_entropy(F.softmax(x.detach(), -1), 1.1).mean() for x in logits) / len(logits))
+    ent = torch.cat([tsallis_entropy(F.softmax(x.detach(), -1), 1.1) for x in logits])
+    return float(ent.mean()), float((ent > 0.9).double().mean())
 
 
 def finetune(cfg: Config, method: str, seed: int, pretrained) -> dict[str, Any]:
@@ -171,7 +176,7 @@ def finetune(cfg: Config, method: str, seed: int, pretrained) -> dict[str, Any]:
         trainable = sum(int(m.sum()) for m in opt.masks)
     model.train()
     gen = torch.Generator().manual_seed(20_000 + seed)
-    losses, entropies = [], []
+    losses, entropies, switched = [], [], []
     for step in range(cfg.steps):
         if method == "diffora" and step == cfg.steps // 2:
             diffora_discretize(model)
@@ -179,7 +184,9 @@ def finetune(cfg: Config, method: str, seed: int, pretrained) -> dict[str, Any]:
         loss = model(input_ids=tokens, labels=labels).loss
         total = loss if aux is None else loss + aux(model)
         if aux is not None:
-            entropies.append(_router_entropy(model))
+            ent, above = _router_entropy(model)
+            entropies.append(ent)
+            switched.append(above)
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -188,7 +195,8 @@ def finetune(cfg: Config, method: str, seed: int, pretrained) -> dict[str, Any]:
     return dict(method=method, seed=seed, trainable=trainable, rev_auc=statistics.fmean(losses),
                 rev_final=statistics.fmean(losses[-max(1, cfg.steps // 10):]),
                 rev_acc=_accuracy(cfg, model, REVERSE, seed), copy_acc=_accuracy(cfg, model, COPY, seed),
-                entropy=statistics.fmean(entropies) if entropies else math.nan, losses=losses,
+                entropy=statistics.fmean(entropies) if entropies else math.nan,
+                switched=statistics.fmean(switched) if switched else math.nan, losses=losses,
                 entropies=entropies, wall_s=time.perf_counter() - t0)
 
 
@@ -243,8 +251,9 @@ def _summarize(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             routed = rs[0]["entropies"] != []  # the MoLE methods; the others have no router (entropy nan)
             summary.append(dict(method=method, runs=len(rs), trainable=rs[0]["trainable"],
                                 **mean_ci_fields(rs, ("rev_acc", "rev_auc", "copy_acc")),
-                                **(mean_ci_fields(rs, ("entropy",)) if routed else
-                                   dict(entropy_mean=math.nan, entropy_std=math.nan, entropy_ci=math.nan)),
+                                **(mean_ci_fields(rs, ("entropy", "switched")) if routed else
+                                   {f"{k}_{x}": math.nan for k in ("entropy", "switched")
+                                    for x in ("mean", "std", "ci")}),
                                 wall_s_mean=statistics.fmean(r["wall_s"] for r in rs)))
     run.state["claims"] = claims(rows)
     run.state["curves"] = {m: [r["entropies"] for r in rows if r["method"] == m and r["entropies"]]
@@ -262,7 +271,7 @@ def _reference_row(run: Run, summary: list[dict[str, Any]]) -> list[list[str]]:
     refs = run.references
     c = mean_ci([r["copy_acc"] for r in refs])
     rv = mean_ci([r["rev_acc"] for r in refs])
-    return [["", f"[dim]{PRETRAINED}[/dim]", "", f"[dim]{_fmt(*rv)}[/dim]", "—", f"[dim]{_fmt(*c)}[/dim]", "—",
+    return [["", f"[dim]{PRETRAINED}[/dim]", "", f"[dim]{_fmt(*rv)}[/dim]", "—", f"[dim]{_fmt(*c)}[/dim]", "—", "—",
              f"[dim]{statistics.fmean(r['wall_s'] for r in refs):.1f}[/dim]"]]
 
 
@@ -275,7 +284,8 @@ def _title(run: Run, rows: list[dict[str, Any]]) -> str:
 def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
     lines = [f"ranked on reversal accuracy; {CI_NOTE}; rev loss: mean training loss over all steps (lower is "
              "faster); copy acc: after fine-tuning, adapter on (the pretrained row is before); entropy: normalised "
-             "Tsallis (q 1.1) router entropy, mean over the run", "claims (paired over seeds, a - b, 95% interval):"]
+             "Tsallis (q 1.1) router entropy, mean over the run; H > 0.9: fraction of routed tokens above 0.9, where "
+             "DynMoLE routes to every expert", "claims (paired over seeds, a - b, 95% interval):"]
     for text, verdict, m, h, n in run.state.get("claims", []):
         lines.append(f"  {verdict}: {text}: {_fmt(m, h, 4)} over {n} seed(s)")
     return "\n".join(lines)
@@ -321,6 +331,8 @@ STUDY = register_study(Study(
              ci_column("rev acc", "rev_acc", 3), ci_column("rev loss", "rev_auc", 3),
              ci_column("copy acc", "copy_acc", 3), Column("entropy", lambda s: _fmt(s["entropy_mean"],
                                                                                    s["entropy_ci"])),
+             Column("H > 0.9", lambda s: "-" if s["switched_mean"] != s["switched_mean"]
+                    else f"{s['switched_mean']:.3f}"),
              Column("s/run", lambda s: f"{s['wall_s_mean']:.1f}")),
     csv_skip=("losses", "entropies"), write_files=_write_plot, outputs=("adapters.png",),
     smoke=("--seeds", "1", "--steps", "2", "--pre-steps", "2"),
