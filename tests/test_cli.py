@@ -370,6 +370,7 @@ _BAD_BY_OPTION = {
     ("noisy-labels", "--losses"): ["nope", "CE,nope", "ce"],
     ("imbalance", "--ratio"): ["0.5", "nan", "inf", "-3", "x"],
     ("fdvl", "--noise"): ["-0.1", "nan", "inf", "x"],
+    ("adapters", "--lr"): ["0", "-1e-3", "1", "nan", "inf", "x"],
     ("node-reg", "--lam-error"): ["-0.1", "nan", "inf", "x"],
     ("node-reg", "--lam-stiffness"): ["-0.1", "nan", "inf", "x"],
     ("node-reg", "--lam-local"): ["-0.1", "nan", "inf", "x"],
