@@ -56,6 +56,9 @@ def test_recipe_fits_with_the_overridden_losses(ran):
         for key in ("q_loss", "v_loss", "actor_loss", "critic_loss"):
             assert math.isfinite(m[key]), (key, m)
         assert m["critic_loss"] == pytest.approx(m["q_loss"] + m["v_loss"], rel=1e-5)
+    obs = ran["data"]["obs"][:8]
+    act = algo.predict(obs)  # the action scaler maps the squashed mean back to Pendulum's [-2, 2]
+    assert act.shape == (8, 1) and ((act >= -2) & (act <= 2)).all()
 
 
 def test_overridden_methods_equal_gradwise_on_one_batch(ran):
