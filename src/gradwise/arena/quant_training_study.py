@@ -37,6 +37,7 @@ from gradwise.arena.study import Column, Run, Study, ci_column, option, register
 __all__ = ["HELP", "Config", "METHODS", "STUDY", "mlp", "run_one"]
 
 HELP = "digits MLP: AdaPT vs fixed int8 fixed-point training; PV-Tuning vs STE at 1 and 2 bits"
+FIXED_POINT = ("fixed-int8", "adapt")
 METHODS = ("fixed-int8", "adapt", "ste-1bit", "pv-1bit", "ste-2bit", "pv-2bit")
 
 
@@ -165,10 +166,9 @@ def run_one(task, cfg: Config, method: str, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    row: dict[str, Any] = {"method": method, "seed": seed, "fp_accuracy": float("nan"),
-                           "q0_accuracy": float("nan"), "mean_wl": float("nan"), "mean_fl": float("nan"),
-                           "codes_changed": 0}
-    if method in ("fixed-int8", "adapt"):
+    row: dict[str, Any] = {"method": method, "seed": seed, "fp_accuracy": 0.0, "q0_accuracy": 0.0,
+                           "mean_wl": 0.0, "mean_fl": 0.0, "codes_changed": 0}  # 0: not this method's group
+    if method in FIXED_POINT:
         _fixed_point(task, cfg, method, seed, gen, row)
     else:
         _codebook(task, cfg, method, seed, gen, row)
@@ -191,8 +191,9 @@ def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
             f"{CI_NOTE}; {RANK_NOTE}")
 
 
-def _fmt(v: float, spec: str) -> str:
-    return "-" if v != v else format(v, spec)
+def _fmt(s: dict[str, Any], key: str, spec: str, fixed_point: bool) -> str:
+    """The cell of ``key`` for the AdaPT/int8 rows (``fixed_point``) or the PV/STE rows, "-" for the other."""
+    return format(s[key + "_mean"], spec) if (s["method"] in FIXED_POINT) == fixed_point else "-"
 
 
 STUDY = register_study(Study(
@@ -201,11 +202,11 @@ STUDY = register_study(Study(
     summary_keys=("accuracy", "q0_accuracy", "fp_accuracy", "mean_wl", "mean_fl", "codes_changed", "wall_s"),
     rank_on="accuracy", title=_title, notes=_notes,
     columns=(Column("method", lambda s: s["method"], "left"), ci_column("test acc", "accuracy"),
-             Column("q0", lambda s: _fmt(s["q0_accuracy_mean"], ".4f")),
-             Column("fp", lambda s: _fmt(s["fp_accuracy_mean"], ".4f")),
-             Column("wl", lambda s: _fmt(s["mean_wl_mean"], ".2f")),
-             Column("fl", lambda s: _fmt(s["mean_fl_mean"], ".2f")),
-             Column("codes", lambda s: f"{s['codes_changed_mean']:.0f}"),
+             Column("q0", lambda s: _fmt(s, "q0_accuracy", ".4f", False)),
+             Column("fp", lambda s: _fmt(s, "fp_accuracy", ".4f", False)),
+             Column("wl", lambda s: _fmt(s, "mean_wl", ".2f", True)),
+             Column("fl", lambda s: _fmt(s, "mean_fl", ".2f", True)),
+             Column("codes", lambda s: _fmt(s, "codes_changed", ".0f", False)),
              Column("s/run", lambda s: f"{s['wall_s_mean']:.1f}")),
     outputs=(), smoke=("--seeds", "1", "--pre-epochs", "1", "--epochs", "1", "--batch-size", "512"),
 ))
