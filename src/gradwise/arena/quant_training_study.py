@@ -64,6 +64,11 @@ def mlp(cfg: Config):
 MIDDLE = (2, 4)  # indices of the quantized layers in mlp()
 
 
+def _nearest(x, codebook):
+    """Index of the nearest codebook value of each entry of 1-D ``x``."""
+    return (x[:, None] - codebook[None]).abs().argmin(-1)
+
+
 def _accuracy(forward, task) -> float:
     import torch
 
@@ -104,7 +109,6 @@ def _codebook(task, cfg: Config, method: str, seed: int, gen, row: dict[str, Any
     import torch.nn.functional as F
 
     from gradwise.compression import ScalarCodebookWeight, pv_tuning_step
-    from gradwise.compression.pv_tuning import _nearest
 
     fp = mlp(cfg)
     opt = torch.optim.Adam(fp.parameters(), lr=cfg.lr)
