@@ -51,8 +51,8 @@ class Config:
     batch_size: int = option(64, "generated batch size", at_least=1)
     lr: float = 1e-4
     pre_epochs: int = option(15, "teacher training epochs on real digits", at_least=1)
-    warmup: int = option(100, "generator-only steps before the student is calibrated", at_least=1)
-    steps: int = option(400, "alternating generator/student steps", at_least=1)
+    warmup: int = option(50, "generator-only steps before the student is calibrated", at_least=1)
+    steps: int = option(250, "alternating generator/student steps", at_least=1)
     seeds: int = option(3, "seeds 0..N-1", at_least=1)
     threads: int = 1
 
