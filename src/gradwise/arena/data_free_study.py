@@ -1,4 +1,4 @@
-"""Study ``data-free``: a digits CNN quantized to W4A4 without data, AdaDFQ's generator against a plain one.
+"""Study ``data-free``: a digits CNN quantized to W4A4 (``--bits``) without data, AdaDFQ's generator against a plain one.
 
 Claim (AdaDFQ, Qian et al., "Adaptive Data-Free Quantization", CVPR 2023, arXiv 2303.06869; issue 20, study 6):
 a generator trained with AdaDFQ's losses (:func:`adadfq_losses`: the margin on the teacher-student
@@ -10,9 +10,9 @@ Data: scikit-learn's 8x8 digits (1,347 training, 450 test images; the split of `
 images are used only to train the full-precision teacher. Teacher: conv 1->16 (3x3) -> BN -> ReLU -> conv
 16->32 (3x3, stride 2) -> BN -> ReLU -> conv 32->32 -> BN -> ReLU -> global average pool -> linear 32->10,
 ``pre_epochs`` of Adam 1e-3, batch 64, fixed by the seed. Student: a copy with LSQ quantizers
-(:class:`LSQQuantizer`): all weights 4-bit per channel (the first conv and the linear layer too, unlike the
+(:class:`LSQQuantizer`): all weights ``bits``-bit (4) per channel (the first conv and the linear layer too, unlike the
 8-bit first/last layers usual in data-free quantization: at 8 bits the loss was too small to recover), inputs
-of the second and third conv and of the linear layer 4-bit unsigned (A4; the image input stays full precision); the student's BatchNorm layers keep the
+of the second and third conv and of the linear layer ``bits``-bit unsigned (A4; the image input stays full precision); the student's BatchNorm layers keep the
 teacher's running statistics (eval mode). Generator (GDFQ-style, small): ``z * embed(y)`` (32-d) -> linear ->
 32x4x4 -> BN -> upsample x2 -> conv 32->32 -> BN -> LeakyReLU 0.2 -> conv 32->1 -> BN without affine.
 
@@ -27,7 +27,7 @@ student on the detached batch), batch ``batch_size``; generator Adam 1e-3 (0.5, 
   (isolates the generator);
 * ``adadfq`` -- AdaDFQ's generator loss and AdaDFQ's student loss (:func:`adadfq_student_loss`, T = 20).
 
-Reported: test accuracy of the teacher, of the W4A4 student after calibration and after fine-tuning.
+``bits`` (default 4) sets the student's W/A bits. Reported: test accuracy of the teacher, of the quantized student after calibration and after fine-tuning.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from gradwise.arena.study import Column, Run, Study, ci_column, option, register
 
 __all__ = ["HELP", "Config", "METHODS", "STUDY", "teacher_cnn", "student_cnn", "generator", "run_one"]
 
-HELP = "digits CNN to W4A4 without data: AdaDFQ generator losses vs a BN-statistics-only generator"
+HELP = "digits CNN to W4A4 (--bits) without data: AdaDFQ generator losses vs a BN-statistics-only generator"
 METHODS = ("gaussian", "plain-gen", "adadfq-gen-kd", "adadfq")
 Z_DIM = 32
 
@@ -50,6 +50,7 @@ Z_DIM = 32
 class Config:
     batch_size: int = option(64, "generated batch size", at_least=1)
     lr: float = 1e-4
+    bits: int = option(4, "weight and activation bits of the student (W<bits>A<bits>)", at_least=2, below=9)
     pre_epochs: int = option(15, "teacher training epochs on real digits", at_least=1)
     warmup: int = option(50, "generator-only steps before the student is calibrated", at_least=1)
     steps: int = option(250, "alternating generator/student steps", at_least=1)
@@ -67,8 +68,8 @@ def teacher_cnn():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
-def student_cnn(teacher):
-    """A copy of ``teacher`` with LSQ weight (and input) quantizers; weights copied, BN in eval mode."""
+def student_cnn(teacher, bits: int = 4):
+    """A copy of ``teacher`` with ``bits``-bit LSQ weight (and input) quantizers; weights copied."""
     import copy
 
     import torch.nn.functional as F
@@ -93,8 +94,7 @@ def student_cnn(teacher):
             return F.linear(x, w, self.layer.bias)
 
     s = copy.deepcopy(teacher)
-    bits = {1: (4, None), 4: (4, 4), 7: (4, 4), 12: (4, 4)}
-    for k, (wb, ab) in bits.items():
+    for k, (wb, ab) in {1: (bits, None), 4: (bits, bits), 7: (bits, bits), 12: (bits, bits)}.items():
         s[k] = QLayer(s[k], wb, ab)
     return s
 
@@ -165,7 +165,7 @@ def run_one(task, cfg: Config, method: str, seed: int) -> dict[str, Any]:
     for p in teacher.parameters():
         p.requires_grad_(False)
     row: dict[str, Any] = {"method": method, "seed": seed, "fp_accuracy": _accuracy(teacher, task)}
-    student = student_cnn(teacher).eval()
+    student = student_cnn(teacher, cfg.bits).eval()
     for p in student.parameters():
         p.requires_grad_(True)
     g = generator()
@@ -216,13 +216,13 @@ def run_one(task, cfg: Config, method: str, seed: int) -> dict[str, Any]:
 
 def _title(run: Run, rows: list[dict[str, Any]]) -> str:
     cfg = run.cfg
-    return (f"data-free on digits: CNN teacher ({cfg.pre_epochs} epochs) -> W4A4 student (all layers W4), "
+    return (f"data-free on digits: CNN teacher ({cfg.pre_epochs} epochs) -> W{cfg.bits}A{cfg.bits} student (all layers), "
             f"no real data; {cfg.warmup} generator warm-up + {cfg.steps} alternating steps x batch {cfg.batch_size}, "
             f"student Adam {cfg.lr:g}, {cfg.seeds} seed(s)")
 
 
 def _notes(run: Run, summary: list[dict[str, Any]]) -> str:
-    return ("best first by the W4A4 test accuracy after fine-tuning on generated images; calib = after setting "
+    return ("best first by the student's test accuracy after fine-tuning on generated images; calib = after setting "
             "LSQ's activation steps from one generated batch, before fine-tuning; fp = the teacher; "
             f"{CI_NOTE}; {RANK_NOTE}")
 
@@ -232,7 +232,7 @@ STUDY = register_study(Study(
     setup=digits_task, run_one=lambda run, method, seed, _: run_one(run.task, run.cfg, method, seed),
     summary_keys=("accuracy", "calib_accuracy", "fp_accuracy", "wall_s"),
     rank_on="accuracy", title=_title, notes=_notes,
-    columns=(Column("method", lambda s: s["method"], "left"), ci_column("W4A4 acc", "accuracy"),
+    columns=(Column("method", lambda s: s["method"], "left"), ci_column("student acc", "accuracy"),
              ci_column("calib", "calib_accuracy"), Column("fp", lambda s: f"{s['fp_accuracy_mean']:.4f}"),
              Column("s/run", lambda s: f"{s['wall_s_mean']:.1f}")),
     outputs=(), smoke=("--seeds", "1", "--pre-epochs", "1", "--warmup", "1", "--steps", "2",
