@@ -10,9 +10,10 @@ Data: scikit-learn's 8x8 digits (1,347 training, 450 test images; the split of `
 images are used only to train the full-precision teacher. Teacher: conv 1->16 (3x3) -> BN -> ReLU -> conv
 16->32 (3x3, stride 2) -> BN -> ReLU -> conv 32->32 -> BN -> ReLU -> global average pool -> linear 32->10,
 ``pre_epochs`` of Adam 1e-3, batch 64, fixed by the seed. Student: a copy with LSQ quantizers
-(:class:`LSQQuantizer`): all weights ``bits``-bit (4) per channel (the first conv and the linear layer too, unlike the
-8-bit first/last layers usual in data-free quantization: at 8 bits the loss was too small to recover), inputs
-of the second and third conv and of the linear layer ``bits``-bit unsigned (A4; the image input stays full precision); the student's BatchNorm layers keep the
+(:class:`LSQQuantizer`): all weights ``bits``-bit (default 4) per channel (the first conv and the linear layer
+too, unlike the 8-bit first/last layers usual in data-free quantization: at 8 bits the loss was too small to
+recover), inputs of the second and third conv and of the linear layer ``bits``-bit unsigned (the image input
+stays full precision); the student's BatchNorm layers keep the
 teacher's running statistics (eval mode). Generator (GDFQ-style, small): ``z * embed(y)`` (32-d) -> linear ->
 32x4x4 -> BN -> upsample x2 -> conv 32->32 -> BN -> LeakyReLU 0.2 -> conv 32->1 -> BN without affine.
 
