@@ -1,4 +1,5 @@
-"""The quant-training study's pieces at a small size. (Its smallest command line runs in tests/arena/test_studies.py.)"""
+"""The quant-training study's pieces at a small size (its smallest command line runs in
+tests/arena/test_studies.py)."""
 import dataclasses
 
 import torch

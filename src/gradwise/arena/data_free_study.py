@@ -1,4 +1,5 @@
-"""Study ``data-free``: a digits CNN quantized to W4A4 (``--bits``) without data, AdaDFQ's generator against a plain one.
+"""Study ``data-free``: a digits CNN quantized to W4A4 (``--bits``) without data, AdaDFQ's generator
+against a plain one.
 
 Claim (AdaDFQ, Qian et al., "Adaptive Data-Free Quantization", CVPR 2023, arXiv 2303.06869; issue 20, study 6):
 a generator trained with AdaDFQ's losses (:func:`adadfq_losses`: the margin on the teacher-student
@@ -28,7 +29,8 @@ student on the detached batch), batch ``batch_size``; generator Adam 1e-3 (0.5, 
   (isolates the generator);
 * ``adadfq`` -- AdaDFQ's generator loss and AdaDFQ's student loss (:func:`adadfq_student_loss`, T = 20).
 
-``bits`` (default 4) sets the student's W/A bits. Reported: test accuracy of the teacher, of the quantized student after calibration and after fine-tuning.
+``bits`` (default 4) sets the student's W/A bits. Reported: test accuracy of the teacher, of the quantized
+student after calibration and after fine-tuning.
 """
 from __future__ import annotations
 
@@ -217,7 +219,8 @@ def run_one(task, cfg: Config, method: str, seed: int) -> dict[str, Any]:
 
 def _title(run: Run, rows: list[dict[str, Any]]) -> str:
     cfg = run.cfg
-    return (f"data-free on digits: CNN teacher ({cfg.pre_epochs} epochs) -> W{cfg.bits}A{cfg.bits} student (all layers), "
+    return (f"data-free on digits: CNN teacher ({cfg.pre_epochs} epochs) -> W{cfg.bits}A{cfg.bits} student "
+            "(all layers), "
             f"no real data; {cfg.warmup} generator warm-up + {cfg.steps} alternating steps x batch {cfg.batch_size}, "
             f"student Adam {cfg.lr:g}, {cfg.seeds} seed(s)")
 

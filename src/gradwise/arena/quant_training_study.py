@@ -138,7 +138,8 @@ def _codebook(task, cfg: Config, method: str, seed: int, gen, row: dict[str, Any
         return x
 
     row["q0_accuracy"] = _accuracy(lambda x: forward(x, {k: qws[k]() for k in MIDDLE}), task)
-    others = [p for k, layer in enumerate(fp) for n, p in layer.named_parameters() if not (k in MIDDLE and n == "weight")]
+    others = [p for k, layer in enumerate(fp) for n, p in layer.named_parameters()
+              if not (k in MIDDLE and n == "weight")]
     if pv:
         params = others
         states: dict[int, dict] = {k: {} for k in MIDDLE}
