@@ -47,6 +47,8 @@ class Config:
     batch_size: int = option(64, "minibatch size", at_least=1)
     lr: float = 1e-3
     sgd_lr: float = 0.05
+    code_lr: float = 1e-2  # PV's V step (the authors' default)
+    max_code_change: float = 0.01  # PV's subspace fraction (the authors' default)
     pre_epochs: int = option(20, "full-precision epochs before PV/STE fine-tuning", at_least=1)
     epochs: int = option(30, "training epochs (AdaPT/int8 from scratch; PV/STE fine-tuning)", at_least=1)
     seeds: int = option(3, "seeds 0..N-1", at_least=1)
@@ -155,7 +157,8 @@ def _codebook(task, cfg: Config, method: str, seed: int, gen, row: dict[str, Any
             opt.step()
             if pv:
                 for k in MIDDLE:
-                    changed += pv_tuning_step(qws[k], ws[k].grad, states[k], lr=cfg.lr)
+                    changed += pv_tuning_step(qws[k], ws[k].grad, states[k], lr=cfg.lr, code_lr=cfg.code_lr,
+                                              max_code_change=cfg.max_code_change)
     if not pv:  # the STE model's codes are those of its float weights
         with torch.no_grad():
             for k in MIDDLE:
