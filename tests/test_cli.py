@@ -364,6 +364,7 @@ def _study_parsers():
 # bad values by what an option accepts; each must be refused by argparse, before the study runs
 _BAD_COUNTS = ["0", "-1", "x", "1.5", ""]
 _BAD_BY_OPTION = {
+    ("data-free", "--bits"): ["1", "0", "9", "-4", "2.5", "x"],
     ("optimizers", "--first-seed"): ["-1", "x", "0.5"],
     ("optimizers", "--optimizers"): ["nope", "AdamW,nope", ",", " "],
     ("noisy-labels", "--noise"): ["0.9", "-0.1", "nan", "inf", "x"],

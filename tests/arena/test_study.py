@@ -43,13 +43,13 @@ def test_every_study_module_registers_its_study():
 
     modules = [m.name for m in pkgutil.iter_modules(arena.__path__) if m.name.endswith("_study")]
     found = studies()
-    assert len(found) == len(modules) == 37
+    assert len(found) == len(modules) == 39
     assert list(found)[0] == DEFAULT_STUDY
     for name in modules:  # each module's STUDY is the registered record of that name
         module = importlib.import_module(f"gradwise.arena.{name}")
         assert found[module.STUDY.name] is module.STUDY
         assert module.STUDY.description == module.__doc__
-    assert list(STUDIES) == list(found) and len(STUDIES) == 37 and STUDIES["imbalance"] is found["imbalance"]
+    assert list(STUDIES) == list(found) and len(STUDIES) == 39 and STUDIES["imbalance"] is found["imbalance"]
     with pytest.raises(UsageError, match="unknown study 'nope'; choose from: optimizers, "):
         load_study("nope")
 
