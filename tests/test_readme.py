@@ -83,3 +83,15 @@ def test_preference_example_runs_with_another_model():
     ns, _ = _run(pattern.sub("model = TinyGRULM(0, vocab=VOCAB)", code), TinyGRULM=TinyGRULM)
     assert isinstance(ns["model"], TinyGRULM)
     assert ns["history"][-1]["loss"] < ns["history"][0]["loss"]
+
+
+def test_the_arena_line_names_every_registered_study():
+    # the `gradwise arena [STUDY]` comment lists the studies; a new study must be added there
+    from gradwise.arena.study import studies
+
+    text = README.read_text(encoding="utf-8")
+    start = text.index("gradwise arena [STUDY] [options]")
+    end = text.index("gradwise bench", start)
+    listed = set(re.findall(r"[a-z][a-z0-9-]*", text[start:end].replace("--ray", "")))
+    missing = [name for name in studies() if name not in listed]
+    assert not missing, f"README's arena line does not name {missing}"
