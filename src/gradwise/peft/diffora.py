@@ -84,14 +84,22 @@ def _layer_class(cfg: DiffoRAConfig) -> type:
             if not hasattr(self, "lora_gate"):
                 self.lora_gate = nn.ParameterDict()
                 self.lora_gate_state = BufferDict(persistent=True)
+                # a host copy of the states, so forward never reads a device tensor to branch on it;
+                # refreshed when a state_dict is loaded and by diffora_discretize
+                self._diffora_modes: dict[str, float] = {}
+                self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_diffora_modes())
             w = self.get_base_layer().weight
             self.lora_gate[adapter_name] = nn.Parameter(torch.full((), float(cfg.gate_init), dtype=w.dtype,
                                                                    device=w.device))
             self.lora_gate_state[adapter_name] = torch.tensor(RELAXED, dtype=w.dtype, device=w.device)
+            self._diffora_modes[adapter_name] = RELAXED
             super().update_layer(adapter_name, r, lora_alpha, config=config, **kwargs)
 
+        def _sync_diffora_modes(self) -> None:
+            self._diffora_modes = {name: float(state) for name, state in self.lora_gate_state.items()}
+
         def diffora_state(self, name: str) -> float:
-            return float(self.lora_gate_state[name])
+            return self._diffora_modes[name]
 
         def diffora_gate(self, name: str) -> torch.Tensor:
             """This module's DAM entry: σ(γ) while relaxed, the 0/1 decision once discretised."""
@@ -192,6 +200,7 @@ def diffora_discretize(model: nn.Module, select_ratio: float | None = None,
     keep = set(torch.argsort(-gates, stable=True)[:k].tolist())
     for i, (_, m) in enumerate(layers):
         m.lora_gate_state[adapter_name].fill_(KEPT if i in keep else DROPPED)
+        m._diffora_modes[adapter_name] = KEPT if i in keep else DROPPED
         m.lora_gate[adapter_name].requires_grad_(False)
         if i not in keep:
             for p in (*m.lora_A[adapter_name].parameters(), *m.lora_B[adapter_name].parameters()):
