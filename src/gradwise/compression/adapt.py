@@ -362,8 +362,7 @@ class AdaPTSGD(torch.optim.Optimizer):
                 i = index[id(p)]
                 g = ctl.quantize(i, p.grad)
                 n = torch.linalg.vector_norm(g)
-                if n > 0.0:
-                    g = g / n
+                g = g / torch.where(n > 0.0, n, torch.ones_like(n))  # unit norm; a zero gradient stays zero
                 ctl.update(i, self.master[i], g)
                 todo.append((p, i, g))
             for p, i, d_p in todo:
