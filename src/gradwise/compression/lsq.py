@@ -107,8 +107,11 @@ def _check_step(x: torch.Tensor, step) -> torch.Tensor:
     if shape != x.shape:
         raise ValueError(f"Invalid step: shape {tuple(s.shape)} (accepted: a shape that broadcasts to x's "
                          f"{tuple(x.shape)} without enlarging it)")
-    if bool((s <= 0).any()):
-        raise ValueError("Invalid step: entries <= 0 (accepted: step sizes > 0)")
+    if s.device.type == "cpu":
+        if bool((s <= 0).any()):
+            raise ValueError("Invalid step: entries <= 0 (accepted: step sizes > 0)")
+    else:  # a learned step is checked every forward: no host sync on an accelerator
+        torch._assert_async((s > 0).all(), "Invalid step: entries <= 0 (accepted: step sizes > 0)")
     return s
 
 
